@@ -1,0 +1,1 @@
+"""Pure actor logic: no actors, no sockets, no files, no clock."""

@@ -1,0 +1,125 @@
+"""Messages exchanged with and between naos actors (a leaf module: stdlib only).
+
+Every message is a frozen, slotted dataclass, so it pickles (the multiproc
+transport pickles every message) and nobody can mutate a message after sending
+it. Requests carry a ``request_id`` that the matching :class:`Reply` echoes, so
+the bridge can tell a reply to its own request from a stray one.
+
+Two groups:
+
+* requests from outside (the bridge) or from other actors, answered by a
+  ``Reply``: :class:`Ping`, :class:`GetTree`, :class:`StartChild`,
+  :class:`StopChild`, :class:`CrashChild`, :class:`KillChild`,
+  :class:`WhereIs`;
+* the supervision protocol between a supervisor and its children (no
+  ``request_id``): :class:`InitChild` -> :class:`ChildPid`, and :class:`Crash`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+def new_request_id() -> str:
+    """A fresh, unique request id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Base of every message that expects a :class:`Reply`."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a :class:`Request`; ``ok=False`` carries a wire error.
+
+    ``error_code`` is a ``naosd.errors`` wire code (``from_wire`` rebuilds the
+    exception); ``result`` is whatever the request documents.
+    """
+
+    request_id: str
+    ok: bool
+    result: Any = None
+    error_code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Request):
+    """Liveness check, answered by every NaosActor.
+
+    Result: ``{"name": str, "pid": int, "ppid": int, "pdeathsig": int}`` of the
+    answering actor (``pdeathsig`` is the armed parent-death signal, 0 if none).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class GetTree(Request):
+    """Supervision tree. Result: a JSON-able node dict.
+
+    A node is ``{"name", "kind", "state", "pid", "restarts", "children": [...]}``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild(Request):
+    """Start a supervised child ``name`` of a known ``kind``. Result: None."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopChild(Request):
+    """Stop child ``name`` for good (no restart). Result: None."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CrashChild(Request):
+    """Test/ops aid: make child ``name`` call ``os._exit(1)``. Result: None."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class KillChild(Request):
+    """Test aid: SIGKILL the process of child ``name``. Result: the pid."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhereIs(Request):
+    """Current address of child ``name`` (it changes on every restart).
+
+    Result: a Thespian ``ActorAddress``.
+    """
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class InitChild:
+    """Supervisor -> new child: your logical name is ``name``; report your pid."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildPid:
+    """Child -> supervisor, the answer to :class:`InitChild`."""
+
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """Supervisor -> child: exit at once with ``os._exit(1)`` (test aid)."""

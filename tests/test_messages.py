@@ -1,0 +1,60 @@
+"""Every message class survives a pickle round trip (the TCP transport pickles)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+
+from actors import messages as m
+
+SAMPLES = [
+    pytest.param(m.Request("r1"), id="Request"),
+    pytest.param(m.Reply("r1", True, {"pid": 1, "children": []}), id="Reply-ok"),
+    pytest.param(m.Reply("r1", False, None, "not_found", "no child"), id="Reply-err"),
+    pytest.param(m.Ping("r2"), id="Ping"),
+    pytest.param(m.GetTree("r3"), id="GetTree"),
+    pytest.param(m.StartChild("r4", "heartbeat", "heartbeat"), id="StartChild"),
+    pytest.param(m.StopChild("r5", "heartbeat"), id="StopChild"),
+    pytest.param(m.CrashChild("r6", "heartbeat"), id="CrashChild"),
+    pytest.param(m.KillChild("r7", "heartbeat"), id="KillChild"),
+    pytest.param(m.WhereIs("r8", "heartbeat"), id="WhereIs"),
+    pytest.param(m.InitChild("heartbeat"), id="InitChild"),
+    pytest.param(m.ChildPid("heartbeat", 4242), id="ChildPid"),
+    pytest.param(m.Crash(), id="Crash"),
+]
+
+
+@pytest.mark.parametrize("msg", SAMPLES)
+def test_pickle_round_trip(msg: object) -> None:
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        copy = pickle.loads(pickle.dumps(msg, protocol=protocol))
+        assert copy == msg
+        assert type(copy) is type(msg)
+
+
+@pytest.mark.parametrize("msg", SAMPLES)
+def test_frozen_and_slotted(msg: object) -> None:
+    assert not hasattr(msg, "__dict__")
+    fields = dataclasses.fields(msg)  # type: ignore[arg-type]
+    if fields:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(msg, fields[0].name, "changed")
+
+
+def test_every_message_class_has_a_sample() -> None:
+    sampled = {type(p.values[0]) for p in SAMPLES}
+    defined = {
+        obj for obj in vars(m).values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+    }
+    assert defined == sampled
+
+
+def test_requests_carry_their_id_first() -> None:
+    assert m.StartChild("abc", "n", "k").request_id == "abc"
+    assert isinstance(m.KillChild("x", "n"), m.Request)
+
+
+def test_new_request_ids_are_unique() -> None:
+    assert len({m.new_request_id() for _ in range(1000)}) == 1000
