@@ -1,0 +1,3 @@
+from naosctl.main import main
+
+main()

@@ -1,0 +1,334 @@
+"""naosctl: the command line for naosd.
+
+Exit codes (LSB): 0 ok, 1 failure, 2 usage, 3 not running (status),
+4 unknown/unreachable or refused, 6 not configured, 7 daemon not running
+(actions).  Every read command has ``--json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+import webbrowser
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from naosctl import render
+from naosctl.client import Client
+from naosd import __version__
+from naosd.errors import ConfigError, DaemonNotRunning, NaosError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    """What every command gets: a lazily connected client."""
+
+    def __init__(self, socket_path: Path, timeout: float,
+                 factory: Callable[..., Client]) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._factory = factory
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self._factory(self.socket_path, timeout=self.timeout)
+            self._client.connect()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def resolve_socket(option: str | None, system: bool) -> Path:
+    """--socket > $NAOS_SOCKET > config file > default path for the mode."""
+    if option:
+        return Path(option)
+    from naosd.config import load
+
+    config = load(mode="system" if system else "user", environ=os.environ,
+                  uid=os.getuid(), home=Path.home())
+    return config.socket
+
+
+def handle_errors(*, not_running_code: int = DaemonNotRunning.exit_code) -> Callable[[F], F]:
+    """Turn NaosError into a message on stderr and its exit code."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except DaemonNotRunning as exc:
+                click.echo(f"naosctl: {exc.message}", err=True)
+                sys.exit(not_running_code)
+            except NaosError as exc:
+                click.echo(f"naosctl: {exc.message}", err=True)
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:
+                sys.exit(130)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="naosctl")
+@click.option("--socket", "socket_path", metavar="PATH",
+              help="naosd control socket (default: $NAOS_SOCKET, config, XDG runtime dir)")
+@click.option("--system", is_flag=True, help="talk to the system-wide naosd")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="seconds to wait for an answer")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None, system: bool, timeout: float) -> None:
+    """Control the naos daemon (naosd)."""
+    factory = ctx.obj if callable(ctx.obj) else Client
+    try:
+        path = resolve_socket(socket_path, system)
+    except ConfigError as exc:
+        click.echo(f"naosctl: {exc.message}", err=True)
+        sys.exit(ConfigError.exit_code)
+    ctx.obj = Ctx(path, timeout, factory)
+    ctx.call_on_close(ctx.obj.close)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handle_errors(not_running_code=4)
+def ping(c: Ctx, as_json: bool) -> None:
+    """Check that naosd answers."""
+    started = time.perf_counter()
+    result = c.client.call("ping")
+    rtt_ms = (time.perf_counter() - started) * 1e3
+    if as_json:
+        click.echo(render.to_json({**result, "rtt_ms": rtt_ms}))
+    else:
+        click.echo(f"pong from naosd pid {result['pid']} in {rtt_ms:.2f} ms")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handle_errors(not_running_code=3)
+def status(c: Ctx, as_json: bool) -> None:
+    """Daemon version, uptime, pid and the actor tree."""
+    result = c.client.call("status")
+    click.echo(render.to_json(result) if as_json else render.status(result))
+
+
+@cli.command()
+@click.option("--no-wait", is_flag=True, help="return once the stop is requested")
+@click.option("--wait-timeout", type=float, default=60.0, show_default=True)
+@pass_ctx
+@handle_errors()
+def shutdown(c: Ctx, no_wait: bool, wait_timeout: float) -> None:
+    """Stop naosd gracefully (same as SIGTERM)."""
+    result = c.client.call("shutdown")
+    c.close()
+    if no_wait:
+        click.echo(f"naosd (pid {result['pid']}) is stopping")
+        return
+    deadline = time.monotonic() + wait_timeout
+    while c.socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if c.socket_path.exists():
+        click.echo(f"naosctl: naosd (pid {result['pid']}) still stopping after "
+                   f"{wait_timeout:g}s", err=True)
+        sys.exit(1)
+    click.echo(f"naosd (pid {result['pid']}) stopped")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handle_errors()
+def reload(c: Ctx, as_json: bool) -> None:
+    """Re-read naosd's configuration file (same as SIGHUP)."""
+    result = c.client.call("config.reload")
+    if as_json:
+        click.echo(render.to_json(result))
+        return
+    click.echo("configuration reloaded; changed: " + (", ".join(result["changed"]) or "nothing"))
+    for key in result["needs_restart"]:
+        click.echo(f"  {key} takes effect after a restart")
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the daemon's configuration."""
+
+
+@config.command("show")
+@json_option
+@pass_ctx
+@handle_errors()
+def config_show(c: Ctx, as_json: bool) -> None:
+    """The effective configuration and where each value came from."""
+    result = c.client.call("config.show")
+    if as_json:
+        click.echo(render.to_json(result))
+        return
+    for section, values in result["config"].items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            origin = result["sources"].get(f"{section}.{key}", "default")
+            click.echo(f"{key} = {value!r}    # {origin}")
+
+
+@cli.command()
+@click.option("--open", "open_browser", is_flag=True, help="open it in a browser")
+@json_option
+@pass_ctx
+@handle_errors()
+def dashboard(c: Ctx, open_browser: bool, as_json: bool) -> None:
+    """Print the dashboard's login link."""
+    info = c.client.call("dashboard.url")
+    if as_json:
+        click.echo(render.to_json(info))
+        return
+    if not info.get("enabled"):
+        click.echo("naosctl: the dashboard is disabled (dashboard.enabled)", err=True)
+        sys.exit(1)
+    click.echo(info["login_url"])
+    if open_browser:
+        webbrowser.open(info["login_url"])
+
+
+# ---------------------------------------------------------------------------
+# audit
+# ---------------------------------------------------------------------------
+
+
+@cli.group()
+def audit() -> None:
+    """Read, search, verify and export the tamper-evident audit log."""
+
+
+def audit_filters(fn: F) -> F:
+    fn = click.option("--agent", help="only rows about this agent")(fn)
+    fn = click.option("--type", "type_", metavar="TYPE", help="only this event type")(fn)
+    fn = click.option("--since", help="15m, 2h, 1d or an ISO-8601 time")(fn)
+    return fn
+
+
+def _filters(agent: str | None, type_: str | None, since: str | None) -> dict[str, Any]:
+    return {k: v for k, v in {"agent": agent, "type": type_, "since": since}.items() if v}
+
+
+@audit.command("tail")
+@click.option("-n", "count", type=click.IntRange(0, 100_000), default=20, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new rows")
+@audit_filters
+@json_option
+@pass_ctx
+@handle_errors()
+def audit_tail(c: Ctx, count: int, follow: bool, agent: str | None, type_: str | None,
+               since: str | None, as_json: bool) -> None:
+    """The last rows of the audit log (-f to follow)."""
+    rows = c.client.stream("audit.tail", n=count, follow=follow,
+                           **_filters(agent, type_, since))
+    _print_rows(rows, as_json=as_json, lines=follow)
+
+
+def _print_rows(rows: Iterator[dict[str, Any]], *, as_json: bool, lines: bool) -> None:
+    if as_json and not lines:
+        click.echo(render.to_json(list(rows)))
+        return
+    for row in rows:
+        text = render.jsonl([row]).rstrip("\n") if as_json else render.audit_row(row)
+        click.echo(text)
+
+
+@audit.command("search")
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@audit_filters
+@json_option
+@pass_ctx
+@handle_errors()
+def audit_search(c: Ctx, query: str, limit: int, agent: str | None, type_: str | None,
+                 since: str | None, as_json: bool) -> None:
+    """Rows whose type, actor, agent or detail contain QUERY."""
+    rows = c.client.call("audit.search", query=query, limit=limit,
+                         **_filters(agent, type_, since))
+    _print_rows(iter(rows), as_json=as_json, lines=False)
+    if not rows and not as_json:
+        click.echo("no matching audit rows", err=True)
+
+
+@audit.command("verify")
+@json_option
+@pass_ctx
+@handle_errors()
+def audit_verify(c: Ctx, as_json: bool) -> None:
+    """Check the hash chain; exit 1 and name the first bad row if broken."""
+    result = c.client.call("audit.verify")
+    click.echo(render.to_json(result) if as_json else render.verify(result))
+    if not result["ok"]:
+        sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="write to this file instead of stdout")
+@audit_filters
+@pass_ctx
+@handle_errors()
+def audit_export(c: Ctx, fmt: str, output: str | None, agent: str | None,
+                 type_: str | None, since: str | None) -> None:
+    """Export audit rows, oldest first, as JSON lines or CSV."""
+    batches = c.client.stream("audit.export", **_filters(agent, type_, since))
+    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        for i, batch in enumerate(batches):
+            text = render.jsonl(batch) if fmt == "jsonl" else render.csv_rows(
+                batch, header=i == 0)
+            out.write(text)
+            count += len(batch)
+        if fmt == "csv" and count == 0:
+            out.write(render.csv_rows([], header=True))
+    finally:
+        if output:
+            out.close()
+    if output:
+        click.echo(f"exported {count} rows to {output}", err=True)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script (eval it in your shell's rc file)."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    comp = cls(cli, {}, "naosctl", "_NAOSCTL_COMPLETE")
+    click.echo(comp.source())
+
+
+def main() -> None:
+    cli(prog_name=os.path.basename(sys.argv[0]) or "naosctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from naosd.main import main
+
+raise SystemExit(main())

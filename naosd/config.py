@@ -1,0 +1,367 @@
+"""naosd configuration: a frozen ``Config`` built from defaults, a TOML file,
+``NAOS_*`` environment variables and command-line flags, in rising precedence.
+
+Pure: nothing here reads ``os.environ`` or the clock by itself; callers pass
+the environment mapping, uid and home directory (``main`` does).  naosctl
+imports this module too, so it must stay stdlib-only.
+
+Paths by mode:
+
+=========  ===============================  ================================
+mode       user (default)                   system (``--system``)
+=========  ===============================  ================================
+config     $XDG_CONFIG_HOME/naos/naosd.toml /etc/naos/naosd.toml
+           (~/.config)                      ($CONFIGURATION_DIRECTORY)
+state      $XDG_STATE_HOME/naos             /var/lib/naos ($STATE_DIRECTORY)
+           (~/.local/state)
+socket     $XDG_RUNTIME_DIR/naos/naosd.sock /run/naos/naosd.sock
+           (/tmp/naos-$UID when unset)      ($RUNTIME_DIRECTORY)
+=========  ===============================  ================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from naosd.errors import ConfigError
+
+MODES = ("user", "system")
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Where a daemon of one mode keeps things, before any override."""
+
+    config_file: Path
+    state_dir: Path
+    runtime_dir: Path
+
+
+def default_paths(mode: str, environ: Mapping[str, str], uid: int, home: Path) -> Paths:
+    """The default locations for ``mode`` given the environment."""
+    if mode == "system":
+        return Paths(
+            config_file=_first_dir(environ, "CONFIGURATION_DIRECTORY", "/etc/naos")
+            / "naosd.toml",
+            state_dir=_first_dir(environ, "STATE_DIRECTORY", "/var/lib/naos"),
+            runtime_dir=_first_dir(environ, "RUNTIME_DIRECTORY", "/run/naos"),
+        )
+    xdg_config = environ.get("XDG_CONFIG_HOME") or str(home / ".config")
+    xdg_state = environ.get("XDG_STATE_HOME") or str(home / ".local" / "state")
+    xdg_runtime = environ.get("XDG_RUNTIME_DIR")
+    runtime = Path(xdg_runtime) / "naos" if xdg_runtime else Path(f"/tmp/naos-{uid}")
+    return Paths(
+        config_file=Path(xdg_config) / "naos" / "naosd.toml",
+        state_dir=Path(xdg_state) / "naos",
+        runtime_dir=runtime,
+    )
+
+
+def _first_dir(environ: Mapping[str, str], var: str, fallback: str) -> Path:
+    # systemd may pass several colon-separated directories; the first is ours.
+    value = environ.get(var, "")
+    return Path(value.split(":")[0]) if value else Path(fallback)
+
+
+# --------------------------------------------------------------------------
+# Settings table: one row per key, with its type check and environment name.
+# --------------------------------------------------------------------------
+
+Converter = Callable[[Any], Any]
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _path(value: Any) -> Path | None:
+    text = _str(value)
+    return Path(text).expanduser() if text else None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _number(lo: float, hi: float, kind: type = float) -> Converter:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a {kind.__name__}, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not lo <= number <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {number}")
+        return number
+
+    return convert
+
+
+def _choice(*options: str) -> Converter:
+    def convert(value: Any) -> str:
+        text = _str(value).lower()
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {value!r}")
+        return text
+
+    return convert
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str  # "section.name" as written in the TOML file
+    convert: Converter
+    default: Any  # None: derived from the mode's paths
+    doc: str
+
+    @property
+    def env(self) -> str:
+        section, name = self.key.split(".")
+        return "NAOS_" + (name if section == "daemon" else f"{section}_{name}").upper()
+
+    @property
+    def attr(self) -> str:
+        section, name = self.key.split(".")
+        return name if section == "daemon" else f"{section}_{name}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("daemon.socket", _path, None, "control socket path"),
+    Setting("daemon.state_dir", _path, None, "database, tokens, caches"),
+    Setting("daemon.socket_group", _str, "", "group allowed to connect (system)"),
+    Setting("daemon.log_level", _choice("debug", "info", "warning", "error"),
+            "info", "log level"),
+    Setting("daemon.log_format", _choice("text", "json"), "text", "log format"),
+    Setting("daemon.shutdown_timeout", _number(0.1, 3600), 10.0,
+            "seconds a graceful stop may take before stragglers are killed"),
+    Setting("daemon.request_timeout", _number(0.1, 86400), 60.0,
+            "seconds one request may run"),
+    Setting("daemon.handshake_timeout", _number(0.1, 600), 5.0,
+            "seconds a new client has to send its hello"),
+    Setting("daemon.max_frame_bytes", _number(1024, 1 << 30, int), 16 << 20,
+            "largest frame accepted or sent"),
+    Setting("daemon.max_connections", _number(1, 100_000, int), 256,
+            "simultaneous client connections"),
+    Setting("storage.db", _path, None, "SQLite database file"),
+    Setting("storage.synchronous", _choice("full", "normal"), "full",
+            "SQLite synchronous pragma (full: acknowledged = on disk)"),
+    Setting("storage.busy_timeout_ms", _number(0, 600_000, int), 5000,
+            "wait this long for a locked database"),
+    Setting("dashboard.enabled", _bool, True, "serve the dashboard"),
+    Setting("dashboard.host", _str, "127.0.0.1", "dashboard bind address"),
+    Setting("dashboard.port", _number(0, 65535, int), 7733,
+            "dashboard TCP port (0 picks a free one)"),
+    Setting("actors.ask_timeout", _number(0.05, 3600), 10.0,
+            "seconds to wait for an actor's reply"),
+    Setting("actors.bridge_threads", _number(1, 256, int), 8,
+            "threads asking the actor system at once"),
+)
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every naosd setting, resolved and validated."""
+
+    mode: str
+    config_file: Path
+    config_file_loaded: bool
+    runtime_dir: Path
+    socket: Path
+    state_dir: Path
+    socket_group: str
+    log_level: str
+    log_format: str
+    shutdown_timeout: float
+    request_timeout: float
+    handshake_timeout: float
+    max_frame_bytes: int
+    max_connections: int
+    storage_db: Path
+    storage_synchronous: str
+    storage_busy_timeout_ms: int
+    dashboard_enabled: bool
+    dashboard_host: str
+    dashboard_port: int
+    actors_ask_timeout: float
+    actors_bridge_threads: int
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "naosd.lock"
+
+    @property
+    def audit_checkpoint(self) -> Path:
+        return self.state_dir / "audit.head"
+
+    @property
+    def dashboard_token_file(self) -> Path:
+        return self.state_dir / "dashboard.token"
+
+    def to_toml_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for s in SETTINGS:
+            section, name = s.key.split(".")
+            value = getattr(self, s.attr)
+            out.setdefault(section, {})[name] = str(value) if isinstance(
+                value, Path
+            ) else value
+        return out
+
+
+def load(
+    *,
+    mode: str = "user",
+    config_file: Path | None = None,
+    environ: Mapping[str, str],
+    cli: Mapping[str, Any] | None = None,
+    uid: int,
+    home: Path,
+) -> Config:
+    """Resolve the configuration.
+
+    Precedence: ``cli`` (keys as in :data:`SETTINGS`, e.g. ``"daemon.socket"``)
+    > ``NAOS_*`` in ``environ`` > the TOML file > defaults.  The file is
+    ``config_file`` if given (it must then exist), else ``$NAOS_CONFIG``, else
+    the mode's default path (optional).
+
+    Raises :class:`ConfigError` naming the file (or variable), the key and
+    the reason for any bad value, unknown key or unreadable file.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be user or system, got {mode!r}")
+    paths = default_paths(mode, environ, uid, home)
+    explicit = config_file or (Path(environ["NAOS_CONFIG"]) if environ.get(
+        "NAOS_CONFIG") else None)
+    path = explicit or paths.config_file
+    file_values, loaded = _read_file(path, required=explicit is not None)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        raw, origin = _pick(s, cli or {}, environ, file_values, path)
+        if raw is None:
+            continue
+        try:
+            values[s.key] = s.convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {s.key}: {exc}") from None
+        sources[s.key] = origin
+    return _build(mode, path, loaded, paths, values, sources)
+
+
+def _pick(
+    s: Setting,
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, Any],
+    path: Path,
+) -> tuple[Any, str]:
+    if cli.get(s.key) is not None:
+        return cli[s.key], "command line"
+    if s.env in environ:
+        return environ[s.env], f"environment ${s.env}"
+    if s.key in file_values:
+        return file_values[s.key], str(path)
+    return s.default, "default"
+
+
+def _read_file(path: Path, *, required: bool) -> tuple[dict[str, Any], bool]:
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: config file not found") from None
+        return {}, False
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return _flatten(path, doc), True
+
+
+def _flatten(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section}: expected a [{section}] table")
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if key not in SETTINGS_BY_KEY:
+                raise ConfigError(f"{path}: {key}: unknown setting")
+            out[key] = value
+    return out
+
+
+def _build(
+    mode: str,
+    path: Path,
+    loaded: bool,
+    paths: Paths,
+    values: dict[str, Any],
+    sources: dict[str, str],
+) -> Config:
+    state_dir = values.get("daemon.state_dir") or paths.state_dir
+    socket = values.get("daemon.socket") or paths.runtime_dir / "naosd.sock"
+    db = values.get("storage.db") or state_dir / "naos.db"
+    kwargs = {s.attr: values.get(s.key) for s in SETTINGS}
+    kwargs.update(socket=socket, state_dir=state_dir, storage_db=db)
+    if len(str(socket)) > 100:
+        raise ConfigError(
+            f"{sources.get('daemon.socket', 'default')}: daemon.socket: path is "
+            f"{len(str(socket))} bytes, Unix sockets allow about 100"
+        )
+    return Config(
+        mode=mode,
+        config_file=path,
+        config_file_loaded=loaded,
+        runtime_dir=socket.parent,
+        sources=sources,
+        **kwargs,
+    )
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    """A copy of ``config`` with ``changes`` (tests and reloads)."""
+    return dataclasses.replace(config, **changes)
+
+
+def render_default_config(config: Config) -> str:
+    """The effective configuration as a commented TOML document."""
+    lines = ["# naosd configuration (effective values; every key is optional)"]
+    current = ""
+    for s in SETTINGS:
+        section, name = s.key.split(".")
+        if section != current:
+            lines += ["", f"[{section}]"]
+            current = section
+        value = getattr(config, s.attr)
+        lines.append(f"# {s.doc} (env ${s.env})")
+        lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

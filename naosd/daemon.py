@@ -1,0 +1,308 @@
+"""The running daemon: owns its parts and their order of start and stop.
+
+``main`` builds the Config, takes the instance lock and starts the actor
+runtime (before any thread exists: actors are forked); ``Daemon.run`` then
+does everything on the event loop, and its ``finally`` stops the parts in
+reverse order: stop accepting, drain requests, stop actors, audit, close the
+store.  Signals only set flags (see ``install_signals``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from naosd import __version__
+from naosd.api import Api
+from naosd.config import SETTINGS_BY_KEY, Config
+from naosd.db import AsyncStore
+from naosd.errors import ConfigError, NaosError
+from naosd.lifecycle import SdNotifier
+from naosd.server import ControlServer, Peer
+
+log = logging.getLogger("naosd")
+
+# Settings bound at start (sockets, files, thread pools): a reload reports a
+# change to them but keeps the running value until the next start.
+RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
+                "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
+                "storage.busy_timeout_ms", "dashboard.enabled", "dashboard.host",
+                "dashboard.port", "actors.bridge_threads")
+SETTINGS_ATTR = {k: SETTINGS_BY_KEY[k].attr for k in RESTART_ONLY}
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        runtime: Any,
+        *,
+        reload: Callable[[], Config],
+        notifier: SdNotifier,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self._reload = reload
+        self.notifier = notifier
+        self.started_at = datetime.now(UTC)
+        self._started_mono = time.monotonic()
+        self.stop_event = asyncio.Event()
+        self.stop_reason = ""
+        self.db: AsyncStore
+        self.bridge: Any = None
+        self.server: ControlServer | None = None
+        self.dashboard: Any = None
+        self.reloads = 0
+
+    # -- run -----------------------------------------------------------------
+    async def run(self) -> int:
+        self.install_signals()
+        self.db = await AsyncStore.open(
+            self.config.storage_db, checkpoint=self.config.audit_checkpoint,
+            synchronous=self.config.storage_synchronous,
+            busy_timeout_ms=self.config.storage_busy_timeout_ms,
+        )
+        try:
+            await self._start_parts()
+            await self.stop_event.wait()
+        finally:
+            await self._stop_parts()
+        return 0
+
+    async def _start_parts(self) -> None:
+        from naosd.bridge import Bridge
+
+        self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
+                             max_workers=self.config.actors_bridge_threads)
+        await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
+                            socket=str(self.config.socket), mode=self.config.mode)
+        self.server = self._make_server()
+        await self.server.start()
+        await self._start_dashboard()
+        watchdog = asyncio.get_running_loop().create_task(self._watchdog())
+        self._watchdog_task = watchdog
+        self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
+                             f"MAINPID={os.getpid()}")
+        self._announce()
+
+    def _announce(self) -> None:
+        info = self.dashboard_info(with_token=False)
+        log.info("naosd %s ready (pid %d)", __version__, os.getpid())
+        log.info("socket: %s", self.config.socket)
+        if info.get("url"):
+            log.info("dashboard: %s (log in with: naosctl dashboard)", info["url"])
+
+    async def _stop_parts(self) -> None:
+        log.info("stopping (%s)", self.stop_reason or "requested")
+        self.notifier.notify("STOPPING=1", f"STATUS=stopping: {self.stop_reason}")
+        task = getattr(self, "_watchdog_task", None)
+        if task is not None:
+            task.cancel()
+        budget = self.config.shutdown_timeout
+        if self.server is not None:
+            await self.server.close(drain_timeout=budget / 2)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+        if self.bridge is not None:
+            self.bridge.close()
+        await asyncio.to_thread(self.runtime.shutdown, budget / 2)
+        with contextlib.suppress(NaosError):
+            await self.db.audit("daemon.stop", pid=os.getpid(), reason=self.stop_reason,
+                                uptime_s=round(self.uptime, 3))
+        await self.db.close()
+
+    # -- signals and reload ----------------------------------------------------
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload_config("SIGHUP"))
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            self.stop_event.set()
+
+    async def reload_config(self, origin: str) -> dict[str, Any]:
+        """Re-read the configuration; apply what can change while running.
+
+        A bad file leaves the running configuration untouched and raises
+        ConfigError (audited as ``config.reload_failed``)."""
+        self.notifier.notify("RELOADING=1", _monotonic_usec())
+        try:
+            new = await asyncio.to_thread(self._reload)
+        except ConfigError as exc:
+            log.error("config reload failed: %s", exc.message)
+            await self.db.audit("config.reload_failed", origin=origin, error=exc.message)
+            self.notifier.notify("READY=1", "STATUS=reload failed; old config kept")
+            raise
+        result = self._apply_config(new)
+        self.reloads += 1
+        await self.db.audit("config.reload", origin=origin, **result)
+        self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}")
+        log.info("configuration reloaded (%s)", origin)
+        return result
+
+    def _apply_config(self, new: Config) -> dict[str, Any]:
+        from naosd.config import SETTINGS, replace
+        from naosd.logs import set_level_and_format
+
+        old = self.config
+        changed = [s.key for s in SETTINGS if getattr(new, s.attr) != getattr(old, s.attr)]
+        needs_restart = [k for k in changed if k in RESTART_ONLY]
+        keep = {SETTINGS_ATTR[k]: getattr(old, SETTINGS_ATTR[k]) for k in RESTART_ONLY}
+        self.config = replace(new, **keep)
+        set_level_and_format(self.config.log_level, self.config.log_format)
+        if self.server is not None:
+            self.server.max_connections = self.config.max_connections
+            self.server.handshake_timeout = self.config.handshake_timeout
+        for key in needs_restart:
+            log.warning("config %s changed; it takes effect after a restart", key)
+        return {"changed": changed, "needs_restart": needs_restart}
+
+    # -- watchdog ----------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- peers -------------------------------------------------------------------
+    def authorize(self, peer: Peer) -> str | None:
+        """None if ``peer`` may use the socket, else the reason it may not."""
+        if peer.uid in (os.getuid(), 0):
+            return None
+        gid = self._socket_gid()
+        if gid is not None and (peer.gid == gid or gid in _proc_groups(peer.pid)):
+            return None
+        return f"uid {peer.uid} is not allowed to use this naosd"
+
+    def on_refused(self, peer: Peer, reason: str) -> None:
+        log.warning("refused client pid %d uid %d: %s", peer.pid, peer.uid, reason)
+        asyncio.get_running_loop().create_task(self.db.audit(
+            "client.refused", pid=peer.pid, uid=peer.uid, gid=peer.gid, reason=reason))
+
+    def _socket_gid(self) -> int | None:
+        if not self.config.socket_group:
+            return None
+        try:
+            return grp.getgrnam(self.config.socket_group).gr_gid
+        except KeyError:
+            raise ConfigError(
+                f"daemon.socket_group: no group named {self.config.socket_group!r}"
+            ) from None
+
+    def _make_server(self) -> ControlServer:
+        gid = self._socket_gid()
+        return ControlServer(
+            self.config.socket, Api(self), authorize=self.authorize,
+            on_refused=self.on_refused, max_frame=self.config.max_frame_bytes,
+            max_connections=self.config.max_connections,
+            handshake_timeout=self.config.handshake_timeout,
+            server_info={"server": f"naosd/{__version__}", "pid": os.getpid()},
+            socket_mode=0o660 if gid is not None else 0o600, socket_gid=gid,
+        )
+
+    # -- dashboard ---------------------------------------------------------------
+    async def _start_dashboard(self) -> None:
+        if not self.config.dashboard_enabled:
+            return
+        from naosd.dashboard import DashboardServer
+
+        token = _load_or_create_token(self.config.dashboard_token_file)
+        self.dashboard = DashboardServer(self, token)
+        await self.dashboard.start(self.config.dashboard_host, self.config.dashboard_port)
+
+    def dashboard_info(self, *, with_token: bool) -> dict[str, Any]:
+        if self.dashboard is None:
+            return {"enabled": False, "url": None}
+        url = self.dashboard.url
+        if with_token:
+            return {"enabled": True, "url": url, "login_url": f"{url}?token={self.dashboard.token}"}
+        return {"enabled": True, "url": url}
+
+    # -- status ------------------------------------------------------------------
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    async def actors_ping(self) -> dict[str, Any]:
+        from actors.messages import Ping
+
+        started = time.perf_counter()
+        reply = await self.bridge.ask(Ping(request_id=uuid.uuid4().hex))
+        return {"pong": True, "rtt_ms": (time.perf_counter() - started) * 1e3,
+                "result": reply.result}
+
+    async def actor_tree(self) -> dict[str, Any]:
+        from actors.messages import GetTree
+
+        try:
+            reply = await self.bridge.ask(GetTree(request_id=uuid.uuid4().hex))
+        except NaosError as exc:
+            return {"name": "root", "kind": "supervisor", "state": "unreachable",
+                    "error": exc.message, "children": []}
+        tree: dict[str, Any] = reply.result
+        return tree
+
+    async def status(self) -> dict[str, Any]:
+        head = await self.db.call(lambda s: s.audit_head())
+        server = self.server
+        return {
+            "version": __version__, "pid": os.getpid(), "mode": self.config.mode,
+            "started_at": self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "uptime_s": round(self.uptime, 3), "socket": str(self.config.socket),
+            "db": str(self.config.storage_db),
+            "config_file": str(self.config.config_file) if self.config.config_file_loaded
+            else None,
+            "dashboard": self.dashboard_info(with_token=False),
+            "connections": len(server.connections) if server else 0,
+            "requests_served": server.requests_served if server else 0,
+            "reloads": self.reloads,
+            "audit_head": head.seq if head else 0,
+            "actors": await self.actor_tree(),
+        }
+
+
+def _proc_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def _load_or_create_token(path: Any) -> str:
+    try:
+        token = path.read_text().strip()
+        if len(token) >= 32:
+            return str(token)
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def _monotonic_usec() -> str:
+    return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"

@@ -1,0 +1,155 @@
+"""naosd's composition root: argv -> Config -> lock -> actors -> event loop.
+
+Exit codes: 0 clean stop, 1 failure (including "already running"),
+2 usage, 6 configuration error (LSB "not configured")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from naosd import __version__
+from naosd.config import Config, load, render_default_config
+from naosd.errors import AlreadyRunning, ConfigError, NaosError
+from naosd.lifecycle import (
+    InstanceLock,
+    SdNotifier,
+    clear_stale_socket,
+    ensure_private_dir,
+)
+
+log = logging.getLogger("naosd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="naosd", description="naos daemon: hosts the agent runtime, "
+        "answers naosctl on a Unix socket, serves the dashboard.")
+    ap.add_argument("--version", action="version", version=f"naosd {__version__}")
+    ap.add_argument("--config", type=Path, help="TOML config file")
+    ap.add_argument("--system", action="store_true",
+                    help="system mode: /etc/naos, /var/lib/naos, /run/naos")
+    ap.add_argument("--socket", help="control socket path")
+    ap.add_argument("--state-dir", help="state directory (database, tokens)")
+    ap.add_argument("--db", help="SQLite database file")
+    ap.add_argument("--log-level", help="debug, info, warning or error")
+    ap.add_argument("--log-format", help="text or json")
+    ap.add_argument("--dashboard-host", help="dashboard bind address")
+    ap.add_argument("--dashboard-port", help="dashboard port (0: any free port)")
+    ap.add_argument("--no-dashboard", action="store_true", help="do not serve it")
+    ap.add_argument("--check-config", action="store_true",
+                    help="validate the configuration and exit")
+    ap.add_argument("--print-default-config", action="store_true",
+                    help="print the effective configuration as TOML and exit")
+    return ap
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "daemon.socket": args.socket, "daemon.state_dir": args.state_dir,
+        "storage.db": args.db, "daemon.log_level": args.log_level,
+        "daemon.log_format": args.log_format,
+        "dashboard.host": args.dashboard_host, "dashboard.port": args.dashboard_port,
+        "dashboard.enabled": False if args.no_dashboard else None,
+    }
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    return load(
+        mode="system" if args.system else "user", config_file=args.config,
+        environ=os.environ, cli=cli_overrides(args), uid=os.getuid(), home=Path.home(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"naosd: configuration error: {exc.message}\n")
+        return ConfigError.exit_code
+    if args.print_default_config:
+        sys.stdout.write(render_default_config(config))
+        return 0
+    if args.check_config:
+        source = str(config.config_file) if config.config_file_loaded else "defaults"
+        sys.stdout.write(f"configuration OK ({source})\n")
+        return 0
+    from naosd.logs import set_level_and_format
+
+    set_level_and_format(config.log_level, config.log_format)
+    try:
+        return run(config, lambda: load_config(args))
+    except AlreadyRunning as exc:
+        log.error("%s", exc.message)
+        return 1
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc.message)
+        return ConfigError.exit_code
+    except NaosError as exc:
+        log.error("%s", exc.message)
+        return 1
+
+
+def prepare_dirs(config: Config) -> None:
+    ensure_private_dir(config.state_dir, 0o700)
+    config.storage_db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    runtime_mode = 0o750 if config.mode == "system" else 0o700
+    if not config.runtime_dir.exists() or "daemon.socket" not in config.sources:
+        ensure_private_dir(config.runtime_dir, runtime_mode)
+    elif config.runtime_dir.stat().st_mode & 0o002:
+        raise ConfigError(
+            f"daemon.socket: {config.runtime_dir} is world-writable; "
+            "put the socket in a private directory")
+
+
+def run(config: Config, reload: Any) -> int:
+    """Run the daemon until it is asked to stop.  Raises NaosError subclasses
+    for start-up failures (already running, bad config, storage)."""
+    prepare_dirs(config)
+    lock = InstanceLock(config.lock_file)
+    lock.acquire()
+    runtime = None
+    socket_created = False
+    try:
+        clear_stale_socket(config.socket)
+        runtime = _start_actors(config)
+        socket_created = True
+        from naosd.daemon import Daemon
+
+        notifier = SdNotifier(os.environ.get("NOTIFY_SOCKET"),
+                              os.environ.get("WATCHDOG_USEC"))
+        daemon = Daemon(config, runtime, reload=reload, notifier=notifier)
+        return asyncio.run(daemon.run())
+    finally:
+        if runtime is not None:
+            runtime.shutdown(config.shutdown_timeout / 2)
+        if socket_created:
+            with contextlib.suppress(FileNotFoundError):
+                config.socket.unlink()
+        lock.release()
+        log.info("stopped")
+
+
+def _start_actors(config: Config) -> Any:
+    """Start the hardened actor system.  Must run before any thread exists
+    and before the socket or database are opened: every actor is a forked
+    process and inherits what is open."""
+    # Thespian's own log defaults to a world-readable /tmp/thespian.log.
+    os.environ["THESPLOG_FILE"] = str(config.state_dir / "thespian.log")
+    os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1 << 20))
+    from naosd.actorsys import ActorRuntime, set_child_subreaper
+
+    set_child_subreaper()
+    return ActorRuntime.start(secret=os.urandom(32))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

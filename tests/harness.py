@@ -1,0 +1,179 @@
+"""Test harness: the real naosd as a subprocess on a short socket path, the
+real naosctl as a subprocess, and process-tree bookkeeping so no test leaves
+a process behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            out.append(int(entry))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def kill_all(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NAOS_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Naosd:
+    """One running daemon under test."""
+
+    socket: Path
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+    seen_pids: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def remember_tree(self) -> list[int]:
+        pids = descendants(self.pid)
+        self.seen_pids.update(pids)
+        return pids
+
+    def ctl(self, *args: str, input: str | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        return naosctl("--socket", str(self.socket), *args, input=input,
+                       timeout=timeout, env=self.env, check=check)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.remember_tree()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_all([self.pid, *descendants(self.pid)])
+            self.proc.wait(timeout=10)
+            raise
+
+
+def naosctl(*args: str, input: str | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None, check: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "naosctl", *args], input=input,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=env or clean_env(), check=check)
+
+
+@contextlib.contextmanager
+def short_tempdir() -> Iterator[Path]:
+    """AF_UNIX paths are limited to ~100 bytes: keep sockets under /tmp."""
+    path = Path(tempfile.mkdtemp(prefix="naos-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def start_naosd(base: Path, *extra: str, env: dict[str, str] | None = None,
+                wait: bool = True, state_dir: Path | None = None) -> Naosd:
+    """Start naosd with its state in ``base`` and wait until it answers."""
+    sock = base / "s"
+    state = state_dir or base / "state"
+    log_path = base / f"naosd-{time.monotonic_ns()}.log"
+    env = env or clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
+                           XDG_CONFIG_HOME=str(base / "xdg-config"))
+    cmd = [sys.executable, "-m", "naosd", "--socket", str(sock), "--state-dir", str(state),
+           "--dashboard-port", "0", *extra]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)
+    daemon = Naosd(sock, state, proc, log_path, env)
+    if wait:
+        wait_ready(daemon)
+    return daemon
+
+
+def wait_ready(daemon: Naosd, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"naosd exited {daemon.proc.returncode}:\n{daemon.log()}")
+        if daemon.socket.exists() and "ready" in daemon.log():
+            daemon.remember_tree()
+            return
+        time.sleep(0.05)
+    daemon.stop(signal.SIGKILL)
+    raise AssertionError(f"naosd not ready in {timeout}s:\n{daemon.log()}")
+
+
+def reap(daemon: Naosd) -> list[int]:
+    """Make sure the daemon and everything it started is gone.  Returns the
+    pids that had to be killed by force (a test failure)."""
+    if daemon.proc.poll() is None:
+        daemon.remember_tree()
+        kill_all([daemon.pid])
+        daemon.proc.wait(timeout=10)
+    survivors = wait_gone(sorted(daemon.seen_pids), timeout=10)
+    kill_all(survivors)
+    return survivors
