@@ -16,6 +16,7 @@ Every error carries a stable wire ``code`` (sent in error frames) and an LSB
     │   ├── DaemonNotRunning (not_running, 7)
     │   ├── ShuttingDown (shutting_down, 7)
     │   └── ActorTimeout (actor_timeout, 1)
+    ├── AgentCrashed (agent_crashed, 1)         the handler raised; agent restarted
     └── AlreadyRunning (already_running, 1)     another naosd holds the lock
 """
 
@@ -91,6 +92,12 @@ class RequestTimeout(Unavailable, TimeoutError):
     code, exit_code = "timeout", 1
 
 
+class AgentCrashed(NaosError):
+    """The agent's handler raised (or its process died) while serving."""
+
+    code = "agent_crashed"
+
+
 class AlreadyRunning(NaosError):
     code = "already_running"
 
@@ -108,5 +115,12 @@ ERRORS_BY_CODE: dict[str, type[NaosError]] = {
 
 
 def from_wire(code: str, message: str) -> NaosError:
-    """Rebuild the exception a peer described with ``code`` and ``message``."""
-    return ERRORS_BY_CODE.get(code, NaosError)(message)
+    """Rebuild the exception a peer described with ``code`` and ``message``.
+
+    Subclasses defined elsewhere (e.g. the ``wasm_*`` errors) are found too,
+    once their module is imported."""
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        ERRORS_BY_CODE.update({c.code: c for c in _all_subclasses(NaosError)})
+        cls = ERRORS_BY_CODE.get(code, NaosError)
+    return cls(message)
