@@ -123,3 +123,136 @@ class ChildPid:
 @dataclass(frozen=True, slots=True)
 class Crash:
     """Supervisor -> child: exit at once with ``os._exit(1)`` (test aid)."""
+
+
+# ---------------------------------------------------------------------------
+# Agents and user supervisors (issue 3)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InitRoot(Request):
+    """naosd -> root, once after start: where the database is; the root then
+    starts the implicit ``agents`` supervisor and every top-level user
+    supervisor whose desired state is running.  Result: None."""
+
+    db_path: str
+    checkpoint_path: str
+    sandbox_workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class InitSupervisor:
+    """Parent -> new supervisor: your name, where to read your definition
+    and children, and the root (which keeps the name registry)."""
+
+    name: str
+    db_path: str
+    checkpoint_path: str
+    root: Any
+
+
+@dataclass(frozen=True, slots=True)
+class InitAgent:
+    """Supervisor -> new agent: your definition.  The agent loads its
+    handler and answers :class:`ChildPid`, or :class:`ChildCrashed` and exits."""
+
+    definition: Any  # actors.domain.definitions.AgentDef
+    db_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCrashed:
+    """Child -> its supervisor, just before an abnormal exit: why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildDone:
+    """Child -> its supervisor, just before a normal exit it chose itself
+    (an agent whose handler called ``ctx.stop()``)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunAgent(Request):
+    """Run the agent's handler on ``input``.  Result: ``{"output", "logs",
+    "ms", "pid"}``.  A handler that raises answers an ``agent_crashed`` error
+    and the agent then exits (its supervisor restarts it)."""
+
+    input: Any
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sync(Request):
+    """naosd -> a supervisor: re-read your children from the database and
+    start, stop, add or remove what differs.  Result: the supervisor's node."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve(Request):
+    """naosd -> root: the current address of agent or supervisor ``name``.
+    Result: ``{"address", "pid", "kind", "supervisor"}``; NotFound if it is
+    not running."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A supervisor -> root: ``name`` (an agent or supervisor) now lives at
+    ``address``; ``address=None`` means it stopped."""
+
+    name: str
+    kind: str
+    address: Any
+    pid: int | None
+    supervisor: str
+
+
+@dataclass(frozen=True, slots=True)
+class TreeUpdate:
+    """A supervisor -> root: its current tree node (children by name)."""
+
+    name: str
+    node: Any
+
+
+# ---------------------------------------------------------------------------
+# WASM sandboxes (issue 4)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InitSandbox:
+    """Root -> the sandbox pool, and pool -> each worker."""
+
+    name: str
+    db_path: str
+    cache_dir: str
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunWasm(Request):
+    """Run a WASI command module.  Result: exit_code, stdout, stderr,
+    fuel_used, cost_micro_usd, memory_peak_bytes, wall_ms, cached, logs."""
+
+    module: bytes
+    stdin: bytes
+    limits: dict[str, int]
+    grants: tuple[str, ...] = ()
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateWasm(Request):
+    """Inspect a module: imports, exports, size, verdict."""
+
+    module: bytes
+    limits: dict[str, int]
+    grants: tuple[str, ...] = ()

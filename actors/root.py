@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited
@@ -33,14 +34,22 @@ from actors.domain.restart import (
     on_stop,
 )
 from actors.messages import (
+    ChildCrashed,
     ChildPid,
     Crash,
     CrashChild,
     GetTree,
     InitChild,
+    InitRoot,
+    InitSandbox,
+    InitSupervisor,
     KillChild,
+    Registered,
+    Resolve,
     StartChild,
     StopChild,
+    Sync,
+    TreeUpdate,
     WhereIs,
 )
 from actors.system_children import CHILD_KINDS, DEFAULT_CHILDREN
@@ -56,6 +65,10 @@ class RootSupervisor(NaosActor):
         self._children: dict[str, ChildStatus] = {}
         self._addrs: dict[str, Any] = {}
         self._exiting = False
+        self._env: InitRoot | None = None
+        self._registry: dict[str, Registered] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._reasons: dict[str, str] = {}
 
     def on_start(self) -> None:
         for name, kind in DEFAULT_CHILDREN:
@@ -76,10 +89,7 @@ class RootSupervisor(NaosActor):
         self.reply(sender, msg)
 
     def receiveMsg_StopChild(self, msg: StopChild, sender: Any) -> None:
-        self._children[msg.name] = on_stop(self._status(msg.name))
-        addr = self._addrs.get(msg.name)
-        if addr is not None:
-            self.send(addr, ActorExitRequest())
+        self._stop_child(msg.name)
         self.reply(sender, msg)
 
     def receiveMsg_CrashChild(self, msg: CrashChild, sender: Any) -> None:
@@ -96,6 +106,88 @@ class RootSupervisor(NaosActor):
     def receiveMsg_WhereIs(self, msg: WhereIs, sender: Any) -> None:
         self.reply(sender, msg, self._address(msg.name))
 
+    # -- user supervisors and the name registry ------------------------------
+
+    def receiveMsg_InitRoot(self, msg: InitRoot, sender: Any) -> None:
+        self._env = msg
+        if "sandbox" not in self._children:
+            self._spawn(ChildStatus("sandbox", "sandbox-pool"))
+        self._sync_supervisors()
+        self.reply(sender, msg)
+
+    def receiveMsg_Sync(self, msg: Sync, sender: Any) -> None:
+        if self._env is None:
+            raise Conflict("the root has no database yet (InitRoot)")
+        self._sync_supervisors()
+        self.reply(sender, msg, self._tree())
+
+    def _sync_supervisors(self) -> None:
+        """Run the implicit supervisor and every top-level user supervisor
+        whose desired state is running; stop the others."""
+        from actors.domain.definitions import IMPLICIT_SUPERVISOR
+        from naosd import defs_store
+
+        assert self._env is not None
+        store = self._store()
+        wanted = [IMPLICIT_SUPERVISOR] + [
+            d.name for d in defs_store.list_supervisors(store, parent=None)
+            if d.desired == "running"]
+        for name, status in list(self._children.items()):
+            if status.kind == "supervisor" and name not in wanted:
+                self._stop_child(name)
+        for name in wanted:
+            current = self._children.get(name)
+            if current is None or current.state is ChildState.STOPPED:
+                self._spawn(ChildStatus(name, "supervisor"))
+
+    def _store(self) -> Any:
+        from naosd.storage import Store
+
+        if getattr(self, "_db", None) is None:
+            assert self._env is not None
+            self._db = Store.open(Path(self._env.db_path),
+                                  checkpoint_path=Path(self._env.checkpoint_path))
+        return self._db
+
+    def receiveMsg_Registered(self, msg: Registered, sender: Any) -> None:
+        if msg.address is not None:
+            if msg.kind == "supervisor":
+                self._forget_under(msg.name)
+            self._registry[msg.name] = msg
+        elif msg.name in self._registry and self._registry[msg.name].supervisor == msg.supervisor:
+            self._forget(msg.name)
+
+    def _forget(self, name: str) -> None:
+        self._registry.pop(name, None)
+        self._nodes.pop(name, None)
+        self._forget_under(name)
+
+    def _forget_under(self, supervisor: str) -> None:
+        for child in [n for n, r in self._registry.items() if r.supervisor == supervisor]:
+            self._forget(child)
+
+    def receiveMsg_TreeUpdate(self, msg: TreeUpdate, sender: Any) -> None:
+        self._nodes[msg.name] = msg.node
+
+    def receiveMsg_Resolve(self, msg: Resolve, sender: Any) -> None:
+        entry = self._registry.get(msg.name)
+        if entry is None:
+            raise NotFound(f"{msg.name!r} is not running")
+        self.reply(sender, msg, {"address": entry.address, "pid": entry.pid,
+                                 "kind": entry.kind, "supervisor": entry.supervisor})
+
+    def receiveMsg_ChildCrashed(self, msg: ChildCrashed, sender: Any) -> None:
+        if self._addrs.get(msg.name) == sender:
+            self._reasons[msg.name] = msg.reason
+
+    def _audit(self, type_: str, **detail: Any) -> None:
+        if self._env is None:
+            return
+        try:
+            self._store().append_audit(type_, actor="root", detail=detail)
+        except Exception as exc:  # noqa: BLE001 - never let the audit stop supervision
+            self.logger().error("root: audit %s failed: %s", type_, exc)
+
     # -- supervision -------------------------------------------------------
 
     def receiveMsg_ChildPid(self, msg: ChildPid, sender: Any) -> None:
@@ -110,6 +202,12 @@ class RootSupervisor(NaosActor):
         del self._addrs[name]
         status, decision = on_exit(self._children[name])
         self._children[name] = status
+        if status.kind == "supervisor":
+            self._forget(name)
+            reason = self._reasons.pop(name, "process died")
+            if decision is Decision.RESTART:
+                self._audit("supervisor.restarted", child=name, reason=reason,
+                            restarts=status.restarts)
         if decision is Decision.RESTART:
             self._spawn(status)
 
@@ -119,10 +217,37 @@ class RootSupervisor(NaosActor):
     # -- helpers -----------------------------------------------------------
 
     def _spawn(self, status: ChildStatus) -> None:
+        if status.kind == "sandbox-pool":
+            from actors.sandbox import SandboxPool
+
+            assert self._env is not None
+            addr = self.createActor(SandboxPool)
+            self._children[status.name] = status
+            self._addrs[status.name] = addr
+            cache = str(Path(self._env.db_path).parent / "wasm-cache")
+            self.send(addr, InitSandbox(status.name, self._env.db_path, cache,
+                                        self._env.sandbox_workers))
+            return
+        if status.kind == "supervisor":
+            from actors.supervisor import SupervisorActor
+
+            assert self._env is not None
+            addr = self.createActor(SupervisorActor)
+            self._children[status.name] = status
+            self._addrs[status.name] = addr
+            self.send(addr, InitSupervisor(status.name, self._env.db_path,
+                                           self._env.checkpoint_path, self.myAddress))
+            return
         addr = self.createActor(CHILD_KINDS[status.kind])
         self._children[status.name] = status
         self._addrs[status.name] = addr
         self.send(addr, InitChild(status.name))
+
+    def _stop_child(self, name: str) -> None:
+        self._children[name] = on_stop(self._status(name))
+        addr = self._addrs.get(name)
+        if addr is not None:
+            self.send(addr, ActorExitRequest())
 
     def _name_of(self, addr: Any) -> str | None:
         # Linear and by ==: a local address and the child's real address compare
@@ -149,5 +274,18 @@ class RootSupervisor(NaosActor):
             "state": ChildState.RUNNING.value,
             "pid": os.getpid(),
             "restarts": 0,
-            "children": [c.to_node() for c in self._children.values()],
+            "children": [self._expand(c.to_node()) for c in self._children.values()],
         }
+
+    def _expand(self, node: dict[str, Any]) -> dict[str, Any]:
+        """Replace a supervisor child's stub with its latest pushed node."""
+        if node.get("kind") != "supervisor":
+            return node
+        latest = self._nodes.get(node["name"])
+        if latest is None:
+            return node
+        merged = {**latest, "restarts": node.get("restarts", 0)}
+        if node.get("state") != "running":
+            merged["state"] = node.get("state")
+        merged["children"] = [self._expand(c) for c in latest.get("children", [])]
+        return merged

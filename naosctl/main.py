@@ -124,12 +124,19 @@ def ping(c: Ctx, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("agent", required=False)
 @json_option
 @pass_ctx
 @handle_errors(not_running_code=3)
-def status(c: Ctx, as_json: bool) -> None:
-    """Daemon version, uptime, pid and the actor tree."""
+def status(c: Ctx, agent: str | None, as_json: bool) -> None:
+    """Daemon version, uptime, pid and the actor tree; or one AGENT's state."""
+    if agent:
+        one = c.client.call("agent.inspect", name=agent, logs=0)
+        click.echo(render.to_json(one) if as_json else render.agent_status(one))
+        return
     result = c.client.call("status")
+    if not as_json:
+        result["agents"] = c.client.call("agent.list")
     click.echo(render.to_json(result) if as_json else render.status(result))
 
 
@@ -329,6 +336,10 @@ def completion(shell: str) -> None:
 def main() -> None:
     cli(prog_name=os.path.basename(sys.argv[0]) or "naosctl")
 
+
+import naosctl.agent_commands  # noqa: E402 - registers its commands on cli
+import naosctl.project_commands  # noqa: E402
+import naosctl.wasm_commands  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -35,8 +35,10 @@ def tree(node: dict[str, Any], prefix: str = "", last: bool = True, root: bool =
         facts.append(f"pid {node['pid']}")
     if node.get("restarts"):
         facts.append(f"restarts {node['restarts']}")
-    if node.get("error"):
-        facts.append(f"error: {node['error']}")
+    if node.get("strategy"):
+        facts.append(str(node["strategy"]).replace("_", "-"))
+    if node.get("error") or node.get("last_error"):
+        facts.append(f"last error: {node.get('error') or node.get('last_error')}")
     label = f"{node.get('name', '?')} ({node.get('kind', 'actor')}): {', '.join(facts)}"
     lines = [label if root else f"{prefix}{'└── ' if last else '├── '}{label}"]
     children = node.get("children") or []
@@ -60,7 +62,40 @@ def status(s: dict[str, Any]) -> str:
         "actors:",
     ]
     lines += ["  " + line for line in tree(s["actors"])]
+    agents = s.get("agents") or []
+    if agents:
+        lines.append("agents:")
+        lines += ["  " + agent_row(a) for a in agents]
     return "\n".join(lines)
+
+
+def agent_row(a: dict[str, Any]) -> str:
+    pid = a.get("pid") or "-"
+    up = duration(a["uptime_s"]) if a.get("uptime_s") is not None else "-"
+    err = f"  last error: {a['last_error']}" if a.get("last_error") else ""
+    return (f"{a['name']:<20} {a['state']:<10} pid {pid!s:<8} up {up:<10} "
+            f"restarts {a.get('restarts', 0):<4} {a['supervisor']}{err}")
+
+
+def agent_status(a: dict[str, Any]) -> str:
+    return agent_row(a)
+
+
+def agent_detail(a: dict[str, Any]) -> str:
+    lines = [f"agent {a['name']}"]
+    keys = ("state", "pid", "uptime_s", "restarts", "last_error", "supervisor", "restart",
+            "desired", "source_kind", "source", "created_at")
+    lines += [f"  {key + ':':<14}{a.get(key)}" for key in keys]
+    lines.append(f"  {'config:':<14}{to_json(a.get('config') or {})}")
+    logs = a.get("logs") or []
+    if logs:
+        lines.append("  recent logs:")
+        lines += ["    " + log_line(x) for x in logs]
+    return "\n".join(lines)
+
+
+def log_line(line: dict[str, Any]) -> str:
+    return f"{line['ts']} {line['agent']} {line['level']}: {line['text']}"
 
 
 def audit_row(row: dict[str, Any]) -> str:
@@ -91,3 +126,17 @@ def csv_rows(rows: list[dict[str, Any]], *, header: bool) -> str:
         values[5] = json.dumps(r.get("detail") or {}, sort_keys=True, ensure_ascii=False)
         writer.writerow(["" if v is None else v for v in values])
     return out.getvalue()
+
+
+def wasm_report(path: str, r: dict[str, Any]) -> str:
+    def externs(items: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{x['module'] + '.' if x.get('module') else ''}{x['name']}"
+                         f"{x.get('signature') or ''}" for x in items) or "none"
+
+    lines = [f"{path}: {r['verdict']} ({r['size']} bytes, sha256 {r['sha256'][:16]})",
+             f"  imports: {externs(r['imports'])}", f"  exports: {externs(r['exports'])}",
+             f"  _start:  {'yes' if r['has_start'] else 'no'}"]
+    if r.get("denied_imports"):
+        lines.append(f"  denied:  {', '.join(r['denied_imports'])}")
+    lines += [f"  problem: {p}" for p in r.get("problems") or []]
+    return "\n".join(lines)

@@ -37,10 +37,11 @@ METHODS: dict[str, Method] = {}
 
 
 def method(
-    name: str, *, stream: bool = False, **params: Spec
+    method_name: str, /, *, stream: bool = False, **params: Spec
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        METHODS[name] = Method(name, fn, params, stream, (fn.__doc__ or "").strip())
+        METHODS[method_name] = Method(method_name, fn, params, stream,
+                                      (fn.__doc__ or "").strip())
         return fn
 
     return register

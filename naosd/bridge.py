@@ -52,43 +52,47 @@ class Bridge:
         )
         self._closed = False
 
-    async def ask(self, msg: Request) -> Reply:
+    async def ask(self, msg: Request, *, timeout_s: float | None = None) -> Reply:
         """Ask the root supervisor; see :meth:`ask_to`."""
-        return await self.ask_to(self._root, msg)
+        return await self.ask_to(self._root, msg, timeout_s=timeout_s)
 
-    async def ask_to(self, target: Any, msg: Request) -> Reply:
+    async def ask_to(self, target: Any, msg: Request, *, timeout_s: float | None = None,
+                     raw: bool = False) -> Reply:
         """Send ``msg`` to the actor at ``target`` and return its ``Reply``.
 
         Raises ``ActorTimeout`` when no reply comes within ``timeout_s`` (or
-        the target is dead), the error a failed ``Reply`` names, and
+        the target is dead), the error a failed ``Reply`` names (unless
+        ``raw``: then a failed Reply is returned as it is), and
         ``ShuttingDown`` after :meth:`close`.
         """
         if self._closed:
             raise ShuttingDown("the actor bridge is closed")
+        timeout = self._timeout_s if timeout_s is None else timeout_s
         loop = asyncio.get_running_loop()
         try:
-            reply = await loop.run_in_executor(self._executor, self._ask_blocking, target, msg)
+            reply = await loop.run_in_executor(
+                self._executor, self._ask_blocking, target, msg, timeout)
         except RuntimeError as exc:  # executor shut down under us
             raise ShuttingDown("the actor bridge is closed") from exc
-        return self._checked(msg, reply)
+        return self._checked(msg, reply, timeout, raw)
 
     def close(self) -> None:
         """Refuse new asks; running ones finish on their threads (no blocking)."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _ask_blocking(self, target: Any, msg: Request) -> object:
+    def _ask_blocking(self, target: Any, msg: Request, timeout: float) -> object:
         try:
             with _private_endpoint(self._system) as endpoint:
-                return endpoint.ask(target, msg, self._timeout_s)
+                return endpoint.ask(target, msg, timeout)
         except ActorSystemException as exc:
             raise Unavailable(f"actor system failed: {exc}") from exc
 
-    def _checked(self, msg: Request, reply: object) -> Reply:
+    def _checked(self, msg: Request, reply: object, timeout: float, raw: bool = False) -> Reply:
         if reply is None:
-            raise ActorTimeout(f"{type(msg).__name__} got no reply in {self._timeout_s}s")
+            raise ActorTimeout(f"{type(msg).__name__} got no reply in {timeout:g}s")
         if not isinstance(reply, Reply) or reply.request_id != msg.request_id:
             raise Unavailable(f"unexpected reply {reply!r} to {msg.request_id}")
-        if not reply.ok:
+        if not reply.ok and not raw:
             raise from_wire(reply.error_code, reply.message)
         return reply

@@ -171,6 +171,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds to wait for an actor's reply"),
     Setting("actors.bridge_threads", _number(1, 256, int), 8,
             "threads asking the actor system at once"),
+    Setting("actors.sandbox_workers", _number(1, 64, int), 2,
+            "WASM sandbox worker processes"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -201,6 +203,7 @@ class Config:
     dashboard_port: int
     actors_ask_timeout: float
     actors_bridge_threads: int
+    actors_sandbox_workers: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -37,7 +37,7 @@ log = logging.getLogger("naosd")
 RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
                 "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
                 "storage.busy_timeout_ms", "dashboard.enabled", "dashboard.host",
-                "dashboard.port", "actors.bridge_threads")
+                "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers")
 SETTINGS_ATTR = {k: SETTINGS_BY_KEY[k].attr for k in RESTART_ONLY}
 
 
@@ -63,6 +63,7 @@ class Daemon:
         self.server: ControlServer | None = None
         self.dashboard: Any = None
         self.reloads = 0
+        self.agents: Any = None
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -80,10 +81,18 @@ class Daemon:
         return 0
 
     async def _start_parts(self) -> None:
+        import naosd.api_agents
+        import naosd.api_wasm  # noqa: F401
+        from actors.messages import InitRoot
+        from naosd.agents import Agents
         from naosd.bridge import Bridge
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
+        self.agents = Agents(self)
+        await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
+                                       str(self.config.audit_checkpoint),
+                                       self.config.actors_sandbox_workers))
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()

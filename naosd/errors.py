@@ -98,6 +98,20 @@ class AgentCrashed(NaosError):
     code = "agent_crashed"
 
 
+class SandboxCrashed(Unavailable):
+    """The sandbox worker running a module died mid-run (it is restarted)."""
+
+    code, exit_code = "sandbox_crashed", 1
+
+
+class RemoteError(NaosError):
+    """An error whose code this side has no class for: keeps the code."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]
+
+
 class AlreadyRunning(NaosError):
     code = "already_running"
 
@@ -122,5 +136,7 @@ def from_wire(code: str, message: str) -> NaosError:
     cls = ERRORS_BY_CODE.get(code)
     if cls is None:
         ERRORS_BY_CODE.update({c.code: c for c in _all_subclasses(NaosError)})
-        cls = ERRORS_BY_CODE.get(code, NaosError)
+        cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        return RemoteError(message, code)
     return cls(message)

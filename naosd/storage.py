@@ -90,6 +90,43 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY(agent, key)
     );
     """,
+    # 2: agent and supervisor definitions (naosd.defs_store), agent logs.
+    """
+    CREATE TABLE supervisors(
+        name TEXT PRIMARY KEY,
+        strategy TEXT NOT NULL,
+        max_restarts INTEGER NOT NULL,
+        window_s REAL NOT NULL,
+        backoff_initial_s REAL NOT NULL DEFAULT 0,
+        backoff_max_s REAL NOT NULL DEFAULT 0,
+        parent TEXT REFERENCES supervisors(name),
+        restart TEXT NOT NULL DEFAULT 'permanent',
+        position INTEGER NOT NULL DEFAULT 0,
+        desired TEXT NOT NULL DEFAULT 'stopped',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE agents(
+        name TEXT PRIMARY KEY,
+        source_kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        config TEXT NOT NULL DEFAULT '{}',
+        supervisor TEXT REFERENCES supervisors(name),
+        restart TEXT NOT NULL DEFAULT 'permanent',
+        position INTEGER NOT NULL DEFAULT 0,
+        desired TEXT NOT NULL DEFAULT 'stopped',
+        shutdown_timeout_s REAL NOT NULL DEFAULT 5,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX agents_supervisor ON agents(supervisor, position);
+    CREATE TABLE agent_logs(
+        id INTEGER PRIMARY KEY,
+        agent TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        level TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX agent_logs_agent ON agent_logs(agent, id);
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 
@@ -328,6 +365,16 @@ class Store:
         if self._db is None:
             raise StorageError(f"{self._where}: store is closed")
         return self._db
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement; rows as tuples.  (naosd.defs_store's
+        SQL goes through here and through :meth:`transaction`.)"""
+        with _translate_errors(self._where):
+            return [tuple(r) for r in self._conn().execute(sql, params).fetchall()]
+
+    def now_iso(self) -> str:
+        """The store clock's current time, formatted like audit timestamps."""
+        return format_ts(self._clock())
 
     # -- audit log ---------------------------------------------------------
 

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from actors import messages as m
+from actors.domain.definitions import AgentDef
 
 SAMPLES = [
     pytest.param(m.Request("r1"), id="Request"),
@@ -23,6 +24,22 @@ SAMPLES = [
     pytest.param(m.InitChild("heartbeat"), id="InitChild"),
     pytest.param(m.ChildPid("heartbeat", 4242), id="ChildPid"),
     pytest.param(m.Crash(), id="Crash"),
+    pytest.param(m.InitRoot("r9", "/s/naos.db", "/s/audit.head"), id="InitRoot"),
+    pytest.param(m.InitSupervisor("main", "/s/naos.db", "/s/audit.head", None),
+                 id="InitSupervisor"),
+    pytest.param(m.InitAgent(AgentDef("a", "template", "echo", {"k": 1}), "/s/naos.db"),
+                 id="InitAgent"),
+    pytest.param(m.ChildCrashed("a", "handler raised"), id="ChildCrashed"),
+    pytest.param(m.ChildDone("a"), id="ChildDone"),
+    pytest.param(m.RunAgent("r10", {"q": [1, 2]}, "key"), id="RunAgent"),
+    pytest.param(m.Sync("r11"), id="Sync"),
+    pytest.param(m.Resolve("r12", "a"), id="Resolve"),
+    pytest.param(m.Registered("a", "agent", None, 7, "agents"), id="Registered"),
+    pytest.param(m.TreeUpdate("main", {"name": "main", "children": []}), id="TreeUpdate"),
+    pytest.param(m.InitSandbox("sandbox", "/s/naos.db", "/s/wasm-cache", 2), id="InitSandbox"),
+    pytest.param(m.RunWasm("r13", b"\0asm", b"{}", {"fuel": 10}, ("log",), "a"),
+                 id="RunWasm"),
+    pytest.param(m.ValidateWasm("r14", b"\0asm", {"fuel": 10}), id="ValidateWasm"),
 ]
 
 

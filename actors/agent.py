@@ -1,0 +1,157 @@
+"""AgentActor: one agent, one OS process, one handler.
+
+Let it crash: a handler that raises is answered with an ``agent_crashed``
+error (with the log lines of that run), the supervisor is told why, and the
+process exits; the supervisor restarts it according to its strategy.  A
+handler that cannot be loaded is a crash at start, so a broken agent hits
+its supervisor's restart intensity instead of serving errors forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from thespian.actors import ActorExitRequest
+
+from actors.base import NaosActor, error_reply
+from actors.handlers import AgentContext, Handler, call, load_module, make_handler
+from actors.messages import ChildCrashed, ChildDone, ChildPid, InitAgent, Reply, RunAgent
+from naosd.errors import AgentCrashed, Conflict, NaosError
+
+
+def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
+    """Limits for a WASM agent from its config (fuel, memory_mb, timeout_s)."""
+    limits: dict[str, int] = {}
+    if "fuel" in config:
+        limits["fuel"] = int(config["fuel"])
+    if "memory_mb" in config:
+        limits["memory_bytes"] = int(float(config["memory_mb"]) * 1024 * 1024)
+    if "timeout_s" in config:
+        limits["timeout_ms"] = int(float(config["timeout_s"]) * 1000)
+    return limits
+
+
+def wasm_handler(definition: Any, db_path: str) -> Handler:
+    """A handler that runs the agent's module in this process's engine:
+    the message as JSON on stdin, the reply parsed from stdout (JSON if it
+    is JSON, else text).  A non-zero exit or a limit is an error reply, not
+    a crash: the next run gets a fresh instance anyway."""
+    from pathlib import Path
+
+    from actors.sandbox import StoreHost, open_store, run_module
+    from actors.wasm import WasmEngine
+
+    module = Path(definition.source).read_bytes()
+    engine = WasmEngine(Path(db_path).parent / "wasm-cache")
+    engine.compile(module)
+    grants = tuple(definition.config.get("grants", ()))
+    limits = wasm_limits(definition.config)
+    store = open_store(db_path) if grants else None
+
+    def handle(message: Any, ctx: AgentContext) -> Any:
+        host = StoreHost(store, definition.name) if store is not None else None
+        summary = run_module(engine, module, json.dumps(message).encode(), limits, grants,
+                             host)
+        for level, text in summary["logs"]:
+            ctx.log(text, level=level)
+        if summary["stderr"]:
+            ctx.log(summary["stderr"].decode("utf-8", "replace")[:4096], level="warning")
+        if summary["exit_code"] != 0:
+            raise WasmGuestFailed(
+                f"guest exited with code {summary['exit_code']}: "
+                f"{summary['stderr'].decode('utf-8', 'replace')[:500]}")
+        ctx.log(f"fuel {summary['fuel_used']}, cost {summary['cost_micro_usd']} micro-USD")
+        return _decode(summary["stdout"])
+
+    return handle
+
+
+def _decode(out: bytes) -> Any:
+    text = out.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+class WasmGuestFailed(NaosError):
+    code = "wasm_exit"
+
+
+class AgentActor(NaosActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._handler: Handler | None = None
+        self._ctx: AgentContext | None = None
+        self._supervisor: Any = None
+        self._db_path = ""
+        self._dying = False
+        self._sandboxed = False
+
+    def receiveMsg_InitAgent(self, msg: InitAgent, sender: Any) -> None:
+        definition = msg.definition
+        self.name = definition.name
+        self._supervisor = sender
+        self._db_path = msg.db_path
+        self._ctx = AgentContext(definition.name, dict(definition.config))
+        self._sandboxed = definition.source_kind == "wasm"
+        try:
+            if definition.source_kind == "wasm":
+                self._handler = wasm_handler(definition, msg.db_path)
+            else:
+                module = load_module(definition.source_kind, definition.source, definition.name)
+                self._handler = make_handler(module, self._ctx)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is a crash
+            self._crash(f"cannot start: {type(exc).__name__}: {exc}")
+            return
+        self.send(sender, ChildPid(definition.name, os.getpid()))
+
+    def receiveMsg_RunAgent(self, msg: RunAgent, sender: Any) -> None:
+        if self._handler is None or self._ctx is None or self._dying:
+            raise Conflict(f"agent {self.name!r} is not ready")
+        self._ctx.request_id = msg.request_id
+        self._ctx.idempotency_key = msg.idempotency_key
+        try:
+            output, ms = call(self._handler, msg.input, self._ctx)
+        except NaosError as exc:
+            if not self._sandboxed:
+                self._crash_on(msg, sender, exc)
+                return
+            # a sandboxed guest failed or hit a limit: an error, not a crash
+            self._ctx.log(str(exc), level="error")
+            self.send(sender, Reply(msg.request_id, False, self._result(None, 0.0),
+                                    exc.code, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - let it crash, but tell the caller
+            self._crash_on(msg, sender, exc)
+            return
+        self.send(sender, Reply(msg.request_id, True, self._result(output, ms)))
+        if self._ctx.stop_requested:
+            self._dying = True
+            self.send(self._supervisor, ChildDone(self.name))
+            self.send(self.myAddress, ActorExitRequest())
+
+    def _crash_on(self, msg: RunAgent, sender: Any, exc: Exception) -> None:
+        """Answer the caller with ``agent_crashed`` and the run's log lines,
+        then crash."""
+        assert self._ctx is not None
+        reason = f"handler raised {type(exc).__name__}: {exc}"
+        self._ctx.log(reason, level="error")
+        crashed = error_reply(msg, AgentCrashed(f"agent {self.name!r} crashed: {reason}"))
+        self.send(sender, Reply(crashed.request_id, False, self._result(None, 0.0),
+                                crashed.error_code, crashed.message))
+        self._crash(reason)
+
+    def _result(self, output: Any, ms: float) -> dict[str, Any]:
+        assert self._ctx is not None
+        return {"output": output, "ms": round(ms, 3), "pid": os.getpid(),
+                "logs": self._ctx.take_lines()}
+
+    def _crash(self, reason: str) -> None:
+        """Tell the supervisor why, then exit once the replies are sent."""
+        self._dying = True
+        if self._supervisor is not None:
+            self.send(self._supervisor, ChildCrashed(self.name, reason))
+        self.send(self.myAddress, ActorExitRequest())

@@ -1,0 +1,121 @@
+"""Agent and supervisor definitions: what a user declares (pure, picklable).
+
+Definitions live in SQLite (``naosd.defs_store``) and in project files
+(``naos.toml``); supervisors read their own from the database every time they
+start, so a restarted supervisor always runs the current tree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from naosd.errors import InvalidRequest
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+SOURCE_KINDS = ("template", "python", "wasm")
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+RESTART_TYPES = ("permanent", "transient", "temporary")
+DESIRED = ("running", "stopped")
+IMPLICIT_SUPERVISOR = "agents"  # where agents outside any user supervisor live
+
+
+def validate_name(name: Any, what: str = "agent") -> str:
+    """Return ``name`` if it is a valid agent/supervisor name, else raise
+    InvalidRequest saying what the rule is."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidRequest(
+            f"invalid {what} name {name!r}: use lowercase letters, digits and hyphens, "
+            "starting with a letter, at most 64 characters"
+        )
+    return name
+
+
+def normalise_choice(value: str, options: tuple[str, ...], what: str) -> str:
+    text = value.replace("-", "_").lower()
+    if text not in options:
+        allowed = ", ".join(o.replace("_", "-") for o in options)
+        raise InvalidRequest(f"invalid {what} {value!r}: use one of {allowed}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDef:
+    name: str
+    source_kind: str  # template | python | wasm
+    source: str  # template name or absolute path
+    config: dict[str, Any] = field(default_factory=dict)
+    supervisor: str | None = None  # None: the implicit "agents" supervisor
+    restart: str = "permanent"
+    position: int = 0
+    desired: str = "stopped"
+    shutdown_timeout_s: float = 5.0
+    created_at: str = ""
+
+    def validated(self) -> AgentDef:
+        validate_name(self.name)
+        if self.name == IMPLICIT_SUPERVISOR:
+            raise InvalidRequest(f"the name {self.name!r} is reserved")
+        if self.source_kind not in SOURCE_KINDS:
+            raise InvalidRequest(f"unknown agent source kind {self.source_kind!r}")
+        normalise_choice(self.restart, RESTART_TYPES, "restart type")
+        if not 0 < self.shutdown_timeout_s <= 3600:
+            raise InvalidRequest("shutdown timeout must be between 0 and 3600 seconds")
+        return self
+
+    @property
+    def parent(self) -> str:
+        return self.supervisor or IMPLICIT_SUPERVISOR
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source_kind": self.source_kind, "source": self.source,
+                "config": self.config, "supervisor": self.supervisor,
+                "restart": self.restart, "desired": self.desired,
+                "shutdown_timeout_s": self.shutdown_timeout_s, "created_at": self.created_at}
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorDef:
+    name: str
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    window_s: float = 5.0
+    backoff_initial_s: float = 0.0
+    backoff_max_s: float = 0.0
+    parent: str | None = None  # None: a top-level supervisor under root
+    restart: str = "permanent"
+    position: int = 0
+    desired: str = "stopped"
+    created_at: str = ""
+
+    def validated(self) -> SupervisorDef:
+        validate_name(self.name, "supervisor")
+        if self.name in (IMPLICIT_SUPERVISOR, "root", "heartbeat"):
+            raise InvalidRequest(f"the name {self.name!r} is reserved")
+        normalise_choice(self.strategy, STRATEGIES, "strategy")
+        normalise_choice(self.restart, RESTART_TYPES, "restart type")
+        if self.max_restarts < 0:
+            raise InvalidRequest("max restarts must be 0 or more")
+        if self.window_s <= 0:
+            raise InvalidRequest("the restart window must be longer than 0 seconds")
+        if self.backoff_initial_s < 0 or self.backoff_max_s < self.backoff_initial_s:
+            raise InvalidRequest("backoff: need 0 <= initial <= max")
+        if self.parent == self.name:
+            raise InvalidRequest("a supervisor cannot supervise itself")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "strategy": self.strategy,
+                "max_restarts": self.max_restarts, "window_s": self.window_s,
+                "backoff_initial_s": self.backoff_initial_s,
+                "backoff_max_s": self.backoff_max_s, "parent": self.parent,
+                "restart": self.restart, "desired": self.desired,
+                "created_at": self.created_at}
+
+
+def implicit_supervisor() -> SupervisorDef:
+    """The supervisor of agents that belong to no user supervisor: restarts
+    each one on its own and gives up only on a storm of crashes."""
+    return SupervisorDef(IMPLICIT_SUPERVISOR, "one_for_one", max_restarts=50, window_s=60.0,
+                         desired="running")

@@ -1,0 +1,304 @@
+"""SupervisorActor: the thin shell around the OTP state machine in
+:mod:`actors.domain.supervision`.
+
+It turns Thespian's signals into domain events (``ChildPid`` -> started,
+``ChildActorExited`` -> exited; an exit we did not ask for is abnormal, with
+the reason the child sent in ``ChildCrashed`` if any), and performs the
+domain's effects: create a child actor, ask it to stop (with a timer that
+kills it when its shutdown timeout passes), SIGKILL, schedule a backoff,
+write an audit row, give up (stop everything, tell the parent why, exit:
+the parent sees an abnormal exit and applies its own strategy).
+
+A supervisor reads its definition and its children from SQLite every time
+it starts, so a restarted supervisor runs the current tree; ``Sync`` makes a
+running one pick up changes.  Every change of state is pushed to the root
+(``TreeUpdate``, ``Registered``) so naosd can draw the tree and find agents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from datetime import timedelta
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from actors.agent import AgentActor
+from actors.base import NaosActor
+from actors.domain import supervision as sv
+from actors.domain.definitions import AgentDef, SupervisorDef
+from actors.messages import (
+    ChildCrashed,
+    ChildDone,
+    ChildPid,
+    GetTree,
+    InitAgent,
+    InitSupervisor,
+    Registered,
+    Sync,
+    TreeUpdate,
+)
+from naosd.errors import NaosError
+
+SWEEP = timedelta(milliseconds=250)
+
+
+def _process_alive(pid: int) -> bool:
+    """False if ``pid`` is gone or a zombie (dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def child_spec(d: AgentDef | SupervisorDef) -> sv.ChildSpec:
+    kind = "agent" if isinstance(d, AgentDef) else "supervisor"
+    timeout = d.shutdown_timeout_s if isinstance(d, AgentDef) else 30.0
+    return sv.ChildSpec(d.name, kind, sv.RestartType(d.restart), timeout)
+
+
+def supervisor_spec(d: SupervisorDef, children: list[AgentDef | SupervisorDef]
+                    ) -> sv.SupervisorSpec:
+    return sv.SupervisorSpec(
+        d.name, sv.Strategy(d.strategy), d.max_restarts, d.window_s,
+        d.backoff_initial_s, d.backoff_max_s, tuple(child_spec(c) for c in children))
+
+
+class SupervisorActor(NaosActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._state: sv.SupState | None = None
+        self._defs: dict[str, AgentDef | SupervisorDef] = {}
+        self._addrs: dict[str, Any] = {}
+        self._pids: dict[str, int] = {}
+        self._stopping: set[str] = set()
+        self._done: set[str] = set()
+        self._removing: set[str] = set()
+        self._reasons: dict[str, str] = {}
+        self._parent: Any = None
+        self._root: Any = None
+        self._db_path = ""
+        self._checkpoint = ""
+        self._store: Any = None
+        self._giving_up = ""
+        self._exiting = False
+
+    # -- start ---------------------------------------------------------------
+    def receiveMsg_InitSupervisor(self, msg: InitSupervisor, sender: Any) -> None:
+        self.name = msg.name
+        self._parent, self._root = sender, msg.root
+        self._db_path, self._checkpoint = msg.db_path, msg.checkpoint_path
+        definition, children = self._load()
+        self._state = sv.initial(supervisor_spec(definition, children))
+        self.send(self._root, Registered(self.name, "supervisor", self.myAddress,
+                                         os.getpid(), ""))
+        self.send(sender, ChildPid(self.name, os.getpid()))
+        self._apply(sv.Boot(time.monotonic()))
+        self.wakeupAfter(SWEEP, payload=("sweep", None, None))
+
+    def _load(self) -> tuple[SupervisorDef, list[AgentDef | SupervisorDef]]:
+        from naosd import defs_store
+
+        store = self._db()
+        definition = defs_store.get_supervisor(store, self.name)
+        children = [c for c in defs_store.children_of(store, self.name)
+                    if c.desired == "running"]
+        self._defs = {c.name: c for c in children}
+        return definition, children
+
+    def _db(self) -> Any:
+        if self._store is None:
+            from pathlib import Path
+
+            from naosd.storage import Store
+
+            self._store = Store.open(Path(self._db_path),
+                                     checkpoint_path=Path(self._checkpoint))
+        return self._store
+
+    # -- requests --------------------------------------------------------------
+    def receiveMsg_GetTree(self, msg: GetTree, sender: Any) -> None:
+        self.reply(sender, msg, self._node())
+
+    def receiveMsg_Sync(self, msg: Sync, sender: Any) -> None:
+        """Reconcile the running children with the database."""
+        wanted = {c.name: c for c in self._load_children()}
+        now = time.monotonic()
+        for name in [n for n in self._current_names() if n not in wanted]:
+            self._retire(name, now)
+        for name, d in wanted.items():
+            self._defs[name] = d
+            self._removing.discard(name)
+            if name not in self._current_names():
+                self._apply(sv.AddChild(child_spec(d), now))
+        self.reply(sender, msg, self._node())
+
+    def _retire(self, name: str, now: float) -> None:
+        """Stop ``name`` if it runs, and remove it once it is down."""
+        assert self._state is not None
+        child = next(c for c in self._state.children if c.name == name)
+        self._removing.add(name)
+        if child.run in (sv.ChildRun.STOPPED, sv.ChildRun.PAUSED, sv.ChildRun.FAILED):
+            self._remove_if_down(name, now)
+        elif child.run is not sv.ChildRun.STOPPING:
+            self._apply(sv.StopChild(name, now))
+
+    def _remove_if_down(self, name: str, now: float) -> None:
+        assert self._state is not None
+        child = next((c for c in self._state.children if c.name == name), None)
+        if child is None:
+            self._removing.discard(name)
+        elif child.run in (sv.ChildRun.STOPPED, sv.ChildRun.PAUSED, sv.ChildRun.FAILED):
+            self._removing.discard(name)
+            self._apply(sv.RemoveChild(name, now))
+            self._defs.pop(name, None)
+
+    def _load_children(self) -> list[AgentDef | SupervisorDef]:
+        from naosd import defs_store
+
+        return [c for c in defs_store.children_of(self._db(), self.name)
+                if c.desired == "running"]
+
+    def _current_names(self) -> list[str]:
+        assert self._state is not None
+        return [c.name for c in self._state.children]
+
+    # -- signals from children -------------------------------------------------
+    def receiveMsg_ChildPid(self, msg: ChildPid, sender: Any) -> None:
+        if self._addrs.get(msg.name) != sender:
+            return
+        self._pids[msg.name] = msg.pid
+        self._apply(sv.ChildStarted(msg.name, msg.pid, time.monotonic()))
+        kind = "agent" if isinstance(self._defs.get(msg.name), AgentDef) else "supervisor"
+        if kind == "agent":
+            self.send(self._root, Registered(msg.name, kind, sender, msg.pid, self.name))
+
+    def receiveMsg_ChildCrashed(self, msg: ChildCrashed, sender: Any) -> None:
+        if self._addrs.get(msg.name) == sender:
+            self._reasons[msg.name] = msg.reason
+
+    def receiveMsg_ChildDone(self, msg: ChildDone, sender: Any) -> None:
+        if self._addrs.get(msg.name) == sender:
+            self._done.add(msg.name)
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        name = next((n for n, a in self._addrs.items() if a == msg.childAddress), None)
+        if name is not None:
+            self._child_exited(name)
+
+    def _sweep(self) -> None:
+        """Safety net: Thespian sometimes loses one ChildActorExited when
+        several children die at once; a child whose process is gone is
+        treated as exited (a late ChildActorExited then finds nothing)."""
+        for name, pid in list(self._pids.items()):
+            if not _process_alive(pid):
+                self._child_exited(name)
+        if not self._exiting:
+            self.wakeupAfter(SWEEP, payload=("sweep", None, None))
+
+    def _child_exited(self, name: str) -> None:
+        if self._exiting or name not in self._addrs:
+            return
+        del self._addrs[name]
+        self._pids.pop(name, None)
+        abnormal = name not in self._stopping and name not in self._done
+        self._stopping.discard(name)
+        self._done.discard(name)
+        reason = self._reasons.pop(name, "exited" if not abnormal else "process died")
+        self.send(self._root, Registered(name, "agent", None, None, self.name))
+        now = time.monotonic()
+        self._apply(sv.ChildExited(name, abnormal, reason, now))
+        if name in self._removing:
+            self._remove_if_down(name, now)
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        kind, name, addr = msg.payload
+        now = time.monotonic()
+        if kind == "sweep":
+            self._sweep()
+        elif kind == "stop-timeout" and self._addrs.get(name) == addr and name in self._stopping:
+            self._apply(sv.StopTimeout(name, now))
+        elif kind == "backoff":
+            self._apply(sv.BackoffElapsed(name, now))
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self._exiting = True  # Thespian stops our children with us
+
+    # -- driving the domain ------------------------------------------------------
+    def _apply(self, event: Any) -> None:
+        assert self._state is not None
+        try:
+            self._state, effects = sv.handle(self._state, event)
+        except NaosError as exc:
+            self.logger().warning("%s: %s ignored: %s", self.name, type(event).__name__, exc)
+            return
+        for effect in effects:
+            self._perform(effect)
+        self._after()
+
+    def _perform(self, effect: Any) -> None:
+        match effect:
+            case sv.Start(name):
+                self._start(name)
+            case sv.Stop(name, timeout_s):
+                self._stop(name, timeout_s)
+            case sv.Kill(name):
+                self._kill(name)
+            case sv.Schedule(name, delay_s):
+                self.wakeupAfter(timedelta(seconds=delay_s), payload=("backoff", name, None))
+            case sv.GiveUp(reason):
+                self._giving_up = reason or "restart intensity exceeded"
+            case sv.Audit(type_, detail):
+                self._audit(type_, detail)
+
+    def _start(self, name: str) -> None:
+        d = self._defs[name]
+        if isinstance(d, AgentDef):
+            addr = self.createActor(AgentActor)
+            self._addrs[name] = addr
+            self.send(addr, InitAgent(d, self._db_path))
+        else:
+            addr = self.createActor(SupervisorActor)
+            self._addrs[name] = addr
+            self.send(addr, InitSupervisor(name, self._db_path, self._checkpoint, self._root))
+
+    def _stop(self, name: str, timeout_s: float) -> None:
+        addr = self._addrs.get(name)
+        if addr is None:
+            return
+        self._stopping.add(name)
+        self.send(addr, ActorExitRequest())
+        self.wakeupAfter(timedelta(seconds=timeout_s), payload=("stop-timeout", name, addr))
+
+    def _kill(self, name: str) -> None:
+        pid = self._pids.get(name)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _audit(self, type_: str, detail: dict[str, Any]) -> None:
+        child = detail.get("name")
+        agent = child if isinstance(self._defs.get(str(child)), AgentDef) else None
+        try:
+            self._db().append_audit(type_, actor=self.name, agent=agent, detail=detail)
+        except NaosError as exc:
+            self.logger().error("%s: audit %s failed: %s", self.name, type_, exc)
+
+    def _after(self) -> None:
+        self.send(self._root, TreeUpdate(self.name, self._node()))
+        if self._giving_up and not self._addrs:
+            self.send(self._parent, ChildCrashed(self.name, f"gave up: {self._giving_up}"))
+            self._exiting = True
+            self.send(self.myAddress, ActorExitRequest())
+
+    def _node(self) -> dict[str, Any]:
+        assert self._state is not None
+        node: dict[str, Any] = sv.tree_node(self._state)
+        node["pid"] = os.getpid()
+        if self._giving_up:
+            node["state"] = "failed"
+        return node
