@@ -194,6 +194,23 @@ class Sync(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class Activate(Request):
+    """naosd -> the implicit supervisor: run agent ``name`` on demand (its
+    desired state stays as it is).  Result: None; naosd then waits for the
+    registry."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deactivate(Request):
+    """naosd -> the implicit supervisor: agent ``name`` has been idle; stop
+    it unless its desired state is running.  Result: None."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolve(Request):
     """naosd -> root: the current address of agent or supervisor ``name``.
     Result: ``{"address", "pid", "kind", "supervisor"}``; NotFound if it is

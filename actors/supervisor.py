@@ -31,9 +31,11 @@ from actors.base import NaosActor
 from actors.domain import supervision as sv
 from actors.domain.definitions import AgentDef, SupervisorDef
 from actors.messages import (
+    Activate,
     ChildCrashed,
     ChildDone,
     ChildPid,
+    Deactivate,
     GetTree,
     InitAgent,
     InitSupervisor,
@@ -78,6 +80,7 @@ class SupervisorActor(NaosActor):
         self._stopping: set[str] = set()
         self._done: set[str] = set()
         self._removing: set[str] = set()
+        self._on_demand: set[str] = set()
         self._reasons: dict[str, str] = {}
         self._parent: Any = None
         self._root: Any = None
@@ -106,7 +109,7 @@ class SupervisorActor(NaosActor):
         store = self._db()
         definition = defs_store.get_supervisor(store, self.name)
         children = [c for c in defs_store.children_of(store, self.name)
-                    if c.desired == "running"]
+                    if c.desired == "running" or c.name in self._on_demand]
         self._defs = {c.name: c for c in children}
         return definition, children
 
@@ -161,7 +164,38 @@ class SupervisorActor(NaosActor):
         from naosd import defs_store
 
         return [c for c in defs_store.children_of(self._db(), self.name)
-                if c.desired == "running"]
+                if c.desired == "running" or c.name in self._on_demand]
+
+    def receiveMsg_Activate(self, msg: Activate, sender: Any) -> None:
+        """Run an agent on demand: it stays until naosd deactivates it."""
+        from naosd import defs_store
+
+        d = defs_store.get_agent(self._db(), msg.name)
+        self._on_demand.add(msg.name)
+        self._defs[msg.name] = d
+        now = time.monotonic()
+        child = self._child(msg.name)
+        if child is None:
+            self._apply(sv.AddChild(child_spec(d), now))
+        elif child.run is sv.ChildRun.STOPPED:
+            self._removing.discard(msg.name)
+            self._apply(sv.StartChild(msg.name, now))
+        self.reply(sender, msg)
+
+    def receiveMsg_Deactivate(self, msg: Deactivate, sender: Any) -> None:
+        from naosd import defs_store
+
+        self._on_demand.discard(msg.name)
+        d = defs_store.get_agent(self._db(), msg.name)
+        if d.desired != "running" and self._child(msg.name) is not None:
+            self._audit("agent.deactivated", {"name": msg.name, "supervisor": self.name,
+                                              "reason": "idle"})
+            self._retire(msg.name, time.monotonic())
+        self.reply(sender, msg)
+
+    def _child(self, name: str) -> sv.ChildState | None:
+        assert self._state is not None
+        return next((c for c in self._state.children if c.name == name), None)
 
     def _current_names(self) -> list[str]:
         assert self._state is not None

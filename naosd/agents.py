@@ -19,7 +19,7 @@ from actors.domain.definitions import (
     AgentDef,
     SupervisorDef,
 )
-from actors.messages import GetTree, Resolve, RunAgent, Sync
+from actors.messages import Activate, Deactivate, GetTree, Resolve, RunAgent, Sync
 from naosd import defs_store
 from naosd.errors import Conflict, NotFound, RequestTimeout, from_wire
 
@@ -46,6 +46,7 @@ def find_node(tree: dict[str, Any], name: str) -> dict[str, Any] | None:
 class Agents:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self.last_used: dict[str, float] = {}  # on-demand agents -> last activity
 
     # -- plumbing ------------------------------------------------------------
     async def tree(self) -> dict[str, Any]:
@@ -104,6 +105,7 @@ class Agents:
         return await self.describe(created.name)
 
     async def start(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        self.last_used.pop(name, None)  # started for good: never reaped
         agent = await self.db(lambda s: defs_store.get_agent(s, name))
         await self.db(lambda s: defs_store.set_desired(s, "agent", name, "running"))
         await self._ensure_parent_running(agent.supervisor)
@@ -135,10 +137,11 @@ class Agents:
                   ) -> dict[str, Any]:
         where = await self.resolve(name)
         if where is None:  # deactivated or never started: activate transparently
-            await self.start(name, wait_s=wait_s)
-            where = await self.resolve(name)
+            where = await self.activate(name, wait_s=wait_s)
         if where is None or where.get("kind") != "agent":
             raise NotFound(f"no running agent named {name!r}")
+        if name in self.last_used:
+            self.last_used[name] = time.monotonic()
         msg = RunAgent(_rid(), payload, key)
         reply = await self.d.bridge.ask_to(where["address"], msg, timeout_s=wait_s, raw=True)
         result = reply.result or {}
@@ -149,6 +152,32 @@ class Agents:
             raise from_wire(reply.error_code, reply.message)
         return {"agent": name, "output": result.get("output"), "ms": result.get("ms"),
                 "pid": result.get("pid")}
+
+    async def activate(self, name: str, *, wait_s: float) -> dict[str, Any] | None:
+        """Start an agent for this call: agents outside user trees are run on
+        demand (and stopped again when idle); others are started for good."""
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        if agent.supervisor is not None:
+            await self.start(name, wait_s=wait_s)
+            return await self.resolve(name)
+        implicit = await self.resolve(IMPLICIT_SUPERVISOR)
+        if implicit is None:
+            raise Conflict("the agents supervisor is not running")
+        await self.d.bridge.ask_to(implicit["address"], Activate(_rid(), name))
+        if agent.desired != "running":
+            self.last_used[name] = time.monotonic()
+        return await self.wait_for(name, running=True, wait_s=wait_s)
+
+    async def reap_idle(self, idle_s: float) -> list[str]:
+        """Deactivate on-demand agents unused for ``idle_s`` seconds."""
+        now = time.monotonic()
+        idle = [n for n, t in self.last_used.items() if now - t >= idle_s]
+        implicit = await self.resolve(IMPLICIT_SUPERVISOR) if idle else None
+        for name in idle:
+            del self.last_used[name]
+            if implicit is not None:
+                await self.d.bridge.ask_to(implicit["address"], Deactivate(_rid(), name))
+        return idle
 
     async def _store_logs(self, name: str, lines: list[Any]) -> None:
         if lines:

@@ -173,6 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
             "threads asking the actor system at once"),
     Setting("actors.sandbox_workers", _number(1, 64, int), 2,
             "WASM sandbox worker processes"),
+    Setting("agents.idle_timeout", _number(0, 30 * 86400), 600.0,
+            "seconds before an on-demand agent's idle process is stopped (0: never)"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -204,6 +206,7 @@ class Config:
     actors_ask_timeout: float
     actors_bridge_threads: int
     actors_sandbox_workers: int
+    agents_idle_timeout: float
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

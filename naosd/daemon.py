@@ -100,6 +100,7 @@ class Daemon:
         await self._start_dashboard()
         watchdog = asyncio.get_running_loop().create_task(self._watchdog())
         self._watchdog_task = watchdog
+        self._reaper_task = asyncio.get_running_loop().create_task(self._reap_idle_agents())
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()
@@ -114,9 +115,10 @@ class Daemon:
     async def _stop_parts(self) -> None:
         log.info("stopping (%s)", self.stop_reason or "requested")
         self.notifier.notify("STOPPING=1", f"STATUS=stopping: {self.stop_reason}")
-        task = getattr(self, "_watchdog_task", None)
-        if task is not None:
-            task.cancel()
+        for name in ("_watchdog_task", "_reaper_task"):
+            task = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
         budget = self.config.shutdown_timeout
         if self.server is not None:
             await self.server.close(drain_timeout=budget / 2)
@@ -181,6 +183,21 @@ class Daemon:
         for key in needs_restart:
             log.warning("config %s changed; it takes effect after a restart", key)
         return {"changed": changed, "needs_restart": needs_restart}
+
+    async def _reap_idle_agents(self) -> None:
+        """Stop on-demand agents that have been idle (agents.idle_timeout)."""
+        while True:
+            idle_s = self.config.agents_idle_timeout
+            await asyncio.sleep(min(max(idle_s / 4, 0.2), 30.0) if idle_s else 30.0)
+            if not idle_s:
+                continue
+            try:
+                reaped = await self.agents.reap_idle(idle_s)
+            except NaosError as exc:
+                log.warning("idle agent reaper: %s", exc.message)
+                continue
+            if reaped:
+                log.info("deactivated idle agents: %s", ", ".join(reaped))
 
     # -- watchdog ----------------------------------------------------------------
     async def _watchdog(self) -> None:

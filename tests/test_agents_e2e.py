@@ -244,3 +244,28 @@ def test_project_file_init_validate_apply(daemon: Naosd, base: Path):
     out = daemon.ctl("config", "validate", str(bad))
     assert out.returncode == 1
     assert "supervisors.s.children[0]" in out.stderr and "nobody" in out.stderr
+
+
+def test_registered_agents_run_on_demand_and_idle_ones_are_stopped(base: Path):
+    from harness import clean_env
+
+    env = clean_env(XDG_RUNTIME_DIR=str(base), NAOS_AGENTS_IDLE_TIMEOUT="1")
+    d = start_naosd(base, env=env)
+    try:
+        for i in range(5):
+            ok(d, "create", f"lazy{i}", "--template", "echo", "--no-start")
+        assert {agent(d, f"lazy{i}")["state"] for i in range(5)} == {"stopped"}
+        assert ok(d, "run", "lazy0", "--input", '"wake"')["output"] == "wake"
+        first = agent(d, "lazy0")
+        assert first["state"] == "running" and first["desired"] == "stopped"
+        assert agent(d, "lazy1")["state"] == "stopped"  # only what is used runs
+        d.remember_tree()
+        wait_until(lambda: agent(d, "lazy0")["state"] == "stopped", what="idle lazy0 stopped")
+        wait_until(lambda: not alive(first["pid"]), what="idle process gone")
+        assert "agent.deactivated" in audit_types(d)
+        again = ok(d, "run", "lazy0", "--input", '"again"')
+        assert again["output"] == "again" and again["pid"] != first["pid"]
+        d.remember_tree()
+    finally:
+        d.stop()
+        assert not reap(d)
