@@ -22,8 +22,11 @@ from naosd.errors import AgentCrashed, Conflict, NaosError
 
 
 def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
-    """Limits for a WASM agent from its config (fuel, memory_mb, timeout_s)."""
-    limits: dict[str, int] = {}
+    """Limits for a WASM agent from its config: ``fuel``, ``memory_mb``,
+    ``timeout_s``, and any other field of ``actors.wasm.Limits`` under
+    ``limits`` (e.g. ``{"limits": {"stdout_bytes": 65536}}``)."""
+    extra = config.get("limits", {})
+    limits: dict[str, int] = dict(extra) if isinstance(extra, dict) else {}
     if "fuel" in config:
         limits["fuel"] = int(config["fuel"])
     if "memory_mb" in config:
@@ -62,6 +65,7 @@ def wasm_handler(definition: Any, db_path: str) -> Handler:
             raise WasmGuestFailed(
                 f"guest exited with code {summary['exit_code']}: "
                 f"{summary['stderr'].decode('utf-8', 'replace')[:500]}")
+        ctx.cost_micro_usd += summary["cost_micro_usd"]
         ctx.log(f"fuel {summary['fuel_used']}, cost {summary['cost_micro_usd']} micro-USD")
         return _decode(summary["stdout"])
 
@@ -146,8 +150,9 @@ class AgentActor(NaosActor):
 
     def _result(self, output: Any, ms: float) -> dict[str, Any]:
         assert self._ctx is not None
+        cost, self._ctx.cost_micro_usd = self._ctx.cost_micro_usd, 0
         return {"output": output, "ms": round(ms, 3), "pid": os.getpid(),
-                "logs": self._ctx.take_lines()}
+                "logs": self._ctx.take_lines(), "cost_micro_usd": cost}
 
     def _crash(self, reason: str) -> None:
         """Tell the supervisor why, then exit once the replies are sent."""

@@ -46,6 +46,7 @@ class AgentContext:
         self.idempotency_key = ""
         self.lines: list[tuple[str, str, str]] = []
         self.stop_requested = False
+        self.cost_micro_usd = 0  # what this run cost (WASM fuel; integer micro-dollars)
 
     def stop(self) -> None:
         """Exit normally once this message is answered (a *normal* exit: a

@@ -62,9 +62,16 @@ LEVELS = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 
 
 def limits_from(spec: dict[str, Any]) -> Any:
-    from actors.wasm import Limits  # type: ignore[attr-defined]
+    """``actors.wasm.Limits`` from a dict; InvalidRequest names a bad field."""
+    from actors.wasm.limits import Limits
+    from naosd.errors import ConfigError, InvalidRequest
 
-    return Limits(**spec)
+    try:
+        return Limits(**spec)
+    except TypeError as exc:
+        raise InvalidRequest(f"unknown WASM limit: {exc}") from None
+    except ConfigError as exc:
+        raise InvalidRequest(f"bad WASM limit: {exc.message}") from None
 
 
 def run_module(engine: Any, module: bytes, stdin: bytes, limits: dict[str, Any],

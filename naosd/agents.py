@@ -147,11 +147,12 @@ class Agents:
         result = reply.result or {}
         await self._store_logs(name, result.get("logs") or [])
         await self.d.db.audit("agent.run", agent=name, ok=reply.ok, ms=result.get("ms"),
-                              error=reply.error_code or None, idempotency_key=key or None)
+                              error=reply.error_code or None, idempotency_key=key or None,
+                              cost_micro_usd=result.get("cost_micro_usd", 0))
         if not reply.ok:
             raise from_wire(reply.error_code, reply.message)
         return {"agent": name, "output": result.get("output"), "ms": result.get("ms"),
-                "pid": result.get("pid")}
+                "pid": result.get("pid"), "cost_micro_usd": result.get("cost_micro_usd", 0)}
 
     async def activate(self, name: str, *, wait_s: float) -> dict[str, Any] | None:
         """Start an agent for this call: agents outside user trees are run on

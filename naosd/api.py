@@ -188,6 +188,13 @@ async def audit_tail(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, An
             last = max(last, await _head_seq(d))
 
 
+@method("events", stream=True, **_FILTERS)
+async def events(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Everything that happens from now on, as audit rows, until cancelled."""
+    async for row in audit_tail(d, {**p, "n": 0, "follow": True}):
+        yield row
+
+
 async def _head_seq(d: Daemon) -> int:
     head = await d.db.call(lambda s: s.audit_head())
     return head.seq if head else 0

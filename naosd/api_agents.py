@@ -85,7 +85,13 @@ async def _check_wasm_agent(d: Daemon, definition: AgentDef) -> None:
     if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
         raise InvalidRequest("config.grants must be a list of host function names")
     module = await asyncio.to_thread(Path(definition.source).read_bytes)
-    report = await validate_module(d, module, tuple(grants))
+    from actors.agent import wasm_limits
+
+    try:
+        limits = wasm_limits(definition.config)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"config: bad WASM limits: {exc}") from None
+    report = await validate_module(d, module, tuple(grants), limits)
     if not report["ok"]:
         problems = "; ".join(report["problems"]) or report["verdict"]
         raise InvalidRequest(f"{definition.source} cannot run as an agent: {problems}")
