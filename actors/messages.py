@@ -214,9 +214,12 @@ class Deactivate(Request):
 class Resolve(Request):
     """naosd -> root: the current address of agent or supervisor ``name``.
     Result: ``{"address", "pid", "kind", "supervisor"}``; NotFound if it is
-    not running."""
+    not running (after waiting up to ``wait_s`` seconds for it to register).
+    With ``stale_pid``, a registration of that (dead) process does not count."""
 
     name: str
+    wait_s: float = 0.0
+    stale_pid: int = 0
 
 
 @dataclass(frozen=True, slots=True)

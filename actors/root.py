@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from actors.base import NaosActor
+from actors.base import NaosActor, error_reply
 from actors.domain.restart import (
     ChildState,
     ChildStatus,
@@ -69,6 +70,7 @@ class RootSupervisor(NaosActor):
         self._registry: dict[str, Registered] = {}
         self._nodes: dict[str, dict[str, Any]] = {}
         self._reasons: dict[str, str] = {}
+        self._waiters: dict[str, list[tuple[Any, Resolve]]] = {}
 
     def on_start(self) -> None:
         for name, kind in DEFAULT_CHILDREN:
@@ -154,6 +156,7 @@ class RootSupervisor(NaosActor):
             if msg.kind == "supervisor":
                 self._forget_under(msg.name)
             self._registry[msg.name] = msg
+            self._wake_waiters(msg)
         elif msg.name in self._registry and self._registry[msg.name].supervisor == msg.supervisor:
             self._forget(msg.name)
 
@@ -171,10 +174,37 @@ class RootSupervisor(NaosActor):
 
     def receiveMsg_Resolve(self, msg: Resolve, sender: Any) -> None:
         entry = self._registry.get(msg.name)
-        if entry is None:
+        if entry is not None and (not msg.stale_pid or entry.pid != msg.stale_pid):
+            self.reply(sender, msg, self._where(entry))
+        elif msg.wait_s > 0:  # answer when it registers, or when the wait is over
+            self._waiters.setdefault(msg.name, []).append((sender, msg))
+            self.wakeupAfter(timedelta(seconds=msg.wait_s),
+                             payload=("resolve", msg.name, msg.request_id))
+        else:
             raise NotFound(f"{msg.name!r} is not running")
-        self.reply(sender, msg, {"address": entry.address, "pid": entry.pid,
-                                 "kind": entry.kind, "supervisor": entry.supervisor})
+
+    @staticmethod
+    def _where(entry: Registered) -> dict[str, Any]:
+        return {"address": entry.address, "pid": entry.pid, "kind": entry.kind,
+                "supervisor": entry.supervisor}
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        kind, name, request_id = msg.payload
+        if kind != "resolve":
+            return
+        waiting = self._waiters.get(name, [])
+        for asker, request in [w for w in waiting if w[1].request_id == request_id]:
+            waiting.remove((asker, request))
+            self.send(asker, error_reply(request, NotFound(
+                f"{name!r} did not start within {request.wait_s:g}s")))
+
+    def _wake_waiters(self, entry: Registered) -> None:
+        waiting = self._waiters.pop(entry.name, [])
+        for asker, request in waiting:
+            if request.stale_pid and request.stale_pid == entry.pid:
+                self._waiters.setdefault(entry.name, []).append((asker, request))
+            else:
+                self.reply(asker, request, self._where(entry))
 
     def receiveMsg_ChildCrashed(self, msg: ChildCrashed, sender: Any) -> None:
         if self._addrs.get(msg.name) == sender:

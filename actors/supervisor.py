@@ -46,6 +46,7 @@ from actors.messages import (
 from naosd.errors import NaosError
 
 SWEEP = timedelta(milliseconds=250)
+SPARE_DELAY = timedelta(milliseconds=50)
 
 
 def _process_alive(pid: int) -> bool:
@@ -81,6 +82,8 @@ class SupervisorActor(NaosActor):
         self._done: set[str] = set()
         self._removing: set[str] = set()
         self._on_demand: set[str] = set()
+        self._spare: Any = None
+        self._spare_pending = False
         self._reasons: dict[str, str] = {}
         self._parent: Any = None
         self._root: Any = None
@@ -102,6 +105,7 @@ class SupervisorActor(NaosActor):
         self.send(sender, ChildPid(self.name, os.getpid()))
         self._apply(sv.Boot(time.monotonic()))
         self.wakeupAfter(SWEEP, payload=("sweep", None, None))
+        self._want_spare()
 
     def _load(self) -> tuple[SupervisorDef, list[AgentDef | SupervisorDef]]:
         from naosd import defs_store
@@ -206,10 +210,13 @@ class SupervisorActor(NaosActor):
         if self._addrs.get(msg.name) != sender:
             return
         self._pids[msg.name] = msg.pid
-        self._apply(sv.ChildStarted(msg.name, msg.pid, time.monotonic()))
-        kind = "agent" if isinstance(self._defs.get(msg.name), AgentDef) else "supervisor"
-        if kind == "agent":
-            self.send(self._root, Registered(msg.name, kind, sender, msg.pid, self.name))
+
+        def register() -> None:  # after the tree update, before the audit rows
+            if isinstance(self._defs.get(msg.name), AgentDef):
+                self.send(self._root, Registered(msg.name, "agent", sender, msg.pid,
+                                                 self.name))
+
+        self._apply(sv.ChildStarted(msg.name, msg.pid, time.monotonic()), then=register)
 
     def receiveMsg_ChildCrashed(self, msg: ChildCrashed, sender: Any) -> None:
         if self._addrs.get(msg.name) == sender:
@@ -220,6 +227,10 @@ class SupervisorActor(NaosActor):
             self._done.add(msg.name)
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        if self._spare is not None and msg.childAddress == self._spare:
+            self._spare = None
+            self._want_spare()
+            return
         name = next((n for n, a in self._addrs.items() if a == msg.childAddress), None)
         if name is not None:
             self._child_exited(name)
@@ -254,6 +265,8 @@ class SupervisorActor(NaosActor):
         now = time.monotonic()
         if kind == "sweep":
             self._sweep()
+        elif kind == "spare":
+            self._make_spare()
         elif kind == "stop-timeout" and self._addrs.get(name) == addr and name in self._stopping:
             self._apply(sv.StopTimeout(name, now))
         elif kind == "backoff":
@@ -263,16 +276,25 @@ class SupervisorActor(NaosActor):
         self._exiting = True  # Thespian stops our children with us
 
     # -- driving the domain ------------------------------------------------------
-    def _apply(self, event: Any) -> None:
+    def _apply(self, event: Any, then: Any = None) -> None:
+        """Feed ``event`` to the state machine and act.  Audit rows are
+        written last, in one transaction: a replacement process is never
+        kept waiting for the disk."""
         assert self._state is not None
         try:
             self._state, effects = sv.handle(self._state, event)
         except NaosError as exc:
             self.logger().warning("%s: %s ignored: %s", self.name, type(event).__name__, exc)
             return
+        audits = [e for e in effects if isinstance(e, sv.Audit)]
         for effect in effects:
-            self._perform(effect)
+            if not isinstance(effect, sv.Audit):
+                self._perform(effect)
         self._after()
+        if then is not None:
+            then()
+        if audits:
+            self._audit_all(audits)
 
     def _perform(self, effect: Any) -> None:
         match effect:
@@ -286,19 +308,32 @@ class SupervisorActor(NaosActor):
                 self.wakeupAfter(timedelta(seconds=delay_s), payload=("backoff", name, None))
             case sv.GiveUp(reason):
                 self._giving_up = reason or "restart intensity exceeded"
-            case sv.Audit(type_, detail):
-                self._audit(type_, detail)
 
     def _start(self, name: str) -> None:
         d = self._defs[name]
         if isinstance(d, AgentDef):
-            addr = self.createActor(AgentActor)
+            addr, self._spare = self._spare, None
+            if addr is None:
+                addr = self.createActor(AgentActor)
             self._addrs[name] = addr
             self.send(addr, InitAgent(d, self._db_path))
+            self._want_spare()
         else:
             addr = self.createActor(SupervisorActor)
             self._addrs[name] = addr
             self.send(addr, InitSupervisor(name, self._db_path, self._checkpoint, self._root))
+
+    def _want_spare(self) -> None:
+        """Keep one forked, uninitialised agent process ready, so a restart
+        does not wait for a fork.  Made later, never on the restart path."""
+        if self._spare is None and not self._spare_pending and not self._exiting:
+            self._spare_pending = True
+            self.wakeupAfter(SPARE_DELAY, payload=("spare", None, None))
+
+    def _make_spare(self) -> None:
+        self._spare_pending = False
+        if self._spare is None and not self._exiting and not self._giving_up:
+            self._spare = self.createActor(AgentActor)
 
     def _stop(self, name: str, timeout_s: float) -> None:
         addr = self._addrs.get(name)
@@ -315,12 +350,17 @@ class SupervisorActor(NaosActor):
                 os.kill(pid, signal.SIGKILL)
 
     def _audit(self, type_: str, detail: dict[str, Any]) -> None:
-        child = detail.get("name")
-        agent = child if isinstance(self._defs.get(str(child)), AgentDef) else None
+        self._audit_all([sv.Audit(type_, detail)])
+
+    def _audit_all(self, audits: list[Any]) -> None:
         try:
-            self._db().append_audit(type_, actor=self.name, agent=agent, detail=detail)
+            with self._db().transaction() as tx:
+                for a in audits:
+                    child = a.detail.get("name")
+                    agent = child if isinstance(self._defs.get(str(child)), AgentDef) else None
+                    tx.audit(a.type, actor=self.name, agent=agent, detail=a.detail)
         except NaosError as exc:
-            self.logger().error("%s: audit %s failed: %s", self.name, type_, exc)
+            self.logger().error("%s: %d audit rows failed: %s", self.name, len(audits), exc)
 
     def _after(self) -> None:
         self.send(self._root, TreeUpdate(self.name, self._node()))

@@ -21,12 +21,36 @@ from actors.domain.definitions import (
 )
 from actors.messages import Activate, Deactivate, GetTree, Resolve, RunAgent, Sync
 from naosd import defs_store
-from naosd.errors import Conflict, NotFound, RequestTimeout, from_wire
+from naosd.errors import (
+    ActorGone,
+    AgentCrashed,
+    Conflict,
+    NotFound,
+    RequestTimeout,
+    from_wire,
+)
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
 
 POLL_S = 0.01
+WATCH_S = 0.02  # how often a running call checks that its agent's process lives
+GRACE_S = 0.05  # a crashing handler's error reply is sent before its process exits
+
+
+def _pid_alive(pid: Any) -> bool:
+    """False if ``pid`` is gone or a zombie (killed, not yet reaped)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        stat = os.read(fd, 512)
+    finally:
+        os.close(fd)
+    return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
 
 
 def _rid() -> str:
@@ -47,6 +71,7 @@ class Agents:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
         self.last_used: dict[str, float] = {}  # on-demand agents -> last activity
+        self._where: dict[str, dict[str, Any]] = {}  # agent -> last resolved address
 
     # -- plumbing ------------------------------------------------------------
     async def tree(self) -> dict[str, Any]:
@@ -76,6 +101,14 @@ class Agents:
         await self.sync(parent or IMPLICIT_SUPERVISOR)
 
     async def wait_for(self, name: str, *, running: bool, wait_s: float) -> dict[str, Any]:
+        if running:  # the root answers as soon as it registers: no polling
+            try:
+                reply = await self.d.bridge.ask(Resolve(_rid(), name, wait_s),
+                                                timeout_s=wait_s + 5)
+            except NotFound:
+                return await self._explain_timeout(name, running, wait_s)
+            found: dict[str, Any] = reply.result
+            return found
         deadline = time.monotonic() + wait_s
         while True:
             where = await self.resolve(name)
@@ -135,15 +168,21 @@ class Agents:
 
     async def run(self, name: str, payload: Any, *, wait_s: float, key: str
                   ) -> dict[str, Any]:
-        where = await self.resolve(name)
-        if where is None:  # deactivated or never started: activate transparently
-            where = await self.activate(name, wait_s=wait_s)
+        where = await self._locate(name, wait_s)
         if where is None or where.get("kind") != "agent":
             raise NotFound(f"no running agent named {name!r}")
+        self._where[name] = where
         if name in self.last_used:
             self.last_used[name] = time.monotonic()
         msg = RunAgent(_rid(), payload, key)
-        reply = await self.d.bridge.ask_to(where["address"], msg, timeout_s=wait_s, raw=True)
+        try:
+            reply = await self._ask_watching(name, where, msg, wait_s)
+        except ActorGone:  # died before the message got there: not delivered, so resend
+            self._where.pop(name, None)
+            where = await self._locate(name, wait_s, stale=int(where.get("pid") or 0))
+            if where is None:
+                raise NotFound(f"agent {name!r} is not running") from None
+            reply = await self._ask_watching(name, where, msg, wait_s)
         result = reply.result or {}
         await self._store_logs(name, result.get("logs") or [])
         await self.d.db.audit("agent.run", agent=name, ok=reply.ok, ms=result.get("ms"),
@@ -153,6 +192,48 @@ class Agents:
             raise from_wire(reply.error_code, reply.message)
         return {"agent": name, "output": result.get("output"), "ms": result.get("ms"),
                 "pid": result.get("pid"), "cost_micro_usd": result.get("cost_micro_usd", 0)}
+
+    async def _locate(self, name: str, wait_s: float, stale: int = 0
+                      ) -> dict[str, Any] | None:
+        """The address of a live process of agent ``name``: the cached one,
+        the registered one, the one that replaces a dead process, or a newly
+        activated one."""
+        where = self._where.get(name)
+        if where is not None and _pid_alive(where.get("pid")) and where.get("pid") != stale:
+            return where
+        where = await self.resolve(name)
+        if where is not None and (stale == where.get("pid") or not _pid_alive(where.get("pid"))):
+            # its process just died: wait for the supervisor's replacement
+            stale = int(where.get("pid") or 0)
+            try:
+                reply = await self.d.bridge.ask(Resolve(_rid(), name, wait_s, stale),
+                                                timeout_s=wait_s + 5)
+            except NotFound:
+                return None
+            found: dict[str, Any] = reply.result
+            return found
+        if where is None:  # deactivated or never started: activate transparently
+            where = await self.activate(name, wait_s=wait_s)
+        return where
+
+    async def _ask_watching(self, name: str, where: dict[str, Any], msg: RunAgent,
+                            wait_s: float) -> Any:
+        """Ask the agent, failing at once if its process dies meanwhile (a
+        message sent to a dying process would otherwise wait for the whole
+        timeout)."""
+        ask = asyncio.ensure_future(
+            self.d.bridge.ask_to(where["address"], msg, timeout_s=wait_s, raw=True))
+        pid = where.get("pid")
+        while not ask.done():
+            await asyncio.wait([ask], timeout=WATCH_S)
+            if not ask.done() and not _pid_alive(pid):
+                await asyncio.wait([ask], timeout=GRACE_S)  # its crash reply may be on the way
+                if not ask.done():
+                    ask.cancel()
+                    self._where.pop(name, None)
+                    raise AgentCrashed(f"agent {name!r} (pid {pid}) died during the run; "
+                                       "its supervisor restarts it")
+        return ask.result()
 
     async def activate(self, name: str, *, wait_s: float) -> dict[str, Any] | None:
         """Start an agent for this call: agents outside user trees are run on

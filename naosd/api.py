@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from naosd.errors import InvalidRequest
+from naosd.errors import InvalidRequest, RequestTimeout
 from naosd.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.server import Call, Dispatcher, Streaming, Unary
 
@@ -67,14 +67,15 @@ class Api(Dispatcher):
             params = check(entry.name, entry.params, call.params)
             timeout = self._daemon.config.request_timeout
             result: Awaitable[Any] = entry.handler(self._daemon, params)
+            scope = asyncio.timeout(timeout)
             try:
-                return await asyncio.wait_for(result, timeout)
+                async with scope:
+                    return await result
             except TimeoutError:
-                from naosd.errors import RequestTimeout
-
+                if not scope.expired():
+                    raise  # the handler's own timeout error, with its own message
                 raise RequestTimeout(
-                    f"{entry.name} did not finish within {timeout:g}s"
-                ) from None
+                    f"{entry.name} did not finish within {timeout:g}s") from None
 
         return run
 

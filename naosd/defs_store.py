@@ -147,8 +147,11 @@ def create_supervisor(store: Store, sup: SupervisorDef) -> SupervisorDef:
 def set_desired(store: Store, kind: str, name: str, desired: str) -> None:
     table = "agents" if kind == "agent" else "supervisors"
     with store.transaction() as tx:
-        if not tx.execute(f"SELECT 1 FROM {table} WHERE name = ?", (name,)):
+        rows = tx.execute(f"SELECT desired FROM {table} WHERE name = ?", (name,))
+        if not rows:
             raise NotFound(f"no {kind} named {name!r}")
+        if rows[0][0] == desired:
+            return  # already so: nothing to record
         tx.execute(f"UPDATE {table} SET desired = ? WHERE name = ?", (desired, name))
         tx.audit(f"{kind}.{'start' if desired == 'running' else 'stop'}_requested",
                  agent=name if kind == "agent" else None,

@@ -88,6 +88,12 @@ class ActorTimeout(Unavailable, TimeoutError):
     code, exit_code = "actor_timeout", 1
 
 
+class ActorGone(Unavailable):
+    """The target actor's process is gone: the message was not delivered."""
+
+    code, exit_code = "actor_gone", 1
+
+
 class RequestTimeout(Unavailable, TimeoutError):
     code, exit_code = "timeout", 1
 

@@ -126,6 +126,10 @@ class ControlServer:
             await asyncio.wait(pending, timeout=drain_timeout)
         for conn in list(self.connections):
             await conn.abort("naosd is shutting down; the request was cancelled")
+            conn.writer.close()  # the reader sees EOF and the handler returns
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while self.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -137,6 +141,8 @@ class ControlServer:
         self.connections.add(conn)
         try:
             await conn.serve()
+        except asyncio.CancelledError:
+            pass  # shutting down: the connection is closed below
         finally:
             self.connections.discard(conn)
             await conn.close()
