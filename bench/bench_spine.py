@@ -18,111 +18,32 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchlib import Daemon, line, pct, raw_thespian, timed
 
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def timed(fn: Callable[[], object], n: int, warmup: int = 50) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-    return out
-
-
-def line(name: str, samples: list[float], floor: float | None = None) -> str:
-    p50, p99 = pct(samples, 0.5), pct(samples, 0.99)
-    ratio = f"  {p50 / floor:5.2f}x floor" if floor else ""
-    return f"{name:<44} p50 {p50:8.1f} us  p99 {p99:8.1f} us{ratio}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def raw_thespian(n: int) -> list[float]:
-    code = f"""
-import time, json
-from thespian.actors import ActorSystem, Actor
-class Echo(Actor):
-    def receiveMessage(self, msg, sender):
-        if isinstance(msg, str):
-            self.send(sender, msg)
-asys = ActorSystem("multiprocTCPBase", {{"Admin Port": {free_port()}}},
-                   logDefs={{"version": 1, "disable_existing_loggers": False}},
-                   transientUnique=True)
-try:
-    echo = asys.createActor(Echo)
-    for _ in range(100):
-        asys.ask(echo, "x", 5)
-    out = []
-    for _ in range({n}):
-        t0 = time.perf_counter()
-        assert asys.ask(echo, "x", 5) == "x"
-        out.append((time.perf_counter() - t0) * 1e6)
-    print(json.dumps(out))
-finally:
-    asys.shutdown()
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, check=True)
-    import json
-
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def start_daemon(base: Path) -> subprocess.Popen[bytes]:
-    sock = base / "s"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NAOS_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "naosd", "--socket", str(sock), "--state-dir",
-         str(base / "state"), "--dashboard-port", "0", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("naosd did not start")
-        time.sleep(0.05)
-    return proc
+from naosctl.client import Client
 
 
 def through_daemon(base: Path, n: int) -> dict[str, list[float]]:
-    from naosctl.client import Client
-
-    proc = start_daemon(base)
+    daemon = Daemon(base)
     try:
-        with Client(base / "s") as c:
+        with Client(daemon.sock) as c:
             results = {
                 "client ping (event loop)": timed(lambda: c.call("ping"), n),
                 "client actors.ping (root actor hop)": timed(lambda: c.call("actors.ping"), n),
             }
         results["naosctl ping (whole process)"] = timed(
             lambda: subprocess.run([sys.executable, "-m", "naosctl", "--socket",
-                                    str(base / "s"), "ping"], check=True,
+                                    str(daemon.sock), "ping"], check=True,
                                    stdout=subprocess.DEVNULL), 20, warmup=2)
         return results
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        daemon.stop()
 
 
 def audit_rates(base: Path, n: int) -> tuple[float, float, float]:

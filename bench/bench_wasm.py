@@ -24,17 +24,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import wasmtime
+from benchlib import Daemon, interleaved, line, pct, timed
 from wasmtime import _ffi as wasmtime_ffi
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.wasm import Limits, WasmEngine  # noqa: E402
+from naosctl.client import Client  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "wasm"
 ECHO = (EXAMPLES / "echo.wasm").read_bytes()
@@ -71,44 +72,6 @@ def big_module(n_funcs: int = 6000) -> bytes:
     calls = "".join(f"(drop (call $f{i} (i32.const 1)))" for i in range(0, n_funcs, 50))
     return bytes(wasmtime.wat2wasm(
         f'(module (memory (export "memory") 1) {body} (func (export "_start") {calls}))'))
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def timed(fn: Callable[[], object], n: int, warmup: int = 50) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-    return out
-
-
-def interleaved(fns: dict[str, Callable[[], object]], n: int, warmup: int = 20
-                ) -> dict[str, list[float]]:
-    """Times each function once per round, round after round, so that noise from
-    other processes on a shared machine lands on every variant alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(n):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            out[name].append((time.perf_counter() - t0) * 1e6)
-    return out
-
-
-def line(name: str, samples: list[float], floor: float | None = None) -> str:
-    p50, p99 = pct(samples, 0.5), pct(samples, 0.99)
-    ratio = f"  {p50 / floor:5.2f}x floor" if floor else ""
-    return f"{name:<46} p50 {p50:9.1f} us  p99 {p99:9.1f} us{ratio}"
 
 
 # ----------------------------------------------------------------- raw wasmtime
@@ -257,6 +220,34 @@ def runs_per_second(eng: WasmEngine, compiled: Any, payload: bytes, threads: int
     return threads * per_thread / (time.perf_counter() - t0)
 
 
+def bench_through_daemon(n: int) -> None:
+    """The same echo run as a naosd request: client -> socket -> bridge ->
+    sandbox pool -> worker and back, against the raw floor plus the cost of
+    one actor hop through the same daemon (actors.ping)."""
+    import shutil
+
+    print("\n5. echo.wasm through naosd (client library -> sandbox pool -> worker)")
+    payload = b"x" * 64
+    raw = RawRunner(ECHO)
+    base = Path(tempfile.mkdtemp(prefix="naos-bw-", dir="/tmp"))
+    daemon = Daemon(base)
+    try:
+        with Client(daemon.sock) as c:
+            t = interleaved({
+                "raw": functools.partial(raw.run, payload),
+                "hop": functools.partial(c.call, "actors.ping"),
+                "naos": functools.partial(c.call, "wasm.run", module=ECHO, input=payload),
+            }, n)
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    floor = pct(t["raw"], 0.5) + pct(t["hop"], 0.5)
+    print(line("raw wasmtime run", t["raw"]))
+    print(line("one actor hop through naosd (actors.ping)", t["hop"]))
+    print(line("naosctl-level wasm.run (cached module)", t["naos"], floor)
+          + "  (floor = raw run + one hop)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="samples per timing")
@@ -266,6 +257,7 @@ def main() -> None:
     bench_compile(args.n)
     bench_fuel(args.n)
     bench_threads(args.n)
+    bench_through_daemon(min(args.n, 500))
 
 
 def _version() -> str:

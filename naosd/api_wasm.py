@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.messages import KillChild, RunWasm, ValidateWasm, WhereIs
 from naosd.api import method
-from naosd.errors import InvalidRequest
+from naosd.errors import ActorGone, InvalidRequest
 from naosd.params import Int, Spec, Str
 
 if TYPE_CHECKING:
@@ -29,8 +29,22 @@ def limits_of(p: dict[str, Any]) -> dict[str, int]:
     return limits
 
 
-async def _pool(d: Daemon) -> Any:
-    return (await d.bridge.ask(WhereIs(uuid.uuid4().hex, "sandbox"))).result
+_POOL: dict[int, Any] = {}  # daemon id -> the sandbox pool's address
+
+
+async def _pool(d: Daemon, *, fresh: bool = False) -> Any:
+    """The sandbox pool's address (cached; the root restarts the pool under
+    a new address if it dies, and a send to the old one fails as gone)."""
+    if fresh or id(d) not in _POOL:
+        _POOL[id(d)] = (await d.bridge.ask(WhereIs(uuid.uuid4().hex, "sandbox"))).result
+    return _POOL[id(d)]
+
+
+async def _ask_pool(d: Daemon, msg: Any, wait: float | None = None) -> Any:
+    try:
+        return await d.bridge.ask_to(await _pool(d), msg, timeout_s=wait)
+    except ActorGone:  # the pool was restarted: not delivered, so resend
+        return await d.bridge.ask_to(await _pool(d, fresh=True), msg, timeout_s=wait)
 
 
 def _module(p: dict[str, Any]) -> bytes:
@@ -49,7 +63,7 @@ async def wasm_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     limits = limits_of(p)
     wait = limits.get("timeout_ms", 10_000) / 1000 + 10
     msg = RunWasm(uuid.uuid4().hex, _module(p), stdin, limits, grants, "")
-    reply = await d.bridge.ask_to(await _pool(d), msg, timeout_s=wait)
+    reply = await _ask_pool(d, msg, wait)
     result: dict[str, Any] = reply.result
     await d.db.audit("wasm.run", exit_code=result["exit_code"], fuel=result["fuel_used"],
                      cost_micro_usd=result["cost_micro_usd"], wall_ms=result["wall_ms"])
@@ -67,8 +81,7 @@ async def wasm_validate(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 async def validate_module(d: Daemon, module: bytes, grants: tuple[str, ...],
                           limits: dict[str, int] | None = None) -> dict[str, Any]:
-    reply = await d.bridge.ask_to(await _pool(d),
-                                  ValidateWasm(uuid.uuid4().hex, module, limits or {}, grants))
+    reply = await _ask_pool(d, ValidateWasm(uuid.uuid4().hex, module, limits or {}, grants))
     result: dict[str, Any] = reply.result
     return result
 
@@ -76,5 +89,5 @@ async def validate_module(d: Daemon, module: bytes, grants: tuple[str, ...],
 @method("wasm.kill_worker", name=Str("*", max_len=64))
 async def wasm_kill_worker(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """SIGKILL a sandbox worker (the busiest for "*"), to test recovery."""
-    reply = await d.bridge.ask_to(await _pool(d), KillChild(uuid.uuid4().hex, p["name"]))
+    reply = await _ask_pool(d, KillChild(uuid.uuid4().hex, p["name"]))
     return {"killed": p["name"], "pid": reply.result}
