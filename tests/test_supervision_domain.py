@@ -923,7 +923,7 @@ def operator_event(op: str, name: str, restart: RestartType, now: float) -> Even
     return unnamed.get(op) or AddChild(ChildSpec(name, "agent", restart), now)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(SPECS, st.lists(ACTIONS, min_size=25, max_size=80))
 def test_random_operation_keeps_invariants(
     spec: SupervisorSpec, actions: list[tuple[Any, ...]]
@@ -967,3 +967,14 @@ def test_sibling_reporting_its_pid_while_queued_for_a_stop_is_still_restarted() 
     assert ops(effects) == [] and state.pending.starts == ("a", "b", "c")
     state, trace = drive(state, [Stop("c", 5.0)], 2.3)
     assert trace == stops("c", "b") + starts("a", "b", "c")
+
+
+def test_sibling_resumed_before_its_group_stop_is_restarted() -> None:
+    state, _ = sv.handle(running(make_spec(O4A)), Pause("c"))
+    state, effects = sv.handle(state, crash("a", 1.0))
+    assert ops(effects) == [Stop("c", 5.0)]
+    state, effects = sv.handle(state, Resume("c", 1.1))
+    assert ops(effects) == []
+    state, trace = drive(state, [Stop("c", 5.0)], 1.2)
+    assert trace == stops("c", "b") + starts("a", "b", "c")
+    assert runs(state) == dict.fromkeys("abc", "running")

@@ -40,7 +40,8 @@ reported its pid (``Boot`` too). Decisions where OTP is silent or differs:
 - A sibling that dies on its own while queued to be stopped for a group
   restart is absorbed (restarted with the group, not counted again).
 - A group restart restarts only siblings that were up (or already queued) and
-  are neither paused nor temporary; children the operator stopped stay down.
+  are not temporary; children the operator stopped stay down, and a paused
+  sibling is stopped and stays down (PAUSED) unless resumed before it exits.
 - A backoff delays the whole group: nobody starts until the crashed child's
   timer fires. The backoff streak restarts at 1 after a run of ``window_s``.
 - A child that fails while starting (also during ``Boot``) is an ordinary crash;
@@ -685,8 +686,12 @@ def _restart_group(tx: _Tx, crashed: str) -> None:
 
 
 def _joins_restart(tx: _Tx, child: ChildState) -> bool:
-    """A sibling is restarted if it is up by our choice, not paused and not temporary."""
-    if child.paused or child.run not in (ChildRun.STARTING, ChildRun.RUNNING):
+    """A sibling is restarted if it is up by our choice and not temporary.
+
+    A paused one joins too: ``settle`` parks it as PAUSED when it exits, unless
+    it was resumed in between.
+    """
+    if child.run not in (ChildRun.STARTING, ChildRun.RUNNING):
         return False
     return tx.state.spec.child(child.name).restart is not RestartType.TEMPORARY
 
