@@ -84,6 +84,12 @@ def test_sigterm_is_graceful_and_removes_the_socket(daemon: Naosd):
     assert "stopping (SIGTERM)" in daemon.log()
 
 
+def test_sigint_is_graceful_too(daemon: Naosd):
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not daemon.socket.exists()
+    assert "stopping (SIGINT)" in daemon.log()
+
+
 def test_second_instance_refused_and_first_untouched(daemon: Naosd, base: Path):
     second = subprocess.run(
         [sys.executable, "-m", "naosd", "--socket", str(base / "s2"),
