@@ -18,14 +18,13 @@ module stays light: stdlib + msgpack, no thespian, no wasmtime.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from naosd import __version__, protocol
 from naosd.errors import (
@@ -36,6 +35,9 @@ from naosd.errors import (
     RequestTimeout,
     from_wire,
 )
+
+if TYPE_CHECKING:
+    import asyncio  # imported where used: a blocking naosctl call never needs it
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -202,6 +204,8 @@ class AsyncClient:
         self._pump: asyncio.Task[None] | None = None
 
     async def connect(self) -> AsyncClient:
+        import asyncio
+
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(self.path)
         except OSError as exc:
@@ -237,6 +241,8 @@ class AsyncClient:
     async def _start(
         self, method: str, params: dict[str, Any]
     ) -> tuple[int, asyncio.Queue[dict[str, Any]]]:
+        import asyncio
+
         if self._writer is None:
             await self.connect()
         assert self._writer is not None
@@ -248,6 +254,8 @@ class AsyncClient:
         return req_id, queue
 
     async def call(self, method: str, **params: Any) -> Any:
+        import asyncio
+
         req_id, queue = await self._start(method, params)
         try:
             while True:
