@@ -90,6 +90,10 @@ def make_app(status: StatusSource, token: str, hosts: set[str]) -> web.Applicati
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", api_status)
+    from naosd.dashboard.api import DAEMON, add_routes
+
+    app[DAEMON] = status
+    add_routes(app)
     return app
 
 

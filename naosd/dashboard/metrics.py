@@ -1,0 +1,34 @@
+"""``/metrics`` in the Prometheus text format (prometheus-client), every
+name prefixed ``naos_``.  Built from one snapshot per scrape."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+STATES = ("stopped", "starting", "running", "stopping", "restarting", "failed", "paused")
+
+
+def render(snapshot: dict[str, Any]) -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    status, agents = snapshot["status"], snapshot["agents"]
+    Gauge("naos_uptime_seconds", "Seconds since naosd started",
+          registry=registry).set(status["uptime_s"])
+    Gauge("naos_connections", "Open control-socket connections",
+          registry=registry).set(status["connections"])
+    Gauge("naos_requests_served", "Control requests served since start",
+          registry=registry).set(status["requests_served"])
+    Gauge("naos_audit_head_seq", "Sequence number of the newest audit row",
+          registry=registry).set(status["audit_head"])
+    by_state = Gauge("naos_agents", "Registered agents by state", ["state"], registry=registry)
+    counts = Counter(a["state"] for a in agents)
+    for state in sorted(set(STATES) | set(counts)):
+        by_state.labels(state=state).set(counts.get(state, 0))
+    restarts = Gauge("naos_agent_restarts", "Restarts of each agent since its supervisor "
+                     "started", ["agent", "supervisor"], registry=registry)
+    for a in agents:
+        restarts.labels(agent=a["name"], supervisor=a["supervisor"]).set(a["restarts"])
+    return generate_latest(registry), CONTENT_TYPE_LATEST
