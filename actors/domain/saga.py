@@ -1,0 +1,828 @@
+"""Temporal-style durable sagas as a pure state machine (stdlib + naosd.errors only).
+
+Over 600 lines on purpose (ruff format spreads the dataclasses): the specs,
+events, effects and record format are the one contract a coordinator imports.
+
+A coordinator keeps one :class:`SagaState`, feeds every report it gets to
+:func:`handle` and performs the returned effects in order. Nothing here reads a
+clock or does I/O: time is each event's ``now``; timers are ``ArmTimer``
+effects that come back as ``TimerFired`` events (stale ones are ignored, since
+a shell cannot cancel timers).
+
+Durability: every ``Persist`` carries the full JSON-able record
+(:func:`to_record`) as it must be on disk *before* the effects that follow it
+are sent. A ``Persist("step_started")`` always precedes ``RunStep``, and
+``Persist("step_succeeded")`` (with the output) precedes anything decided from
+that output. :func:`from_record` rebuilds the state from any persisted record;
+``Recover`` then resumes it: a step recorded as started but not finished is *in
+doubt*, so with ``recovery="forward"`` it is sent again with the same
+idempotency key and attempt, and with ``recovery="compensate"`` (or when the
+run was already compensating) it is compensated as if it had completed. A
+finished step is never run again.
+
+Decisions:
+
+- Steps run in order. A step that fails (error or timeout) is retried by its
+  :class:`RetryPolicy`; a code in ``non_retryable`` fails it at once. Then the
+  completed steps are compensated one at a time, in reverse completion order;
+  steps without ``compensate_agent`` are skipped (audited).
+- A failing compensation is retried by ``SagaSpec.compensation_retry``; once
+  exhausted the step is ``undo_failed``, the remaining compensations still run,
+  and the run ends ``compensation_failed`` (never ``compensated``).
+- ``RetryCompensation`` retries the ``undo_failed`` steps (reverse order) with
+  fresh attempts; ``Resolve`` records the operator's note and makes the run
+  final; it stays ``compensation_failed``.
+- The saga timeout fails the step in flight (later reports are stale) and
+  compensates; once compensating, the saga timeout no longer applies.
+- A report for a step that is not waiting for it (late, duplicate, after a
+  timeout) is ignored with a ``saga.stale_report`` audit.
+
+Audit types: ``saga.started``, ``saga.step_started``,
+``saga.step_acknowledged``, ``saga.step_succeeded``, ``saga.step_failed``,
+``saga.step_retrying``, ``saga.compensating``, ``saga.compensation_skipped``,
+``saga.compensation_started``, ``saga.compensation_retrying``,
+``saga.compensated_step``, ``saga.compensation_failed_step``,
+``saga.completed``, ``saga.compensated``, ``saga.compensation_failed``,
+``saga.timed_out``, ``saga.recovered``, ``saga.resolved``, ``saga.stale_report``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, TypeAlias
+
+from naosd.errors import Conflict, InvalidRequest, NotFound
+
+RECORD_VERSION: Final = 1
+RECOVERY_MODES: Final = ("forward", "compensate")
+TIMEOUT_CODE: Final = "timeout"
+SAGA_TIMEOUT_CODE: Final = "saga_timeout"
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    STARTED = "started"  # RunStep persisted (maybe sent); no result yet: in doubt on Recover
+    RETRY_WAIT = "retry_wait"  # failed, waiting for its retry timer
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # out of attempts (or non-retryable, or the saga timed out)
+    UNDOING = "undoing"  # RunCompensation persisted (maybe sent); no result yet
+    UNDO_WAIT = "undo_wait"  # compensation failed, waiting for its retry timer
+    COMPENSATED = "compensated"
+    UNDO_FAILED = "undo_failed"  # compensation out of attempts
+
+
+class TimerKind(enum.StrEnum):
+    STEP_TIMEOUT = "step_timeout"
+    RETRY = "retry"
+    UNDO_TIMEOUT = "undo_timeout"
+    UNDO_RETRY = "undo_retry"
+    SAGA_TIMEOUT = "saga_timeout"
+
+
+FINAL: Final = frozenset(
+    {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED}
+)
+
+
+def _check_seconds(value: object, what: str, *, zero_ok: bool = True) -> None:
+    ok = False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        ok = math.isfinite(value) and (value > 0 or (zero_ok and value == 0))
+    if not ok:
+        bound = ">= 0" if zero_ok else "> 0"
+        raise InvalidRequest(f"{what} must be a finite number of seconds {bound}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a step (or a compensation) is tried, and the backoff in between."""
+
+    attempts: int = 3
+    initial_s: float = 1.0
+    backoff: float = 2.0
+    max_s: float = 30.0
+    non_retryable: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
+            raise InvalidRequest(f"attempts must be an integer, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise InvalidRequest(f"attempts must be >= 1, got {self.attempts}")
+        _check_seconds(self.initial_s, "initial_s")
+        _check_seconds(self.max_s, "max_s")
+        if not isinstance(self.backoff, int | float) or not 1.0 <= self.backoff < math.inf:
+            raise InvalidRequest(f"backoff must be a finite factor >= 1, got {self.backoff!r}")
+        object.__setattr__(self, "non_retryable", frozenset(self.non_retryable))
+
+    def delay(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1``, after attempt ``attempt`` failed."""
+        exponent = min(max(attempt - 1, 0), 64)  # 2.0 ** 1024 overflows; max_s caps first
+        return float(min(self.initial_s * self.backoff**exponent, self.max_s))
+
+    def gives_up(self, attempt: int, error_code: str) -> bool:
+        return attempt >= self.attempts or error_code in self.non_retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "initial_s": self.initial_s,
+            "backoff": self.backoff,
+            "max_s": self.max_s,
+            "non_retryable": sorted(self.non_retryable),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetryPolicy:
+        return cls(**(data | {"non_retryable": frozenset(data.get("non_retryable", ()))}))
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    name: str
+    agent: str
+    compensate_agent: str | None = None
+    timeout_s: float = 60.0
+    retry: RetryPolicy = RetryPolicy()
+
+    def __post_init__(self) -> None:
+        for what in ("name", "agent"):
+            if not isinstance(getattr(self, what), str) or not getattr(self, what):
+                raise InvalidRequest(f"step {what} must be a non-empty string")
+        if self.compensate_agent is not None and not isinstance(self.compensate_agent, str):
+            raise InvalidRequest("compensate_agent must be a string or None")
+        _check_seconds(self.timeout_s, f"step {self.name!r} timeout_s", zero_ok=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "agent": self.agent,
+            "compensate_agent": self.compensate_agent,
+            "timeout_s": self.timeout_s,
+            "retry": self.retry.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepSpec:
+        return cls(**(data | {"retry": RetryPolicy.from_dict(data["retry"])}))
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSpec:
+    """A saga as declared; ``steps`` run in order."""
+
+    name: str
+    steps: tuple[StepSpec, ...]
+    timeout_s: float = 3600.0
+    recovery: str = "forward"
+    compensation_retry: RetryPolicy = RetryPolicy()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        if not self.steps:
+            raise InvalidRequest("a saga needs at least one step")
+        names = [s.name for s in self.steps if isinstance(s, StepSpec)]
+        if len(names) != len(self.steps):
+            raise InvalidRequest("saga steps must be StepSpec values")
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"duplicate step names in saga {self.name!r}")
+        _check_seconds(self.timeout_s, "saga timeout_s", zero_ok=False)
+        if self.recovery not in RECOVERY_MODES:
+            raise InvalidRequest(f"recovery must be forward or compensate, got {self.recovery!r}")
+
+    def step(self, name: str) -> StepSpec:
+        for spec in self.steps:
+            if spec.name == name:
+                return spec
+        raise NotFound(f"saga {self.name!r} has no step {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "steps": [s.to_dict() for s in self.steps],
+            "timeout_s": self.timeout_s,
+            "recovery": self.recovery,
+            "compensation_retry": self.compensation_retry.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SagaSpec:
+        steps = tuple(StepSpec.from_dict(s) for s in data["steps"])
+        retry = RetryPolicy.from_dict(data["compensation_retry"])
+        return cls(**(data | {"steps": steps, "compensation_retry": retry}))
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempt: int = 0  # attempts of the step sent so far
+    undo_attempt: int = 0  # attempts of its compensation sent so far
+    output: Any = None
+    error: str = ""
+    due: float | None = None  # when its retry timer (step or compensation) is due
+    finished_seq: int = 0  # completion order (1-based) among succeeded steps
+
+
+@dataclass(frozen=True, slots=True)
+class SagaState:
+    run_id: str
+    spec: SagaSpec
+    input: Any = None
+    status: RunStatus = RunStatus.PENDING
+    steps: tuple[StepState, ...] = ()
+    undo_queue: tuple[str, ...] = ()  # compensations still to run, head first
+    started_at: float | None = None
+    error: str = ""
+    resolution: str = ""  # operator's Resolve note; set means final
+
+    def step(self, name: str) -> StepState:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise NotFound(f"saga {self.run_id!r} has no step {name!r}")
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    step: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepSucceeded:
+    step: str
+    output: Any
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    step: str
+    error_code: str
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimedOut:
+    step: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationSucceeded:
+    step: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationFailed:
+    step: str
+    error_code: str
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    kind: str
+    step: str | None
+    attempt: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class SagaTimedOut:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCompensation:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    note: str
+    now: float
+
+
+Event: TypeAlias = (
+    Start
+    | StepStarted
+    | StepSucceeded
+    | StepFailed
+    | StepTimedOut
+    | CompensationSucceeded
+    | CompensationFailed
+    | TimerFired
+    | SagaTimedOut
+    | Recover
+    | RetryCompensation
+    | Resolve
+)
+
+
+# -- effects --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    step: str
+    agent: str
+    input: dict[str, Any]
+    idempotency_key: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompensation:
+    step: str
+    agent: str
+    input: dict[str, Any]
+    idempotency_key: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    kind: TimerKind
+    step: str | None
+    attempt: int
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write ``record`` (a full :func:`to_record`) before sending the effects after it."""
+
+    what: str
+    record: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    type: str
+    detail: dict[str, Any] = field(hash=False)
+
+
+Effect: TypeAlias = RunStep | RunCompensation | ArmTimer | Persist | Audit
+
+
+# -- public functions -----------------------------------------------------------------
+
+
+def initial(run_id: str, spec: SagaSpec, saga_input: Any = None) -> SagaState:
+    """A pending run of ``spec``; ``Start`` begins it."""
+    if not isinstance(run_id, str) or not run_id:
+        raise InvalidRequest("run_id must be a non-empty string")
+    steps = tuple(StepState(s.name) for s in spec.steps)
+    return SagaState(run_id=run_id, spec=spec, input=saga_input, steps=steps)
+
+
+def idempotency_key(run_id: str, step: str, undo: bool = False) -> str:
+    return f"{run_id}:{step}:{'undo' if undo else 'do'}"
+
+
+def handle(state: SagaState, event: Event) -> tuple[SagaState, list[Effect]]:
+    """Apply ``event``: the new state and the effects to perform, in order.
+
+    Raises:
+        Conflict: an operator event (Start, RetryCompensation, Resolve) does not fit
+            the run's status; ``state`` is unchanged.
+        NotFound: the event names a step the saga does not have.
+        InvalidRequest: ``event`` is not a saga event, or a timer kind is unknown.
+    """
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise InvalidRequest(f"not a saga event: {event!r}")
+    tx = _Tx(state)
+    handler(tx, event)
+    return tx.state, tx.effects
+
+
+def to_record(state: SagaState) -> dict[str, Any]:
+    """The JSON-able record of ``state`` (what ``Persist`` carries)."""
+    return {
+        "version": RECORD_VERSION,
+        "run_id": state.run_id,
+        "spec": state.spec.to_dict(),
+        "input": state.input,
+        "status": state.status.value,
+        "steps": [_step_record(s) for s in state.steps],
+        "undo_queue": list(state.undo_queue),
+        "started_at": state.started_at,
+        "error": state.error,
+        "resolution": state.resolution,
+    }
+
+
+def _step_record(step: StepState) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "status": step.status.value,
+        "attempt": step.attempt,
+        "undo_attempt": step.undo_attempt,
+        "output": step.output,
+        "error": step.error,
+        "due": step.due,
+        "finished_seq": step.finished_seq,
+    }
+
+
+def from_record(record: dict[str, Any]) -> SagaState:
+    """Rebuild the state a :func:`to_record` record describes (raises InvalidRequest)."""
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        raise InvalidRequest(f"not a saga record of version {RECORD_VERSION}")
+    try:
+        spec = SagaSpec.from_dict(record["spec"])
+        steps = tuple(
+            StepState(**(s | {"status": StepStatus(s["status"])})) for s in record["steps"]
+        )
+        state = SagaState(
+            run_id=record["run_id"],
+            spec=spec,
+            input=record["input"],
+            status=RunStatus(record["status"]),
+            steps=steps,
+            undo_queue=tuple(record["undo_queue"]),
+            started_at=record["started_at"],
+            error=record["error"],
+            resolution=record["resolution"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"corrupt saga record: {exc}") from exc
+    if [s.name for s in steps] != [s.name for s in spec.steps]:
+        raise InvalidRequest("corrupt saga record: steps do not match the spec")
+    return state
+
+
+# -- the transaction all handlers work through ----------------------------------------
+
+
+class _Tx:
+    __slots__ = ("effects", "state")
+
+    def __init__(self, state: SagaState) -> None:
+        self.state = state
+        self.effects: list[Effect] = []
+
+    def update(self, name: str, **changes: Any) -> None:
+        self.state.step(name)
+        steps = tuple(replace(s, **changes) if s.name == name else s for s in self.state.steps)
+        self.state = replace(self.state, steps=steps)
+
+    def set(self, **changes: Any) -> None:
+        self.state = replace(self.state, **changes)
+
+    def persist(self, what: str) -> None:
+        self.effects.append(Persist(what, to_record(self.state)))
+
+    def audit(self, kind: str, step: str | None = None, **detail: Any) -> None:
+        info: dict[str, Any] = {"run_id": self.state.run_id, "saga": self.state.spec.name}
+        if step is not None:
+            info["step"] = step
+        self.effects.append(Audit(f"saga.{kind}", info | detail))
+
+    def require(self, action: str, *allowed: RunStatus) -> None:
+        if self.state.status not in allowed or self.state.resolution:
+            where = "resolved" if self.state.resolution else self.state.status.value
+            raise Conflict(f"saga run {self.state.run_id!r} is {where}: cannot {action}")
+
+    def stale(self, event: Event, why: str) -> None:
+        self.audit(
+            "stale_report", getattr(event, "step", None), event=type(event).__name__, why=why
+        )
+
+    def outputs(self) -> dict[str, Any]:
+        done = sorted((s for s in self.state.steps if s.finished_seq), key=_seq)
+        return {s.name: s.output for s in done}
+
+
+def _seq(step: StepState) -> int:
+    return step.finished_seq
+
+
+# -- forward: running the steps -------------------------------------------------------
+
+
+def _send_step(tx: _Tx, name: str, attempt: int) -> None:
+    """Persist ``name`` as started (attempt ``attempt``), then send it with its timeout."""
+    spec = tx.state.spec.step(name)
+    tx.update(name, status=StepStatus.STARTED, attempt=attempt, due=None)
+    tx.persist("step_started")
+    payload = {"input": tx.state.input, "outputs": tx.outputs()}
+    key = idempotency_key(tx.state.run_id, name)
+    tx.effects.append(RunStep(name, spec.agent, payload, key, attempt))
+    tx.effects.append(ArmTimer(TimerKind.STEP_TIMEOUT, name, attempt, spec.timeout_s))
+    tx.audit("step_started", name, attempt=attempt)
+
+
+def _advance(tx: _Tx) -> None:
+    """RUNNING: start the next pending step, or complete the run."""
+    nxt = next((s for s in tx.state.steps if s.status is StepStatus.PENDING), None)
+    if nxt is not None:
+        _send_step(tx, nxt.name, 1)
+        return
+    tx.set(status=RunStatus.COMPLETED)  # RUNNING -> COMPLETED
+    tx.persist("completed")
+    tx.audit("completed")
+
+
+def _on_start(tx: _Tx, ev: Start) -> None:
+    tx.require("start", RunStatus.PENDING)
+    tx.set(status=RunStatus.RUNNING, started_at=ev.now)  # PENDING -> RUNNING
+    tx.persist("started")
+    tx.effects.append(ArmTimer(TimerKind.SAGA_TIMEOUT, None, 0, tx.state.spec.timeout_s))
+    tx.audit("started")
+    _advance(tx)
+
+
+def _waiting(tx: _Tx, ev: Event, name: str, status: StepStatus) -> bool:
+    """True if step ``name`` is waiting for this report; else audit it as stale."""
+    step = tx.state.step(name)
+    if step.status is status and tx.state.status in (RunStatus.RUNNING, RunStatus.COMPENSATING):
+        return True
+    tx.stale(ev, f"step is {step.status.value}, run is {tx.state.status.value}")
+    return False
+
+
+def _on_step_started(tx: _Tx, ev: StepStarted) -> None:
+    if _waiting(tx, ev, ev.step, StepStatus.STARTED):
+        tx.audit("step_acknowledged", ev.step, attempt=tx.state.step(ev.step).attempt)
+
+
+def _on_step_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
+    if not _waiting(tx, ev, ev.step, StepStatus.STARTED):
+        return
+    seq = 1 + max(s.finished_seq for s in tx.state.steps)
+    tx.update(ev.step, status=StepStatus.SUCCEEDED, output=ev.output, error="", finished_seq=seq)
+    tx.persist("step_succeeded")
+    tx.audit("step_succeeded", ev.step, attempt=tx.state.step(ev.step).attempt)
+    _advance(tx)
+
+
+def _on_step_failed(tx: _Tx, ev: StepFailed) -> None:
+    if _waiting(tx, ev, ev.step, StepStatus.STARTED):
+        _step_failure(tx, ev.step, ev.error_code, ev.message, ev.now)
+
+
+def _on_step_timed_out(tx: _Tx, ev: StepTimedOut) -> None:
+    if _waiting(tx, ev, ev.step, StepStatus.STARTED):
+        _step_failure(tx, ev.step, TIMEOUT_CODE, "step timed out", ev.now)
+
+
+def _step_failure(tx: _Tx, name: str, code: str, message: str, now: float) -> None:
+    step, policy = tx.state.step(name), tx.state.spec.step(name).retry
+    error = f"{code}: {message}"
+    if not policy.gives_up(step.attempt, code):
+        delay = policy.delay(step.attempt)
+        tx.update(name, status=StepStatus.RETRY_WAIT, error=error, due=now + delay)
+        tx.persist("step_retry_wait")
+        tx.effects.append(ArmTimer(TimerKind.RETRY, name, step.attempt + 1, delay))
+        tx.audit("step_retrying", name, attempt=step.attempt, error=error, delay_s=delay)
+        return
+    tx.update(name, status=StepStatus.FAILED, error=error, due=None)
+    tx.audit("step_failed", name, attempt=step.attempt, error=error)
+    _begin_compensation(tx, f"step {name!r} failed: {error}", extra=())
+
+
+# -- backward: compensating -----------------------------------------------------------
+
+
+def _begin_compensation(tx: _Tx, reason: str, extra: tuple[str, ...]) -> None:
+    """RUNNING -> COMPENSATING: undo the completed steps (and ``extra``), newest first."""
+    done = [s.name for s in sorted(tx.state.steps, key=_seq) if s.finished_seq]
+    queue = (*extra, *reversed(done))
+    tx.set(status=RunStatus.COMPENSATING, error=reason, undo_queue=queue)
+    tx.persist("compensating")
+    tx.audit("compensating", reason=reason, steps=list(queue))
+    _next_undo(tx)
+
+
+def _next_undo(tx: _Tx) -> None:
+    """Send the head of the undo queue (skipping steps without one), or finish."""
+    while tx.state.undo_queue:
+        name = tx.state.undo_queue[0]
+        if tx.state.spec.step(name).compensate_agent is not None:
+            _send_undo(tx, name, 1)
+            return
+        tx.set(undo_queue=tx.state.undo_queue[1:])
+        tx.audit("compensation_skipped", name)
+    failed = [s.name for s in tx.state.steps if s.status is StepStatus.UNDO_FAILED]
+    status = RunStatus.COMPENSATION_FAILED if failed else RunStatus.COMPENSATED
+    tx.set(status=status)  # COMPENSATING -> COMPENSATED | COMPENSATION_FAILED
+    tx.persist(status.value)
+    tx.audit(status.value, failed=failed, reason=tx.state.error)
+
+
+def _send_undo(tx: _Tx, name: str, attempt: int) -> None:
+    spec, step = tx.state.spec.step(name), tx.state.step(name)
+    assert spec.compensate_agent is not None  # _next_undo skips the others
+    tx.update(name, status=StepStatus.UNDOING, undo_attempt=attempt, due=None)
+    tx.persist("compensation_started")
+    payload = {"input": tx.state.input, "outputs": tx.outputs(), "output": step.output}
+    key = idempotency_key(tx.state.run_id, name, undo=True)
+    tx.effects.append(RunCompensation(name, spec.compensate_agent, payload, key, attempt))
+    tx.effects.append(ArmTimer(TimerKind.UNDO_TIMEOUT, name, attempt, spec.timeout_s))
+    tx.audit("compensation_started", name, attempt=attempt)
+
+
+def _on_undo_succeeded(tx: _Tx, ev: CompensationSucceeded) -> None:
+    if not _waiting(tx, ev, ev.step, StepStatus.UNDOING):
+        return
+    tx.update(ev.step, status=StepStatus.COMPENSATED)
+    tx.set(undo_queue=tx.state.undo_queue[1:])
+    tx.persist("compensation_succeeded")
+    tx.audit("compensated_step", ev.step, attempt=tx.state.step(ev.step).undo_attempt)
+    _next_undo(tx)
+
+
+def _on_undo_failed(tx: _Tx, ev: CompensationFailed) -> None:
+    if _waiting(tx, ev, ev.step, StepStatus.UNDOING):
+        _undo_failure(tx, ev.step, ev.error_code, ev.message, ev.now)
+
+
+def _undo_failure(tx: _Tx, name: str, code: str, message: str, now: float) -> None:
+    step, policy = tx.state.step(name), tx.state.spec.compensation_retry
+    error = f"{code}: {message}"
+    if not policy.gives_up(step.undo_attempt, code):
+        delay = policy.delay(step.undo_attempt)
+        tx.update(name, status=StepStatus.UNDO_WAIT, error=error, due=now + delay)
+        tx.persist("compensation_retry_wait")
+        tx.effects.append(ArmTimer(TimerKind.UNDO_RETRY, name, step.undo_attempt + 1, delay))
+        tx.audit("compensation_retrying", name, attempt=step.undo_attempt, error=error)
+        return
+    tx.update(name, status=StepStatus.UNDO_FAILED, error=error, due=None)
+    tx.set(undo_queue=tx.state.undo_queue[1:])
+    tx.persist("compensation_failed_step")
+    tx.audit("compensation_failed_step", name, attempt=step.undo_attempt, error=error)
+    _next_undo(tx)
+
+
+# -- timers ---------------------------------------------------------------------------
+
+
+def _on_timer(tx: _Tx, ev: TimerFired) -> None:
+    try:
+        kind = TimerKind(ev.kind)
+    except ValueError:
+        raise InvalidRequest(f"unknown saga timer kind {ev.kind!r}") from None
+    if kind is TimerKind.SAGA_TIMEOUT:
+        _on_saga_timeout(tx, SagaTimedOut(ev.now))
+        return
+    if ev.step is None:
+        raise InvalidRequest(f"a {kind.value} timer needs a step")
+    step = tx.state.step(ev.step)
+    live = tx.state.status in (RunStatus.RUNNING, RunStatus.COMPENSATING)
+    if kind is TimerKind.STEP_TIMEOUT and live and _is(step, StepStatus.STARTED, ev.attempt):
+        _step_failure(tx, ev.step, TIMEOUT_CODE, "step timed out", ev.now)
+    elif kind is TimerKind.RETRY and live and _is(step, StepStatus.RETRY_WAIT, ev.attempt - 1):
+        _send_step(tx, ev.step, ev.attempt)
+    elif kind is TimerKind.UNDO_TIMEOUT and _is(step, StepStatus.UNDOING, ev.attempt, True):
+        _undo_failure(tx, ev.step, TIMEOUT_CODE, "compensation timed out", ev.now)
+    elif kind is TimerKind.UNDO_RETRY and _is(step, StepStatus.UNDO_WAIT, ev.attempt - 1, True):
+        _send_undo(tx, ev.step, ev.attempt)
+    # anything else is a stale timer: the shell cannot cancel timers
+
+
+def _is(step: StepState, status: StepStatus, attempt: int, undo: bool = False) -> bool:
+    return step.status is status and (step.undo_attempt if undo else step.attempt) == attempt
+
+
+def _on_saga_timeout(tx: _Tx, ev: SagaTimedOut) -> None:
+    if tx.state.status is not RunStatus.RUNNING:
+        return  # compensations are not cut short; final runs stay final
+    for step in tx.state.steps:
+        if step.status in (StepStatus.STARTED, StepStatus.RETRY_WAIT):
+            tx.update(step.name, status=StepStatus.FAILED, error=SAGA_TIMEOUT_CODE, due=None)
+    tx.audit("timed_out", timeout_s=tx.state.spec.timeout_s)
+    _begin_compensation(tx, "saga timed out", extra=())
+
+
+# -- recovery and operator commands ---------------------------------------------------
+
+
+def _on_recover(tx: _Tx, ev: Recover) -> None:
+    """Resume after a restart: re-arm what was armed, re-send what is in doubt."""
+    status = tx.state.status
+    if status in FINAL or status is RunStatus.PENDING:
+        return  # nothing in flight
+    doubt = [s.name for s in tx.state.steps if s.status is StepStatus.STARTED]
+    tx.audit("recovered", status=status.value, in_doubt=doubt)
+    if status is RunStatus.RUNNING:
+        assert tx.state.started_at is not None  # set by Start
+        left = tx.state.started_at + tx.state.spec.timeout_s - ev.now
+        if left <= 0:
+            _on_saga_timeout(tx, SagaTimedOut(ev.now))
+            return
+        if tx.state.spec.recovery == "compensate":
+            _recover_compensating(tx, doubt)
+            return
+        tx.effects.append(ArmTimer(TimerKind.SAGA_TIMEOUT, None, 0, left))
+    _resume(tx, ev.now)
+
+
+def _recover_compensating(tx: _Tx, doubt: list[str]) -> None:
+    """recovery="compensate": the in-doubt step may have run, so it is undone first."""
+    for name in doubt:
+        seq = 1 + max(s.finished_seq for s in tx.state.steps)
+        tx.update(name, status=StepStatus.SUCCEEDED, error="in doubt", finished_seq=seq)
+    for step in tx.state.steps:
+        if step.status is StepStatus.RETRY_WAIT:
+            tx.update(step.name, status=StepStatus.FAILED, due=None)
+    _begin_compensation(tx, "recovered with recovery=compensate", extra=())
+
+
+def _resume(tx: _Tx, now: float) -> None:
+    """Re-send in-doubt work with the same key and attempt; re-arm retry timers."""
+    for step in tx.state.steps:
+        spec = tx.state.spec.step(step.name)
+        left = max(0.0, (step.due or now) - now)
+        match step.status:
+            case StepStatus.STARTED:
+                _send_step(tx, step.name, step.attempt)
+            case StepStatus.RETRY_WAIT:
+                tx.effects.append(ArmTimer(TimerKind.RETRY, step.name, step.attempt + 1, left))
+            case StepStatus.UNDOING:
+                assert spec.compensate_agent is not None
+                _send_undo(tx, step.name, step.undo_attempt)
+            case StepStatus.UNDO_WAIT:
+                nxt = step.undo_attempt + 1
+                tx.effects.append(ArmTimer(TimerKind.UNDO_RETRY, step.name, nxt, left))
+            case _:
+                pass
+    if tx.state.status is RunStatus.COMPENSATING and not _in_flight(tx.state, _UNDO_BUSY):
+        _next_undo(tx)  # crashed between two compensations
+    elif tx.state.status is RunStatus.RUNNING and not _in_flight(tx.state, _DO_BUSY):
+        _advance(tx)  # crashed between a step's success and the next step's start
+
+
+_DO_BUSY: Final = frozenset({StepStatus.STARTED, StepStatus.RETRY_WAIT})
+_UNDO_BUSY: Final = frozenset({StepStatus.UNDOING, StepStatus.UNDO_WAIT})
+
+
+def _in_flight(state: SagaState, busy: frozenset[StepStatus]) -> bool:
+    return any(s.status in busy for s in state.steps)
+
+
+def _on_retry_compensation(tx: _Tx, ev: RetryCompensation) -> None:
+    tx.require("retry compensation", RunStatus.COMPENSATION_FAILED)
+    failed = [s for s in tx.state.steps if s.status is StepStatus.UNDO_FAILED]
+    for step in failed:
+        tx.update(step.name, status=StepStatus.SUCCEEDED, undo_attempt=0)
+    queue = tuple(s.name for s in sorted(failed, key=_seq, reverse=True))
+    tx.set(status=RunStatus.COMPENSATING, undo_queue=queue)  # -> COMPENSATING
+    tx.persist("compensation_retried")
+    tx.audit("compensating", reason="operator retry", steps=list(queue))
+    _next_undo(tx)
+
+
+def _on_resolve(tx: _Tx, ev: Resolve) -> None:
+    tx.require("resolve", RunStatus.COMPENSATION_FAILED)
+    if not isinstance(ev.note, str) or not ev.note.strip():
+        raise InvalidRequest("a resolution needs a note")
+    tx.set(resolution=ev.note)
+    tx.persist("resolved")
+    tx.audit("resolved", note=ev.note)
+
+
+_HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
+    Start: _on_start,
+    StepStarted: _on_step_started,
+    StepSucceeded: _on_step_succeeded,
+    StepFailed: _on_step_failed,
+    StepTimedOut: _on_step_timed_out,
+    CompensationSucceeded: _on_undo_succeeded,
+    CompensationFailed: _on_undo_failed,
+    TimerFired: _on_timer,
+    SagaTimedOut: _on_saga_timeout,
+    Recover: _on_recover,
+    RetryCompensation: _on_retry_compensation,
+    Resolve: _on_resolve,
+}

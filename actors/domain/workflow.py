@@ -1,0 +1,529 @@
+"""Durable sequential workflows as a pure state machine (stdlib + naosd.errors only).
+
+A workflow runs its steps in order; step N's output is step N+1's input (the
+first step gets the workflow input). What happens when a step fails (an error
+or a timeout) is its ``on_error`` (the step's own, else the workflow's):
+
+- ``stop`` (default): the run ends ``failed`` at that step; ``Resume`` re-runs
+  it (fresh attempts, a new idempotency key) and carries on from there.
+- ``skip``: the step is marked ``skipped`` and the next step gets the last good
+  output (the workflow input if no step succeeded yet).
+- ``retry``: the step is tried ``retry.count`` more times, ``retry.delay_s``
+  apart (the step's ``retry``, else the workflow's); then the run stops.
+
+A non-zero ``retry.count`` also applies under ``stop`` and ``skip``: the step is
+retried first and stopped on (or skipped) only once its tries are used up.
+
+The shell discipline is the saga's (see actors/domain/saga.py): each
+``Persist`` carries the full JSON-able record that must be on disk before the
+effects after it are sent; ``Recover`` after a restart re-sends the step
+recorded as started (in doubt) with the same idempotency key and attempt,
+re-arms a pending retry timer, and never re-runs a finished step. Reports for a
+step that is not waiting for one are stale and only audited.
+
+Audit types: ``workflow.started``, ``workflow.step_started``,
+``workflow.step_succeeded``, ``workflow.step_retrying``,
+``workflow.step_skipped``, ``workflow.step_failed``, ``workflow.completed``,
+``workflow.failed``, ``workflow.resumed``, ``workflow.recovered``,
+``workflow.stale_report``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, TypeAlias
+
+from naosd.errors import Conflict, InvalidRequest, NotFound
+
+RECORD_VERSION: Final = 1
+ON_ERROR: Final = ("stop", "skip", "retry")
+TIMEOUT_CODE: Final = "timeout"
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    STARTED = "started"  # RunStep persisted (maybe sent): in doubt on Recover
+    RETRY_WAIT = "retry_wait"
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class TimerKind(enum.StrEnum):
+    STEP_TIMEOUT = "step_timeout"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """``count`` more tries after the first, ``delay_s`` apart."""
+
+    count: int = 0
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 0:
+            raise InvalidRequest(f"retry count must be an integer >= 0, got {self.count!r}")
+        delay = self.delay_s
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not 0 <= delay < math.inf
+        ):
+            raise InvalidRequest(f"retry delay_s must be a finite number >= 0, got {delay!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WfStepSpec:
+    name: str
+    agent: str
+    timeout_s: float = 60.0
+    on_error: str | None = None  # None: the workflow's
+    retry: Retry | None = None  # None: the workflow's
+
+    def __post_init__(self) -> None:
+        for what in ("name", "agent"):
+            if not isinstance(getattr(self, what), str) or not getattr(self, what):
+                raise InvalidRequest(f"step {what} must be a non-empty string")
+        _check_on_error(self.on_error, allow_none=True)
+        timeout = self.timeout_s
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise InvalidRequest(f"step {self.name!r} timeout_s must be > 0, got {timeout!r}")
+
+
+def _check_on_error(value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value not in ON_ERROR:
+        raise InvalidRequest(f"on_error must be one of stop, skip, retry; got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSpec:
+    name: str
+    steps: tuple[WfStepSpec, ...]
+    on_error: str = "stop"
+    retry: Retry = Retry()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        if not self.steps or not all(isinstance(s, WfStepSpec) for s in self.steps):
+            raise InvalidRequest("a workflow needs one or more WfStepSpec steps")
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"duplicate step names in workflow {self.name!r}")
+        _check_on_error(self.on_error)
+
+    def step(self, name: str) -> WfStepSpec:
+        for spec in self.steps:
+            if spec.name == name:
+                return spec
+        raise NotFound(f"workflow {self.name!r} has no step {name!r}")
+
+    def policy(self, name: str) -> tuple[str, Retry]:
+        """The effective ``(on_error, retry)`` of step ``name``."""
+        spec = self.step(name)
+        return spec.on_error or self.on_error, spec.retry or self.retry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "on_error": self.on_error,
+            "retry": _retry_dict(self.retry),
+            "steps": [
+                {
+                    "name": s.name,
+                    "agent": s.agent,
+                    "timeout_s": s.timeout_s,
+                    "on_error": s.on_error,
+                    "retry": None if s.retry is None else _retry_dict(s.retry),
+                }
+                for s in self.steps
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowSpec:
+        steps = tuple(
+            WfStepSpec(**(s | {"retry": None if s["retry"] is None else Retry(**s["retry"])}))
+            for s in data["steps"]
+        )
+        return cls(data["name"], steps, data["on_error"], Retry(**data["retry"]))
+
+
+def _retry_dict(retry: Retry) -> dict[str, Any]:
+    return {"count": retry.count, "delay_s": retry.delay_s}
+
+
+@dataclass(frozen=True, slots=True)
+class WfStepState:
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempt: int = 0  # tries sent since the run (or the last Resume) reached this step
+    output: Any = None
+    error: str = ""
+    due: float | None = None  # when its retry timer is due
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowState:
+    run_id: str
+    spec: WorkflowSpec
+    input: Any = None
+    status: RunStatus = RunStatus.PENDING
+    steps: tuple[WfStepState, ...] = ()
+    resumes: int = 0  # part of the idempotency key: a resumed step must really run again
+    error: str = ""
+
+    def step(self, name: str) -> WfStepState:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise NotFound(f"workflow run {self.run_id!r} has no step {name!r}")
+
+    def last_output(self) -> Any:
+        """The output of the last step that succeeded, else the workflow input."""
+        done = [s for s in self.steps if s.status is StepStatus.SUCCEEDED]
+        return done[-1].output if done else self.input
+
+
+# -- events and effects ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepSucceeded:
+    step: str
+    output: Any
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    step: str
+    error_code: str
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimedOut:
+    step: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    kind: str
+    step: str
+    attempt: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    now: float
+
+
+Event: TypeAlias = Start | StepSucceeded | StepFailed | StepTimedOut | TimerFired | Recover | Resume
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    step: str
+    agent: str
+    input: Any
+    idempotency_key: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    kind: TimerKind
+    step: str
+    attempt: int
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write ``record`` (a full :func:`to_record`) before sending the effects after it."""
+
+    what: str
+    record: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    type: str
+    detail: dict[str, Any] = field(hash=False)
+
+
+Effect: TypeAlias = RunStep | ArmTimer | Persist | Audit
+
+
+# -- public functions -----------------------------------------------------------------
+
+
+def initial(run_id: str, spec: WorkflowSpec, wf_input: Any = None) -> WorkflowState:
+    """A pending run; ``Start`` begins it."""
+    if not isinstance(run_id, str) or not run_id:
+        raise InvalidRequest("run_id must be a non-empty string")
+    return WorkflowState(
+        run_id, spec, wf_input, steps=tuple(WfStepState(s.name) for s in spec.steps)
+    )
+
+
+def idempotency_key(run_id: str, step: str, resumes: int = 0) -> str:
+    suffix = f":r{resumes}" if resumes else ""
+    return f"{run_id}:{step}:do{suffix}"
+
+
+def handle(state: WorkflowState, event: Event) -> tuple[WorkflowState, list[Effect]]:
+    """Apply ``event``: the new state and the effects to perform, in order.
+
+    Raises:
+        Conflict: Start or Resume does not fit the run's status (``state`` unchanged).
+        NotFound: the event names a step the workflow does not have.
+        InvalidRequest: not a workflow event, or an unknown timer kind.
+    """
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise InvalidRequest(f"not a workflow event: {event!r}")
+    tx = _Tx(state)
+    handler(tx, event)
+    return tx.state, tx.effects
+
+
+def to_record(state: WorkflowState) -> dict[str, Any]:
+    """The JSON-able record of ``state`` (what ``Persist`` carries)."""
+    return {
+        "version": RECORD_VERSION,
+        "run_id": state.run_id,
+        "spec": state.spec.to_dict(),
+        "input": state.input,
+        "status": state.status.value,
+        "resumes": state.resumes,
+        "error": state.error,
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.status.value,
+                "attempt": s.attempt,
+                "output": s.output,
+                "error": s.error,
+                "due": s.due,
+            }
+            for s in state.steps
+        ],
+    }
+
+
+def from_record(record: dict[str, Any]) -> WorkflowState:
+    """Rebuild the state a :func:`to_record` record describes (raises InvalidRequest)."""
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        raise InvalidRequest(f"not a workflow record of version {RECORD_VERSION}")
+    try:
+        spec = WorkflowSpec.from_dict(record["spec"])
+        steps = tuple(
+            WfStepState(**(s | {"status": StepStatus(s["status"])})) for s in record["steps"]
+        )
+        status = RunStatus(record["status"])
+        state = WorkflowState(
+            record["run_id"],
+            spec,
+            record["input"],
+            status,
+            steps,
+            record["resumes"],
+            record["error"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"corrupt workflow record: {exc}") from exc
+    if [s.name for s in steps] != [s.name for s in spec.steps]:
+        raise InvalidRequest("corrupt workflow record: steps do not match the spec")
+    return state
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+class _Tx:
+    __slots__ = ("effects", "state")
+
+    def __init__(self, state: WorkflowState) -> None:
+        self.state = state
+        self.effects: list[Effect] = []
+
+    def update(self, name: str, **changes: Any) -> None:
+        self.state.step(name)
+        steps = tuple(replace(s, **changes) if s.name == name else s for s in self.state.steps)
+        self.state = replace(self.state, steps=steps)
+
+    def persist(self, what: str) -> None:
+        self.effects.append(Persist(what, to_record(self.state)))
+
+    def audit(self, kind: str, step: str | None = None, **detail: Any) -> None:
+        info: dict[str, Any] = {"run_id": self.state.run_id, "workflow": self.state.spec.name}
+        if step is not None:
+            info["step"] = step
+        self.effects.append(Audit(f"workflow.{kind}", info | detail))
+
+
+def _send(tx: _Tx, name: str, attempt: int) -> None:
+    spec = tx.state.spec.step(name)
+    tx.update(name, status=StepStatus.STARTED, attempt=attempt, due=None)
+    tx.persist("step_started")
+    key = idempotency_key(tx.state.run_id, name, tx.state.resumes)
+    tx.effects.append(RunStep(name, spec.agent, tx.state.last_output(), key, attempt))
+    tx.effects.append(ArmTimer(TimerKind.STEP_TIMEOUT, name, attempt, spec.timeout_s))
+    tx.audit("step_started", name, attempt=attempt)
+
+
+def _advance(tx: _Tx) -> None:
+    nxt = next((s for s in tx.state.steps if s.status is StepStatus.PENDING), None)
+    if nxt is not None:
+        _send(tx, nxt.name, 1)
+        return
+    tx.state = replace(tx.state, status=RunStatus.COMPLETED)  # RUNNING -> COMPLETED
+    tx.persist("completed")
+    tx.audit("completed")
+
+
+def _on_start(tx: _Tx, ev: Start) -> None:
+    if tx.state.status is not RunStatus.PENDING:
+        raise Conflict(f"workflow run {tx.state.run_id!r} is {tx.state.status}: cannot start")
+    tx.state = replace(tx.state, status=RunStatus.RUNNING)  # PENDING -> RUNNING
+    tx.persist("started")
+    tx.audit("started")
+    _advance(tx)
+
+
+def _waiting(tx: _Tx, ev: Event, name: str) -> bool:
+    step = tx.state.step(name)
+    if tx.state.status is RunStatus.RUNNING and step.status is StepStatus.STARTED:
+        return True
+    tx.audit("stale_report", name, event=type(ev).__name__, why=f"step is {step.status.value}")
+    return False
+
+
+def _on_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
+    if not _waiting(tx, ev, ev.step):
+        return
+    tx.update(ev.step, status=StepStatus.SUCCEEDED, output=ev.output, error="")
+    tx.persist("step_succeeded")
+    tx.audit("step_succeeded", ev.step, attempt=tx.state.step(ev.step).attempt)
+    _advance(tx)
+
+
+def _on_failed(tx: _Tx, ev: StepFailed) -> None:
+    if _waiting(tx, ev, ev.step):
+        _failure(tx, ev.step, f"{ev.error_code}: {ev.message}", ev.now)
+
+
+def _on_timed_out(tx: _Tx, ev: StepTimedOut) -> None:
+    if _waiting(tx, ev, ev.step):
+        _failure(tx, ev.step, f"{TIMEOUT_CODE}: step timed out", ev.now)
+
+
+def _failure(tx: _Tx, name: str, error: str, now: float) -> None:
+    on_error, retry = tx.state.spec.policy(name)
+    attempt = tx.state.step(name).attempt
+    if attempt <= retry.count:
+        tx.update(name, status=StepStatus.RETRY_WAIT, error=error, due=now + retry.delay_s)
+        tx.persist("step_retry_wait")
+        tx.effects.append(ArmTimer(TimerKind.RETRY, name, attempt + 1, retry.delay_s))
+        tx.audit("step_retrying", name, attempt=attempt, error=error, delay_s=retry.delay_s)
+    elif on_error == "skip":
+        tx.update(name, status=StepStatus.SKIPPED, error=error)
+        tx.persist("step_skipped")
+        tx.audit("step_skipped", name, attempt=attempt, error=error)
+        _advance(tx)
+    else:  # stop, or retries exhausted: RUNNING -> FAILED
+        tx.update(name, status=StepStatus.FAILED, error=error)
+        tx.state = replace(tx.state, status=RunStatus.FAILED, error=f"step {name!r}: {error}")
+        tx.persist("failed")
+        tx.audit("step_failed", name, attempt=attempt, error=error)
+        tx.audit("failed", step=name, error=error)
+
+
+def _on_timer(tx: _Tx, ev: TimerFired) -> None:
+    try:
+        kind = TimerKind(ev.kind)
+    except ValueError:
+        raise InvalidRequest(f"unknown workflow timer kind {ev.kind!r}") from None
+    step = tx.state.step(ev.step)
+    if tx.state.status is not RunStatus.RUNNING:
+        return  # stale: the shell cannot cancel timers
+    if kind is TimerKind.STEP_TIMEOUT and (step.status, step.attempt) == (
+        StepStatus.STARTED,
+        ev.attempt,
+    ):
+        _failure(tx, ev.step, f"{TIMEOUT_CODE}: step timed out", ev.now)
+    elif kind is TimerKind.RETRY and (step.status, step.attempt + 1) == (
+        StepStatus.RETRY_WAIT,
+        ev.attempt,
+    ):
+        _send(tx, ev.step, ev.attempt)
+
+
+def _on_recover(tx: _Tx, ev: Recover) -> None:
+    if tx.state.status is not RunStatus.RUNNING:
+        return  # pending, completed or failed: nothing in flight
+    busy = [s for s in tx.state.steps if s.status in (StepStatus.STARTED, StepStatus.RETRY_WAIT)]
+    tx.audit("recovered", in_doubt=[s.name for s in busy if s.status is StepStatus.STARTED])
+    for step in busy:
+        if step.status is StepStatus.STARTED:  # in doubt: same key, same attempt
+            _send(tx, step.name, step.attempt)
+        else:
+            left = max(0.0, (step.due or ev.now) - ev.now)
+            tx.effects.append(ArmTimer(TimerKind.RETRY, step.name, step.attempt + 1, left))
+    if not busy:
+        _advance(tx)  # crashed between a step's end and the next step's start
+
+
+def _on_resume(tx: _Tx, ev: Resume) -> None:
+    if tx.state.status is not RunStatus.FAILED:
+        raise Conflict(f"workflow run {tx.state.run_id!r} is {tx.state.status}: cannot resume")
+    failed = next(s for s in tx.state.steps if s.status is StepStatus.FAILED)
+    tx.update(failed.name, status=StepStatus.PENDING, attempt=0, error="")
+    tx.state = replace(
+        tx.state, status=RunStatus.RUNNING, resumes=tx.state.resumes + 1, error=""
+    )  # FAILED -> RUNNING
+    tx.persist("resumed")
+    tx.audit("resumed", step=failed.name, resumes=tx.state.resumes)
+    _advance(tx)
+
+
+_HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
+    Start: _on_start,
+    StepSucceeded: _on_succeeded,
+    StepFailed: _on_failed,
+    StepTimedOut: _on_timed_out,
+    TimerFired: _on_timer,
+    Recover: _on_recover,
+    Resume: _on_resume,
+}
