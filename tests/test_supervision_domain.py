@@ -247,9 +247,11 @@ def test_tree_node() -> None:
         "restarts": 1,
         "children": [
             node
-            | {"name": "a", "kind": "agent", "pid": state.child("a").pid, "last_error": "boom"},
+            | {"name": "a", "kind": "agent", "pid": state.child("a").pid, "last_error": "boom",
+               "started_at": state.child("a").started_at},
             node
-            | {"name": "t", "kind": "supervisor", "pid": state.child("t").pid, "last_error": ""},
+            | {"name": "t", "kind": "supervisor", "pid": state.child("t").pid, "last_error": "",
+               "started_at": state.child("t").started_at},
         ],
     }
 

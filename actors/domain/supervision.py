@@ -419,6 +419,7 @@ def _child_node(state: SupState, child: ChildState) -> dict[str, Any]:
         "restarts": child.restarts,
         "last_error": child.last_error,
         "paused": child.paused,
+        "started_at": child.started_at,  # the ``now`` of ChildStarted (monotonic)
     }
 
 
