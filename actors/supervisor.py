@@ -50,7 +50,16 @@ SPARE_DELAY = timedelta(milliseconds=50)
 
 
 def _process_alive(pid: int) -> bool:
-    """False if ``pid`` is gone or a zombie (dead, not yet reaped)."""
+    """False if ``pid`` is gone or a zombie (dead, not yet reaped).  Without
+    /proc (macOS) only a vanished pid counts: Thespian reaps zombies itself."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 POLL_S = 0.01
 WATCH_S = 0.02  # how often a running call checks that its agent's process lives
+HAVE_PROC = os.path.isdir("/proc/self")
 GRACE_S = 0.05  # a crashing handler's error reply is sent before its process exits
 
 
@@ -42,6 +43,14 @@ def _pid_alive(pid: Any) -> bool:
     """False if ``pid`` is gone or a zombie (killed, not yet reaped)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
+    if not HAVE_PROC:  # no /proc (macOS): zombies count as alive here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
