@@ -44,27 +44,10 @@ from actors.messages import (
     TreeUpdate,
 )
 from naosd.errors import NaosError
+from naosd.procs import process_alive
 
 SWEEP = timedelta(milliseconds=250)
 SPARE_DELAY = timedelta(milliseconds=50)
-
-
-def _process_alive(pid: int) -> bool:
-    """False if ``pid`` is gone or a zombie (dead, not yet reaped).  Without
-    /proc (macOS) only a vanished pid counts: Thespian reaps zombies itself."""
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def child_spec(d: AgentDef | SupervisorDef) -> sv.ChildSpec:
@@ -249,7 +232,7 @@ class SupervisorActor(NaosActor):
         several children die at once; a child whose process is gone is
         treated as exited (a late ChildActorExited then finds nothing)."""
         for name, pid in list(self._pids.items()):
-            if not _process_alive(pid):
+            if not process_alive(pid):
                 self._child_exited(name)
         if not self._exiting:
             self.wakeupAfter(SWEEP, payload=("sweep", None, None))

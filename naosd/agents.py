@@ -29,37 +29,14 @@ from naosd.errors import (
     RequestTimeout,
     from_wire,
 )
+from naosd.procs import process_alive
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
 
 POLL_S = 0.01
 WATCH_S = 0.02  # how often a running call checks that its agent's process lives
-HAVE_PROC = os.path.isdir("/proc/self")
 GRACE_S = 0.05  # a crashing handler's error reply is sent before its process exits
-
-
-def _pid_alive(pid: Any) -> bool:
-    """False if ``pid`` is gone or a zombie (killed, not yet reaped)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if not HAVE_PROC:  # no /proc (macOS): zombies count as alive here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        stat = os.read(fd, 512)
-    finally:
-        os.close(fd)
-    return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
 
 
 def _rid() -> str:
@@ -208,10 +185,10 @@ class Agents:
         the registered one, the one that replaces a dead process, or a newly
         activated one."""
         where = self._where.get(name)
-        if where is not None and _pid_alive(where.get("pid")) and where.get("pid") != stale:
+        if where is not None and process_alive(where.get("pid")) and where.get("pid") != stale:
             return where
         where = await self.resolve(name)
-        if where is not None and (stale == where.get("pid") or not _pid_alive(where.get("pid"))):
+        if where is not None and (stale == where.get("pid") or not process_alive(where.get("pid"))):
             # its process just died: wait for the supervisor's replacement
             stale = int(where.get("pid") or 0)
             try:
@@ -235,7 +212,7 @@ class Agents:
         pid = where.get("pid")
         while not ask.done():
             await asyncio.wait([ask], timeout=WATCH_S)
-            if not ask.done() and not _pid_alive(pid):
+            if not ask.done() and not process_alive(pid):
                 await asyncio.wait([ask], timeout=GRACE_S)  # its crash reply may be on the way
                 if not ask.done():
                     ask.cancel()
