@@ -33,9 +33,18 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias
 
+from actors.domain.run_events import (
+    Audit,
+    Persist,
+    Recover,
+    Start,
+    StepFailed,
+    StepSucceeded,
+    StepTimedOut,
+)
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
 RECORD_VERSION: Final = 1
@@ -205,41 +214,10 @@ class WorkflowState:
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class StepSucceeded:
-    step: str
-    output: Any
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class StepFailed:
-    step: str
-    error_code: str
-    message: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class StepTimedOut:
-    step: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
 class TimerFired:
     kind: str
     step: str
     attempt: int
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Recover:
     now: float
 
 
@@ -266,20 +244,6 @@ class ArmTimer:
     step: str
     attempt: int
     delay_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Write ``record`` (a full :func:`to_record`) before sending the effects after it."""
-
-    what: str
-    record: dict[str, Any] = field(hash=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Audit:
-    type: str
-    detail: dict[str, Any] = field(hash=False)
 
 
 Effect: TypeAlias = RunStep | ArmTimer | Persist | Audit
