@@ -13,7 +13,7 @@ from typing import Any
 
 from naosd.errors import InvalidRequest
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")  # used with fullmatch
 SOURCE_KINDS = ("template", "python", "wasm")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 RESTART_TYPES = ("permanent", "transient", "temporary")
@@ -21,10 +21,10 @@ DESIRED = ("running", "stopped")
 IMPLICIT_SUPERVISOR = "agents"  # where agents outside any user supervisor live
 
 
-def validate_name(name: Any, what: str = "agent") -> str:
+def validate_name(name: object, what: str = "agent") -> str:
     """Return ``name`` if it is a valid agent/supervisor name, else raise
     InvalidRequest saying what the rule is."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
         raise InvalidRequest(
             f"invalid {what} name {name!r}: use lowercase letters, digits and hyphens, "
             "starting with a letter, at most 64 characters"

@@ -57,14 +57,13 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias, TypeVar
 
+from actors.domain.definitions import validate_name
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
-NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,63}")
 CHILD_KINDS: Final = ("agent", "supervisor")
 TIMER_SLACK_S: Final = 1e-3  # a timer may fire this early (float rounding) and still count
 _MAX_DOUBLINGS: Final = 64  # 2.0 ** 1024 overflows; the cap is reached long before
@@ -103,16 +102,6 @@ UP: Final = frozenset({ChildRun.STARTING, ChildRun.RUNNING, ChildRun.STOPPING})
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
-def validate_name(name: object, what: str = "child") -> str:
-    """Return ``name`` if it follows the agent naming rule, else raise InvalidRequest."""
-    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
-        raise InvalidRequest(
-            f"invalid {what} name {name!r}: use lowercase letters, digits and hyphens, "
-            "starting with a letter, at most 64 characters"
-        )
-    return name
-
-
 def _coerce(kind: type[_E], value: object, what: str) -> _E:
     try:
         return kind(str(value).replace("-", "_"))
@@ -141,7 +130,7 @@ class ChildSpec:
     shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        validate_name(self.name)
+        validate_name(self.name, "child")
         if self.kind not in CHILD_KINDS:
             raise InvalidRequest(f"invalid child kind {self.kind!r}: use agent or supervisor")
         object.__setattr__(self, "restart", _coerce(RestartType, self.restart, "restart type"))
