@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from naosctl.client import Client  # noqa: E402
 from naosd.errors import NaosError  # noqa: E402
+from naosd.procs import descendants, is_descendant  # noqa: E402, F401 - re-exported
+from naosd.procs import process_alive as alive  # noqa: E402
 
 
 def _load_prctl() -> Any:
@@ -92,39 +94,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def parent_pid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[1])
-
-
-def descendants(root: int) -> list[int]:
-    by_parent: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                by_parent.setdefault(parent_pid(int(entry)), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        kids = by_parent.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def is_descendant(pid: int, ancestor: int) -> bool:
-    current = pid
-    for _ in range(64):
-        try:
-            current = parent_pid(current)
-        except (OSError, ValueError, IndexError):
-            return False
-        if current == ancestor:
-            return True
-        if current <= 1:
-            return False
-    return False
-
-
 def raw_thespian(n: int) -> list[float]:
     code = f"""
 import time, json
@@ -153,14 +122,6 @@ finally:
                           timeout=600, check=True)
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
 
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill(pids: list[int]) -> None:

@@ -29,7 +29,7 @@ from naosd.errors import (
     RequestTimeout,
     from_wire,
 )
-from naosd.procs import process_alive
+from naosd.procs import is_descendant, process_alive
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -258,7 +258,7 @@ class Agents:
         if where is None or not where.get("pid"):
             raise Conflict(f"agent {name!r} is not running")
         pid = int(where["pid"])
-        if not _is_descendant(pid, os.getpid()):
+        if not is_descendant(pid, os.getpid()):
             raise Conflict(f"pid {pid} is not one of this daemon's processes")
         os.kill(pid, signal.SIGKILL)
         await self.d.db.audit("agent.killed", agent=name, pid=pid, by="naosctl kill")
@@ -341,21 +341,6 @@ def agent_view(agent: AgentDef, node: dict[str, Any] | None) -> dict[str, Any]:
         supervisor=agent.supervisor or IMPLICIT_SUPERVISOR,
     )
     return view
-
-
-def _is_descendant(pid: int, ancestor: int) -> bool:
-    current = pid
-    for _ in range(64):
-        try:
-            with open(f"/proc/{current}/stat", encoding="ascii", errors="replace") as fh:
-                current = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            return False
-        if current == ancestor:
-            return True
-        if current <= 1:
-            return False
-    return False
 
 
 

@@ -31,3 +31,42 @@ def process_alive(pid: object) -> bool:
     finally:
         os.close(fd)
     return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
+
+
+def parent_pid(pid: int) -> int:
+    """``pid``'s parent from ``/proc``; raises OSError or ValueError."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (one pass over ``/proc``)."""
+    by_parent: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                by_parent.setdefault(parent_pid(int(entry)), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        kids = by_parent.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    """True if ``ancestor`` is among ``pid``'s parents (``/proc``)."""
+    current = pid
+    for _ in range(64):
+        try:
+            current = parent_pid(current)
+        except (OSError, ValueError, IndexError):
+            return False
+        if current == ancestor:
+            return True
+        if current <= 1:
+            return False
+    return False

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from naosd.procs import descendants
+from naosd.procs import process_alive as alive
+
 START_TIMEOUT = 30.0
 
 
@@ -36,41 +39,6 @@ def die_with_parent() -> None:
     dies (a test or bench killed by a timeout leaves no daemon behind)."""
     if _PRCTL is not None:
         _PRCTL(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
-
-
-def children_of(pid: int) -> list[int]:
-    out: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            out.append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = children_of(todo.pop())
-        found += kids
-        todo += kids
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
