@@ -19,7 +19,9 @@ from naosd.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.server import Call, Dispatcher, Streaming, Unary
 
 if TYPE_CHECKING:
+    from naosd.audit import AuditRow
     from naosd.daemon import Daemon
+    from naosd.storage import Store
 
 Handler = Callable[["Daemon", dict[str, Any]], Any]
 
@@ -176,17 +178,21 @@ async def audit_tail(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, An
     last = rows[-1].seq if rows else await _head_seq(d)
     for row in rows:
         yield row.to_dict()
-    while p["follow"]:
-        await d.db.wait_changed(0.5)
-        fresh = await d.db.call(
-            lambda s, last=last: s.audit_after(last, agent=filters["agent"],
-                                               type=filters["type"])
-        )
-        for row in fresh:
-            last = row.seq
+    if not p["follow"]:
+        return
+
+    def fetch(store: Store, after: int) -> tuple[list[AuditRow], int]:
+        # Filtered: when nothing matched, skip past what was scanned.  The head
+        # is read first, so a row appended meanwhile is above it, not skipped.
+        head = store.audit_head()
+        rows = store.audit_after(after, agent=filters["agent"], type=filters["type"])
+        if rows:
+            return rows, rows[-1].seq
+        return rows, max(after, head.seq if head else 0)
+
+    async for batch in d.db.follow(fetch, last):
+        for row in batch:
             yield row.to_dict()
-        if not fresh:
-            last = max(last, await _head_seq(d))
 
 
 @method("events", stream=True, **_FILTERS)

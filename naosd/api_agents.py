@@ -156,11 +156,15 @@ async def agent_logs(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, An
     last = lines[-1]["id"] if lines else await d.db.call(_last_log_id)
     for line in lines:
         yield line
-    while p["follow"]:
-        await d.db.wait_changed(0.5)
-        fresh = await d.db.call(lambda s, a=last: defs_store.read_logs(s, name, after=a))
-        for line in fresh:
-            last = line["id"]
+    if not p["follow"]:
+        return
+
+    def fetch(store: Any, after: int) -> tuple[list[dict[str, Any]], int]:
+        fresh = defs_store.read_logs(store, name, after=after)
+        return fresh, (fresh[-1]["id"] if fresh else after)
+
+    async for batch in d.db.follow(fetch, last):
+        for line in batch:
             yield line
 
 

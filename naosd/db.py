@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,6 +67,22 @@ class AsyncStore:
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def follow(
+        self, fetch: Callable[[Store, int], tuple[list[T], int]], last: int,
+        *, poll_s: float = 0.5,
+    ) -> AsyncIterator[list[T]]:
+        """Stream what ``fetch(store, last) -> (items, new_last)`` finds, for
+        ever: each non-empty batch as it comes, and an empty list after every
+        wait that found nothing (callers may send heartbeats then).  Wakes on
+        appends made here, and polls every ``poll_s`` for other processes'."""
+        while True:
+            batch, last = await self.call(lambda s, after=last: fetch(s, after))
+            if batch:
+                yield batch
+                continue
+            await self.wait_changed(poll_s)
+            yield []
 
     async def close(self) -> None:
         await self.call(lambda s: s.close())

@@ -21,6 +21,7 @@ from naosd.params import parse_since
 DAEMON = web.AppKey("daemon", Any)
 STREAMS = web.AppKey("streams", set)
 HEARTBEAT_S = 15.0
+POLL_S = 0.5
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -113,21 +114,21 @@ async def _stream(request: web.Request, d: Any) -> web.StreamResponse:
         head = await d.db.call(lambda s: s.audit_head())
         last = head.seq if head else 0
     await response.write(b"retry: 2000\n\n")
+
+    def fetch(store: Any, after: int) -> tuple[list[Any], int]:
+        rows = store.audit_after(after, limit=500)
+        return rows, (rows[-1].seq if rows else after)
+
     idle = 0.0
-    while True:
-        rows = await d.db.call(lambda s, after=last: s.audit_after(after, limit=500))
+    async for rows in d.db.follow(fetch, last, poll_s=POLL_S):
         for row in rows:
-            last = row.seq
             data = json.dumps(row.to_dict(), ensure_ascii=False)
             await response.write(f"id: {row.seq}\nevent: audit\ndata: {data}\n\n".encode())
-        if rows:
-            idle = 0.0
-            continue
-        await d.db.wait_changed(0.5)
-        idle += 0.5
+        idle = 0.0 if rows else idle + POLL_S
         if idle >= HEARTBEAT_S:  # keeps proxies from closing an idle stream
             await response.write(b": heartbeat\n\n")
             idle = 0.0
+    return response
 
 
 def _last_event_id(request: web.Request) -> int | None:
