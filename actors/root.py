@@ -247,31 +247,28 @@ class RootSupervisor(NaosActor):
     # -- helpers -----------------------------------------------------------
 
     def _spawn(self, status: ChildStatus) -> None:
+        actor_class, init = self._how_to_start(status)
+        addr = self.createActor(actor_class)
+        self._children[status.name] = status
+        self._addrs[status.name] = addr
+        self.send(addr, init)
+
+    def _how_to_start(self, status: ChildStatus) -> tuple[type, Any]:
+        """The actor class of a child of ``status.kind`` and its first message."""
         if status.kind == "sandbox-pool":
             from actors.sandbox import SandboxPool
 
             assert self._env is not None
-            addr = self.createActor(SandboxPool)
-            self._children[status.name] = status
-            self._addrs[status.name] = addr
             cache = str(Path(self._env.db_path).parent / "wasm-cache")
-            self.send(addr, InitSandbox(status.name, self._env.db_path, cache,
-                                        self._env.sandbox_workers))
-            return
+            return SandboxPool, InitSandbox(status.name, self._env.db_path, cache,
+                                            self._env.sandbox_workers)
         if status.kind == "supervisor":
             from actors.supervisor import SupervisorActor
 
             assert self._env is not None
-            addr = self.createActor(SupervisorActor)
-            self._children[status.name] = status
-            self._addrs[status.name] = addr
-            self.send(addr, InitSupervisor(status.name, self._env.db_path,
-                                           self._env.checkpoint_path, self.myAddress))
-            return
-        addr = self.createActor(CHILD_KINDS[status.kind])
-        self._children[status.name] = status
-        self._addrs[status.name] = addr
-        self.send(addr, InitChild(status.name))
+            return SupervisorActor, InitSupervisor(status.name, self._env.db_path,
+                                                   self._env.checkpoint_path, self.myAddress)
+        return CHILD_KINDS[status.kind], InitChild(status.name)
 
     def _stop_child(self, name: str) -> None:
         self._children[name] = on_stop(self._status(name))

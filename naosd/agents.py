@@ -65,9 +65,13 @@ class Agents:
         result: dict[str, Any] = reply.result
         return result
 
-    async def resolve(self, name: str) -> dict[str, Any] | None:
+    async def resolve(self, name: str, *, wait_s: float = 0.0, stale: int = 0
+                      ) -> dict[str, Any] | None:
+        """Where ``name`` runs, or None.  With ``wait_s`` the root answers as
+        soon as it registers (a process other than ``stale``): no polling."""
         try:
-            reply = await self.d.bridge.ask(Resolve(_rid(), name))
+            reply = await self.d.bridge.ask(Resolve(_rid(), name, wait_s, stale),
+                                            timeout_s=wait_s + 5 if wait_s else None)
         except NotFound:
             return None
         result: dict[str, Any] = reply.result
@@ -87,14 +91,9 @@ class Agents:
         await self.sync(parent or IMPLICIT_SUPERVISOR)
 
     async def wait_for(self, name: str, *, running: bool, wait_s: float) -> dict[str, Any]:
-        if running:  # the root answers as soon as it registers: no polling
-            try:
-                reply = await self.d.bridge.ask(Resolve(_rid(), name, wait_s),
-                                                timeout_s=wait_s + 5)
-            except NotFound:
-                return await self._explain_timeout(name, running, wait_s)
-            found: dict[str, Any] = reply.result
-            return found
+        if running:
+            found = await self.resolve(name, wait_s=wait_s)
+            return found or await self._explain_timeout(name, running, wait_s)
         deadline = time.monotonic() + wait_s
         while True:
             where = await self.resolve(name)
@@ -190,14 +189,7 @@ class Agents:
         where = await self.resolve(name)
         if where is not None and (stale == where.get("pid") or not process_alive(where.get("pid"))):
             # its process just died: wait for the supervisor's replacement
-            stale = int(where.get("pid") or 0)
-            try:
-                reply = await self.d.bridge.ask(Resolve(_rid(), name, wait_s, stale),
-                                                timeout_s=wait_s + 5)
-            except NotFound:
-                return None
-            found: dict[str, Any] = reply.result
-            return found
+            return await self.resolve(name, wait_s=wait_s, stale=int(where.get("pid") or 0))
         if where is None:  # deactivated or never started: activate transparently
             where = await self.activate(name, wait_s=wait_s)
         return where
