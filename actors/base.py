@@ -22,8 +22,8 @@ from typing import Any
 from thespian.actors import ActorTypeDispatcher
 
 from actors.messages import ChildPid, Crash, InitChild, Ping, Reply, Request
-from naosd.actorsys import get_pdeathsig, set_pdeathsig
 from naosd.errors import InvalidRequest, NaosError
+from naosd.procs import get_pdeathsig, set_pdeathsig
 
 
 def error_reply(request: Request, exc: BaseException) -> Reply:

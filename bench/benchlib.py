@@ -4,7 +4,6 @@ Thespian floor, and a real naosd in a temporary directory."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -14,32 +13,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from naosctl.client import Client  # noqa: E402
 from naosd.errors import NaosError  # noqa: E402
-from naosd.procs import descendants, is_descendant  # noqa: E402, F401 - re-exported
+from naosd.procs import (  # noqa: E402, F401 - re-exported
+    descendants,
+    is_descendant,
+    sigterm_with_parent,
+)
 from naosd.procs import process_alive as alive  # noqa: E402
-
-
-def _load_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_PRCTL = _load_prctl()  # looked up now: a preexec_fn must not import or allocate
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the daemon gets SIGTERM if the process that started it
-    dies (a test or bench killed by a timeout leaves no daemon behind)."""
-    if _PRCTL is not None:
-        _PRCTL(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -148,7 +133,7 @@ class Daemon:
                 [sys.executable, "-m", "naosd", "--socket", str(self.sock), "--state-dir",
                  str(base / "state"), "--dashboard-port", "0", "--log-level", "warning"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent)
+                preexec_fn=sigterm_with_parent)
         self.seen: set[int] = set()
         self.started_s = self._wait_ready()
 

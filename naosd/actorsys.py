@@ -60,7 +60,6 @@ for the prctl and /proc parts; elsewhere they are no-ops.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import hashlib
 import hmac
@@ -70,7 +69,6 @@ import os
 import pickle
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,15 +90,13 @@ from thespian.system.transport.streamBuffer import (
 
 from actors.messages import Ping, Reply, new_request_id
 from naosd.errors import ConfigError, Unavailable
+from naosd.procs import PR_SET_CHILD_SUBREAPER, prctl, set_pdeathsig
 
 log = logging.getLogger(__name__)
 
 MAC_SIZE = 32  # HMAC-SHA256
 MIN_SECRET_SIZE = 32
 THESPIAN_DEFAULT_ADMIN_PORT = 1900  # collides with SSDP: never use it
-PR_SET_PDEATHSIG = 1
-PR_GET_PDEATHSIG = 2
-PR_SET_CHILD_SUBREAPER = 36
 REPARENT_WAIT_S = 5.0
 
 DEFAULT_LOG_DEFS: dict[str, Any] = {
@@ -157,42 +153,10 @@ class _Hardening:
 _STATE = _Hardening()
 
 
-@functools.cache
-def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, arg: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    return int(_libc().prctl(option, arg, 0, 0, 0)) == 0
-
-
 def set_child_subreaper() -> bool:
     """Make orphaned descendants (the self-daemonizing admin) re-parent to us."""
-    _STATE.subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _STATE.subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
     return _STATE.subreaper
-
-
-def set_pdeathsig(sig: int = signal.SIGKILL, *, expected_parent: int | None = None) -> bool:
-    """Ask the kernel to send ``sig`` to this process when its parent dies.
-
-    With ``expected_parent``, exit at once (``os._exit(1)``) if the parent
-    already changed: it died before the signal was armed.
-    """
-    armed = _prctl(PR_SET_PDEATHSIG, int(sig))
-    if armed and expected_parent is not None and os.getppid() != expected_parent:
-        os._exit(1)
-    return armed
-
-
-def get_pdeathsig() -> int:
-    """The armed parent-death signal of this process (0: none or not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    value = ctypes.c_int(0)
-    _libc().prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
-    return value.value
 
 
 def _die_with_parent() -> None:
@@ -458,7 +422,7 @@ class ActorRuntime:
         return cls(system, port, seeds, min(sessions) if sessions else None)
 
     def _start_root(self, timeout_s: float) -> None:
-        # Imported here: actors.base imports this module (set_pdeathsig).
+        # Imported here: actors import naosd.actorsys's dependencies.
         from actors.root import RootSupervisor
 
         try:

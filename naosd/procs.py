@@ -1,10 +1,66 @@
-"""Process liveness (a leaf module: stdlib only)."""
+"""Processes: liveness, ancestry and Linux prctl (a leaf module: stdlib only).
+
+The prctl function is looked up once, at import: ``sigterm_with_parent`` runs
+as a ``preexec_fn`` between fork and exec, where nothing may be imported or
+allocated."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
+from typing import Any
 
 HAVE_PROC = os.path.isdir("/proc/self")
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def prctl(option: int, arg: int) -> bool:
+    """``prctl(option, arg)``; False where it failed or does not exist."""
+    return _PRCTL is not None and int(_PRCTL(option, arg, 0, 0, 0)) == 0
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL, *, expected_parent: int | None = None) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies.
+
+    With ``expected_parent``, exit at once (``os._exit(1)``) if the parent
+    already changed: it died before the signal was armed.
+    """
+    armed = prctl(PR_SET_PDEATHSIG, int(sig))
+    if armed and expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+    return armed
+
+
+def get_pdeathsig() -> int:
+    """The armed parent-death signal of this process (0: none or not Linux)."""
+    if _PRCTL is None:
+        return 0
+    value = ctypes.c_int(0)
+    _PRCTL(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+    return value.value
+
+
+def sigterm_with_parent() -> None:
+    """``preexec_fn``: the started process gets SIGTERM when its starter dies
+    (a test or benchmark killed by a timeout leaves no daemon behind)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def process_alive(pid: object) -> bool:

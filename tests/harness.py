@@ -5,7 +5,6 @@ a process behind."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -16,29 +15,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from naosd.procs import descendants
+from naosd.procs import descendants, sigterm_with_parent
 from naosd.procs import process_alive as alive
 
 START_TIMEOUT = 30.0
-
-
-def _load_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_PRCTL = _load_prctl()  # looked up now: a preexec_fn must not import or allocate
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the daemon gets SIGTERM if the process that started it
-    dies (a test or bench killed by a timeout leaves no daemon behind)."""
-    if _PRCTL is not None:
-        _PRCTL(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
 
 
 def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
@@ -134,7 +115,7 @@ def start_naosd(base: Path, *extra: str, env: dict[str, str] | None = None,
            "--dashboard-port", "0", *extra]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                                stdin=subprocess.DEVNULL, preexec_fn=sigterm_with_parent)
     daemon = Naosd(sock, state, proc, log_path, env)
     if wait:
         wait_ready(daemon)
