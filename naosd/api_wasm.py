@@ -29,15 +29,12 @@ def limits_of(p: dict[str, Any]) -> dict[str, int]:
     return limits
 
 
-_POOL: dict[int, Any] = {}  # daemon id -> the sandbox pool's address
-
-
 async def _pool(d: Daemon, *, fresh: bool = False) -> Any:
     """The sandbox pool's address (cached; the root restarts the pool under
     a new address if it dies, and a send to the old one fails as gone)."""
-    if fresh or id(d) not in _POOL:
-        _POOL[id(d)] = (await d.bridge.ask(WhereIs(uuid.uuid4().hex, "sandbox"))).result
-    return _POOL[id(d)]
+    if fresh or d.sandbox_pool is None:
+        d.sandbox_pool = (await d.bridge.ask(WhereIs(uuid.uuid4().hex, "sandbox"))).result
+    return d.sandbox_pool
 
 
 async def _ask_pool(d: Daemon, msg: Any, wait: float | None = None) -> Any:

@@ -64,6 +64,7 @@ class Daemon:
         self.dashboard: Any = None
         self.reloads = 0
         self.agents: Any = None
+        self.sandbox_pool: Any = None  # the pool's address, found on first use
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:

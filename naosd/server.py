@@ -125,7 +125,7 @@ class ControlServer:
         if pending:
             await asyncio.wait(pending, timeout=drain_timeout)
         for conn in list(self.connections):
-            await conn.abort("naosd is shutting down; the request was cancelled")
+            await conn.abort()
             conn.writer.close()  # the reader sees EOF and the handler returns
         deadline = asyncio.get_running_loop().time() + 2.0
         while self.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
@@ -321,12 +321,13 @@ class Connection:
         for task in list(self._streams.values()):
             task.cancel()
 
-    async def abort(self, reason: str) -> None:
+    async def abort(self) -> None:
+        """Cancel every request in flight; each sends its own shutting_down
+        error frame (see _run_unary) or the end of its stream."""
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=1.0)
-        del reason  # the cancelled tasks send their own error frames
 
     # -- writing -------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
