@@ -153,24 +153,19 @@ async def agent_logs(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, An
     if name:
         await d.db.call(lambda s: defs_store.get_agent(s, name))
     lines = await d.db.call(lambda s: defs_store.read_logs(s, name, n=p["n"]))
-    last = lines[-1]["id"] if lines else await d.db.call(_last_log_id)
+    last = lines[-1]["id"] if lines else await d.db.call(defs_store.log_head)
     for line in lines:
         yield line
     if not p["follow"]:
         return
 
     def fetch(store: Any, after: int) -> tuple[list[dict[str, Any]], int]:
-        fresh = defs_store.read_logs(store, name, after=after)
+        fresh = defs_store.logs_after(store, after, agent=name)
         return fresh, (fresh[-1]["id"] if fresh else after)
 
     async for batch in d.db.follow(fetch, last):
         for line in batch:
             yield line
-
-
-def _last_log_id(store: Any) -> int:
-    rows = store.query("SELECT coalesce(max(id), 0) FROM agent_logs")
-    return int(rows[0][0])
 
 
 @method("supervisor.create", name=NAME, strategy=Str("one_for_one"),

@@ -18,6 +18,7 @@ from naosd.audit import AuditRow
 from naosd.storage import Store
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class AsyncStore:
@@ -69,7 +70,7 @@ class AsyncStore:
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
     async def follow(
-        self, fetch: Callable[[Store, int], tuple[list[T], int]], last: int,
+        self, fetch: Callable[[Store, C], tuple[list[T], C]], last: C,
         *, poll_s: float = 0.5,
     ) -> AsyncIterator[list[T]]:
         """Stream what ``fetch(store, last) -> (items, new_last)`` finds, for

@@ -226,13 +226,53 @@ def append_logs(store: Store, agent: str, lines: Iterable[tuple[str, str, str]])
 def read_logs(store: Store, agent: str | None, *, n: int = 50, after: int = 0
               ) -> list[dict[str, Any]]:
     """The last ``n`` lines (``after=0``) or the lines after id ``after``."""
-    where, params = ("WHERE agent = ?", [agent]) if agent else ("", [])
     if after:
-        where += (" AND" if where else "WHERE") + " id > ?"
-        sql = f"SELECT id, agent, ts, level, text FROM agent_logs {where} ORDER BY id LIMIT ?"
-        rows = store.query(sql, (*params, after, 1000))
-    else:
-        sql = (f"SELECT id, agent, ts, level, text FROM agent_logs {where} "
-               "ORDER BY id DESC LIMIT ?")
-        rows = store.query(sql, (*params, n))[::-1]
+        return logs_after(store, after, agent=agent, limit=1000)
+    where, params = ("WHERE agent = ?", [agent]) if agent else ("", [])
+    sql = (f"SELECT id, agent, ts, level, text FROM agent_logs {where} "
+           "ORDER BY id DESC LIMIT ?")
+    return _log_dicts(store.query(sql, (*params, n))[::-1])
+
+
+def logs_after(store: Store, after: int, *, agent: str | None = None, limit: int = 1000
+               ) -> list[dict[str, Any]]:
+    """Up to ``limit`` lines with an id above ``after``, oldest first."""
+    where, params = ("AND agent = ?", [agent]) if agent else ("", [])
+    sql = (f"SELECT id, agent, ts, level, text FROM agent_logs WHERE id > ? {where} "
+           "ORDER BY id LIMIT ?")
+    return _log_dicts(store.query(sql, (after, *params, limit)))
+
+
+def _log_dicts(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [{"id": r[0], "agent": r[1], "ts": r[2], "level": r[3], "text": r[4]} for r in rows]
+
+
+def log_head(store: Store) -> int:
+    """The id of the newest log line (0 when there is none)."""
+    return int(store.query("SELECT coalesce(max(id), 0) FROM agent_logs")[0][0])
+
+
+# -- run statistics (from the audit log's ``agent.run`` rows) ----------------------
+
+
+def run_stats(store: Store) -> dict[str, dict[str, Any]]:
+    """Per agent: messages handled, failures, recorded cost and the last run,
+    counted from the durable ``agent.run`` audit rows."""
+    rows = store.query(
+        "SELECT agent, count(*), "
+        "sum(CASE WHEN json_extract(detail, '$.ok') THEN 0 ELSE 1 END), "
+        "coalesce(sum(json_extract(detail, '$.cost_micro_usd')), 0), max(ts) "
+        "FROM audit WHERE type = 'agent.run' AND agent IS NOT NULL GROUP BY agent")
+    return {r[0]: {"messages": r[1], "failures": r[2], "cost_micro_usd": int(r[3]),
+                   "last_run": r[4]} for r in rows}
+
+
+def recent_runs(store: Store, agent: str, *, n: int = 20) -> list[dict[str, Any]]:
+    """The agent's last ``n`` runs, newest first."""
+    rows = store.query(
+        "SELECT seq, ts, json_extract(detail, '$.ok'), json_extract(detail, '$.ms'), "
+        "json_extract(detail, '$.error'), json_extract(detail, '$.cost_micro_usd') "
+        "FROM audit WHERE type = 'agent.run' AND agent = ? ORDER BY seq DESC LIMIT ?",
+        (agent, n))
+    return [{"seq": r[0], "ts": r[1], "ok": bool(r[2]), "ms": r[3], "error": r[4],
+             "cost_micro_usd": r[5] or 0} for r in rows]

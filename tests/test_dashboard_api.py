@@ -69,8 +69,11 @@ def test_metrics_parse_with_prometheus_client(daemon: Naosd):
     assert "naos_agent_restarts" in families
 
 
-def sse_lines(url: str, token: str, last_id: int | None, want: int) -> list[dict]:
-    """Read ``want`` events from the SSE stream with a raw socket."""
+def sse_lines(url: str, token: str, last_id: int | str | None, want: int,
+              kind: str | None = None) -> list[dict]:
+    """Read ``want`` events from the SSE stream with a raw socket: each is its
+    data plus ``event`` (kind), ``cursor`` (the raw id) and ``id`` (its audit
+    seq part); with ``kind``, only events of that kind count towards ``want``."""
     host, port = url.split("//", 1)[1].rstrip("/").split(":")
     sock = socket.create_connection((host, int(port)), timeout=15)
     extra = f"Last-Event-ID: {last_id}\r\n" if last_id is not None else ""
@@ -78,7 +81,7 @@ def sse_lines(url: str, token: str, last_id: int | None, want: int) -> list[dict
                   f"Authorization: Bearer {token}\r\n{extra}\r\n").encode())
     buf, events = b"", []
     try:
-        while len(events) < want:
+        while len([e for e in events if kind in (None, e["event"])]) < want:
             chunk = sock.recv(65536)
             assert chunk, "stream closed"
             buf += chunk
@@ -87,7 +90,9 @@ def sse_lines(url: str, token: str, last_id: int | None, want: int) -> list[dict
                 fields = dict(line.split(": ", 1) for line in block.decode().splitlines()
                               if ": " in line and not line.startswith(":"))
                 if "data" in fields:
-                    events.append({"id": int(fields["id"]), **json.loads(fields["data"])})
+                    seq, _, _ = fields["id"].partition(".")
+                    events.append({**json.loads(fields["data"]), "event": fields["event"],
+                                   "cursor": fields["id"], "seq_cursor": int(seq)})
     finally:
         sock.close()
     return events
@@ -104,11 +109,77 @@ def test_sse_pushes_new_rows_and_resumes_from_last_event_id(daemon: Naosd):
     daemon.ctl("create", "streamed", "--template", "echo", "--no-start", check=True)
     reader.join(20)
     assert got and got[0][0]["type"] == "agent.created" and got[0][0]["agent"] == "streamed"
-    first_id = got[0][0]["id"]
+    first_id = got[0][0]["seq"]
+    assert got[0][0]["seq_cursor"] == first_id
     daemon.ctl("reload", check=True)
     missed = sse_lines(url, token, first_id - 1, 2)
-    assert [e["id"] for e in missed] == [first_id, first_id + 1]
+    assert [e["seq"] for e in missed] == [first_id, first_id + 1]
     assert missed[1]["type"] == "config.reload"
+
+
+LOGGER = """
+def handle(message, ctx):
+    ctx.log("line", message)
+    return message
+"""
+
+
+def test_sse_streams_log_lines_and_resumes_both_cursors(daemon: Naosd, tmp_path):
+    import threading
+
+    handler = tmp_path / "logger.py"
+    handler.write_text(LOGGER)
+    daemon.ctl("create", "talker", "--source", str(handler), check=True)
+    url, token = login(daemon)
+    got: list[list[dict]] = []
+    reader = threading.Thread(target=lambda: got.append(sse_lines(url, token, None, 2)))
+    reader.start()
+    time.sleep(0.7)
+    daemon.ctl("run", "talker", "--input", '"first"', check=True)
+    reader.join(20)
+    assert got, "no events arrived"
+    kinds = {e["event"]: e for e in got[0]}
+    assert set(kinds) == {"audit", "log"}, got[0]
+    line = kinds["log"]
+    assert line["agent"] == "talker" and "first" in line["text"]
+    # reconnect from just before that line: it comes again, and only it
+    seq, _, lid = line["cursor"].partition(".")
+    daemon.ctl("run", "talker", "--input", '"second"', check=True)
+    again = sse_lines(url, token, f"{seq}.{int(lid) - 1}", 2, kind="log")
+    texts = [e["text"] for e in again if e["event"] == "log"]
+    assert texts[:2] == [line["text"], texts[1]] and "second" in texts[1]
+    # the lines stay readable after the agent is deleted
+    daemon.ctl("delete", "talker", check=True)
+    all_lines = json.loads(get(url + "api/v1/logs?agent=talker", token)[1])
+    assert [x["text"] for x in all_lines][-2:] == texts[:2]
+    after = json.loads(get(url + f"api/v1/logs?after={lid}", token)[1])
+    assert [x["text"] for x in after if x["agent"] == "talker"] == texts[1:2]
+    assert get(url + "api/v1/logs?after=x", token)[0] == 400
+
+
+def test_agents_carry_run_counts_cost_and_recent_runs(daemon: Naosd, tmp_path):
+    url, token = login(daemon)
+    daemon.ctl("create", "counted", "--template", "echo", check=True)
+    daemon.ctl("create", "idle", "--template", "echo", check=True)
+    for i in range(3):
+        daemon.ctl("run", "counted", "--input", f'"m{i}"', check=True)
+    agents = {a["name"]: a for a in json.loads(get(url + "api/v1/agents", token)[1])}
+    assert agents["counted"]["messages"] == 3 and agents["counted"]["failures"] == 0
+    assert agents["counted"]["last_run"] is not None
+    assert agents["idle"]["messages"] == 0 and agents["idle"]["last_run"] is None
+    detail = json.loads(get(url + "api/v1/agents/counted", token)[1])
+    assert len(detail["runs"]) == 3 and all(r["ok"] for r in detail["runs"])
+    assert detail["runs"][0]["seq"] > detail["runs"][-1]["seq"]  # newest first
+
+
+def test_read_only_methods_are_rest_resources(daemon: Naosd):
+    url, token = login(daemon)
+    daemon.ctl("supervisor", "create", "crew", check=True)
+    assert get(url + "api/v1/supervisors", None)[0] == 401
+    sups = json.loads(get(url + "api/v1/supervisors", token)[1])
+    assert "crew" in json.dumps(sups)
+    methods = json.loads(get(url + "api/v1/methods", token)[1])
+    assert "agent.run" in json.dumps(methods)
 
 
 def test_an_open_event_stream_does_not_hold_up_shutdown(daemon: Naosd):

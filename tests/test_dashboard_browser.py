@@ -5,6 +5,7 @@ data without the token."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 from harness import Naosd
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Response,
+    expect,
+    sync_playwright,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 20_000
@@ -59,6 +67,24 @@ def dashboard(d: Naosd) -> tuple[str, str]:
     return info["url"], info["login_url"]
 
 
+@contextlib.contextmanager
+def opened(browser: Browser, login_url: str) -> Iterator[tuple[BrowserContext, Page, Response]]:
+    """A fresh browser context logged in with ``login_url``; fails the test
+    if the page raised a script error."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        response = page.goto(login_url)
+        assert response is not None and response.ok
+        yield context, page, response
+        assert not errors, errors
+    finally:
+        context.close()
+
+
 def row(page: Page, name: str):
     return page.locator(f'[data-testid="agents-table"] tbody tr[data-agent="{name}"]')
 
@@ -75,14 +101,7 @@ def test_live_dashboard_follows_a_crash_and_filters_sorts_searches(
         {"note": HOSTILE}), check=True)
     for name in ("beta", "gamma"):
         daemon.ctl("create", name, "--template", "echo", check=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
-    errors: list[str] = []
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        response = page.goto(login_url)
-        assert response is not None and response.ok
+    with opened(browser, login_url) as (context, page, _):
         assert page.url == url  # redirected: the token left the address bar
         cookie = next(c for c in context.cookies() if c["name"] == "naos_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -158,9 +177,6 @@ def test_live_dashboard_follows_a_crash_and_filters_sorts_searches(
         assert rows.count() >= 2  # agent.created + agent.started at least
         expect(page.locator("#audit-mode")).to_contain_text("search")
         page.screenshot(path=str(tmp_path / "3-search.png"), full_page=True)
-        assert not errors, errors
-    finally:
-        context.close()
 
 
 def test_without_the_token_the_page_gets_no_data(daemon: Naosd, browser: Browser,
@@ -183,3 +199,35 @@ def test_without_the_token_the_page_gets_no_data(daemon: Naosd, browser: Browser
         page.screenshot(path=str(tmp_path / "denied.png"))
     finally:
         context.close()
+
+
+LOGGER = """
+def handle(message, ctx):
+    ctx.log("handled", message)
+    return message
+"""
+
+
+def test_logs_runs_and_counts_arrive_live(daemon: Naosd, browser: Browser, tmp_path: Path):
+    handler = tmp_path / "logger.py"
+    handler.write_text(LOGGER)
+    daemon.ctl("create", "chatty", "--source", str(handler), check=True)
+    _, login_url = dashboard(daemon)
+    with opened(browser, login_url) as (_, page, _):
+        expect(page.get_by_test_id("live")).to_have_attribute("data-live", "open")
+        expect(row(page, "chatty").locator('td[data-col="messages"]')).to_have_text("0")
+        daemon.ctl("run", "chatty", "--input", '"hello-live"', check=True)
+        logs = page.locator('[data-testid="logs-table"] tbody tr[data-log]')
+        expect(logs.first).to_contain_text("hello-live")
+        expect(logs.first).to_contain_text("chatty")
+        expect(row(page, "chatty").locator('td[data-col="messages"]')).to_have_text("1")
+        row(page, "chatty").click()
+        runs = page.get_by_test_id("detail-runs").locator("tr[data-ok]")
+        expect(runs).to_have_count(1)
+        expect(runs.first).to_have_attribute("data-ok", "true")
+        # the log filter narrows the live tail
+        page.get_by_test_id("log-search").fill("no-such-text")
+        expect(logs).to_have_count(0)
+        page.get_by_test_id("log-search").fill("hello")
+        expect(logs).to_have_count(1)
+        page.screenshot(path=str(tmp_path / "logs.png"), full_page=True)

@@ -2,9 +2,15 @@
 Events stream and ``/metrics``.  Scripts can use them too, with
 ``Authorization: Bearer <token>``.
 
-The SSE stream sends every audit row as it is written: ``id`` is the row's
-``seq``, so a client that reconnects with ``Last-Event-ID`` gets exactly the
-rows it missed (the audit log is the durable event history)."""
+The SSE stream sends every audit row (``event: audit``) and every agent log
+line (``event: log``) as it is written.  Each event's ``id`` is the cursor
+``AUDIT_SEQ.LOG_ID`` after it, so a client that reconnects with
+``Last-Event-ID`` gets exactly what it missed of both (the audit log and the
+log table are the durable history); a bare ``AUDIT_SEQ`` resumes the audit
+rows and starts the log lines from now.
+
+Read-only control API methods are also served as REST resources (see
+:data:`RESOURCES`), so the page and scripts see the same data naosctl does."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from aiohttp import web
 
 from naosd import defs_store
 from naosd.errors import NaosError
-from naosd.params import parse_since
+from naosd.params import check, parse_since
 
 DAEMON = web.AppKey("daemon", Any)
 STREAMS = web.AppKey("streams", set)
@@ -42,7 +48,13 @@ def _error(exc: NaosError) -> web.HTTPException:
 
 
 async def agents(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[DAEMON].agents.list())
+    d = request.app[DAEMON]
+    views = await d.agents.list()
+    stats = await d.db.call(defs_store.run_stats)
+    for view in views:
+        view.update(stats.get(view["name"]) or
+                    {"messages": 0, "failures": 0, "cost_micro_usd": 0, "last_run": None})
+    return web.json_response(views)
 
 
 async def agent(request: web.Request) -> web.StreamResponse:
@@ -51,9 +63,21 @@ async def agent(request: web.Request) -> web.StreamResponse:
     try:
         view = await d.agents.describe(name)
         view["logs"] = await d.db.call(lambda s: defs_store.read_logs(s, name, n=50))
+        view["runs"] = await d.db.call(lambda s: defs_store.recent_runs(s, name, n=20))
     except NaosError as exc:
         raise _error(exc) from None
     return web.json_response(view)
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    """Log lines of every agent, deleted ones included: the last ``n``, or
+    those after id ``after``; ``agent=`` narrows to one."""
+    n = _int(request, "n", 200, 1, 5_000)
+    after = _int(request, "after", 0, 0, 2**62)
+    name = request.query.get("agent") or None
+    lines = await request.app[DAEMON].db.call(
+        lambda s: defs_store.read_logs(s, name, n=n, after=after))
+    return web.json_response(lines)
 
 
 async def tree(request: web.Request) -> web.StreamResponse:
@@ -109,36 +133,51 @@ async def _stream(request: web.Request, d: Any) -> web.StreamResponse:
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    last = _last_event_id(request)
-    if last is None:
+    audit_seq, log_id = _last_event_id(request)
+    if audit_seq is None:
         head = await d.db.call(lambda s: s.audit_head())
-        last = head.seq if head else 0
+        audit_seq = head.seq if head else 0
+    if log_id is None:
+        log_id = await d.db.call(defs_store.log_head)
     await response.write(b"retry: 2000\n\n")
 
-    def fetch(store: Any, after: int) -> tuple[list[Any], int]:
-        rows = store.audit_after(after, limit=500)
-        return rows, (rows[-1].seq if rows else after)
+    def fetch(store: Any, cursor: tuple[int, int]) -> tuple[list[bytes], tuple[int, int]]:
+        seq, lid = cursor
+        events = []
+        for row in store.audit_after(seq, limit=500):
+            seq = row.seq
+            events.append(_event("audit", f"{seq}.{lid}", row.to_dict()))
+        for line in defs_store.logs_after(store, lid, limit=500):
+            lid = line["id"]
+            events.append(_event("log", f"{seq}.{lid}", line))
+        return events, (seq, lid)
 
     idle = 0.0
-    async for rows in d.db.follow(fetch, last, poll_s=POLL_S):
-        for row in rows:
-            data = json.dumps(row.to_dict(), ensure_ascii=False)
-            await response.write(f"id: {row.seq}\nevent: audit\ndata: {data}\n\n".encode())
-        idle = 0.0 if rows else idle + POLL_S
+    async for events in d.db.follow(fetch, (audit_seq, log_id), poll_s=POLL_S):
+        if events:
+            await response.write(b"".join(events))
+        idle = 0.0 if events else idle + POLL_S
         if idle >= HEARTBEAT_S:  # keeps proxies from closing an idle stream
             await response.write(b": heartbeat\n\n")
             idle = 0.0
     return response
 
 
-def _last_event_id(request: web.Request) -> int | None:
+def _event(kind: str, event_id: str, data: dict[str, Any]) -> bytes:
+    body = json.dumps(data, ensure_ascii=False)
+    return f"id: {event_id}\nevent: {kind}\ndata: {body}\n\n".encode()
+
+
+def _last_event_id(request: web.Request) -> tuple[int | None, int | None]:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if raw is None:
-        return None
+        return None, None
+    seq, _, lid = raw.partition(".")
     try:
-        return max(0, int(raw))
+        return max(0, int(seq)), (max(0, int(lid)) if lid else None)
     except ValueError:
-        raise web.HTTPBadRequest(text="Last-Event-ID must be an audit seq\n") from None
+        raise web.HTTPBadRequest(
+            text="Last-Event-ID must be AUDIT_SEQ or AUDIT_SEQ.LOG_ID\n") from None
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -159,6 +198,47 @@ async def _end_streams(app: web.Application) -> None:
         task.cancel()
 
 
+RESOURCES: dict[str, str] = {
+    # /api/v1/<path> -> a read-only control API method; path parameters and
+    # query parameters become the method's parameters (checked by its Spec).
+    "supervisors": "supervisor.list",
+    "methods": "methods",
+}
+"""Served only when the method is registered (features register their own)."""
+
+
+def _query_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # a plain string
+
+
+def _resource(method_name: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        from naosd.api import METHODS
+
+        entry = METHODS[method_name]
+        given = {k: _query_value(v) for k, v in request.query.items()}
+        given.update(request.match_info)
+        try:
+            params = check(entry.name, entry.params, given)
+            result = await entry.handler(request.app[DAEMON], params)
+        except NaosError as exc:
+            raise _error(exc) from None
+        return web.json_response(result)
+
+    return handler
+
+
+def add_resource(app: web.Application, path: str, method_name: str) -> None:
+    from naosd.api import METHODS
+
+    entry = METHODS.get(method_name)
+    if entry is not None and not entry.stream:
+        app.router.add_get("/api/v1/" + path, _resource(method_name))
+
+
 def add_routes(app: web.Application) -> None:
     app[STREAMS] = set()
     app.on_shutdown.append(_end_streams)
@@ -167,6 +247,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/tree", tree)
     app.router.add_get("/api/v1/audit", audit)
     app.router.add_get("/api/v1/audit/verify", audit_verify)
+    app.router.add_get("/api/v1/logs", logs)
     app.router.add_get("/api/v1/events", events)
+    for path, method_name in RESOURCES.items():
+        add_resource(app, path, method_name)
     app.router.add_get("/metrics", metrics)
 
