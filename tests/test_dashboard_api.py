@@ -195,3 +195,50 @@ def test_an_open_event_stream_does_not_hold_up_shutdown(daemon: Naosd):
         assert time.monotonic() - started < 15
     finally:
         sock.close()
+
+
+def post(url: str, token: str, *, origin: str | None, csrf: str | None,
+         body: bytes = b"") -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if origin is not None:
+        headers["Origin"] = origin
+    if csrf is not None:
+        headers["X-Naos-CSRF"] = csrf
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        out = exc.code, exc.read()
+        exc.close()
+        return out
+
+
+def test_actions_need_same_origin_and_the_csrf_header(daemon: Naosd):
+    url, token = login(daemon)
+    daemon.ctl("create", "steered", "--template", "echo", check=True)
+    origin = url.rstrip("/")
+    session = json.loads(get(url + "api/v1/session", token)[1])
+    assert session["csrf_header"] == "X-Naos-CSRF"
+    csrf = session["csrf_token"]
+    stop = url + "api/v1/agents/steered/stop"
+    assert post(stop, token, origin=None, csrf=csrf)[0] == 403
+    assert post(stop, token, origin="http://evil.example", csrf=csrf)[0] == 403
+    assert post(stop, token, origin=origin, csrf=None)[0] == 403
+    assert post(stop, token, origin=origin, csrf="0" * 64)[0] == 403
+    state = json.loads(daemon.ctl("status", "steered", "--json", check=True).stdout)
+    assert state["state"] == "running"  # none of the refused requests did anything
+    status, body = post(stop, token, origin=origin, csrf=csrf)
+    assert status == 200, body
+    state = json.loads(daemon.ctl("status", "steered", "--json", check=True).stdout)
+    assert state["state"] == "stopped"
+    # errors keep their meaning over HTTP
+    assert post(url + "api/v1/agents/ghost/start", token, origin=origin, csrf=csrf)[0] == 404
+    assert post(url + "api/v1/agents/steered/kill", token, origin=origin, csrf=csrf)[0] == 409
+    assert post(stop, token, origin=origin, csrf=csrf, body=b"[1]")[0] == 400
+    assert post(stop, token, origin=origin, csrf=csrf, body=b"{nope")[0] == 400
+    status, _ = post(url + "api/v1/agents/steered/start", token, origin=origin, csrf=csrf,
+                     body=json.dumps({"timeout": 20}).encode())
+    assert status == 200
+    assert json.loads(daemon.ctl("status", "steered", "--json", check=True)
+                      .stdout)["state"] == "running"

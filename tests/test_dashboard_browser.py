@@ -225,6 +225,13 @@ def test_logs_runs_and_counts_arrive_live(daemon: Naosd, browser: Browser, tmp_p
         runs = page.get_by_test_id("detail-runs").locator("tr[data-ok]")
         expect(runs).to_have_count(1)
         expect(runs.first).to_have_attribute("data-ok", "true")
+        # actions from the detail panel (same origin + CSRF header, sent by the page)
+        page.locator('#detail button[data-action="stop"]').click()
+        expect(row(page, "chatty")).to_have_attribute("data-state", "stopped")
+        page.locator('#detail button[data-action="kill"]').click()
+        expect(page.get_by_test_id("action-error")).to_contain_text("not running")
+        page.locator('#detail button[data-action="start"]').click()
+        expect(row(page, "chatty")).to_have_attribute("data-state", "running")
         # the log filter narrows the live tail
         page.get_by_test_id("log-search").fill("no-such-text")
         expect(logs).to_have_count(0)

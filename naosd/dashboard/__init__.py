@@ -4,7 +4,7 @@ Every data route needs the daemon's token: ``/?token=T`` exchanges it for an
 HttpOnly, SameSite=Strict cookie and redirects so the token leaves the
 address bar; scripts may send ``Authorization: Bearer T`` instead.  The Host
 header must name this server (DNS-rebinding defence) and any state-changing
-request must carry a matching Origin.
+request must carry a matching Origin and the CSRF header.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 COOKIE = "naos_session"
+CSRF_HEADER = "X-Naos-CSRF"
 STATUS = web.AppKey("status", Any)
 TOKEN = web.AppKey("token", str)
 HOSTS = web.AppKey("hosts", set)
@@ -23,6 +24,15 @@ HOSTS = web.AppKey("hosts", set)
 
 class StatusSource(Protocol):
     async def status(self) -> dict[str, Any]: ...
+
+
+def csrf_token(token: str) -> str:
+    """What a state-changing request must send in :data:`CSRF_HEADER`: derived
+    from the session token, handed to the page by ``/api/v1/session``.  A
+    cross-site form cannot set a custom header, and a script on another origin
+    cannot read the value (defence in depth behind SameSite=Strict and the
+    Origin check)."""
+    return hmac.new(token.encode(), b"naos dashboard csrf", "sha256").hexdigest()
 
 
 def _authorized(request: web.Request) -> bool:
@@ -43,6 +53,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         origin = request.headers.get("Origin", "")
         if origin.split("://", 1)[-1] not in hosts:
             raise web.HTTPForbidden(text="cross-origin request refused\n")
+        given = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(given.encode(), csrf_token(request.app[TOKEN]).encode()):
+            raise web.HTTPForbidden(text=f"missing or wrong {CSRF_HEADER} header\n")
     if request.path == "/healthz":
         return await handler(request)
     if request.path == "/" and "token" in request.query:
@@ -78,6 +91,11 @@ async def api_status(request: web.Request) -> web.StreamResponse:
     return web.json_response(await request.app[STATUS].status())
 
 
+async def session(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"csrf_header": CSRF_HEADER,
+                              "csrf_token": csrf_token(request.app[TOKEN])})
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True})
 
@@ -90,6 +108,7 @@ def make_app(status: StatusSource, token: str, hosts: set[str]) -> web.Applicati
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", api_status)
+    app.router.add_get("/api/v1/session", session)
     from naosd.dashboard.api import DAEMON, add_routes
 
     app[DAEMON] = status

@@ -41,9 +41,19 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     return max(lo, min(hi, value))
 
 
+_HTTP_ERRORS: dict[str, type[web.HTTPException]] = {
+    "invalid_request": web.HTTPBadRequest, "config_error": web.HTTPBadRequest,
+    "not_found": web.HTTPNotFound, "conflict": web.HTTPConflict,
+    "already_running": web.HTTPConflict, "not_running": web.HTTPConflict,
+    "permission_denied": web.HTTPForbidden, "timeout": web.HTTPGatewayTimeout,
+    "actor_timeout": web.HTTPGatewayTimeout, "unavailable": web.HTTPServiceUnavailable,
+    "shutting_down": web.HTTPServiceUnavailable,
+}
+
+
 def _error(exc: NaosError) -> web.HTTPException:
     body = json.dumps({"error": exc.code, "message": exc.message})
-    cls = web.HTTPNotFound if exc.code == "not_found" else web.HTTPBadRequest
+    cls = _HTTP_ERRORS.get(exc.code, web.HTTPInternalServerError)
     return cls(text=body, content_type="application/json")
 
 
@@ -207,6 +217,15 @@ RESOURCES: dict[str, str] = {
 """Served only when the method is registered (features register their own)."""
 
 
+ACTIONS: dict[str, str] = {
+    # POST /api/v1/<path> -> a state-changing control API method; the JSON body
+    # and path parameters become its parameters.  Guarded by Origin + CSRF.
+    "agents/{name}/start": "agent.start",
+    "agents/{name}/stop": "agent.stop",
+    "agents/{name}/kill": "agent.kill",
+}
+
+
 def _query_value(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -219,7 +238,10 @@ def _resource(method_name: str) -> Any:
         from naosd.api import METHODS
 
         entry = METHODS[method_name]
-        given = {k: _query_value(v) for k, v in request.query.items()}
+        if request.method == "POST":
+            given = await _json_body(request)
+        else:
+            given = {k: _query_value(v) for k, v in request.query.items()}
         given.update(request.match_info)
         try:
             params = check(entry.name, entry.params, given)
@@ -231,12 +253,25 @@ def _resource(method_name: str) -> Any:
     return handler
 
 
-def add_resource(app: web.Application, path: str, method_name: str) -> None:
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the request body is not JSON\n") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the request body must be a JSON object\n")
+    return body
+
+
+def add_resource(app: web.Application, path: str, method_name: str,
+                 http_method: str = "GET") -> None:
     from naosd.api import METHODS
 
     entry = METHODS.get(method_name)
     if entry is not None and not entry.stream:
-        app.router.add_get("/api/v1/" + path, _resource(method_name))
+        app.router.add_route(http_method, "/api/v1/" + path, _resource(method_name))
 
 
 def add_routes(app: web.Application) -> None:
@@ -251,5 +286,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/events", events)
     for path, method_name in RESOURCES.items():
         add_resource(app, path, method_name)
+    for path, method_name in ACTIONS.items():
+        add_resource(app, path, method_name, "POST")
     app.router.add_get("/metrics", metrics)
 
