@@ -7,7 +7,9 @@ coordinator that re-sent a step under a NEW key would show up as two ledger
 rows for the same (run, step, do/undo).  Behaviour is steered by the saga
 input (``fail_at``: the step that fails with a business error) and by a
 control file read on every call (``fail_undo``: steps whose compensation
-fails; ``sleep``: seconds to sleep before applying; ``raise_at``).
+fails; ``sleep``: seconds to sleep before applying; ``raise_at``).  A
+compensation whose step never took effect (an in-doubt step that did not
+reach the agent) has nothing to undo and applies nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def handle(message, ctx):
     time.sleep(control.get("sleep", {}).get(step, 0))
     db.execute("BEGIN IMMEDIATE")
     row = db.execute("SELECT output FROM seen WHERE key = ?", (key,)).fetchone()
+    do_key = key[: -len(":undo")] + ":do" if undo else key
+    if undo and row is None and not db.execute("SELECT 1 FROM seen WHERE key = ?",
+                                                (do_key,)).fetchone():
+        db.execute("COMMIT")
+        return {"by": ctx.name, "step": step, "nothing_to_undo": True}
     if row is None:
         output = {"by": ctx.name, "step": step, "n": len(message.get("outputs") or {})}
         db.execute("INSERT INTO seen(key, output) VALUES (?, ?)", (key, json.dumps(output)))

@@ -73,7 +73,7 @@ def test_happy_path_passes_outputs_and_keys(daemon: Naosd, lab: Lab):
     assert "saga.step_succeeded" in text.stdout and "output charge" in text.stdout
 
 
-@pytest.mark.parametrize("fail_at,undone", [
+@pytest.mark.parametrize(("fail_at", "undone"), [
     ("reserve", []),
     ("charge", [("reserve", 1)]),
     ("ship", [("charge", 1), ("reserve", 1)]),
@@ -124,11 +124,11 @@ def test_step_timeout_and_total_timeout(daemon: Naosd, lab: Lab):
     make_saga(daemon, "slow", "--step-timeout", "0.5")
     lab.set(sleep={"charge": 3})
     rc, run = outcome(daemon, "saga", "run", "slow", "--input", "{}")
-    assert run["status"] == "compensated" and "timeout" in run["error"]
+    assert rc == 1 and run["status"] == "compensated" and "timeout" in run["error"]
     assert lab.ledger(run["run_id"])[-1] == ("reserve", 1)
     make_saga(daemon, "total", "--timeout", "1", "--step-timeout", "30")
     rc, run = outcome(daemon, "saga", "run", "total", "--input", "{}")
-    assert run["status"] == "compensated" and run["error"] == "saga timed out"
+    assert rc == 1 and run["status"] == "compensated" and run["error"] == "saga timed out"
 
 
 def test_retry_policy_transient_versus_business_errors(daemon: Naosd, lab: Lab):
@@ -138,7 +138,7 @@ def test_retry_policy_transient_versus_business_errors(daemon: Naosd, lab: Lab):
     ok(daemon, "saga", "add-step", "retrying", "charge", "--agent", "payment",
        "--attempts", "3", "--retry-delay", "0", "--non-retryable", "declined")
     rc, run = outcome(daemon, "saga", "run", "retrying", "--input", '{"fail_at": "charge"}')
-    assert run["status"] == "compensated"
+    assert rc == 1 and run["status"] == "compensated"
     calls = lab.rows("SELECT COUNT(*) FROM calls WHERE key = ?", (f"{run['run_id']}:charge:do",))
     assert calls == [(1,)]  # a business error is not retried
 
