@@ -99,3 +99,38 @@ class Lab:
         """(step, undo) of each side effect applied for ``run_id``, in order."""
         rows = self.rows("SELECT step, undo FROM ledger WHERE run_id = ? ORDER BY id", (run_id,))
         return [(str(s), int(str(u))) for s, u in rows]
+
+
+TRAIL_AGENT = '''
+import json, sqlite3
+
+def handle(message, ctx):
+    control = json.loads(open(ctx.config["control"]).read())
+    step = message["step"]
+    db = sqlite3.connect(ctx.config["db"], timeout=60, isolation_level=None)
+    db.execute("CREATE TABLE IF NOT EXISTS wf_calls(id INTEGER PRIMARY KEY, step TEXT,"
+               " attempt INTEGER, key TEXT, input TEXT)")
+    db.execute("INSERT INTO wf_calls(step, attempt, key, input) VALUES (?, ?, ?, ?)",
+               (step, message["attempt"], message["idempotency_key"],
+                json.dumps(message["input"])))
+    db.close()
+    if message["attempt"] <= control.get("fail_attempts", {}).get(step, 0):
+        return {"error": {"code": "flaky", "message": f"{step} attempt {message['attempt']}"}}
+    if step in control.get("fail", []):
+        raise RuntimeError(f"{step} is broken")
+    trail = (message["input"] or {}).get("trail", [])
+    return {"trail": [*trail, step]}
+'''
+
+
+class TrailLab(Lab):
+    """Workflow steps that append their name to ``trail`` in their input."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.handler = base / "trail_agent.py"
+        self.handler.write_text(TRAIL_AGENT)
+
+    def calls(self, step: str) -> list[tuple[object, ...]]:
+        return self.rows("SELECT attempt, key, input FROM wf_calls WHERE step = ? ORDER BY id",
+                         (step,))
