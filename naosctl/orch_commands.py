@@ -250,3 +250,129 @@ def workflow_add_step(c: Ctx, workflow_name: str, step: str, agent: str,
 
 
 _register(workflow, "workflow")
+
+
+# -- pool ---------------------------------------------------------------------------
+
+
+@cli.group()
+def pool() -> None:
+    """Agent pools: fan-out with a merge, or a task queue over the members."""
+
+
+@pool.command("create")
+@click.argument("name")
+@click.option("--agents", help="members, comma-separated")
+@click.option("--agent", help="clone this agent --size times")
+@click.option("--size", type=click.IntRange(1, 256))
+@click.option("--merge", default="all", show_default=True,
+              help="all, first, majority, quorum:K or reducer")
+@click.option("--reducer", help="with --merge reducer: the agent that merges the results")
+@click.option("--pick", type=click.Choice(["round-robin", "least-busy"]), default="round-robin",
+              show_default=True, help="queue mode: how a task's member is chosen")
+@click.option("--concurrency", type=click.IntRange(0, 1024), default=0,
+              help="members asked at once (0: all)")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_create(c: Ctx, name: str, agents: str | None, agent: str | None, size: int | None,
+                merge: str, reducer: str | None, pick: str, concurrency: int, timeout: float,
+                as_json: bool) -> None:
+    """Define pool NAME."""
+    members = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
+    result = c.client.call("pool.create", name=name, agents=members, agent=agent, size=size,
+                           merge=merge, reducer=reducer, pick=pick, concurrency=concurrency,
+                           timeout=timeout)
+    _show(result, as_json, f"pool {name} created ({result['size']} members, {merge})")
+
+
+@pool.command("run")
+@click.argument("name")
+@click.option("--input", "input_", metavar="JSON|FILE|-")
+@click.option("--concurrency", type=click.IntRange(1, 1024))
+@click.option("--timeout", type=float)
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_run(c: Ctx, name: str, input_: str | None, concurrency: int | None,
+             timeout: float | None, as_json: bool) -> None:
+    """Send one input to every member of NAME and print the merged result."""
+    result = c.client.call("pool.run", name=name, input=read_input(input_),
+                           concurrency=concurrency, timeout=timeout)
+    failed = f"  failed: {', '.join(result['failed'])}" if result["failed"] else ""
+    _show(result, as_json, f"{result['status']}: {render.to_json(result['value'])}{failed}")
+    if result["status"] == "failed":
+        raise SystemExit(1)
+
+
+@pool.command("submit")
+@click.argument("name")
+@click.option("--input", "input_", metavar="JSON|FILE|-")
+@click.option("--wait", type=float, default=0.0, help="seconds to wait for the result")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_submit(c: Ctx, name: str, input_: str | None, wait: float, as_json: bool) -> None:
+    """Queue a task on NAME; print its id (with --wait, its result)."""
+    task = c.client.call("pool.submit", name=name, input=read_input(input_))
+    if wait > 0:
+        task = c.client.call("pool.task", name=name, task=task["task_id"], wait=min(wait, 50))
+    _show(task, as_json, task["task_id"] if wait <= 0 else render.to_json(task))
+
+
+@pool.command("task")
+@click.argument("name")
+@click.argument("task_id")
+@click.option("--wait", type=float, default=0.0)
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_task(c: Ctx, name: str, task_id: str, wait: float, as_json: bool) -> None:
+    """A queued task's state and output."""
+    task = c.client.call("pool.task", name=name, task=task_id, wait=min(wait, 50))
+    _show(task, as_json, render.to_json(task))
+
+
+def pool_line(s: dict[str, Any]) -> str:
+    members = " ".join(f"{m['name']}({m['busy']})" for m in s["members"])
+    return (f"{s['name']}  {s['merge']}  queued={s['queued']} running={s['running']} "
+            f"done={s['completed']} failed={s['failed']} {s['throughput_per_s']}/s  {members}")
+
+
+@pool.command("status")
+@click.argument("name", required=False)
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_status(c: Ctx, name: str | None, as_json: bool) -> None:
+    """Members and their load, queue depth, throughput."""
+    result = c.client.call("pool.status", name=name)
+    rows = result if isinstance(result, list) else [result]
+    _show(result, as_json, "\n".join(pool_line(r) for r in rows) or "no pools")
+
+
+@pool.command("scale")
+@click.argument("name")
+@click.argument("size", type=click.IntRange(1, 256))
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_scale(c: Ctx, name: str, size: int, as_json: bool) -> None:
+    """Change the number of clones of NAME (while tasks run)."""
+    _show_status(c.client.call("pool.scale", name=name, size=size), as_json)
+
+
+@pool.command("drain")
+@click.argument("name")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_drain(c: Ctx, name: str, timeout: float, as_json: bool) -> None:
+    """Stop taking tasks on NAME and wait for the queue to empty."""
+    _show_status(c.client.call("pool.drain", name=name, timeout=timeout), as_json)
+
+
+def _show_status(result: dict[str, Any], as_json: bool) -> None:
+    _show(result, as_json, pool_line(result))

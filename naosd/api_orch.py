@@ -10,6 +10,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from actors.domain import pool as pool_m
 from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
 from actors.domain.definitions import validate_name
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 NAME = Str(max_len=64)
 RUN = Str(max_len=64)
 NUM = (int, float)
+PICK = pool_m.PICK_STRATEGIES
 WAIT_MAX_S = 50.0  # below the default request timeout: clients call saga.wait again
 
 
@@ -231,3 +233,79 @@ async def workflow_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
 
 _register_runs("saga")
 _register_runs("workflow")
+
+
+# -- pools ---------------------------------------------------------------------------
+
+
+@method("pool.create", name=NAME, agents=Spec(list, None), agent=Str(None, max_len=64),
+        size=Int(None, lo=1, hi=256), merge=Str("all", max_len=32),
+        reducer=Str(None, max_len=64), pick=Str("round-robin", choices=PICK),
+        concurrency=Int(0, lo=0, hi=1024), timeout=Spec(NUM, 30.0))
+async def pool_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Define a pool of agents (a list, or N clones of one agent) and its merge."""
+    validate_name(p["name"], "pool")
+    agents = p["agents"]
+    if (agents is None) == (p["agent"] is None):
+        raise InvalidRequest("give either agents (a list) or agent with size")
+    if agents is not None:
+        if not agents or not all(isinstance(a, str) for a in agents):
+            raise InvalidRequest("agents must be a non-empty list of agent names")
+        if len(set(agents)) != len(agents):
+            raise InvalidRequest("agents lists a member twice")
+        for a in agents:
+            validate_name(a)
+    else:
+        validate_name(p["agent"])
+        if p["size"] is None:
+            raise InvalidRequest("a pool of clones needs a size")
+    if p["merge"] == "reducer":
+        if not p["reducer"]:
+            raise InvalidRequest("merge reducer needs a reducer agent")
+    else:
+        pool_m.parse_strategy(p["merge"])
+    spec = {"name": p["name"], "agents": agents, "agent": p["agent"],
+            "size": p["size"] if agents is None else len(agents), "merge": p["merge"],
+            "reducer": p["reducer"], "pick": p["pick"], "concurrency": p["concurrency"],
+            "timeout_s": _seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)}
+    return await d.pools.create(spec)
+
+
+@method("pool.run", name=NAME, input=Spec(object, None), concurrency=Int(None, lo=1, hi=1024),
+        timeout=Spec(NUM, None))
+async def pool_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Fan one input out to every member and merge the replies."""
+    timeout = None if p["timeout"] is None else _seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)
+    return await d.pools.run(p["name"], p["input"], concurrency=p["concurrency"],
+                             timeout_s=timeout)
+
+
+@method("pool.submit", name=NAME, input=Spec(object, None))
+async def pool_submit(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Queue one task; a member is picked round-robin or least-busy."""
+    return await d.pools.submit(p["name"], p["input"])
+
+
+@method("pool.task", name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
+async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """A queued task's state and output (waiting up to wait seconds for it)."""
+    wait = _seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
+    return await d.pools.task(p["name"], p["task"], wait)
+
+
+@method("pool.status", name=Str(None, max_len=64))
+async def pool_status(d: Daemon, p: dict[str, Any]) -> Any:
+    """Members with their load, queue depth, counts and throughput (one pool or all)."""
+    return await d.pools.status(p["name"])
+
+
+@method("pool.scale", name=NAME, size=Int(lo=1, hi=256))
+async def pool_scale(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Change the number of clones while tasks run."""
+    return await d.pools.scale(p["name"], p["size"])
+
+
+@method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))
+async def pool_drain(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop taking tasks and wait until the queued and running ones are done."""
+    return await d.pools.drain(p["name"], _seconds(p["timeout"], "timeout", hi=WAIT_MAX_S))

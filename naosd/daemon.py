@@ -65,6 +65,7 @@ class Daemon:
         self.reloads = 0
         self.agents: Any = None
         self.orch: Any = None  # naosd.orchestration.Orchestrator
+        self.pools: Any = None  # naosd.pools.Pools
         self.sandbox_pool: Any = None  # the pool's address, found on first use
 
     # -- run -----------------------------------------------------------------
@@ -90,11 +91,13 @@ class Daemon:
         from naosd.agents import Agents
         from naosd.bridge import Bridge
         from naosd.orchestration import Orchestrator
+        from naosd.pools import Pools
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
         self.agents = Agents(self)
         self.orch = Orchestrator(self)
+        self.pools = Pools(self)
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers))
@@ -132,6 +135,8 @@ class Daemon:
             await self.dashboard.stop()
         if self.orch is not None:
             await self.orch.close()  # runs stay in SQLite and recover at the next start
+        if self.pools is not None:
+            await self.pools.close()
         if self.bridge is not None:
             self.bridge.close()
         await asyncio.to_thread(self.runtime.shutdown, budget / 2)
