@@ -6,18 +6,16 @@ definition is refused when it is written, not when it runs."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from actors.domain import orch_defs as defs
 from actors.domain import pool as pool_m
 from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
-from actors.domain.definitions import validate_name
 from naosd import orch_store
 from naosd.api import method
 from naosd.errors import Conflict, InvalidRequest
-from naosd.orchestration import saga_spec, workflow_spec
 from naosd.params import Int, Spec, Str
 
 if TYPE_CHECKING:
@@ -27,16 +25,7 @@ NAME = Str(max_len=64)
 RUN = Str(max_len=64)
 NUM = (int, float)
 PICK = pool_m.PICK_STRATEGIES
-WAIT_MAX_S = 50.0  # below the default request timeout: clients call saga.wait again
-
-
-def _seconds(value: Any, what: str, *, zero_ok: bool = False, hi: float = 86400.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, NUM) or not math.isfinite(value):
-        raise InvalidRequest(f"{what} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not zero_ok) or value > hi:
-        low = ">= 0" if zero_ok else "> 0"
-        raise InvalidRequest(f"{what} must be {low} and at most {hi:g} seconds, got {value!r}")
-    return float(value)
+WAIT_MAX_S = defs.MAX_WAIT_S  # below the default request timeout: clients wait again
 
 
 async def _db(d: Daemon, fn: Any) -> Any:
@@ -53,13 +42,10 @@ async def _db(d: Daemon, fn: Any) -> Any:
         compensation_attempts=Int(3, lo=1, hi=100), compensation_delay=Spec(NUM, 1.0))
 async def saga_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Define an empty saga; add its steps with saga.add_step."""
-    validate_name(p["name"])
-    retry = saga_m.RetryPolicy(attempts=p["compensation_attempts"],
-                               initial_s=_seconds(p["compensation_delay"], "compensation_delay",
-                                                  zero_ok=True))
-    draft = {"name": p["name"], "steps": [], "timeout_s": _seconds(p["timeout"], "timeout"),
-             "step_timeout_s": _seconds(p["step_timeout"], "step_timeout"),
-             "recovery": p["recovery"], "compensation_retry": retry.to_dict()}
+    draft = defs.saga_draft(p["name"], timeout=p["timeout"], step_timeout=p["step_timeout"],
+                            recovery=p["recovery"],
+                            compensation_attempts=p["compensation_attempts"],
+                            compensation_delay=p["compensation_delay"])
     return await _db(d, lambda s: orch_store.create_def(s, "saga", p["name"], draft))
 
 
@@ -68,25 +54,12 @@ async def saga_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
         backoff=Spec(NUM, 2.0), max_delay=Spec(NUM, 30.0), non_retryable=Spec(list, None))
 async def saga_add_step(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Append a step (agent, optional compensation agent, retry policy) to a saga."""
-    validate_name(p["step"])
-    codes = p["non_retryable"] or []
-    if not all(isinstance(c, str) and c for c in codes):
-        raise InvalidRequest("non_retryable must be a list of error codes")
-
     def change(store: Any) -> dict[str, Any]:
-        draft = orch_store.get_def(store, "saga", p["saga"])
-        if any(s["name"] == p["step"] for s in draft["steps"]):
-            raise Conflict(f"saga {p['saga']!r} already has a step {p['step']!r}")
-        timeout = draft["step_timeout_s"] if p["timeout"] is None else p["timeout"]
-        retry = saga_m.RetryPolicy(
-            attempts=p["attempts"], initial_s=_seconds(p["retry_delay"], "retry_delay",
-                                                       zero_ok=True),
-            backoff=p["backoff"], max_s=_seconds(p["max_delay"], "max_delay", zero_ok=True),
-            non_retryable=frozenset(codes))
-        step = saga_m.StepSpec(p["step"], p["agent"], p["compensate"],
-                               _seconds(timeout, "step timeout"), retry)
-        draft["steps"] = [*draft["steps"], step.to_dict()]
-        saga_spec(draft)  # the whole saga still validates
+        draft = defs.saga_add_step(
+            orch_store.get_def(store, "saga", p["saga"]), p["step"], p["agent"],
+            compensate=p["compensate"], timeout=p["timeout"], attempts=p["attempts"],
+            retry_delay=p["retry_delay"], backoff=p["backoff"], max_delay=p["max_delay"],
+            non_retryable=p["non_retryable"])
         return orch_store.update_def(store, "saga", p["saga"], draft, "step_added")
 
     return await _db(d, change)
@@ -141,7 +114,7 @@ def _register_runs(kind: str) -> None:
         return await d.orch.start(kind, p["name"], p["input"])
 
     async def wait(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
-        return await d.orch.wait(p["run"], min(_seconds(p["timeout"], "timeout"), WAIT_MAX_S))
+        return await d.orch.wait(p["run"], min(defs.seconds(p["timeout"], "timeout"), WAIT_MAX_S))
 
     async def runs(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
         return await _runs(d, kind, p)
@@ -191,11 +164,8 @@ async def saga_resolve(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
         retries=Int(0, lo=0, hi=100), retry_delay=Spec(NUM, 0.0), step_timeout=Spec(NUM, 60.0))
 async def workflow_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Define an empty workflow; add its steps with workflow.add_step."""
-    validate_name(p["name"])
-    retry = wf_m.Retry(p["retries"], _seconds(p["retry_delay"], "retry_delay", zero_ok=True))
-    draft = {"name": p["name"], "steps": [], "on_error": p["on_error"],
-             "retry": {"count": retry.count, "delay_s": retry.delay_s},
-             "step_timeout_s": _seconds(p["step_timeout"], "step_timeout")}
+    draft = defs.workflow_draft(p["name"], on_error=p["on_error"], retries=p["retries"],
+                                retry_delay=p["retry_delay"], step_timeout=p["step_timeout"])
     return await _db(d, lambda s: orch_store.create_def(s, "workflow", p["name"], draft))
 
 
@@ -204,22 +174,11 @@ async def workflow_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
         retry_delay=Spec(NUM, None))
 async def workflow_add_step(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Append a step (agent, optional own on_error and retry) to a workflow."""
-    validate_name(p["step"])
-
     def change(store: Any) -> dict[str, Any]:
-        draft = orch_store.get_def(store, "workflow", p["workflow"])
-        if any(s["name"] == p["step"] for s in draft["steps"]):
-            raise Conflict(f"workflow {p['workflow']!r} already has a step {p['step']!r}")
-        timeout = draft["step_timeout_s"] if p["timeout"] is None else p["timeout"]
-        retry = None
-        if p["retries"] is not None or p["retry_delay"] is not None:
-            delay = draft["retry"]["delay_s"] if p["retry_delay"] is None else p["retry_delay"]
-            count = draft["retry"]["count"] if p["retries"] is None else p["retries"]
-            retry = {"count": count, "delay_s": _seconds(delay, "retry_delay", zero_ok=True)}
-        draft["steps"] = [*draft["steps"], {
-            "name": p["step"], "agent": p["agent"], "timeout_s": _seconds(timeout, "timeout"),
-            "on_error": p["on_error"], "retry": retry}]
-        workflow_spec(draft)
+        draft = defs.workflow_add_step(
+            orch_store.get_def(store, "workflow", p["workflow"]), p["step"], p["agent"],
+            timeout=p["timeout"], on_error=p["on_error"], retries=p["retries"],
+            retry_delay=p["retry_delay"])
         return orch_store.update_def(store, "workflow", p["workflow"], draft, "step_added")
 
     return await _db(d, change)
@@ -244,38 +203,14 @@ _register_runs("workflow")
         concurrency=Int(0, lo=0, hi=1024), timeout=Spec(NUM, 30.0))
 async def pool_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Define a pool of agents (a list, or N clones of one agent) and its merge."""
-    validate_name(p["name"], "pool")
-    agents = p["agents"]
-    if (agents is None) == (p["agent"] is None):
-        raise InvalidRequest("give either agents (a list) or agent with size")
-    if agents is not None:
-        if not agents or not all(isinstance(a, str) for a in agents):
-            raise InvalidRequest("agents must be a non-empty list of agent names")
-        if len(set(agents)) != len(agents):
-            raise InvalidRequest("agents lists a member twice")
-        for a in agents:
-            validate_name(a)
-    else:
-        validate_name(p["agent"])
-        if p["size"] is None:
-            raise InvalidRequest("a pool of clones needs a size")
-    if p["merge"] == "reducer":
-        if not p["reducer"]:
-            raise InvalidRequest("merge reducer needs a reducer agent")
-    else:
-        pool_m.parse_strategy(p["merge"])
-    spec = {"name": p["name"], "agents": agents, "agent": p["agent"],
-            "size": p["size"] if agents is None else len(agents), "merge": p["merge"],
-            "reducer": p["reducer"], "pick": p["pick"], "concurrency": p["concurrency"],
-            "timeout_s": _seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)}
-    return await d.pools.create(spec)
+    return await d.pools.create(defs.pool_def(**p))
 
 
 @method("pool.run", name=NAME, input=Spec(object, None), concurrency=Int(None, lo=1, hi=1024),
         timeout=Spec(NUM, None))
 async def pool_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Fan one input out to every member and merge the replies."""
-    timeout = None if p["timeout"] is None else _seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)
+    timeout = None if p["timeout"] is None else defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)
     return await d.pools.run(p["name"], p["input"], concurrency=p["concurrency"],
                              timeout_s=timeout)
 
@@ -289,7 +224,7 @@ async def pool_submit(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("pool.task", name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
 async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """A queued task's state and output (waiting up to wait seconds for it)."""
-    wait = _seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
+    wait = defs.seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
     return await d.pools.task(p["name"], p["task"], wait)
 
 
@@ -308,4 +243,4 @@ async def pool_scale(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))
 async def pool_drain(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Stop taking tasks and wait until the queued and running ones are done."""
-    return await d.pools.drain(p["name"], _seconds(p["timeout"], "timeout", hi=WAIT_MAX_S))
+    return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S))

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
+from actors.domain.orch_defs import saga_spec, workflow_spec
 from actors.domain.run_events import (
     Audit,
     Persist,
@@ -76,24 +77,6 @@ class Kind:
 SAGA = Kind("saga", saga_m, tuple(s.value for s in saga_m.FINAL))
 WORKFLOW = Kind("workflow", wf_m, (wf_m.RunStatus.COMPLETED.value, wf_m.RunStatus.FAILED.value))
 KINDS = {"saga": SAGA, "workflow": WORKFLOW}
-
-
-def saga_spec(draft: dict[str, Any]) -> saga_m.SagaSpec:
-    """The runnable spec of a saga definition (raises InvalidRequest)."""
-    try:
-        return saga_m.SagaSpec.from_dict({k: draft[k] for k in (
-            "name", "steps", "timeout_s", "recovery", "compensation_retry")})
-    except (KeyError, TypeError) as exc:
-        raise InvalidRequest(f"saga {draft.get('name')!r}: bad definition: {exc}") from None
-
-
-def workflow_spec(draft: dict[str, Any]) -> wf_m.WorkflowSpec:
-    """The runnable spec of a workflow definition (raises InvalidRequest)."""
-    try:
-        return wf_m.WorkflowSpec.from_dict(
-            {k: draft[k] for k in ("name", "steps", "on_error", "retry")})
-    except (KeyError, TypeError) as exc:
-        raise InvalidRequest(f"workflow {draft.get('name')!r}: bad definition: {exc}") from None
 
 
 class Coordinator:
@@ -327,3 +310,24 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
             "status": row["status"], "error": record.get("error", ""),
             "resolution": record.get("resolution", ""), "input": record.get("input"),
             "steps": steps, "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+
+async def apply_definitions(d: Daemon, sections: dict[str, list[dict[str, Any]]]
+                            ) -> dict[str, list[str]]:
+    """Create the sagas, workflows and pools of a project file; names that
+    exist are left as they are and reported (like agents)."""
+    created, kept = [], []
+    for section, kind in (("sagas", "saga"), ("workflows", "workflow"), ("pools", "pool")):
+        for spec in sections.get(section, []):
+            label = f"{kind} {spec['name']}"
+            if await d.db.call(lambda s, k=kind, n=spec["name"]: orch_store.def_exists(s, k, n)):
+                kept.append(label)
+            elif kind == "pool":
+                await d.pools.create(spec)
+                created.append(label)
+            else:
+                await d.db.call(lambda s, k=kind, sp=spec: orch_store.create_def(
+                    s, k, sp["name"], sp))
+                created.append(label)
+    await d.db.notify()
+    return {"created": created, "existing": kept}

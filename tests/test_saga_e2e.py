@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from harness import Naosd
@@ -158,3 +159,38 @@ def test_bad_definitions_and_runs_are_refused(daemon: Naosd, lab: Lab):
     out = daemon.ctl("saga", "create", "bad/name")
     assert out.returncode != 0
     assert daemon.ctl("saga", "status", "r-nope").returncode != 0
+
+
+def test_project_file_defines_sagas_workflows_and_pools(daemon: Naosd, base: Path):
+    lab = Lab(base)
+    (base / "naos.toml").write_text(f'''
+[agents.inventory]
+source = "{lab.handler.name}"
+config = {{ db = "{lab.db}", control = "{lab.control}" }}
+[agents.inventory-release]
+source = "{lab.handler.name}"
+config = {{ db = "{lab.db}", control = "{lab.control}", undo = true }}
+
+[sagas.order]
+step_timeout = 10
+steps = [{{ name = "reserve", agent = "inventory", compensate = "inventory-release" }}]
+
+[workflows.etl]
+steps = [{{ name = "one", agent = "inventory" }}]
+
+[pools.both]
+agents = ["inventory", "inventory-release"]
+merge = "all"
+''')
+    valid = daemon.ctl("config", "validate", str(base / "naos.toml"))
+    assert valid.returncode == 0, valid.stderr
+    assert "1 sagas, 1 workflows, 1 pools" in valid.stdout
+    applied = ok(daemon, "apply", str(base / "naos.toml"))
+    assert {"saga order", "workflow etl", "pool both"} <= set(applied["created"])
+    rc, run = outcome(daemon, "saga", "run", "order", "--input", "{}")
+    assert rc == 0 and lab.ledger(run["run_id"]) == [("reserve", 0)]
+    again = ok(daemon, "apply", str(base / "naos.toml"))
+    assert "saga order" in again["existing"]
+    (base / "bad.toml").write_text('[sagas.s]\nsteps = [{ name = "a", agent = "ghost" }]\n')
+    bad = daemon.ctl("config", "validate", str(base / "bad.toml"))
+    assert bad.returncode == 1 and "sagas.s: no agent named 'ghost'" in bad.stderr
