@@ -265,22 +265,23 @@ def _step_args(i: int, step: dict[str, Any], allowed: frozenset[str]) -> dict[st
     return {k: v for k, v in step.items() if k not in ("name", "agent")}
 
 
-def _saga(name: str, t: dict[str, Any]) -> dict[str, Any]:
-    _keys(t, SAGA_KEYS)
-    draft = saga_draft(name, **{k: v for k, v in t.items() if k != "steps"})
-    for i, step in enumerate(_steps(t)):
-        args = _step_args(i, step, SAGA_STEP_KEYS)
-        draft = saga_add_step(draft, step["name"], step["agent"], **args)
-    return draft
+def _stepped(draft_fn: Any, add_fn: Any, keys: frozenset[str], step_keys: frozenset[str]
+             ) -> Any:
+    """A section builder for sagas or workflows: the draft, then each step."""
+
+    def build(name: str, t: dict[str, Any]) -> dict[str, Any]:
+        _keys(t, keys)
+        draft = draft_fn(name, **{k: v for k, v in t.items() if k != "steps"})
+        for i, step in enumerate(_steps(t)):
+            args = _step_args(i, step, step_keys)
+            draft = add_fn(draft, step["name"], step["agent"], **args)
+        return dict(draft)
+
+    return build
 
 
-def _workflow(name: str, t: dict[str, Any]) -> dict[str, Any]:
-    _keys(t, WF_KEYS)
-    draft = workflow_draft(name, **{k: v for k, v in t.items() if k != "steps"})
-    for i, step in enumerate(_steps(t)):
-        args = _step_args(i, step, WF_STEP_KEYS)
-        draft = workflow_add_step(draft, step["name"], step["agent"], **args)
-    return draft
+_saga = _stepped(saga_draft, saga_add_step, SAGA_KEYS, SAGA_STEP_KEYS)
+_workflow = _stepped(workflow_draft, workflow_add_step, WF_KEYS, WF_STEP_KEYS)
 
 
 def _pool(name: str, t: dict[str, Any]) -> dict[str, Any]:
