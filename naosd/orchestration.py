@@ -126,6 +126,9 @@ class Coordinator:
                         done.set_result(self.status)
                 if self.is_final() and self.queue.empty():
                     break
+        except Exception:  # storage failure: the run stays as last persisted (saga resume)
+            log.exception("coordinator of run %s stopped; its last persisted state stands",
+                          self.run_id)
         finally:
             self._stop()
             self.finished.set()

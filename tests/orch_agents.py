@@ -102,7 +102,7 @@ class Lab:
 
 
 TRAIL_AGENT = '''
-import json, sqlite3
+import json, sqlite3, time
 
 def handle(message, ctx):
     control = json.loads(open(ctx.config["control"]).read())
@@ -118,6 +118,7 @@ def handle(message, ctx):
         return {"error": {"code": "flaky", "message": f"{step} attempt {message['attempt']}"}}
     if step in control.get("fail", []):
         raise RuntimeError(f"{step} is broken")
+    time.sleep(control.get("sleep", {}).get(step, 0))
     trail = (message["input"] or {}).get("trail", [])
     return {"trail": [*trail, step]}
 '''

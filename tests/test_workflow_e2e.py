@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
-from harness import Naosd
+from harness import Naosd, reap, start_naosd
 from orch_agents import TrailLab
+from test_agents_e2e import wait_until
+from test_saga_crash import kill9
 from test_saga_e2e import ok, outcome
 
 pytestmark = pytest.mark.e2e
@@ -74,3 +78,35 @@ def test_stop_then_resume_from_the_failed_step(daemon: Naosd, lab: TrailLab):
     again = daemon.ctl("workflow", "resume", run["run_id"])
     assert again.returncode != 0 and "nothing to resume" in again.stderr
     assert daemon.ctl("saga", "status", run["run_id"]).returncode != 0
+
+
+def test_kill9_mid_workflow_resumes_with_the_same_keys(base: Path):
+    lab = TrailLab(base)
+    lab.set(sleep={"clean": 0.3})
+    d = start_naosd(base)
+    daemons = [d]
+    try:
+        ok(d, "create", "trail", "--source", str(lab.handler), "--config", lab.config())
+        make(d, "etl")
+        runs = [ok(d, "workflow", "run", "etl", "--no-wait", "--input",
+                   json.dumps({"trail": [i]}))["run_id"] for i in range(5)]
+        wait_until(lambda: lab.calls("clean"), what="a clean step in flight")
+        kill9(d)
+        d = start_naosd(base, state_dir=d.state_dir)
+        daemons.append(d)
+        for i, run_id in enumerate(runs):
+            run = ok(d, "workflow", "status", run_id)
+            deadline = time.monotonic() + 60
+            while run["status"] != "completed" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                run = ok(d, "workflow", "status", run_id)
+            assert run["steps"][-1]["output"] == {"trail": [i, "fetch", "clean", "load"]}
+        for step in ("fetch", "clean", "load"):
+            by_run: dict[str, set[str]] = {}
+            for _, key, _ in lab.calls(step):
+                by_run.setdefault(str(key).split(":")[0], set()).add(str(key))
+            assert all(len(keys) == 1 for keys in by_run.values()), by_run
+        assert "workflow.recovered" in [r["type"] for r in ok(d, "audit", "tail", "-n", "5000")]
+    finally:
+        d.stop()
+        assert not [p for one in daemons for p in reap(one)]
