@@ -90,11 +90,13 @@ def config_validate(path: str, as_json: bool) -> None:
         click.echo(render.to_json({"ok": False, "error": exc.message}) if as_json
                    else f"naosctl: {exc.message}", err=not as_json)
         sys.exit(1)
+    orch = {k: [d["name"] for d in v] for k, v in project.orchestration.items()}
     summary = {"ok": True, "agents": [a.name for a in project.agents],
-               "supervisors": [s.name for s in project.supervisors]}
+               "supervisors": [s.name for s in project.supervisors], **orch}
+    extra = "".join(f", {len(v)} {k}" for k, v in orch.items() if v)
     click.echo(render.to_json(summary) if as_json else
                f"{file}: OK ({len(project.agents)} agents, "
-               f"{len(project.supervisors)} supervisors)")
+               f"{len(project.supervisors)} supervisors{extra})")
 
 
 @cli.command()

@@ -215,7 +215,8 @@ async def supervisor_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
 @method("project.apply", text=Str(max_len=1 << 20), base=Str(max_len=4096),
         origin=Str("naos.toml", max_len=4096), timeout=TIMEOUT)
 async def project_apply(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
-    """Create the agents and supervisors a naos.toml defines, and start them."""
+    """Create the agents, supervisors, sagas, workflows and pools a naos.toml
+    defines, and start the agents."""
     import tomllib
 
     from actors.domain.project import parse
@@ -228,4 +229,8 @@ async def project_apply(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
         raise ConfigError(f"{p['origin']}: not valid TOML: {exc}") from None
     project = parse(doc, Path(p["base"]), origin=p["origin"])
-    return await apply_project(d.agents, project, wait_s=_timeout(p))
+    result = await apply_project(d.agents, project, wait_s=_timeout(p))
+    from naosd.orchestration import apply_definitions
+
+    more = await apply_definitions(d, project.orchestration)
+    return {k: result[k] + more[k] for k in ("created", "existing")}

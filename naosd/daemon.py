@@ -64,6 +64,8 @@ class Daemon:
         self.dashboard: Any = None
         self.reloads = 0
         self.agents: Any = None
+        self.orch: Any = None  # naosd.orchestration.Orchestrator
+        self.pools: Any = None  # naosd.pools.Pools
         self.sandbox_pool: Any = None  # the pool's address, found on first use
 
     # -- run -----------------------------------------------------------------
@@ -83,14 +85,19 @@ class Daemon:
 
     async def _start_parts(self) -> None:
         import naosd.api_agents
+        import naosd.api_orch
         import naosd.api_wasm  # noqa: F401
         from actors.messages import InitRoot
         from naosd.agents import Agents
         from naosd.bridge import Bridge
+        from naosd.orchestration import Orchestrator
+        from naosd.pools import Pools
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
         self.agents = Agents(self)
+        self.orch = Orchestrator(self)
+        self.pools = Pools(self)
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers))
@@ -102,6 +109,7 @@ class Daemon:
         watchdog = asyncio.get_running_loop().create_task(self._watchdog())
         self._watchdog_task = watchdog
         self._reaper_task = asyncio.get_running_loop().create_task(self._reap_idle_agents())
+        await self.orch.recover()  # unfinished sagas and workflows carry on
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()
@@ -125,6 +133,10 @@ class Daemon:
             await self.server.close(drain_timeout=budget / 2)
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.orch is not None:
+            await self.orch.close()  # runs stay in SQLite and recover at the next start
+        if self.pools is not None:
+            await self.pools.close()
         if self.bridge is not None:
             self.bridge.close()
         await asyncio.to_thread(self.runtime.shutdown, budget / 2)

@@ -127,6 +127,36 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX agent_logs_agent ON agent_logs(agent, id);
     """,
+    # 3: durable sagas, workflows and pools (naosd.orch_store): definitions,
+    # runs (the pure state machine's record) and each run's step timeline.
+    """
+    CREATE TABLE orch_defs(
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY(kind, name)
+    );
+    CREATE TABLE orch_runs(
+        run_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX orch_runs_status ON orch_runs(kind, status);
+    CREATE TABLE orch_timeline(
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        type TEXT NOT NULL,
+        step TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX orch_timeline_run ON orch_timeline(run_id, id);
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 

@@ -15,13 +15,17 @@
     backoff_max = 10
     children = ["researcher", { name = "sub", restart = "transient" }]
 
+Sagas, workflows and pools have their own sections (``[sagas.NAME]``,
+``[workflows.NAME]``, ``[pools.NAME]``; see actors/domain/orch_defs.py); the
+agents they name must be defined in the same file.
+
 Relative sources are resolved against the project file's directory.  Every
 error names the key (``agents.researcher.source``) and the reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +37,11 @@ from actors.domain.definitions import (
     normalise_choice,
     validate_name,
 )
+from actors.domain.orch_defs import parse_sections
 from naosd.errors import ConfigError, InvalidRequest
 
 AGENT_KEYS = {"template", "source", "config", "shutdown_timeout"}
+SECTIONS = {"agents", "supervisors", "sagas", "workflows", "pools"}
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "window", "backoff", "backoff_max", "children"}
 
 
@@ -43,20 +49,24 @@ SUPERVISOR_KEYS = {"strategy", "max_restarts", "window", "backoff", "backoff_max
 class Project:
     agents: tuple[AgentDef, ...]
     supervisors: tuple[SupervisorDef, ...]  # parents before children
+    # "sagas", "workflows", "pools" -> their stored definitions (orch_defs drafts)
+    orchestration: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def parse(doc: dict[str, Any], base: Path, *, origin: str = "naos.toml") -> Project:
     """Validate a parsed TOML document; raises ConfigError naming the key."""
-    unknown = sorted(set(doc) - {"agents", "supervisors"})
+    unknown = sorted(set(doc) - SECTIONS)
     if unknown:
-        raise ConfigError(f"{origin}: {unknown[0]}: unknown section (use agents, supervisors)")
+        raise ConfigError(f"{origin}: {unknown[0]}: unknown section "
+                          f"(use {', '.join(sorted(SECTIONS))})")
     agents = {n: _agent(n, t, base, origin) for n, t in _tables(doc, "agents", origin)}
     sups = {n: _supervisor(n, t, origin) for n, t in _tables(doc, "supervisors", origin)}
     clash = sorted(set(agents) & set(sups))
     if clash:
         raise ConfigError(f"{origin}: {clash[0]}: used both as an agent and a supervisor")
     agents, sups = _attach(doc.get("supervisors", {}), agents, sups, origin)
-    return Project(tuple(agents.values()), tuple(_parents_first(sups)))
+    orchestration = parse_sections(doc, set(agents), origin)
+    return Project(tuple(agents.values()), tuple(_parents_first(sups)), orchestration)
 
 
 def _tables(doc: dict[str, Any], section: str, origin: str) -> list[tuple[str, dict[str, Any]]]:

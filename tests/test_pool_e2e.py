@@ -1,0 +1,156 @@
+"""Pools against the real daemon: every merge strategy with disagreement and
+failures, a reducer agent, and queue mode with scale and drain mid-flight."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import Naosd
+from test_saga_e2e import ok
+
+pytestmark = pytest.mark.e2e
+
+VOTER = '''
+import os, time
+
+def handle(message, ctx):
+    cfg = ctx.config
+    time.sleep(cfg.get("sleep", 0))
+    if cfg.get("fail"):
+        raise RuntimeError("this voter is broken")
+    if "answer" in cfg:
+        return cfg["answer"]
+    if isinstance(message, dict) and "results" in message:  # the reducer
+        return {"votes": len(message["results"]), "failed": sorted(message["failed"]),
+                "sum": sum(r["n"] for r in message["results"])}
+    return {"by": ctx.name, "pid": os.getpid(), "task": message}
+'''
+
+
+@pytest.fixture
+def voter(base: Path) -> Path:
+    path = base / "voter.py"
+    path.write_text(VOTER)
+    return path
+
+
+def agent(d: Naosd, voter: Path, name: str, **config: object) -> None:
+    ok(d, "create", name, "--source", str(voter), "--config", json.dumps(config),
+       "--no-start")
+
+
+@pytest.fixture
+def voters(daemon: Naosd, voter: Path) -> Naosd:
+    agent(daemon, voter, "va", answer={"n": 1, "x": "yes"})
+    agent(daemon, voter, "vb", answer={"x": "yes", "n": 1})  # same value, other key order
+    agent(daemon, voter, "vc", answer={"n": 2, "x": "no"})
+    agent(daemon, voter, "vd", fail=True)
+    agent(daemon, voter, "slow", answer={"n": 3, "x": "late"}, sleep=5)
+    agent(daemon, voter, "reducer")
+    return daemon
+
+
+def run(d: Naosd, pool: str, *extra: str) -> tuple[int, dict]:
+    out = d.ctl("pool", "run", pool, "--input", '{"q": 1}', *extra, "--json", timeout=120)
+    assert out.stdout.strip(), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+YES = {"n": 1, "x": "yes"}
+
+
+def test_all_lists_every_success_and_names_the_failure(voters: Naosd):
+    ok(voters, "pool", "create", "p", "--agents", "va,vb,vc,vd", "--merge", "all")
+    rc, r = run(voters, "p")
+    assert rc == 0 and r["status"] == "partial" and r["failed"] == ["vd"]
+    assert sorted(json.dumps(v, sort_keys=True) for v in r["value"]) == sorted(
+        json.dumps(v, sort_keys=True) for v in [YES, YES, {"n": 2, "x": "no"}])
+    assert "agent_crashed" in r["errors"]["vd"]
+    ok(voters, "pool", "create", "clean", "--agents", "va,vb", "--merge", "all")
+    assert run(voters, "clean")[1]["status"] == "completed"
+    ok(voters, "pool", "create", "broken", "--agents", "vd", "--merge", "all")
+    rc, r = run(voters, "broken")
+    assert rc == 1 and r["status"] == "failed"
+
+
+def test_first_takes_the_first_success_and_does_not_wait_for_the_rest(voters: Naosd):
+    ok(voters, "pool", "create", "p", "--agents", "slow,vd,vc", "--merge", "first")
+    rc, r = run(voters, "p")
+    assert rc == 0 and r["value"] == {"n": 2, "x": "no"}
+    assert "slow" not in [x["member"] for x in r["replies"]]  # cancelled, not waited for
+
+
+def test_majority_by_canonical_equality_and_ties(voters: Naosd):
+    ok(voters, "pool", "create", "p", "--agents", "va,vb,vc,vd", "--merge", "majority")
+    rc, r = run(voters, "p")
+    assert rc == 0 and r["value"] == YES and r["status"] == "partial" and r["failed"] == ["vd"]
+    ok(voters, "pool", "create", "tie", "--agents", "va,vc", "--merge", "majority")
+    rc, r = run(voters, "tie")
+    assert rc == 1 and r["status"] == "failed" and "tie" in r["reason"]
+
+
+def test_quorum_reached_and_unreachable(voters: Naosd):
+    ok(voters, "pool", "create", "q2", "--agents", "va,vb,vc,vd", "--merge", "quorum:2")
+    rc, r = run(voters, "q2")
+    assert rc == 0 and r["value"] == YES
+    ok(voters, "pool", "create", "q3", "--agents", "va,vb,vc,vd", "--merge", "quorum:3")
+    rc, r = run(voters, "q3")
+    assert rc == 1 and r["status"] == "failed"
+
+
+def test_reducer_agent_merges(voters: Naosd):
+    ok(voters, "pool", "create", "p", "--agents", "va,vc,vd", "--merge", "reducer",
+       "--reducer", "reducer")
+    rc, r = run(voters, "p")
+    assert rc == 0 and r["value"] == {"votes": 2, "failed": ["vd"], "sum": 3}
+
+
+def test_timeout_reports_the_silent_member(voters: Naosd):
+    ok(voters, "pool", "create", "p", "--agents", "va,slow", "--merge", "all")
+    rc, r = run(voters, "p", "--timeout", "1")
+    assert rc == 0 and r["status"] == "partial" and r["failed"] == ["slow"]
+    assert r["value"] == [YES]
+
+
+def test_bad_pools_are_refused(voters: Naosd):
+    for args, why in [(("--agents", "va", "--merge", "most"), "unknown merge strategy"),
+                      (("--agents", "va", "--merge", "quorum:0"), "quorum"),
+                      (("--agents", "va,nobody"), "no agent named 'nobody'"),
+                      (("--agents", "va,va"), "twice"),
+                      (("--agent", "va"), "size"),
+                      (("--agents", "va", "--merge", "reducer"), "reducer")]:
+        out = voters.ctl("pool", "create", "bad", *args)
+        assert out.returncode != 0 and why in out.stderr, (args, out.stderr)
+    ok(voters, "pool", "create", "fixed", "--agents", "va")
+    out = voters.ctl("pool", "scale", "fixed", "3")
+    assert out.returncode != 0 and "fixed member list" in out.stderr
+
+
+@pytest.mark.parametrize("pick", ["round-robin", "least-busy"])
+def test_queue_mode_scale_and_drain_while_tasks_run(daemon: Naosd, voter: Path, pick: str):
+    agent(daemon, voter, "worker", sleep=0.3)
+    ok(daemon, "pool", "create", "w", "--agent", "worker", "--size", "2", "--pick", pick)
+    ids = [ok(daemon, "pool", "submit", "w", "--input", json.dumps(i))["task_id"]
+           for i in range(6)]
+    scaled = ok(daemon, "pool", "scale", "w", "4")
+    assert [m["name"] for m in scaled["members"]] == [f"worker-c{i}" for i in range(1, 5)]
+    assert scaled["queued"] + scaled["running"] > 0  # scaled while tasks were in flight
+    ids += [ok(daemon, "pool", "submit", "w", "--input", json.dumps(i))["task_id"]
+            for i in range(6, 12)]
+    drained = ok(daemon, "pool", "drain", "w")
+    assert drained["queued"] == drained["running"] == 0 and not drained["accepting"]
+    tasks = [ok(daemon, "pool", "task", "w", t) for t in ids]
+    assert drained["completed"] == 12 and drained["failed"] == 0, (tasks, daemon.log()[-3000:])
+    tasks = [ok(daemon, "pool", "task", "w", t) for t in ids]
+    assert [t["output"]["task"] for t in tasks] == list(range(12))
+    by = Counter(t["member"] for t in tasks[6:])
+    assert set(by) >= {"worker-c3", "worker-c4"}  # new clones took work
+    assert len({t["output"]["pid"] for t in tasks}) >= 3  # really separate processes
+    refused = daemon.ctl("pool", "submit", "w", "--input", "1")
+    assert refused.returncode != 0 and "drained" in refused.stderr
+    status = ok(daemon, "pool", "status", "w")
+    assert status["throughput_per_s"] > 0
+    daemon.remember_tree()

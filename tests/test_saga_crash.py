@@ -1,0 +1,94 @@
+"""kill -9 of naosd at random points during 20 saga runs: after the restart
+every run ends completed or compensated and no side effect was applied twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import Naosd, kill_all, reap, start_naosd, wait_gone
+from orch_agents import Lab
+from test_saga_e2e import STEPS, make_agents, ok
+
+pytestmark = pytest.mark.e2e
+RUNS = 20
+FINAL = {"completed", "compensated", "compensation_failed"}
+
+
+def kill9(d: Naosd) -> None:
+    """SIGKILL naosd alone; its children die with it (parent-death signal)."""
+    pids = d.remember_tree()
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    left = wait_gone(pids, timeout=20)
+    kill_all(left)
+    assert not left, f"processes outlived a kill -9 of naosd: {left}"
+
+
+@pytest.mark.parametrize("recovery", ["forward", "compensate"])
+def test_kill9_during_20_runs(base: Path, recovery: str):
+    rng = random.Random(f"naos-saga-crash-{recovery}")
+    lab = Lab(base)
+    lab.set(sleep={"reserve": 0.05, "charge": 0.15, "ship": 0.05})
+    daemons: list[Naosd] = []
+    d = start_naosd(base)
+    daemons.append(d)
+    try:
+        make_agents(d, lab)
+        ok(d, "saga", "create", "order", "--recovery", recovery,
+           "--compensation-delay", "0.1", "--compensation-attempts", "5")
+        for step, agent, undo in STEPS:
+            extra = ["--compensate", undo] if undo else []
+            ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
+               "--attempts", "5", "--retry-delay", "0.2")
+        kill_after = set(rng.sample(range(2, RUNS), 4))
+        runs: dict[str, dict] = {}
+        for i in range(RUNS):
+            run_input = {"i": i, "fail_at": "ship"} if i % 3 == 0 else {"i": i}
+            started = ok(d, "saga", "run", "order", "--no-wait", "--input",
+                         json.dumps(run_input))
+            runs[started["run_id"]] = run_input
+            if i in kill_after:
+                time.sleep(rng.uniform(0.0, 0.4))
+                kill9(d)
+                d = start_naosd(base, state_dir=d.state_dir)
+                daemons.append(d)
+        deadline = time.monotonic() + 90
+        while True:
+            listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
+            if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert set(listed) == set(runs)
+        statuses = Counter(listed[r]["status"] for r in runs)
+        assert set(statuses) <= {"completed", "compensated"}, (statuses, d.log()[-3000:])
+        for run_id, run_input in runs.items():
+            ledger = lab.ledger(run_id)
+            assert not [k for k, n in Counter(ledger).items() if n > 1], (run_id, ledger)
+            done = {s for s, u in ledger if not u}
+            undone = {s for s, u in ledger if u}
+            if listed[run_id]["status"] == "completed":
+                assert done == {"reserve", "charge", "ship"} and not undone, (run_id, ledger)
+                assert "fail_at" not in run_input
+            else:
+                # every applied step that has a compensation was compensated, once
+                assert undone == done - {"ship"}, (run_id, ledger)
+                if recovery == "forward":
+                    assert run_input.get("fail_at") == "ship"
+        types = [r["type"] for r in ok(d, "audit", "tail", "-n", "100000")]
+        assert types.count("daemon.start") == 5
+        assert "saga.recovered" in types  # the kills did land in the middle of runs
+        calls = lab.rows("SELECT COUNT(*) FROM calls")[0][0]
+        applied = lab.rows("SELECT COUNT(*) FROM ledger")[0][0]
+        assert calls >= applied  # in-doubt steps were re-sent, not re-applied
+    finally:
+        d.stop()
+        survivors = []
+        for one in daemons:
+            survivors += reap(one)
+        assert not survivors
