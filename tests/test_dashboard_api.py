@@ -242,3 +242,26 @@ def test_actions_need_same_origin_and_the_csrf_header(daemon: Naosd):
     assert status == 200
     assert json.loads(daemon.ctl("status", "steered", "--json", check=True)
                       .stdout)["state"] == "running"
+
+
+def test_feature_views_over_http(daemon: Naosd):
+    url, token = login(daemon)
+    for name in ("left", "right"):
+        daemon.ctl("create", name, "--template", "echo", check=True)
+    daemon.ctl("pool", "create", "pair", "--agents", "left,right", "--merge", "all", check=True)
+    daemon.ctl("workflow", "create", "wf", check=True)
+    daemon.ctl("workflow", "add-step", "wf", "one", "--agent", "left", check=True)
+    run = json.loads(daemon.ctl("workflow", "run", "wf", "--input", '{"n": 1}', "--json",
+                                check=True).stdout)
+    assert get(url + "api/v1/runs", None)[0] == 401
+    runs = json.loads(get(url + "api/v1/runs", token)[1])["runs"]
+    assert [(r["kind"], r["id"], r["status"]) for r in runs] == \
+        [("workflow", run["run_id"], "completed")]
+    detail = json.loads(get(url + f"api/v1/runs/workflow/{run['run_id']}", token)[1])
+    assert [(s["name"], s["status"]) for s in detail["steps"]] == [("one", "completed")]
+    assert get(url + f"api/v1/runs/saga/{run['run_id']}", token)[0] == 400  # wrong kind
+    assert get(url + "api/v1/runs/saga/s-nope", token)[0] == 404
+    assert get(url + "api/v1/runs/banana/x", token)[0] == 404
+    pools = json.loads(get(url + "api/v1/pools", token)[1])["pools"]
+    assert [(p["name"], [m["agent"] for m in p["members"]]) for p in pools] == \
+        [("pair", ["left", "right"])]

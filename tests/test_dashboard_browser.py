@@ -238,3 +238,46 @@ def test_logs_runs_and_counts_arrive_live(daemon: Naosd, browser: Browser, tmp_p
         page.get_by_test_id("log-search").fill("hello")
         expect(logs).to_have_count(1)
         page.screenshot(path=str(tmp_path / "logs.png"), full_page=True)
+
+
+DECLINE = """
+def handle(message, ctx):
+    raise RuntimeError("card declined")
+"""
+
+
+def test_a_saga_run_appears_live_with_its_step_timeline(daemon: Naosd, browser: Browser,
+                                                         tmp_path: Path):
+    (tmp_path / "decline.py").write_text(DECLINE)
+    for name in ("inventory", "inventory-release"):
+        daemon.ctl("create", name, "--template", "echo", check=True)
+    daemon.ctl("create", "payment", "--source", str(tmp_path / "decline.py"), check=True)
+    daemon.ctl("saga", "create", "order", check=True)
+    daemon.ctl("saga", "add-step", "order", "reserve", "--agent", "inventory",
+               "--compensate", "inventory-release", check=True)
+    daemon.ctl("saga", "add-step", "order", "charge", "--agent", "payment", check=True)
+    _, login_url = dashboard(daemon)
+    with opened(browser, login_url) as (_, page, _):
+        expect(page.get_by_test_id("live")).to_have_attribute("data-live", "open")
+        expect(page.get_by_test_id("runs-section")).to_be_visible()
+        expect(page.locator('[data-testid="runs-table"] tr[data-run]')).to_have_count(0)
+        run = json.loads(daemon.ctl("saga", "run", "order", "--input", '{"order": 7}',
+                                    "--json").stdout)
+        assert run["status"] == "compensated", run
+        line = page.locator(f'[data-testid="runs-table"] tr[data-run="{run["run_id"]}"]')
+        expect(line).to_have_attribute("data-status", "compensated")  # arrived live
+        expect(page.get_by_test_id("ov-runs")).to_have_text("0")
+        line.click()
+        detail = page.get_by_test_id("run-detail")
+        expect(detail.get_by_test_id("run-status")).to_have_text("compensated")
+        tl = detail.get_by_test_id("timeline")
+        expect(tl.locator('g[data-step="reserve"][data-phase="forward"]')) \
+            .to_have_attribute("data-status", "completed")
+        expect(tl.locator('g[data-step="charge"][data-phase="forward"]')) \
+            .to_have_attribute("data-status", "failed")
+        expect(tl.locator('g[data-step="reserve"][data-phase="compensate"]')) \
+            .to_have_attribute("data-status", "compensated")
+        assert tl.locator("g[data-step] rect").count() == 3  # one bar per segment
+        expect(detail.get_by_test_id("run-input")).to_contain_text('"order": 7')
+        expect(detail.get_by_test_id("run-outputs")).to_contain_text("reserve")
+        page.screenshot(path=str(tmp_path / "saga-timeline.png"), full_page=True)

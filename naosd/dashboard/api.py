@@ -288,5 +288,8 @@ def add_routes(app: web.Application) -> None:
         add_resource(app, path, method_name)
     for path, method_name in ACTIONS.items():
         add_resource(app, path, method_name, "POST")
+    from naosd.dashboard.features import add_views
+
+    add_views(app, DAEMON, _error)
     app.router.add_get("/metrics", metrics)
 
