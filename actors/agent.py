@@ -85,6 +85,14 @@ class WasmGuestFailed(NaosError):
 
 
 class AgentActor(NaosActor):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any],
+                                   requirements: dict[str, Any] | None) -> bool:
+        """In cluster mode naosd pins an agent to a node by requirements."""
+        from actors.domain.placement import satisfies
+
+        return satisfies(capabilities, requirements)
+
     def __init__(self) -> None:
         super().__init__()
         self._handler: Handler | None = None

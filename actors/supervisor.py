@@ -28,6 +28,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.agent import AgentActor
 from actors.base import NaosActor
+from actors.cluster_messages import NodeLost, Unplaceable
 from actors.domain import supervision as sv
 from actors.domain.definitions import AgentDef, SupervisorDef
 from actors.messages import (
@@ -84,12 +85,17 @@ class SupervisorActor(NaosActor):
         self._store: Any = None
         self._giving_up = ""
         self._exiting = False
+        self._local_node: str | None = None  # None: cluster mode is off
+        self._placed: dict[str, str] = {}  # agent -> node (cluster mode)
 
     # -- start ---------------------------------------------------------------
     def receiveMsg_InitSupervisor(self, msg: InitSupervisor, sender: Any) -> None:
         self.name = msg.name
         self._parent, self._root = sender, msg.root
         self._db_path, self._checkpoint = msg.db_path, msg.checkpoint_path
+        from naosd import cluster_store
+
+        self._local_node = cluster_store.local_node(self._db())
         definition, children = self._load()
         self._state = sv.initial(supervisor_spec(definition, children))
         self.send(self._root, Registered(self.name, "supervisor", self.myAddress,
@@ -230,8 +236,11 @@ class SupervisorActor(NaosActor):
     def _sweep(self) -> None:
         """Safety net: Thespian sometimes loses one ChildActorExited when
         several children die at once; a child whose process is gone is
-        treated as exited (a late ChildActorExited then finds nothing)."""
+        treated as exited (a late ChildActorExited then finds nothing).
+        Only local children: a pid on another node means nothing here."""
         for name, pid in list(self._pids.items()):
+            if self._remote(name):
+                continue
             if not process_alive(pid):
                 self._child_exited(name)
         if not self._exiting:
@@ -247,6 +256,10 @@ class SupervisorActor(NaosActor):
         self._done.discard(name)
         reason = self._reasons.pop(name, "exited" if not abnormal else "process died")
         self.send(self._root, Registered(name, "agent", None, None, self.name))
+        if self._local_node is not None and name in self._placed:
+            from naosd import cluster_store
+
+            cluster_store.unplace(self._db(), name)
         now = time.monotonic()
         self._apply(sv.ChildExited(name, abnormal, reason, now))
         if name in self._removing:
@@ -304,9 +317,14 @@ class SupervisorActor(NaosActor):
     def _start(self, name: str) -> None:
         d = self._defs[name]
         if isinstance(d, AgentDef):
-            addr, self._spare = self._spare, None
-            if addr is None:
-                addr = self.createActor(AgentActor)
+            if self._local_node is not None or d.requires:
+                addr = self._start_placed(d)
+                if addr is None:
+                    return
+            else:
+                addr, self._spare = self._spare, None
+                if addr is None:
+                    addr = self.createActor(AgentActor)
             self._addrs[name] = addr
             self.send(addr, InitAgent(d, self._db_path))
             self._want_spare()
@@ -314,6 +332,73 @@ class SupervisorActor(NaosActor):
             addr = self.createActor(SupervisorActor)
             self._addrs[name] = addr
             self.send(addr, InitSupervisor(name, self._db_path, self._checkpoint, self._root))
+
+    # -- cluster mode: placement and node loss ------------------------------------
+    def _start_placed(self, d: AgentDef) -> Any:
+        """Create agent ``d`` on the node naosd chooses for it (None: no node
+        can run it now; the child is then parked by ``Unplaceable``)."""
+        from actors.domain.placement import NODE_CAPABILITY, choose, parse_requirements
+        from naosd import cluster_store
+
+        req = parse_requirements(d.requires)
+        if self._local_node is None:
+            return self._unplaceable(d, f"requires {req} but cluster mode is off")
+        store = self._db()
+        loads = cluster_store.loads(store)
+        previous = self._placed.get(d.name)
+        if previous is not None and loads.get(previous):
+            loads[previous] -= 1  # its old placement does not count against it
+        target = choose(req, cluster_store.nodes(store), loads)
+        if target is None:
+            return self._unplaceable(d, f"no node that is up has {req}")
+        if target == self._local_node:
+            addr, self._spare = self._spare, None
+            if addr is None:
+                addr = self.createActor(AgentActor)
+        else:
+            addr = self.createActor(AgentActor,
+                                    targetActorRequirements={NODE_CAPABILITY: target})
+        self._placed[d.name] = target
+        cluster_store.place(store, d.name, target, previous=previous,
+                            requires=list(d.requires), actor=self.name)
+        return addr
+
+    def _unplaceable(self, d: AgentDef, reason: str) -> None:
+        from naosd import cluster_store
+
+        self._placed.pop(d.name, None)
+        cluster_store.unplaceable(self._db(), d.name, list(d.requires), reason, self.name)
+        self.send(self.myAddress, Unplaceable(d.name, reason))
+        return None
+
+    def receiveMsg_Unplaceable(self, msg: Unplaceable, sender: Any) -> None:
+        """Park the child: paused, with the reason as its last error (an
+        operator's stop + start tries again)."""
+        child = self._child(msg.name)
+        if child is None or msg.name in self._addrs or child.run is not sv.ChildRun.STARTING:
+            return
+        now = time.monotonic()
+        if not child.paused:
+            self._apply(sv.Pause(msg.name))
+        self._apply(sv.ChildExited(msg.name, True, f"unplaceable: {msg.reason}", now))
+
+    def receiveMsg_NodeLost(self, msg: NodeLost, sender: Any) -> None:
+        """Member ``msg.node`` is gone: its agents exited abnormally (and are
+        restarted, placed again, by the strategy); pass it down the tree."""
+        for name in [n for n, node in self._placed.items() if node == msg.node]:
+            addr = self._addrs.get(name)
+            if addr is None:
+                continue
+            self.send(addr, ActorExitRequest())  # in case the member is only cut off
+            self._reasons[name] = f"node {msg.node} lost: {msg.reason}"
+            self._child_exited(name)
+        for name, addr in list(self._addrs.items()):
+            if isinstance(self._defs.get(name), SupervisorDef):
+                self.send(addr, msg)
+
+    def _remote(self, name: str) -> bool:
+        node = self._placed.get(name)
+        return node is not None and node != self._local_node
 
     def _want_spare(self) -> None:
         """Keep one forked, uninitialised agent process ready, so a restart
@@ -337,7 +422,10 @@ class SupervisorActor(NaosActor):
 
     def _kill(self, name: str) -> None:
         pid = self._pids.get(name)
-        if pid is not None:
+        if self._remote(name):
+            self.logger().warning("%s: cannot SIGKILL %s on node %s", self.name, name,
+                                  self._placed.get(name))
+        elif pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -365,6 +453,10 @@ class SupervisorActor(NaosActor):
         assert self._state is not None
         node: dict[str, Any] = sv.tree_node(self._state)
         node["pid"] = os.getpid()
+        if self._local_node is not None:
+            for child in node.get("children", []):
+                if child.get("name") in self._placed and child.get("name") in self._addrs:
+                    child["node"] = self._placed[child["name"]]
         if self._giving_up:
             node["state"] = "failed"
         return node

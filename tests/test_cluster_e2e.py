@@ -1,0 +1,274 @@
+"""Cluster mode end to end: real naosd nodes on separate loopback addresses
+(127.0.0.2 leads, 127.0.0.3 is a member), each with its own state dir,
+socket and SQLite file, joined in one Thespian convention with a shared
+secret file. No timed assertions: every wait polls with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Naosd, clean_env, descendants, kill_all, reap, short_tempdir, start_naosd
+
+pytestmark = pytest.mark.timeout(240)
+
+LEADER_HOST, MEMBER_HOST = "127.0.0.2", "127.0.0.3"
+DEADLINE = 60.0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _loopback_aliases_work() -> bool:
+    try:
+        _free_port(MEMBER_HOST)
+    except OSError:
+        return False
+    return True
+
+
+needs_aliases = pytest.mark.skipif(not _loopback_aliases_work(),
+                                   reason="127.0.0.3 cannot be bound here")
+
+
+def _secret(base: Path) -> Path:
+    path = base / "cluster.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(48).hex().encode())
+    return path
+
+
+def _env(base: Path, **cluster: str) -> dict[str, str]:
+    env = clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
+                    XDG_CONFIG_HOME=str(base / "xdg-config"))
+    env.update({f"NAOS_CLUSTER_{k.upper()}": v for k, v in cluster.items()})
+    return env
+
+
+def _json(d: Naosd, *args: str) -> Any:
+    r = d.ctl(*args, "--json")
+    assert r.returncode == 0, f"naosctl {' '.join(args)} failed: {r.stderr}\n{d.log()}"
+    return json.loads(r.stdout)
+
+
+def _poll(what: str, check: Callable[[], Any], *daemons: Naosd) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    logs = "\n".join(d.log()[-4000:] for d in daemons)
+    raise AssertionError(f"{what}: not within {DEADLINE}s (last: {last!r})\n{logs}")
+
+
+def _node(d: Naosd, name: str) -> dict[str, Any] | None:
+    view = _json(d, "cluster", "nodes")
+    return next((n for n in view["nodes"] if n["name"] == name), None)
+
+
+def _agent(d: Naosd, name: str) -> dict[str, Any]:
+    view = _json(d, "cluster", "nodes")
+    return next(a for a in view["agents"] if a["name"] == name)
+
+
+@pytest.fixture
+def dirs() -> Iterator[tuple[Path, Path, Path]]:
+    with short_tempdir() as top:
+        a, b = top / "a", top / "b"
+        a.mkdir(mode=0o700)
+        b.mkdir(mode=0o700)
+        yield top, a, b
+
+
+@needs_aliases
+def test_agent_placed_on_member_moves_to_leader_when_member_dies(
+        dirs: tuple[Path, Path, Path]) -> None:
+    top, base_a, base_b = dirs
+    key = _secret(top)
+    leader = f"{LEADER_HOST}:{_free_port(LEADER_HOST)}"
+    common = {"enabled": "1", "secret_file": str(key), "capabilities": "gpu",
+              "heartbeat_s": "0.2", "lost_after": "5"}
+    a = start_naosd(base_a, env=_env(base_a, bind=leader, node="a", **common))
+    b: Naosd | None = None
+    try:
+        b = start_naosd(base_b, env=_env(
+            base_b, bind=f"{MEMBER_HOST}:{_free_port(MEMBER_HOST)}", leader=leader, node="b",
+            **common))
+        member = b
+        joined = _poll("member b joined", lambda: (_node(a, "b") or {}).get("state") == "up",
+                       a, member)
+        assert joined
+        b_node = _node(a, "b")
+        assert b_node is not None and b_node["capabilities"] == ["gpu"]
+        assert b_node["address"].startswith(MEMBER_HOST + ":")
+
+        # x runs on the leader (no requirements: local), so the leader is busier
+        _json(a, "create", "x", "--template", "echo")
+        assert _agent(a, "x")["node"] == "a"
+        # g needs gpu: both have it, b is the least loaded -> b
+        _json(a, "create", "g", "--template", "echo", "--require", "gpu")
+        _poll("g running on b", lambda: _agent(a, "g") == {
+            "name": "g", "node": "b", "state": "running", "requires": ["gpu"]}, a, member)
+        # h is pinned to b by name
+        _json(a, "create", "h", "--template", "echo", "--require", "node=b")
+        _poll("h running on b", lambda: _agent(a, "h")["node"] == "b"
+              and _agent(a, "h")["state"] == "running", a, member)
+
+        # the agent really runs in the member's process tree, and answers
+        ran = _json(a, "run", "g", "--input", '{"hello": 1}')
+        member_tree = set(descendants(member.pid))
+        assert ran["pid"] in member_tree
+        assert ran["output"] == {"hello": 1}
+        status = _json(a, "status")
+        assert {n["name"] for n in status["cluster"]["nodes"]} == {"a", "b"}
+
+        # the member dies hard: SIGKILL naosd and every process of its tree
+        member.remember_tree()
+        kill_all([member.pid, *member_tree])
+        member.proc.wait(timeout=30)
+
+        _poll("b declared lost", lambda: (_node(a, "b") or {}).get("state") == "lost", a)
+        _poll("g restarted on the leader", lambda: _agent(a, "g")["node"] == "a"
+              and _agent(a, "g")["state"] == "running", a)
+        again = _json(a, "run", "g", "--input", '{"again": true}')
+        assert again["output"] == {"again": True}
+        assert again["pid"] in set(descendants(a.pid))
+        # h can only run on b: reported, not silently dropped
+        h = _poll("h unplaceable", lambda: _unplaceable(a, "h"), a)
+        assert h["state"] != "running"
+
+        types = [r["type"] for r in _audit(a)]
+        assert "cluster.node_joined" in types
+        lost = [r for r in _audit(a) if r["type"] == "cluster.node_lost"]
+        assert len(lost) == 1 and lost[0]["detail"]["node"] == "b"
+        assert "no heartbeat answer" in lost[0]["detail"]["reason"]
+        assert sorted(lost[0]["detail"]["agents"]) == ["g", "h"]
+        placed = [r["detail"] for r in _audit(a)
+                  if r["type"] == "agent.placed" and r["agent"] == "g"]
+        assert placed[0]["node"] == "b" and placed[-1] == {
+            "node": "a", "previous": "b", "requires": ["gpu"]}
+        assert any(r["type"] == "agent.unplaceable" and r["agent"] == "h" for r in _audit(a))
+        verify = _json(a, "audit", "verify")
+        assert verify["ok"] is True
+    finally:
+        survivors = reap(a)
+        if b is not None:
+            survivors += reap(b)
+        assert not survivors, f"processes outlived naosd: {survivors}"
+
+
+def _unplaceable(d: Naosd, name: str) -> dict[str, Any] | None:
+    view = _json(d, "status", name)
+    return view if "unplaceable" in (view.get("last_error") or "") else None
+
+
+def _audit(d: Naosd) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = _json(d, "audit", "tail", "-n", "1000")
+    return rows
+
+
+@pytest.mark.parametrize(("bind", "problem"), [
+    ("0.0.0.0:7735", "every interface"),
+    ("8.8.8.8:7735", "not a private address"),
+])
+def test_wildcard_or_public_bind_is_refused_without_force(
+        base: Path, bind: str, problem: str) -> None:
+    key = _secret(base)
+    env = _env(base, enabled="1", bind=bind, node="a", secret_file=str(key))
+    d = start_naosd(base, env=env, wait=False)
+    try:
+        assert d.proc.wait(timeout=60) != 0
+        assert problem in d.log()
+        assert "cluster.bind" in d.log()
+    finally:
+        reap(d)
+    # the same check through --check-config, and force_public lifts it
+    forced = _env(base, enabled="1", bind=bind, node="a", secret_file=str(key),
+                  force_public="1")
+    assert _check_config(forced).returncode == 0
+    refused = _check_config(env)
+    assert refused.returncode != 0 and problem in refused.stderr
+
+
+def _check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "naosd", "--check-config"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_secret_file_readable_by_others_is_refused(base: Path) -> None:
+    key = _secret(base)
+    os.chmod(key, 0o644)
+    port = _free_port("127.0.0.1")
+    d = start_naosd(base, env=_env(base, enabled="1", bind=f"127.0.0.1:{port}", node="a",
+                                   secret_file=str(key)), wait=False)
+    try:
+        assert d.proc.wait(timeout=60) != 0
+        assert "readable by others" in d.log()
+    finally:
+        reap(d)
+
+
+def test_cluster_off_by_default_listens_on_loopback_only(daemon: Naosd) -> None:
+    r = daemon.ctl("cluster", "nodes")
+    assert r.returncode != 0 and "cluster mode is off" in r.stderr
+    assert _json(daemon, "status")["cluster"] is None
+    pids = {daemon.pid, *descendants(daemon.pid)}
+    listening = _listening_addresses(pids)
+    assert listening, "found no listening socket of the daemon's tree"
+    assert all(host == "127.0.0.1" for host, _ in listening), listening
+
+
+def _listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            parts = line.split()
+            local, state, inode = parts[1], parts[3], parts[9]
+            if state == "0A" and inode in inodes:  # LISTEN
+                hexip, hexport = local.split(":")
+                ip = socket.inet_ntoa(bytes.fromhex(hexip)[::-1])
+                found.add((ip, int(hexport, 16)))
+    return found
+
+
+def test_require_is_checked_at_create(daemon: Naosd) -> None:
+    r = daemon.ctl("create", "bad", "--template", "echo", "--require", "GPU!")
+    assert r.returncode != 0 and "required capability" in r.stderr
+    r = daemon.ctl("create", "bad", "--template", "echo", "--require", "node=a",
+                   "--require", "node=b")
+    assert r.returncode != 0 and "two nodes" in r.stderr
+    assert daemon.ctl("status", "bad").returncode != 0
+
+
+def test_requirement_without_cluster_mode_is_reported_unplaceable(daemon: Naosd) -> None:
+    daemon.ctl("create", "g", "--template", "echo", "--require", "gpu", "--timeout", "5")
+    row = _poll("g reported unplaceable", lambda: _unplaceable(daemon, "g"), daemon)
+    assert "cluster mode is off" in row["last_error"]
+    assert row["state"] != "running" and row["requires"] == ["gpu"]
+    assert any(r["type"] == "agent.unplaceable" for r in _audit(daemon))
+    assert daemon.stop(signal.SIGTERM) == 0
