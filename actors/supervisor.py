@@ -49,6 +49,10 @@ from naosd.procs import process_alive
 
 SWEEP = timedelta(milliseconds=250)
 SPARE_DELAY = timedelta(milliseconds=50)
+# A child placed on another node that has not reported its pid by then is
+# treated as crashed (the member may have died between choice and creation:
+# Thespian then drops the creation without telling the parent).
+REMOTE_START = timedelta(seconds=15)
 
 
 def child_spec(d: AgentDef | SupervisorDef) -> sv.ChildSpec:
@@ -276,6 +280,10 @@ class SupervisorActor(NaosActor):
             self._apply(sv.StopTimeout(name, now))
         elif kind == "backoff":
             self._apply(sv.BackoffElapsed(name, now))
+        elif kind == "remote-start" and self._addrs.get(name) == addr and name not in self._pids:
+            self._reasons[name] = (f"did not start on node {self._placed.get(name)} within "
+                                   f"{REMOTE_START.total_seconds():g}s")
+            self._child_exited(name)
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._exiting = True  # Thespian stops our children with us
@@ -358,6 +366,7 @@ class SupervisorActor(NaosActor):
         else:
             addr = self.createActor(AgentActor,
                                     targetActorRequirements={NODE_CAPABILITY: target})
+            self.wakeupAfter(REMOTE_START, payload=("remote-start", d.name, addr))
         self._placed[d.name] = target
         cluster_store.place(store, d.name, target, previous=previous,
                             requires=list(d.requires), actor=self.name)

@@ -58,10 +58,11 @@ def read_secret(path: Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise ConfigError(f"cluster.secret_file: cannot open {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"cluster.secret_file: {path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"cluster.secret_file: {path} is not a regular file")
         if info.st_uid != os.getuid():
             raise ConfigError(f"cluster.secret_file: {path} is not owned by this user")
         if info.st_mode & 0o077:

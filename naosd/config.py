@@ -278,9 +278,11 @@ class Config:
         for s in SETTINGS:
             section, name = s.key.split(".")
             value = getattr(self, s.attr)
+            if value is None:
+                value = ""
             out.setdefault(section, {})[name] = str(value) if isinstance(
                 value, Path
-            ) else value
+            ) else list(value) if isinstance(value, tuple) else value
         return out
 
 
@@ -466,6 +468,8 @@ def render_default_config(config: Config) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if value is None:  # an unset optional path
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

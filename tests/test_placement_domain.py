@@ -1,0 +1,83 @@
+"""actors.domain.placement: requirements, node choice, liveness (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.domain.placement import (
+    LOST,
+    UP,
+    Node,
+    Requirements,
+    choose,
+    eligible,
+    is_lost,
+    parse_requirements,
+    satisfies,
+)
+from naosd.errors import InvalidRequest
+
+A = Node("a", frozenset(), UP, local=True)
+B = Node("b", frozenset({"gpu"}), UP)
+C = Node("c", frozenset({"gpu", "ssd"}), UP)
+
+
+def test_parse_splits_capabilities_and_node() -> None:
+    req = parse_requirements(["gpu", "node=b", "gpu"])
+    assert req == Requirements(frozenset({"gpu"}), "b")
+    assert req.to_list() == ["gpu", "node=b"]
+    assert str(req) == "gpu, node=b"
+    assert parse_requirements([]).empty and str(parse_requirements([])) == "none"
+
+
+@pytest.mark.parametrize(("items", "problem"), [
+    (["GPU"], "required capability 'GPU'"),
+    (["gpu!"], "required capability"),
+    ([""], "required capability"),
+    (["node="], "required node name"),
+    (["node=a", "node=b"], "two nodes"),
+    (["ram=4"], "only node=NAME takes a value"),
+    ([7], "must be a string"),
+    (["x"] * 17, "at most 16"),
+])
+def test_parse_refuses_bad_items_naming_them(items: list[object], problem: str) -> None:
+    with pytest.raises(InvalidRequest, match=problem):
+        parse_requirements(items)
+
+
+def test_eligible_needs_up_capabilities_and_name() -> None:
+    gpu = parse_requirements(["gpu"])
+    assert not eligible(gpu, A) and eligible(gpu, B) and eligible(gpu, C)
+    assert eligible(parse_requirements(["node=a"]), A)
+    assert not eligible(parse_requirements(["node=a", "gpu"]), A)
+    assert not eligible(gpu, Node("b", frozenset({"gpu"}), LOST))
+
+
+def test_choose_least_loaded_then_local_then_name() -> None:
+    none = parse_requirements([])
+    assert choose(none, [A, B, C], {}) == "a"  # tie: local first
+    assert choose(none, [A, B, C], {"a": 1}) == "b"  # b, c tie: by name
+    assert choose(none, [A, B, C], {"a": 1, "b": 1}) == "c"
+    assert choose(parse_requirements(["gpu"]), [A, B, C], {"b": 2, "c": 1}) == "c"
+    assert choose(parse_requirements(["ssd"]), [A, B, C], {"c": 99}) == "c"
+
+
+def test_choose_none_when_nothing_is_eligible() -> None:
+    assert choose(parse_requirements(["tpu"]), [A, B, C], {}) is None
+    lost_b = Node("b", B.capabilities, LOST)
+    assert choose(parse_requirements(["node=b"]), [A, lost_b], {}) is None
+    assert choose(parse_requirements([]), [], {}) is None
+
+
+def test_satisfies_is_thespians_capability_check() -> None:
+    caps = {"naos.node": "b", "Admin Port": 1}
+    assert satisfies(caps, None) and satisfies(caps, {})
+    assert satisfies(caps, {"naos.node": "b"})
+    assert not satisfies(caps, {"naos.node": "a"})
+    assert not satisfies(caps, {"naos.other": "b"})
+
+
+def test_lost_after_misses_intervals() -> None:
+    assert not is_lost(10.0, 10.9, 0.2, 5)
+    assert not is_lost(10.0, 11.0, 0.2, 5)
+    assert is_lost(10.0, 11.01, 0.2, 5)
