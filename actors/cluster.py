@@ -29,12 +29,15 @@ from thespian.actors import ActorSystemConventionUpdate, WakeupMessage
 from actors.base import NaosActor
 from actors.cluster_messages import Beat, BeatAck, InitCluster, NodeLost
 from actors.domain.placement import (
+    ADDRESS_CAPABILITY,
     CAPS_CAPABILITY,
     LEFT,
     LOST,
     NODE_CAPABILITY,
     UP,
+    Node,
     is_lost,
+    pin,
     satisfies,
 )
 from actors.messages import ChildPid
@@ -64,6 +67,7 @@ class ClusterMonitor(NaosActor):
         self._probes: dict[str, Any] = {}
         self._last: dict[str, float] = {}
         self._state: dict[str, str] = {}
+        self._admins: dict[str, str] = {}  # node -> the host:port it registered from
         self._seq = 0
 
     def receiveMsg_InitCluster(self, msg: InitCluster, sender: Any) -> None:
@@ -85,17 +89,23 @@ class ClusterMonitor(NaosActor):
         name = caps.get(NODE_CAPABILITY)
         if not isinstance(name, str) or name == self._cfg.node:
             return  # not a naos node, or one that claims our name
+        address = str(caps.get(ADDRESS_CAPABILITY, ""))
         if not msg.remoteAdded:
-            self._gone(name, LEFT, "left the convention")
+            # Thespian drops the old registration of a member that came back
+            # on another port late: only the registration we know counts.
+            if self._admins.get(name) == address:
+                self._gone(name, LEFT, "left the convention")
             return
-        address = str(msg.remoteAdminAddress).rpartition("|")[2].rstrip(")")
+        if self._admins.get(name, address) != address:
+            self._gone(name, LOST, f"registered again from {address}: restarted")
+        self._admins[name] = address
         raw_caps = caps.get(CAPS_CAPABILITY) or []
         node_caps = sorted(c for c in raw_caps if isinstance(c, str))
         cluster_store.node_joined(self._store, name, address, node_caps)
         self._state[name] = UP
         self._last[name] = time.monotonic()
         self._probes[name] = self.createActor(
-            NodeProbe, targetActorRequirements={NODE_CAPABILITY: name})
+            NodeProbe, targetActorRequirements=pin(Node(name, frozenset(), address=address)))
         self.send(self._probes[name], Beat(name, self._seq))
 
     def receiveMsg_BeatAck(self, msg: BeatAck, sender: Any) -> None:

@@ -345,30 +345,26 @@ class SupervisorActor(NaosActor):
     def _start_placed(self, d: AgentDef) -> Any:
         """Create agent ``d`` on the node naosd chooses for it (None: no node
         can run it now; the child is then parked by ``Unplaceable``)."""
-        from actors.domain.placement import NODE_CAPABILITY, choose, parse_requirements
+        from actors.domain.placement import choose, parse_requirements, pin
         from naosd import cluster_store
 
         req = parse_requirements(d.requires)
         if self._local_node is None:
             return self._unplaceable(d, f"requires {req} but cluster mode is off")
         store = self._db()
-        loads = cluster_store.loads(store)
-        previous = self._placed.get(d.name)
-        if previous is not None and loads.get(previous):
-            loads[previous] -= 1  # its old placement does not count against it
-        target = choose(req, cluster_store.nodes(store), loads)
+        previous = self._placed.get(d.name)  # its row went when it exited
+        target = choose(req, cluster_store.nodes(store), cluster_store.loads(store))
         if target is None:
             return self._unplaceable(d, f"no node that is up has {req}")
-        if target == self._local_node:
+        if target.local:
             addr, self._spare = self._spare, None
             if addr is None:
                 addr = self.createActor(AgentActor)
         else:
-            addr = self.createActor(AgentActor,
-                                    targetActorRequirements={NODE_CAPABILITY: target})
+            addr = self.createActor(AgentActor, targetActorRequirements=pin(target))
             self.wakeupAfter(REMOTE_START, payload=("remote-start", d.name, addr))
-        self._placed[d.name] = target
-        cluster_store.place(store, d.name, target, previous=previous,
+        self._placed[d.name] = target.name
+        cluster_store.place(store, d.name, target.name, previous=previous,
                             requires=list(d.requires), actor=self.name)
         return addr
 

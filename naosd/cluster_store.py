@@ -89,9 +89,9 @@ def node_gone(store: Store, name: str, state: str, reason: str) -> list[str]:
 
 
 def nodes(store: Store) -> list[Node]:
-    return [Node(str(r[0]), frozenset(json.loads(r[1])), str(r[2]), bool(r[3]))
-            for r in store.query(
-                "SELECT name, capabilities, state, local FROM cluster_nodes ORDER BY name")]
+    return [Node(str(r[0]), frozenset(json.loads(r[1])), str(r[2]), bool(r[3]), str(r[4]))
+            for r in store.query("SELECT name, capabilities, state, local, address "
+                                 "FROM cluster_nodes ORDER BY name")]
 
 
 def loads(store: Store) -> dict[str, int]:

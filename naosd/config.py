@@ -218,6 +218,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between the leader's heartbeats to each member"),
     Setting("cluster.lost_after", _number(2, 1000, int), 5,
             "missed heartbeats before a member is declared lost"),
+    Setting("cluster.reregister_s", _number(1, 3600, int), 10,
+            "seconds between a member's re-registrations with the leader (Thespian's own "
+            "liveness: it drops a member after 3 missed; also how soon a member finds a "
+            "restarted leader)"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -259,6 +263,7 @@ class Config:
     cluster_force_public: bool
     cluster_heartbeat_s: float
     cluster_lost_after: int
+    cluster_reregister_s: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -120,12 +120,12 @@ def test_missing_directory_and_symlinked_secrets_are_refused(tmp_path: Path) -> 
 def test_setup_builds_the_thespian_capabilities(tmp_path: Path) -> None:
     key = write_secret(tmp_path / "k", b"s" * 40)
     member = setup(cfg(cluster_env(secret_file=str(key), leader="10.1.2.1:7735",  # type: ignore[arg-type]
-                                   capabilities="gpu", heartbeat_s="0.2")))
+                                   capabilities="gpu", reregister_s="3")))
     assert not member.is_leader and member.address == "10.1.2.3:7735"
     assert member.thespian_capabilities() == {
         "Convention Address.IPv4": "10.1.2.1:7735", "naos.node": "a",
-        "naos.capabilities": ["gpu"]}
-    assert member.reregistration_period().total_seconds() == 1
+        "naos.address": "10.1.2.3:7735", "naos.capabilities": ["gpu"]}
+    assert member.reregistration_period().total_seconds() == 3
     leader = setup(cfg(cluster_env(secret_file=str(key))))  # type: ignore[arg-type]
     assert leader.is_leader and leader.leader == "10.1.2.3:7735"
 

@@ -103,9 +103,10 @@ def test_agent_placed_on_member_moves_to_leader_when_member_dies(
     key = _secret(top)
     leader = f"{LEADER_HOST}:{_free_port(LEADER_HOST)}"
     common = {"enabled": "1", "secret_file": str(key), "capabilities": "gpu",
-              "heartbeat_s": "0.2", "lost_after": "5"}
+              "heartbeat_s": "0.2", "lost_after": "5", "reregister_s": "10"}
     a = start_naosd(base_a, env=_env(base_a, bind=leader, node="a", **common))
     b: Naosd | None = None
+    survivors: list[int] = []
     try:
         b = start_naosd(base_b, env=_env(
             base_b, bind=f"{MEMBER_HOST}:{_free_port(MEMBER_HOST)}", leader=leader, node="b",
@@ -166,8 +167,34 @@ def test_agent_placed_on_member_moves_to_leader_when_member_dies(
         assert any(r["type"] == "agent.unplaceable" and r["agent"] == "h" for r in _audit(a))
         verify = _json(a, "audit", "verify")
         assert verify["ok"] is True
+
+        # b comes back (a new naosd, same name, new port): up again, h can go there
+        survivors = reap(member)
+        b = start_naosd(base_b, env=_env(
+            base_b, bind=f"{MEMBER_HOST}:{_free_port(MEMBER_HOST)}", leader=leader, node="b",
+            **common))
+        _poll("b up again", lambda: (_node(a, "b") or {}).get("state") == "up", a, b)
+        thespian_log = base_a / "state" / "thespian.log"
+
+        def old_registration_dropped() -> bool:
+            return thespian_log.exists() and "assuming it has died" in thespian_log.read_text(
+                errors="replace")
+
+        # (Thespian keeps the dead registration for 3 x reregister_s = 30 s)
+        assert not old_registration_dropped(), "the new b came too late to test the overlap"
+        a.ctl("stop", "h", check=True)
+        a.ctl("start", "h", check=True)
+        _poll("h running on the new b", lambda: _agent(a, "h")["node"] == "b"
+              and _agent(a, "h")["state"] == "running", a, b)
+        # Thespian drops the dead member's old registration late (3 missed
+        # re-registrations): that must not take the new b down with it
+        _poll("the old registration dropped", old_registration_dropped, a)
+        assert (_node(a, "b") or {}).get("state") == "up"
+        assert _agent(a, "h") == {"name": "h", "node": "b", "state": "running",
+                                  "requires": ["node=b"]}
+        assert _json(a, "run", "h", "--input", "1")["pid"] in set(descendants(b.pid))
     finally:
-        survivors = reap(a)
+        survivors += reap(a)
         if b is not None:
             survivors += reap(b)
         assert not survivors, f"processes outlived naosd: {survivors}"

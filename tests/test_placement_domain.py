@@ -13,6 +13,7 @@ from actors.domain.placement import (
     eligible,
     is_lost,
     parse_requirements,
+    pin,
     satisfies,
 )
 from naosd.errors import InvalidRequest
@@ -55,11 +56,20 @@ def test_eligible_needs_up_capabilities_and_name() -> None:
 
 def test_choose_least_loaded_then_local_then_name() -> None:
     none = parse_requirements([])
-    assert choose(none, [A, B, C], {}) == "a"  # tie: local first
-    assert choose(none, [A, B, C], {"a": 1}) == "b"  # b, c tie: by name
-    assert choose(none, [A, B, C], {"a": 1, "b": 1}) == "c"
-    assert choose(parse_requirements(["gpu"]), [A, B, C], {"b": 2, "c": 1}) == "c"
-    assert choose(parse_requirements(["ssd"]), [A, B, C], {"c": 99}) == "c"
+    assert choose(none, [A, B, C], {}) == A  # tie: local first
+    assert choose(none, [A, B, C], {"a": 1}) == B  # b, c tie: by name
+    assert choose(none, [C, B, A], {"a": 1, "b": 1}) == C
+    assert choose(parse_requirements(["gpu"]), [A, B, C], {"b": 2, "c": 1}) == C
+    assert choose(parse_requirements(["ssd"]), [A, B, C], {"c": 99}) == C
+
+
+def test_pin_selects_one_registration_of_a_node() -> None:
+    assert pin(Node("b", frozenset(), address="10.0.0.2:7735")) == {
+        "naos.node": "b", "naos.address": "10.0.0.2:7735"}
+    assert pin(B) == {"naos.node": "b"}
+    caps = {"naos.node": "b", "naos.address": "10.0.0.2:7735"}
+    assert satisfies(caps, pin(Node("b", frozenset(), address="10.0.0.2:7735")))
+    assert not satisfies(caps, pin(Node("b", frozenset(), address="10.0.0.2:9999")))
 
 
 def test_choose_none_when_nothing_is_eligible() -> None:

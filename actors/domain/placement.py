@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from naosd.errors import InvalidRequest
 
 NODE_CAPABILITY = "naos.node"  # the Thespian capability that names a node
+ADDRESS_CAPABILITY = "naos.address"  # its admin's host:port (one registration of it)
 CAPS_CAPABILITY = "naos.capabilities"  # a sorted list of capability names
 MAX_REQUIREMENTS = 16
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -84,6 +85,7 @@ class Node:
     capabilities: frozenset[str]
     state: str = UP
     local: bool = False
+    address: str = ""
 
 
 def eligible(req: Requirements, node: Node) -> bool:
@@ -94,13 +96,22 @@ def eligible(req: Requirements, node: Node) -> bool:
     return req.capabilities <= node.capabilities
 
 
-def choose(req: Requirements, nodes: Iterable[Node], loads: Mapping[str, int]) -> str | None:
+def choose(req: Requirements, nodes: Iterable[Node], loads: Mapping[str, int]) -> Node | None:
     """The node to run an agent with ``req`` on, or None if none is eligible."""
     candidates = [n for n in nodes if eligible(req, n)]
     if not candidates:
         return None
-    best = min(candidates, key=lambda n: (loads.get(n.name, 0), not n.local, n.name))
-    return best.name
+    return min(candidates, key=lambda n: (loads.get(n.name, 0), not n.local, n.name))
+
+
+def pin(node: Node) -> dict[str, str]:
+    """Thespian requirements that select exactly this registration of ``node``:
+    after a member restarts on a new port, Thespian keeps the dead
+    registration (same name) until it misses three re-registrations."""
+    req = {NODE_CAPABILITY: node.name}
+    if node.address:
+        req[ADDRESS_CAPABILITY] = node.address
+    return req
 
 
 def satisfies(capabilities: Mapping[str, object], requirements: Mapping[str, object] | None
