@@ -120,6 +120,14 @@ class AgentActor(NaosActor):
             return
         self.send(sender, ChildPid(definition.name, os.getpid()))
 
+    def receiveMsg_HostedFor(self, msg: Any, sender: Any) -> None:
+        """Placed here by another node's supervisor: die if its leader stops
+        beating (cluster mode, naosd.fence)."""
+        if sender == self._supervisor:
+            from naosd import fence
+
+            fence.register(msg.run, os.getpid())
+
     def receiveMsg_RunAgent(self, msg: RunAgent, sender: Any) -> None:
         if self._handler is None or self._ctx is None or self._dying:
             raise Conflict(f"agent {self.name!r} is not ready")

@@ -44,7 +44,12 @@ from actors.messages import ChildPid
 
 
 class NodeProbe(NaosActor):
-    """Lives on a member; answers the leader's heartbeats."""
+    """Lives on a member; answers the leader's heartbeats and renews the
+    lease of the agents this leader placed there (naosd.fence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._registered = False
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict[str, Any],
@@ -52,6 +57,12 @@ class NodeProbe(NaosActor):
         return satisfies(capabilities, requirements)
 
     def receiveMsg_Beat(self, msg: Beat, sender: Any) -> None:
+        from naosd import fence
+
+        if not self._registered:  # the probe, too, dies with its leader
+            self._registered = True
+            fence.register(msg.run, os.getpid())
+        fence.touch_beat(msg.run)
         self.send(sender, BeatAck(msg.node, msg.seq, os.getpid()))
 
 
@@ -106,7 +117,7 @@ class ClusterMonitor(NaosActor):
         self._last[name] = time.monotonic()
         self._probes[name] = self.createActor(
             NodeProbe, targetActorRequirements=pin(Node(name, frozenset(), address=address)))
-        self.send(self._probes[name], Beat(name, self._seq))
+        self.send(self._probes[name], Beat(name, self._seq, self._cfg.run))
 
     def receiveMsg_BeatAck(self, msg: BeatAck, sender: Any) -> None:
         from naosd import cluster_store
@@ -132,7 +143,7 @@ class ClusterMonitor(NaosActor):
                     self._last[name], now, self._cfg.heartbeat_s, self._cfg.lost_after):
                 silent = now - self._last[name]
                 self._gone(name, LOST, f"no heartbeat answer for {silent:.1f}s")
-            self.send(probe, Beat(name, self._seq))
+            self.send(probe, Beat(name, self._seq, self._cfg.run))
         self.wakeupAfter(timedelta(seconds=self._cfg.heartbeat_s), payload="beat")
 
     def _gone(self, name: str, state: str, reason: str) -> None:

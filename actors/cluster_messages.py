@@ -2,7 +2,8 @@
 
 naosd -> root: :class:`InitCluster` (the root keeps it and starts the cluster
 monitor with it, again after every restart of the monitor). Leader's monitor
--> probe on a member: :class:`Beat`, answered by :class:`BeatAck`. Monitor ->
+-> probe on a member: :class:`Beat`, answered by :class:`BeatAck`; a
+supervisor -> an agent it placed on a member: :class:`HostedFor`. Monitor ->
 root -> every supervisor (down the tree): :class:`NodeLost`. Supervisor ->
 itself: :class:`Unplaceable` (applied outside the effect loop).
 """
@@ -26,6 +27,7 @@ class InitCluster(Request):
     lost_after: int
     db_path: str
     checkpoint_path: str
+    run: str  # this leader incarnation (32 hex digits): members fence by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class Beat:
 
     node: str
     seq: int
+    run: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,14 @@ class BeatAck:
     node: str
     seq: int
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostedFor:
+    """Supervisor -> an agent it placed on another node: you run for leader
+    incarnation ``run`` (die when it stops beating; naosd.fence)."""
+
+    run: str
 
 
 @dataclass(frozen=True, slots=True)

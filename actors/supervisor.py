@@ -28,7 +28,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.agent import AgentActor
 from actors.base import NaosActor
-from actors.cluster_messages import NodeLost, Unplaceable
+from actors.cluster_messages import HostedFor, NodeLost, Unplaceable
 from actors.domain import supervision as sv
 from actors.domain.definitions import AgentDef, SupervisorDef
 from actors.messages import (
@@ -100,6 +100,7 @@ class SupervisorActor(NaosActor):
         from naosd import cluster_store
 
         self._local_node = cluster_store.local_node(self._db())
+        self._run = cluster_store.run_id(self._db()) if self._local_node else ""
         definition, children = self._load()
         self._state = sv.initial(supervisor_spec(definition, children))
         self.send(self._root, Registered(self.name, "supervisor", self.myAddress,
@@ -335,6 +336,8 @@ class SupervisorActor(NaosActor):
                     addr = self.createActor(AgentActor)
             self._addrs[name] = addr
             self.send(addr, InitAgent(d, self._db_path))
+            if self._remote(name):
+                self.send(addr, HostedFor(self._run))
             self._want_spare()
         else:
             addr = self.createActor(SupervisorActor)

@@ -15,7 +15,7 @@ _NODE_COLS = "name, address, capabilities, state, local, last_heartbeat, changed
 
 
 def reset(store: Store, *, name: str, address: str, capabilities: list[str],
-          leader: str) -> None:
+          leader: str, run: str) -> None:
     """At start: forget every node and placement of the previous run and
     record this node (placements are stale: the actors died with naosd)."""
     with store.transaction() as tx:
@@ -25,6 +25,12 @@ def reset(store: Store, *, name: str, address: str, capabilities: list[str],
         tx.execute(f"INSERT INTO cluster_nodes({_NODE_COLS}) VALUES (?,?,?,?,?,?,?)",
                    (name, address, json.dumps(capabilities), UP, 1, now, now))
         tx.set_meta("cluster.leader", leader)
+        tx.set_meta("cluster.run", run)
+
+
+def run_id(store: Store) -> str:
+    """This node's incarnation as a leader (set by :func:`reset`)."""
+    return store.get_meta_or_none("cluster.run") or ""
 
 
 def clear(store: Store) -> None:

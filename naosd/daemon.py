@@ -119,21 +119,30 @@ class Daemon:
             await self.db.call(cluster_store.clear)
             return
         leader = c.cluster_leader or c.cluster_bind
+        self.cluster_run = uuid.uuid4().hex
         await self.db.call(lambda s: cluster_store.reset(
             s, name=c.cluster_node, address=c.cluster_bind,
-            capabilities=list(c.cluster_capabilities), leader=leader))
+            capabilities=list(c.cluster_capabilities), leader=leader, run=self.cluster_run))
 
     async def _start_cluster(self) -> None:
-        """On the leader: start the monitor that tracks and beats the members."""
+        """On the leader: start the monitor that tracks and beats the members.
+        On a member: fence what a leader placed here once it stops beating."""
         c = self.config
-        if not c.cluster_enabled or (c.cluster_leader and c.cluster_leader != c.cluster_bind):
+        if not c.cluster_enabled:
+            return
+        if c.cluster_leader and c.cluster_leader != c.cluster_bind:
+            from naosd import fence
+
+            self._fence_task = asyncio.get_running_loop().create_task(fence.fence_loop(
+                self, c.state_dir / "cluster", c.cluster_heartbeat_s,
+                c.cluster_heartbeat_s * c.cluster_lost_after))
             return
         from actors.cluster_messages import InitCluster
 
         await self.bridge.ask(InitCluster(
             uuid.uuid4().hex, c.cluster_node, c.cluster_bind, tuple(c.cluster_capabilities),
             True, c.cluster_heartbeat_s, c.cluster_lost_after, str(c.storage_db),
-            str(c.audit_checkpoint)))
+            str(c.audit_checkpoint), self.cluster_run))
 
     async def cluster_view(self) -> dict[str, Any] | None:
         """Nodes as this node sees them (None when cluster mode is off)."""
@@ -158,7 +167,7 @@ class Daemon:
     async def _stop_parts(self) -> None:
         log.info("stopping (%s)", self.stop_reason or "requested")
         self.notifier.notify("STOPPING=1", f"STATUS=stopping: {self.stop_reason}")
-        for name in ("_watchdog_task", "_reaper_task"):
+        for name in ("_watchdog_task", "_reaper_task", "_fence_task"):
             task = getattr(self, name, None)
             if task is not None:
                 task.cancel()

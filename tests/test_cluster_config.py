@@ -4,12 +4,15 @@ SQLite files in a temp dir)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from actors.domain.placement import LOST, UP
-from naosd import cluster_store
+from naosd import cluster_store, fence
 from naosd.cluster import read_secret, setup
 from naosd.config import check_bind_address, load, render_default_config
 from naosd.errors import ConfigError
@@ -143,9 +146,10 @@ def audit_types(s: Store) -> list[str]:
 
 def test_store_tracks_nodes_placements_and_audits(store: Store) -> None:
     assert cluster_store.local_node(store) is None
+    assert cluster_store.run_id(store) == ""
     cluster_store.reset(store, name="a", address="10.0.0.1:7735", capabilities=["gpu"],
-                        leader="10.0.0.1:7735")
-    assert cluster_store.local_node(store) == "a"
+                        leader="10.0.0.1:7735", run="f" * 32)
+    assert cluster_store.local_node(store) == "a" and cluster_store.run_id(store) == "f" * 32
     assert cluster_store.node_joined(store, "b", "10.0.0.2:7735", ["gpu"]) is True
     assert cluster_store.node_joined(store, "b", "10.0.0.2:7735", ["gpu"]) is False
     assert cluster_store.node_joined(store, "a", "10.6.6.6:1", []) is False  # our own name
@@ -169,3 +173,43 @@ def test_store_tracks_nodes_placements_and_audits(store: Store) -> None:
     assert store.verify_audit().ok
     cluster_store.clear(store)
     assert cluster_store.local_node(store) is None and cluster_store.placements(store) == {}
+
+
+RUN = "0123456789abcdef" * 2
+
+
+def test_fence_kills_what_an_expired_leader_placed(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cluster"
+    monkeypatch.setattr(fence, "FENCE_DIR", root)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        fence.register(RUN, child.pid)
+        fence.register(RUN, 999_999_999)  # gone, or never ours: never signalled
+        fence.touch_beat(RUN)
+        beat = (root / RUN / "beat").stat().st_mtime
+        assert fence.expired(root, 5.0, now=beat + 4.9) == {}
+        assert fence.expired(root, 5.0, now=beat + 5.1) == {RUN: [child.pid, 999_999_999]}
+        assert fence.fence(root, RUN, [child.pid, 999_999_999], os.getpid()) == [child.pid]
+        assert child.wait(timeout=30) == -signal.SIGKILL
+        assert not (root / RUN).exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
+def test_fence_ignores_bad_run_names_and_foreign_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cluster"
+    monkeypatch.setattr(fence, "FENCE_DIR", root)
+    for bad in ("../../etc", "ABC", "", "0" * 31):
+        fence.register(bad, 1)
+        fence.touch_beat(bad)
+    assert not root.exists()
+    fence.register(RUN, 1)  # init: not our descendant
+    assert fence.fence(root, RUN, [1], os.getpid()) == []
+    assert not (root / RUN).exists()
+    monkeypatch.setattr(fence, "FENCE_DIR", None)  # not a member: nothing is written
+    fence.register(RUN, 1)
+    assert not (root / RUN).exists()

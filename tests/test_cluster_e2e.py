@@ -87,117 +87,126 @@ def _agent(d: Naosd, name: str) -> dict[str, Any]:
     return next(a for a in view["agents"] if a["name"] == name)
 
 
+class Cluster:
+    """A leader "a" on 127.0.0.2 and members "b" on 127.0.0.3 (a new port for
+    each), each with its own state dir, socket and SQLite file."""
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+        self.common = {"enabled": "1", "capabilities": "gpu", "heartbeat_s": "0.2",
+                       "lost_after": "5", "reregister_s": "10", "secret_file": str(_secret(top))}
+        self.leader_addr = f"{LEADER_HOST}:{_free_port(LEADER_HOST)}"
+        self.started: list[Naosd] = []
+
+    def _start(self, name: str, **cluster: str) -> Naosd:
+        base = self.top / f"{name}{len(self.started)}"
+        base.mkdir(mode=0o700)
+        d = start_naosd(base, env=_env(base, node=name[0], **self.common, **cluster))
+        self.started.append(d)
+        return d
+
+    def start_leader(self) -> Naosd:
+        return self._start("a", bind=self.leader_addr)
+
+    def start_member(self, leader: Naosd) -> Naosd:
+        m = self._start("b", bind=f"{MEMBER_HOST}:{_free_port(MEMBER_HOST)}",
+                        leader=self.leader_addr)
+        _poll("member b joined", lambda: (_node(leader, "b") or {}).get("state") == "up",
+              leader, m)
+        return m
+
+
 @pytest.fixture
-def dirs() -> Iterator[tuple[Path, Path, Path]]:
+def cluster() -> Iterator[Cluster]:
     with short_tempdir() as top:
-        a, b = top / "a", top / "b"
-        a.mkdir(mode=0o700)
-        b.mkdir(mode=0o700)
-        yield top, a, b
+        c = Cluster(top)
+        try:
+            yield c
+        finally:
+            survivors = [pid for d in c.started for pid in reap(d)]
+            assert not survivors, f"processes outlived naosd: {survivors}"
 
 
 @needs_aliases
-def test_agent_placed_on_member_moves_to_leader_when_member_dies(
-        dirs: tuple[Path, Path, Path]) -> None:
-    top, base_a, base_b = dirs
-    key = _secret(top)
-    leader = f"{LEADER_HOST}:{_free_port(LEADER_HOST)}"
-    common = {"enabled": "1", "secret_file": str(key), "capabilities": "gpu",
-              "heartbeat_s": "0.2", "lost_after": "5", "reregister_s": "10"}
-    a = start_naosd(base_a, env=_env(base_a, bind=leader, node="a", **common))
-    b: Naosd | None = None
-    survivors: list[int] = []
-    try:
-        b = start_naosd(base_b, env=_env(
-            base_b, bind=f"{MEMBER_HOST}:{_free_port(MEMBER_HOST)}", leader=leader, node="b",
-            **common))
-        member = b
-        joined = _poll("member b joined", lambda: (_node(a, "b") or {}).get("state") == "up",
-                       a, member)
-        assert joined
-        b_node = _node(a, "b")
-        assert b_node is not None and b_node["capabilities"] == ["gpu"]
-        assert b_node["address"].startswith(MEMBER_HOST + ":")
+def test_agent_placed_on_member_moves_to_leader_when_member_dies(cluster: Cluster) -> None:
+    a = cluster.start_leader()
+    member = cluster.start_member(a)
+    b_node = _node(a, "b")
+    assert b_node is not None and b_node["capabilities"] == ["gpu"]
+    assert b_node["address"].startswith(MEMBER_HOST + ":")
 
-        # x runs on the leader (no requirements: local), so the leader is busier
-        _json(a, "create", "x", "--template", "echo")
-        assert _agent(a, "x")["node"] == "a"
-        # g needs gpu: both have it, b is the least loaded -> b
-        _json(a, "create", "g", "--template", "echo", "--require", "gpu")
-        _poll("g running on b", lambda: _agent(a, "g") == {
-            "name": "g", "node": "b", "state": "running", "requires": ["gpu"]}, a, member)
-        # h is pinned to b by name
-        _json(a, "create", "h", "--template", "echo", "--require", "node=b")
-        _poll("h running on b", lambda: _agent(a, "h")["node"] == "b"
-              and _agent(a, "h")["state"] == "running", a, member)
+    # x runs on the leader (no requirements: local), so the leader is busier
+    _json(a, "create", "x", "--template", "echo")
+    assert _agent(a, "x")["node"] == "a"
+    # g needs gpu: both have it, b is the least loaded -> b
+    _json(a, "create", "g", "--template", "echo", "--require", "gpu")
+    _poll("g running on b", lambda: _agent(a, "g") == {
+        "name": "g", "node": "b", "state": "running", "requires": ["gpu"]}, a, member)
+    # h is pinned to b by name
+    _json(a, "create", "h", "--template", "echo", "--require", "node=b")
+    _poll("h running on b", lambda: _agent(a, "h")["node"] == "b"
+          and _agent(a, "h")["state"] == "running", a, member)
 
-        # the agent really runs in the member's process tree, and answers
-        ran = _json(a, "run", "g", "--input", '{"hello": 1}')
-        member_tree = set(descendants(member.pid))
-        assert ran["pid"] in member_tree
-        assert ran["output"] == {"hello": 1}
-        status = _json(a, "status")
-        assert {n["name"] for n in status["cluster"]["nodes"]} == {"a", "b"}
+    # the agent really runs in the member's process tree, and answers
+    ran = _json(a, "run", "g", "--input", '{"hello": 1}')
+    member_tree = set(descendants(member.pid))
+    assert ran["pid"] in member_tree
+    assert ran["output"] == {"hello": 1}
+    status = _json(a, "status")
+    assert {n["name"] for n in status["cluster"]["nodes"]} == {"a", "b"}
+    text = a.ctl("status").stdout
+    assert "cluster:" in text and "g " in text and " on b" in text
 
-        # the member dies hard: SIGKILL naosd and every process of its tree
-        member.remember_tree()
-        kill_all([member.pid, *member_tree])
-        member.proc.wait(timeout=30)
+    # the member dies hard: SIGKILL naosd and every process of its tree
+    member.remember_tree()
+    kill_all([member.pid, *member_tree])
+    member.proc.wait(timeout=30)
 
-        _poll("b declared lost", lambda: (_node(a, "b") or {}).get("state") == "lost", a)
-        _poll("g restarted on the leader", lambda: _agent(a, "g")["node"] == "a"
-              and _agent(a, "g")["state"] == "running", a)
-        again = _json(a, "run", "g", "--input", '{"again": true}')
-        assert again["output"] == {"again": True}
-        assert again["pid"] in set(descendants(a.pid))
-        # h can only run on b: reported, not silently dropped
-        h = _poll("h unplaceable", lambda: _unplaceable(a, "h"), a)
-        assert h["state"] != "running"
+    _poll("b declared lost", lambda: (_node(a, "b") or {}).get("state") == "lost", a)
+    _poll("g restarted on the leader", lambda: _agent(a, "g")["node"] == "a"
+          and _agent(a, "g")["state"] == "running", a)
+    again = _json(a, "run", "g", "--input", '{"again": true}')
+    assert again["output"] == {"again": True}
+    assert again["pid"] in set(descendants(a.pid))
+    # h can only run on b: reported, not silently dropped
+    h = _poll("h unplaceable", lambda: _unplaceable(a, "h"), a)
+    assert h["state"] != "running"
 
-        types = [r["type"] for r in _audit(a)]
-        assert "cluster.node_joined" in types
-        lost = [r for r in _audit(a) if r["type"] == "cluster.node_lost"]
-        assert len(lost) == 1 and lost[0]["detail"]["node"] == "b"
-        assert "no heartbeat answer" in lost[0]["detail"]["reason"]
-        assert sorted(lost[0]["detail"]["agents"]) == ["g", "h"]
-        placed = [r["detail"] for r in _audit(a)
-                  if r["type"] == "agent.placed" and r["agent"] == "g"]
-        assert placed[0]["node"] == "b" and placed[-1] == {
-            "node": "a", "previous": "b", "requires": ["gpu"]}
-        assert any(r["type"] == "agent.unplaceable" and r["agent"] == "h" for r in _audit(a))
-        verify = _json(a, "audit", "verify")
-        assert verify["ok"] is True
+    types = [r["type"] for r in _audit(a)]
+    assert "cluster.node_joined" in types
+    lost = [r for r in _audit(a) if r["type"] == "cluster.node_lost"]
+    assert len(lost) == 1 and lost[0]["detail"]["node"] == "b"
+    assert "no heartbeat answer" in lost[0]["detail"]["reason"]
+    assert sorted(lost[0]["detail"]["agents"]) == ["g", "h"]
+    placed = [r["detail"] for r in _audit(a)
+              if r["type"] == "agent.placed" and r["agent"] == "g"]
+    assert placed[0]["node"] == "b" and placed[-1] == {
+        "node": "a", "previous": "b", "requires": ["gpu"]}
+    assert any(r["type"] == "agent.unplaceable" and r["agent"] == "h" for r in _audit(a))
+    verify = _json(a, "audit", "verify")
+    assert verify["ok"] is True
 
-        # b comes back (a new naosd, same name, new port): up again, h can go there
-        survivors = reap(member)
-        b = start_naosd(base_b, env=_env(
-            base_b, bind=f"{MEMBER_HOST}:{_free_port(MEMBER_HOST)}", leader=leader, node="b",
-            **common))
-        _poll("b up again", lambda: (_node(a, "b") or {}).get("state") == "up", a, b)
-        thespian_log = base_a / "state" / "thespian.log"
+    # b comes back (a new naosd, same name, new port): up again, h can go there
+    b = cluster.start_member(a)
+    thespian_log = a.state_dir / "thespian.log"
 
-        def old_registration_dropped() -> bool:
-            return thespian_log.exists() and "assuming it has died" in thespian_log.read_text(
-                errors="replace")
+    def old_registration_dropped() -> bool:
+        return thespian_log.exists() and "assuming it has died" in thespian_log.read_text(
+            errors="replace")
 
-        # (Thespian keeps the dead registration for 3 x reregister_s = 30 s)
-        assert not old_registration_dropped(), "the new b came too late to test the overlap"
-        a.ctl("stop", "h", check=True)
-        a.ctl("start", "h", check=True)
-        _poll("h running on the new b", lambda: _agent(a, "h")["node"] == "b"
-              and _agent(a, "h")["state"] == "running", a, b)
-        # Thespian drops the dead member's old registration late (3 missed
-        # re-registrations): that must not take the new b down with it
-        _poll("the old registration dropped", old_registration_dropped, a)
-        assert (_node(a, "b") or {}).get("state") == "up"
-        assert _agent(a, "h") == {"name": "h", "node": "b", "state": "running",
-                                  "requires": ["node=b"]}
-        assert _json(a, "run", "h", "--input", "1")["pid"] in set(descendants(b.pid))
-    finally:
-        survivors += reap(a)
-        if b is not None:
-            survivors += reap(b)
-        assert not survivors, f"processes outlived naosd: {survivors}"
+    # (Thespian keeps the dead registration for 3 x reregister_s = 30 s)
+    assert not old_registration_dropped(), "the new b came too late to test the overlap"
+    a.ctl("stop", "h", check=True)
+    a.ctl("start", "h", check=True)
+    _poll("h running on the new b", lambda: _agent(a, "h")["node"] == "b"
+          and _agent(a, "h")["state"] == "running", a, b)
+    # Thespian drops the dead member's old registration late (3 missed
+    # re-registrations): that must not take the new b down with it
+    _poll("the old registration dropped", old_registration_dropped, a)
+    assert (_node(a, "b") or {}).get("state") == "up"
+    assert _agent(a, "h") == {"name": "h", "node": "b", "state": "running",
+                              "requires": ["node=b"]}
+    assert _json(a, "run", "h", "--input", "1")["pid"] in set(descendants(b.pid))
 
 
 def _unplaceable(d: Naosd, name: str) -> dict[str, Any] | None:
@@ -299,3 +308,30 @@ def test_requirement_without_cluster_mode_is_reported_unplaceable(daemon: Naosd)
     assert row["state"] != "running" and row["requires"] == ["gpu"]
     assert any(r["type"] == "agent.unplaceable" for r in _audit(daemon))
     assert daemon.stop(signal.SIGTERM) == 0
+
+
+@needs_aliases
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_member_fences_agents_of_a_leader_that_is_gone(cluster: Cluster, how: str) -> None:
+    """Thespian never stops an actor whose parent is on another node: the
+    member kills what the leader placed there once its beats stop."""
+    a = cluster.start_leader()
+    member = cluster.start_member(a)
+    _json(a, "create", "g", "--template", "echo", "--require", "node=b")
+    _poll("g running on b", lambda: _agent(a, "g")["state"] == "running", a, member)
+    pid = _json(a, "run", "g", "--input", "1")["pid"]
+    assert pid in set(descendants(member.pid))
+
+    if how == "sigkill":
+        a.remember_tree()
+        kill_all([a.pid, *descendants(a.pid)])
+        a.proc.wait(timeout=30)
+    else:
+        assert a.stop(signal.SIGTERM) == 0
+
+    _poll("g fenced on b", lambda: pid not in set(descendants(member.pid)), member)
+    fenced = _poll("fence audited on b", lambda: [
+        r for r in _audit(member) if r["type"] == "cluster.fenced"], member)
+    assert pid in fenced[0]["detail"]["pids"]
+    assert member.proc.poll() is None  # the member itself keeps running
+    assert _json(member, "status")["cluster"]["node"] == "b"

@@ -47,8 +47,9 @@ SAMPLES = [
 # cluster mode's messages (actors/cluster_messages.py)
 CLUSTER_SAMPLES = [
     pytest.param(cm.InitCluster("r15", "a", "10.0.0.1:7735", ("gpu",), True, 1.0, 5,
-                                "/s/naos.db", "/s/audit.head"), id="InitCluster"),
-    pytest.param(cm.Beat("b", 3), id="Beat"),
+                                "/s/naos.db", "/s/audit.head", "0" * 32), id="InitCluster"),
+    pytest.param(cm.Beat("b", 3, "0" * 32), id="Beat"),
+    pytest.param(cm.HostedFor("0" * 32), id="HostedFor"),
     pytest.param(cm.BeatAck("b", 3, 4242), id="BeatAck"),
     pytest.param(cm.NodeLost("b", "no heartbeat answer for 5.0s"), id="NodeLost"),
     pytest.param(cm.Unplaceable("g", "no node that is up has gpu"), id="Unplaceable"),
