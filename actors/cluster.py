@@ -36,11 +36,32 @@ from actors.domain.placement import (
     NODE_CAPABILITY,
     UP,
     Node,
+    check_name,
     is_lost,
     pin,
     satisfies,
 )
 from actors.messages import ChildPid
+from naosd.errors import InvalidRequest
+
+
+def _valid_name(value: object) -> bool:
+    try:
+        check_name(value, "name")
+    except InvalidRequest:
+        return False
+    return True
+
+
+def _valid_address(value: object) -> str:
+    """``host:port`` as a member advertises it, or "" (then pinned by name only)."""
+    from naosd.config import parse_host_port
+
+    try:
+        parse_host_port(value if isinstance(value, str) else "", "naos.address")
+    except ValueError:
+        return ""
+    return str(value)
 
 
 class NodeProbe(NaosActor):
@@ -98,9 +119,9 @@ class ClusterMonitor(NaosActor):
             return
         caps = msg.remoteCapabilities or {}
         name = caps.get(NODE_CAPABILITY)
-        if not isinstance(name, str) or name == self._cfg.node:
+        if not _valid_name(name) or name == self._cfg.node:
             return  # not a naos node, or one that claims our name
-        address = str(caps.get(ADDRESS_CAPABILITY, ""))
+        address = _valid_address(caps.get(ADDRESS_CAPABILITY))
         if not msg.remoteAdded:
             # Thespian drops the old registration of a member that came back
             # on another port late: only the registration we know counts.
@@ -110,8 +131,9 @@ class ClusterMonitor(NaosActor):
         if self._admins.get(name, address) != address:
             self._gone(name, LOST, f"registered again from {address}: restarted")
         self._admins[name] = address
-        raw_caps = caps.get(CAPS_CAPABILITY) or []
-        node_caps = sorted(c for c in raw_caps if isinstance(c, str))
+        raw_caps = caps.get(CAPS_CAPABILITY)
+        node_caps = sorted({c for c in raw_caps if _valid_name(c)}) if isinstance(
+            raw_caps, list) else []
         cluster_store.node_joined(self._store, name, address, node_caps)
         self._state[name] = UP
         self._last[name] = time.monotonic()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from actors.domain.placement import (
@@ -16,7 +19,8 @@ from actors.domain.placement import (
     pin,
     satisfies,
 )
-from naosd.errors import InvalidRequest
+from actors.domain.project import parse
+from naosd.errors import ConfigError, InvalidRequest
 
 A = Node("a", frozenset(), UP, local=True)
 B = Node("b", frozenset({"gpu"}), UP)
@@ -91,3 +95,25 @@ def test_lost_after_misses_intervals() -> None:
     assert not is_lost(10.0, 10.9, 0.2, 5)
     assert not is_lost(10.0, 11.0, 0.2, 5)
     assert is_lost(10.0, 11.01, 0.2, 5)
+
+
+def test_naos_toml_agents_may_declare_requirements(tmp_path: Path) -> None:
+    doc = tomllib.loads('[agents.embed]\ntemplate = "echo"\nrequires = ["gpu", "node=b"]\n'
+                        '[agents.plain]\ntemplate = "echo"\n')
+    project = parse(doc, tmp_path)
+    by_name = {a.name: a for a in project.agents}
+    assert by_name["embed"].requires == ("gpu", "node=b")
+    assert by_name["plain"].requires == ()
+
+
+@pytest.mark.parametrize(("requires", "problem"), [
+    ('"gpu"', "expected a list of strings"),
+    ("[1]", "expected a list of strings"),
+    ('["GPU"]', "agents.x: required capability"),
+    ('["node=a", "node=b"]', "two nodes"),
+])
+def test_naos_toml_bad_requirements_name_the_agent(tmp_path: Path, requires: str,
+                                                   problem: str) -> None:
+    doc = tomllib.loads(f'[agents.x]\ntemplate = "echo"\nrequires = {requires}\n')
+    with pytest.raises(ConfigError, match=problem):
+        parse(doc, tmp_path)
