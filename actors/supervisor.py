@@ -91,6 +91,7 @@ class SupervisorActor(NaosActor):
         self._exiting = False
         self._local_node: str | None = None  # None: cluster mode is off
         self._placed: dict[str, str] = {}  # agent -> node (cluster mode)
+        self._run = ""  # the leader incarnation agents placed elsewhere are fenced by
 
     # -- start ---------------------------------------------------------------
     def receiveMsg_InitSupervisor(self, msg: InitSupervisor, sender: Any) -> None:

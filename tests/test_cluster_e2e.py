@@ -335,3 +335,31 @@ def test_member_fences_agents_of_a_leader_that_is_gone(cluster: Cluster, how: st
     assert pid in fenced[0]["detail"]["pids"]
     assert member.proc.poll() is None  # the member itself keeps running
     assert _json(member, "status")["cluster"]["node"] == "b"
+
+
+@needs_aliases
+def test_remote_agent_that_crashes_is_restarted_on_its_node_and_stops_on_request(
+        cluster: Cluster) -> None:
+    src = cluster.top / "crashy.py"
+    src.write_text("def handle(message, ctx):\n"
+                   "    if message == 'boom':\n"
+                   "        raise RuntimeError('boom')\n"
+                   "    return message\n")
+    a = cluster.start_leader()
+    b = cluster.start_member(a)
+    _json(a, "create", "k", "--source", str(src), "--require", "node=b")
+    _poll("k running", lambda: _agent(a, "k")["state"] == "running", a, b)
+    first = _json(a, "run", "k", "--input", '"x"')["pid"]
+    assert first in set(descendants(b.pid))
+    crashed = a.ctl("run", "k", "--input", '"boom"')
+    assert crashed.returncode != 0 and "RuntimeError: boom" in crashed.stderr
+    view = _poll("k restarted", lambda: (lambda v: v if v["state"] == "running"
+                                         and v["pid"] != first else None)(
+        _json(a, "status", "k")), a, b)
+    assert view["node"] == "b" and view["restarts"] == 1
+    assert "RuntimeError: boom" in view["last_error"]
+    second = _json(a, "run", "k", "--input", '"y"')["pid"]
+    assert second in set(descendants(b.pid))
+    a.ctl("stop", "k", check=True)
+    _poll("k's process gone from b", lambda: second not in set(descendants(b.pid)), b)
+    assert _json(a, "status", "k")["state"] == "stopped"
