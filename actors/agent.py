@@ -85,6 +85,14 @@ class WasmGuestFailed(NaosError):
 
 
 class AgentActor(NaosActor):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any],
+                                   requirements: dict[str, Any] | None) -> bool:
+        """In cluster mode naosd pins an agent to a node by requirements."""
+        from actors.domain.placement import satisfies
+
+        return satisfies(capabilities, requirements)
+
     def __init__(self) -> None:
         super().__init__()
         self._handler: Handler | None = None
@@ -111,6 +119,14 @@ class AgentActor(NaosActor):
             self._crash(f"cannot start: {type(exc).__name__}: {exc}")
             return
         self.send(sender, ChildPid(definition.name, os.getpid()))
+
+    def receiveMsg_HostedFor(self, msg: Any, sender: Any) -> None:
+        """Placed here by another node's supervisor: die if its leader stops
+        beating (cluster mode, naosd.fence)."""
+        if sender == self._supervisor:
+            from naosd import fence
+
+            fence.register(msg.run, os.getpid())
 
     def receiveMsg_RunAgent(self, msg: RunAgent, sender: Any) -> None:
         if self._handler is None or self._ctx is None or self._dying:

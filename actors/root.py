@@ -71,6 +71,7 @@ class RootSupervisor(NaosActor):
         self._nodes: dict[str, dict[str, Any]] = {}
         self._reasons: dict[str, str] = {}
         self._waiters: dict[str, list[tuple[Any, Resolve]]] = {}
+        self._cluster: Any = None  # InitCluster, in cluster mode on the leader
 
     def on_start(self) -> None:
         for name, kind in DEFAULT_CHILDREN:
@@ -116,6 +117,21 @@ class RootSupervisor(NaosActor):
             self._spawn(ChildStatus("sandbox", "sandbox-pool"))
         self._sync_supervisors()
         self.reply(sender, msg)
+
+    # -- cluster mode (actors.cluster) ----------------------------------------
+
+    def receiveMsg_InitCluster(self, msg: Any, sender: Any) -> None:
+        self._cluster = msg
+        current = self._children.get("cluster")
+        if current is None or current.state is ChildState.STOPPED:
+            self._spawn(ChildStatus("cluster", "cluster"))
+        self.reply(sender, msg)
+
+    def receiveMsg_NodeLost(self, msg: Any, sender: Any) -> None:
+        """A member is gone: every supervisor places its agents from there again."""
+        for name, status in self._children.items():
+            if status.kind == "supervisor" and name in self._addrs:
+                self.send(self._addrs[name], msg)
 
     def receiveMsg_Sync(self, msg: Sync, sender: Any) -> None:
         if self._env is None:
@@ -262,6 +278,10 @@ class RootSupervisor(NaosActor):
             cache = str(Path(self._env.db_path).parent / "wasm-cache")
             return SandboxPool, InitSandbox(status.name, self._env.db_path, cache,
                                             self._env.sandbox_workers)
+        if status.kind == "cluster":
+            from actors.cluster import ClusterMonitor
+
+            return ClusterMonitor, self._cluster
         if status.kind == "supervisor":
             from actors.supervisor import SupervisorActor
 

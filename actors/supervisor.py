@@ -28,6 +28,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.agent import AgentActor
 from actors.base import NaosActor
+from actors.cluster_messages import HostedFor, NodeLost, Unplaceable
 from actors.domain import supervision as sv
 from actors.domain.definitions import AgentDef, SupervisorDef
 from actors.messages import (
@@ -48,6 +49,10 @@ from naosd.procs import process_alive
 
 SWEEP = timedelta(milliseconds=250)
 SPARE_DELAY = timedelta(milliseconds=50)
+# A child placed on another node that has not reported its pid by then is
+# treated as crashed (the member may have died between choice and creation:
+# Thespian then drops the creation without telling the parent).
+REMOTE_START = timedelta(seconds=15)
 
 
 def child_spec(d: AgentDef | SupervisorDef) -> sv.ChildSpec:
@@ -84,12 +89,19 @@ class SupervisorActor(NaosActor):
         self._store: Any = None
         self._giving_up = ""
         self._exiting = False
+        self._local_node: str | None = None  # None: cluster mode is off
+        self._placed: dict[str, str] = {}  # agent -> node (cluster mode)
+        self._run = ""  # the leader incarnation agents placed elsewhere are fenced by
 
     # -- start ---------------------------------------------------------------
     def receiveMsg_InitSupervisor(self, msg: InitSupervisor, sender: Any) -> None:
         self.name = msg.name
         self._parent, self._root = sender, msg.root
         self._db_path, self._checkpoint = msg.db_path, msg.checkpoint_path
+        from naosd import cluster_store
+
+        self._local_node = cluster_store.local_node(self._db())
+        self._run = cluster_store.run_id(self._db()) if self._local_node else ""
         definition, children = self._load()
         self._state = sv.initial(supervisor_spec(definition, children))
         self.send(self._root, Registered(self.name, "supervisor", self.myAddress,
@@ -230,8 +242,11 @@ class SupervisorActor(NaosActor):
     def _sweep(self) -> None:
         """Safety net: Thespian sometimes loses one ChildActorExited when
         several children die at once; a child whose process is gone is
-        treated as exited (a late ChildActorExited then finds nothing)."""
+        treated as exited (a late ChildActorExited then finds nothing).
+        Only local children: a pid on another node means nothing here."""
         for name, pid in list(self._pids.items()):
+            if self._remote(name):
+                continue
             if not process_alive(pid):
                 self._child_exited(name)
         if not self._exiting:
@@ -247,6 +262,10 @@ class SupervisorActor(NaosActor):
         self._done.discard(name)
         reason = self._reasons.pop(name, "exited" if not abnormal else "process died")
         self.send(self._root, Registered(name, "agent", None, None, self.name))
+        if self._local_node is not None and name in self._placed:
+            from naosd import cluster_store
+
+            cluster_store.unplace(self._db(), name)
         now = time.monotonic()
         self._apply(sv.ChildExited(name, abnormal, reason, now))
         if name in self._removing:
@@ -263,6 +282,10 @@ class SupervisorActor(NaosActor):
             self._apply(sv.StopTimeout(name, now))
         elif kind == "backoff":
             self._apply(sv.BackoffElapsed(name, now))
+        elif kind == "remote-start" and self._addrs.get(name) == addr and name not in self._pids:
+            self._reasons[name] = (f"did not start on node {self._placed.get(name)} within "
+                                   f"{REMOTE_START.total_seconds():g}s")
+            self._child_exited(name)
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._exiting = True  # Thespian stops our children with us
@@ -304,16 +327,87 @@ class SupervisorActor(NaosActor):
     def _start(self, name: str) -> None:
         d = self._defs[name]
         if isinstance(d, AgentDef):
-            addr, self._spare = self._spare, None
-            if addr is None:
-                addr = self.createActor(AgentActor)
+            if self._local_node is not None or d.requires:
+                addr = self._start_placed(d)
+                if addr is None:
+                    return
+            else:
+                addr, self._spare = self._spare, None
+                if addr is None:
+                    addr = self.createActor(AgentActor)
             self._addrs[name] = addr
             self.send(addr, InitAgent(d, self._db_path))
+            if self._remote(name):
+                self.send(addr, HostedFor(self._run))
             self._want_spare()
         else:
             addr = self.createActor(SupervisorActor)
             self._addrs[name] = addr
             self.send(addr, InitSupervisor(name, self._db_path, self._checkpoint, self._root))
+
+    # -- cluster mode: placement and node loss ------------------------------------
+    def _start_placed(self, d: AgentDef) -> Any:
+        """Create agent ``d`` on the node naosd chooses for it (None: no node
+        can run it now; the child is then parked by ``Unplaceable``)."""
+        from actors.domain.placement import choose, parse_requirements, pin
+        from naosd import cluster_store
+
+        req = parse_requirements(d.requires)
+        if self._local_node is None:
+            return self._unplaceable(d, f"requires {req} but cluster mode is off")
+        store = self._db()
+        previous = self._placed.get(d.name)  # its row went when it exited
+        target = choose(req, cluster_store.nodes(store), cluster_store.loads(store))
+        if target is None:
+            return self._unplaceable(d, f"no node that is up has {req}")
+        if target.local:
+            addr, self._spare = self._spare, None
+            if addr is None:
+                addr = self.createActor(AgentActor)
+        else:
+            addr = self.createActor(AgentActor, targetActorRequirements=pin(target))
+            self.wakeupAfter(REMOTE_START, payload=("remote-start", d.name, addr))
+        self._placed[d.name] = target.name
+        cluster_store.place(store, d.name, target.name, previous=previous,
+                            requires=list(d.requires), actor=self.name)
+        return addr
+
+    def _unplaceable(self, d: AgentDef, reason: str) -> None:
+        from naosd import cluster_store
+
+        self._placed.pop(d.name, None)
+        cluster_store.unplaceable(self._db(), d.name, list(d.requires), reason, self.name)
+        self.send(self.myAddress, Unplaceable(d.name, reason))
+        return None
+
+    def receiveMsg_Unplaceable(self, msg: Unplaceable, sender: Any) -> None:
+        """Park the child: paused, with the reason as its last error (an
+        operator's stop + start tries again)."""
+        child = self._child(msg.name)
+        if child is None or msg.name in self._addrs or child.run is not sv.ChildRun.STARTING:
+            return
+        now = time.monotonic()
+        if not child.paused:
+            self._apply(sv.Pause(msg.name))
+        self._apply(sv.ChildExited(msg.name, True, f"unplaceable: {msg.reason}", now))
+
+    def receiveMsg_NodeLost(self, msg: NodeLost, sender: Any) -> None:
+        """Member ``msg.node`` is gone: its agents exited abnormally (and are
+        restarted, placed again, by the strategy); pass it down the tree."""
+        for name in [n for n, node in self._placed.items() if node == msg.node]:
+            addr = self._addrs.get(name)
+            if addr is None:
+                continue
+            self.send(addr, ActorExitRequest())  # in case the member is only cut off
+            self._reasons[name] = f"node {msg.node} lost: {msg.reason}"
+            self._child_exited(name)
+        for name, addr in list(self._addrs.items()):
+            if isinstance(self._defs.get(name), SupervisorDef):
+                self.send(addr, msg)
+
+    def _remote(self, name: str) -> bool:
+        node = self._placed.get(name)
+        return node is not None and node != self._local_node
 
     def _want_spare(self) -> None:
         """Keep one forked, uninitialised agent process ready, so a restart
@@ -337,7 +431,10 @@ class SupervisorActor(NaosActor):
 
     def _kill(self, name: str) -> None:
         pid = self._pids.get(name)
-        if pid is not None:
+        if self._remote(name):
+            self.logger().warning("%s: cannot SIGKILL %s on node %s", self.name, name,
+                                  self._placed.get(name))
+        elif pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -365,6 +462,10 @@ class SupervisorActor(NaosActor):
         assert self._state is not None
         node: dict[str, Any] = sv.tree_node(self._state)
         node["pid"] = os.getpid()
+        if self._local_node is not None:
+            for child in node.get("children", []):
+                if child.get("name") in self._placed and child.get("name") in self._addrs:
+                    child["node"] = self._placed[child["name"]]
         if self._giving_up:
             node["state"] = "failed"
         return node

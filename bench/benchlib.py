@@ -120,7 +120,7 @@ def kill(pids: list[int]) -> None:
 
 
 class Daemon:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, env_extra: dict[str, str] | None = None) -> None:
         self.base = base
         self.sock = base / "s"
         self.log_path = base / "naosd.log"
@@ -128,6 +128,7 @@ class Daemon:
                if not k.startswith("NAOS_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         env.update(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
                    XDG_CONFIG_HOME=str(base / "xdg-config"))
+        env.update(env_extra or {})
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "naosd", "--socket", str(self.sock), "--state-dir",

@@ -46,13 +46,15 @@ def _show(result: Any, as_json: bool, text: str) -> None:
 @click.option("--restart", type=click.Choice(["permanent", "transient", "temporary"]),
               default="permanent", show_default=True)
 @click.option("--start/--no-start", default=True, show_default=True)
+@click.option("--require", "requires", multiple=True, metavar="CAP|node=NAME",
+              help="run it only on a node with this capability (or this name); repeatable")
 @WAIT
 @json_option
 @pass_ctx
 @handle_errors()
 def create(c: Ctx, name: str, template: str | None, source: str | None,
            config_json: str | None, supervisor: str | None, restart: str, start: bool,
-           wait: float, as_json: bool) -> None:
+           requires: tuple[str, ...], wait: float, as_json: bool) -> None:
     """Register agent NAME (and start it)."""
     if not template and not source:
         template = "echo"
@@ -60,8 +62,10 @@ def create(c: Ctx, name: str, template: str | None, source: str | None,
     result = c.client.call(
         "agent.create", name=name, template=template,
         source=str(Path(source).resolve()) if source else None, config=config,
-        supervisor=supervisor, restart=restart, start=start, timeout=wait)
-    _show(result, as_json, f"agent {name} created ({result['state']})")
+        supervisor=supervisor, restart=restart, start=start, timeout=wait,
+        **({"requires": list(requires)} if requires else {}))
+    where = f" on {result['node']}" if result.get("node") else ""
+    _show(result, as_json, f"agent {name} created ({result['state']}{where})")
 
 
 @cli.command()

@@ -62,6 +62,9 @@ def status(s: dict[str, Any]) -> str:
         "actors:",
     ]
     lines += ["  " + line for line in tree(s["actors"])]
+    if s.get("cluster"):
+        lines.append("cluster:")
+        lines += ["  " + line for line in cluster_nodes(s["cluster"])]
     agents = s.get("agents") or []
     if agents:
         lines.append("agents:")
@@ -69,12 +72,34 @@ def status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cluster_nodes(c: dict[str, Any]) -> list[str]:
+    role = "leader" if c.get("is_leader") else f"member of {c.get('leader')}"
+    lines = [f"this node: {c['node']} on {c['address']} ({role})"]
+    for n in c.get("nodes", []):
+        caps = ",".join(n.get("capabilities") or []) or "-"
+        lines.append(f"{n['name']:<16} {n['address']:<22} {n['state']:<6} caps {caps:<16} "
+                     f"agents {n.get('agents', 0):<4} heartbeat {n.get('last_heartbeat') or '-'}")
+    return lines
+
+
+def cluster(c: dict[str, Any]) -> str:
+    lines = cluster_nodes(c)
+    agents = c.get("agents") or []
+    if agents:
+        lines.append("agents:")
+        lines += [f"  {a['name']:<20} {a['state']:<10} on {a.get('node') or '-'}"
+                  + (f"  requires {', '.join(a['requires'])}" if a.get("requires") else "")
+                  for a in agents]
+    return "\n".join(lines)
+
+
 def agent_row(a: dict[str, Any]) -> str:
     pid = a.get("pid") or "-"
     up = duration(a["uptime_s"]) if a.get("uptime_s") is not None else "-"
     err = f"  last error: {a['last_error']}" if a.get("last_error") else ""
+    node = f" on {a['node']}" if a.get("node") else ""
     return (f"{a['name']:<20} {a['state']:<10} pid {pid!s:<8} up {up:<10} "
-            f"restarts {a.get('restarts', 0):<4} {a['supervisor']}{err}")
+            f"restarts {a.get('restarts', 0):<4} {a['supervisor']}{node}{err}")
 
 
 def agent_status(a: dict[str, Any]) -> str:

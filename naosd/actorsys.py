@@ -384,19 +384,31 @@ class ActorRuntime:
         bind_host: str = "127.0.0.1",
         log_defs: dict[str, Any] | None = None,
         startup_timeout_s: float = 10.0,
+        capabilities: dict[str, Any] | None = None,
+        convention_period: timedelta | None = None,
     ) -> ActorRuntime:
         """Harden Thespian, start the system, create the root supervisor.
+
+        ``capabilities`` are added to the system's (cluster mode: the
+        convention address and the node's name and capabilities);
+        ``convention_period`` replaces Thespian's member re-registration
+        period (7 min 22 s) and its retry period after a failed one.
 
         Raises ``Unavailable`` if the port is taken or the root does not
         answer a Ping within ``startup_timeout_s``.
         """
         harden_thespian(secret, bind_host)
+        if convention_period is not None:
+            import thespian.system.admin.convention as convention
+
+            convention.CONVENTION_REREGISTRATION_PERIOD = convention_period
+            convention.CONVENTION_RESTART_PERIOD = convention_period
         set_child_subreaper()
         if threading.active_count() > 1:
             log.warning("actor system started with threads running: fork is unsafe")
         port = admin_port or free_port(bind_host)
         _ensure_nothing_listens(bind_host, port)
-        runtime = cls._start_system(port, log_defs or DEFAULT_LOG_DEFS)
+        runtime = cls._start_system(port, log_defs or DEFAULT_LOG_DEFS, capabilities or {})
         try:
             runtime._start_root(startup_timeout_s)
         except BaseException:
@@ -405,9 +417,10 @@ class ActorRuntime:
         return runtime
 
     @classmethod
-    def _start_system(cls, port: int, log_defs: dict[str, Any]) -> ActorRuntime:
+    def _start_system(cls, port: int, log_defs: dict[str, Any], extra: dict[str, Any]
+                      ) -> ActorRuntime:
         before = _children_of(os.getpid())
-        capabilities = {"Admin Port": port, "Process Startup Method": "fork"}
+        capabilities = {**extra, "Admin Port": port, "Process Startup Method": "fork"}
         try:
             system = ActorSystem(
                 "multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True

@@ -331,6 +331,7 @@ def agent_view(agent: AgentDef, node: dict[str, Any] | None) -> dict[str, Any]:
         restarts=node.get("restarts", 0), last_error=node.get("last_error") or "",
         uptime_s=round(time.monotonic() - started, 3) if started else None,
         supervisor=agent.supervisor or IMPLICIT_SUPERVISOR,
+        node=node.get("node"),
     )
     return view
 

@@ -49,8 +49,12 @@ def agent_def(p: dict[str, Any]) -> AgentDef:
         kind, where = "template", template
     else:
         kind, where = _source_kind(source)
+    requires = p["requires"] or []
+    if not isinstance(requires, list):
+        raise InvalidRequest("requires must be a list of strings")
     return AgentDef(p["name"], kind, where, p["config"] or {}, p["supervisor"],
-                    normalise_choice(p["restart"], RESTART_TYPES, "restart type"))
+                    normalise_choice(p["restart"], RESTART_TYPES, "restart type"),
+                    requires=tuple(requires))
 
 
 def _source_kind(source: str) -> tuple[str, str]:
@@ -68,7 +72,8 @@ def _source_kind(source: str) -> tuple[str, str]:
 
 @method("agent.create", name=NAME, template=Str(None), source=Str(None),
         config=Spec(dict, None), supervisor=Str(None, max_len=64),
-        restart=Str("permanent"), start=Bool(False), timeout=TIMEOUT)
+        restart=Str("permanent"), start=Bool(False), timeout=TIMEOUT,
+        requires=Spec(list, None))
 async def agent_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Register an agent from a template or a handler file (optionally start it)."""
     definition = agent_def(p)

@@ -22,6 +22,8 @@ socket     $XDG_RUNTIME_DIR/naos/naosd.sock /run/naos/naosd.sock
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,6 +125,32 @@ def _choice(*options: str) -> Converter:
     return convert
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of names, from a TOML list or a comma-separated string."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f"expected a list of names, got {type(value).__name__}")
+    for item in items:
+        if not isinstance(item, str) or not _NAME.match(item):
+            raise ValueError(f"{item!r} is not a valid name (lower-case letters, digits, "
+                             "'_', '.', '-')")
+    return tuple(sorted(set(items)))
+
+
+def _node_name(value: Any) -> str:
+    text = _str(value)
+    if text and not _NAME.match(text):
+        raise ValueError(f"{text!r} is not a valid node name (lower-case letters, digits, "
+                         "'_', '.', '-')")
+    return text
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     key: str  # "section.name" as written in the TOML file
@@ -175,6 +203,25 @@ SETTINGS: tuple[Setting, ...] = (
             "WASM sandbox worker processes"),
     Setting("agents.idle_timeout", _number(0, 30 * 86400), 600.0,
             "seconds before an on-demand agent's idle process is stopped (0: never)"),
+    Setting("cluster.enabled", _bool, False,
+            "join a convention of naosd nodes (docs/cluster.md); off: loopback only"),
+    Setting("cluster.bind", _str, "", "this node's private address (host:port)"),
+    Setting("cluster.leader", _str, "",
+            "the leader's host:port (empty: this node leads)"),
+    Setting("cluster.node", _node_name, "", "this node's name (unique in the convention)"),
+    Setting("cluster.capabilities", _names, (), "capabilities agents may require, e.g. gpu"),
+    Setting("cluster.secret_file", _path, "",
+            "0600 file with the frame-MAC key shared by every node"),
+    Setting("cluster.force_public", _bool, False,
+            "allow a public or wildcard cluster.bind (never on an untrusted network)"),
+    Setting("cluster.heartbeat_s", _number(0.05, 600), 1.0,
+            "seconds between the leader's heartbeats to each member"),
+    Setting("cluster.lost_after", _number(2, 1000, int), 5,
+            "missed heartbeats before a member is declared lost"),
+    Setting("cluster.reregister_s", _number(1, 3600, int), 10,
+            "seconds between a member's re-registrations with the leader (Thespian's own "
+            "liveness: it drops a member after 3 missed; also how soon a member finds a "
+            "restarted leader)"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -207,6 +254,16 @@ class Config:
     actors_bridge_threads: int
     actors_sandbox_workers: int
     agents_idle_timeout: float
+    cluster_enabled: bool
+    cluster_bind: str
+    cluster_leader: str
+    cluster_node: str
+    cluster_capabilities: tuple[str, ...]
+    cluster_secret_file: Path | None
+    cluster_force_public: bool
+    cluster_heartbeat_s: float
+    cluster_lost_after: int
+    cluster_reregister_s: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -226,9 +283,11 @@ class Config:
         for s in SETTINGS:
             section, name = s.key.split(".")
             value = getattr(self, s.attr)
+            if value is None:
+                value = ""
             out.setdefault(section, {})[name] = str(value) if isinstance(
                 value, Path
-            ) else value
+            ) else list(value) if isinstance(value, tuple) else value
         return out
 
 
@@ -334,6 +393,8 @@ def _build(
             f"{sources.get('daemon.socket', 'default')}: daemon.socket: path is "
             f"{len(str(socket))} bytes, Unix sockets allow about 100"
         )
+    if values.get("cluster.enabled"):
+        check_cluster(values, sources)
     return Config(
         mode=mode,
         config_file=path,
@@ -342,6 +403,53 @@ def _build(
         sources=sources,
         **kwargs,
     )
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """``"10.0.0.5:7735"`` -> (host, port); ValueError naming ``what``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what}: expected IPV4:PORT, got {text!r}")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"{what}: {host!r} is not an IPv4 address") from None
+    return host, int(port)
+
+
+def check_bind_address(host: str, *, force_public: bool) -> None:
+    """Refuse a wildcard or public bind address unless forced (ValueError)."""
+    addr = ipaddress.IPv4Address(host)
+    if force_public:
+        return
+    if addr.is_unspecified:
+        raise ValueError(f"{host} listens on every interface; name this node's private "
+                         "address (or set cluster.force_public)")
+    if not (addr.is_private or addr.is_loopback) or addr.is_multicast:
+        raise ValueError(f"{host} is not a private address: a convention must live on a "
+                         "private network (or set cluster.force_public)")
+
+
+def check_cluster(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Cross-checks of the cluster settings when cluster mode is on."""
+    def where(key: str) -> str:
+        return f"{sources.get(key, 'default')}: {key}"
+
+    try:
+        host, _ = parse_host_port(values.get("cluster.bind", ""), "cluster.bind")
+        check_bind_address(host, force_public=bool(values.get("cluster.force_public")))
+    except ValueError as exc:
+        raise ConfigError(f"{where('cluster.bind')}: {exc}") from None
+    if values.get("cluster.leader"):
+        try:
+            parse_host_port(values["cluster.leader"], "cluster.leader")
+        except ValueError as exc:
+            raise ConfigError(f"{where('cluster.leader')}: {exc}") from None
+    if not values.get("cluster.node"):
+        raise ConfigError(f"{where('cluster.node')}: cluster mode needs a node name")
+    if not values.get("cluster.secret_file"):
+        raise ConfigError(f"{where('cluster.secret_file')}: cluster mode needs the shared "
+                          "secret file")
 
 
 def replace(config: Config, **changes: Any) -> Config:
@@ -365,9 +473,13 @@ def render_default_config(config: Config) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if value is None:  # an unset optional path
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'

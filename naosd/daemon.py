@@ -85,6 +85,7 @@ class Daemon:
 
     async def _start_parts(self) -> None:
         import naosd.api_agents
+        import naosd.api_cluster
         import naosd.api_orch
         import naosd.api_wasm  # noqa: F401
         from actors.messages import InitRoot
@@ -98,9 +99,11 @@ class Daemon:
         self.agents = Agents(self)
         self.orch = Orchestrator(self)
         self.pools = Pools(self)
+        await self._prepare_cluster()
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers))
+        await self._start_cluster()
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()
@@ -114,6 +117,54 @@ class Daemon:
                              f"MAINPID={os.getpid()}")
         self._announce()
 
+    # -- cluster mode (docs/cluster.md) -----------------------------------------
+    async def _prepare_cluster(self) -> None:
+        """Before the supervisors start: the node table they place agents by."""
+        from naosd import cluster_store
+
+        c = self.config
+        if not c.cluster_enabled:
+            await self.db.call(cluster_store.clear)
+            return
+        leader = c.cluster_leader or c.cluster_bind
+        self.cluster_run = uuid.uuid4().hex
+        await self.db.call(lambda s: cluster_store.reset(
+            s, name=c.cluster_node, address=c.cluster_bind,
+            capabilities=list(c.cluster_capabilities), leader=leader, run=self.cluster_run))
+
+    async def _start_cluster(self) -> None:
+        """On the leader: start the monitor that tracks and beats the members.
+        On a member: fence what a leader placed here once it stops beating."""
+        c = self.config
+        if not c.cluster_enabled:
+            return
+        if c.cluster_leader and c.cluster_leader != c.cluster_bind:
+            from naosd import fence
+
+            self._fence_task = asyncio.get_running_loop().create_task(fence.fence_loop(
+                self, c.state_dir / "cluster", c.cluster_heartbeat_s,
+                c.cluster_heartbeat_s * c.cluster_lost_after))
+            return
+        from actors.cluster_messages import InitCluster
+
+        await self.bridge.ask(InitCluster(
+            uuid.uuid4().hex, c.cluster_node, c.cluster_bind, tuple(c.cluster_capabilities),
+            True, c.cluster_heartbeat_s, c.cluster_lost_after, str(c.storage_db),
+            str(c.audit_checkpoint), self.cluster_run))
+
+    async def cluster_view(self) -> dict[str, Any] | None:
+        """Nodes as this node sees them (None when cluster mode is off)."""
+        from naosd import cluster_store
+
+        c = self.config
+        if not c.cluster_enabled:
+            return None
+        nodes = await self.db.call(cluster_store.node_rows)
+        leader = c.cluster_leader or c.cluster_bind
+        return {"node": c.cluster_node, "address": c.cluster_bind, "leader": leader,
+                "is_leader": leader == c.cluster_bind, "heartbeat_s": c.cluster_heartbeat_s,
+                "lost_after": c.cluster_lost_after, "nodes": nodes}
+
     def _announce(self) -> None:
         info = self.dashboard_info(with_token=False)
         log.info("naosd %s ready (pid %d)", __version__, os.getpid())
@@ -124,7 +175,7 @@ class Daemon:
     async def _stop_parts(self) -> None:
         log.info("stopping (%s)", self.stop_reason or "requested")
         self.notifier.notify("STOPPING=1", f"STATUS=stopping: {self.stop_reason}")
-        for name in ("_watchdog_task", "_reaper_task"):
+        for name in ("_watchdog_task", "_reaper_task", "_fence_task"):
             task = getattr(self, name, None)
             if task is not None:
                 task.cancel()
@@ -315,6 +366,7 @@ class Daemon:
             "reloads": self.reloads,
             "audit_head": head.seq if head else 0,
             "actors": await self.actor_tree(),
+            "cluster": await self.cluster_view(),
         }
 
 

@@ -19,15 +19,15 @@ from naosd.errors import Conflict, InvalidRequest, NotFound
 from naosd.storage import Store, Tx
 
 _AGENT_COLS = ("name, source_kind, source, config, supervisor, restart, position, desired, "
-               "shutdown_timeout_s, created_at")
+               "shutdown_timeout_s, created_at, requires")
 _SUP_COLS = ("name, strategy, max_restarts, window_s, backoff_initial_s, backoff_max_s, "
              "parent, restart, position, desired, created_at")
 
 
 def _agent(row: tuple[Any, ...]) -> AgentDef:
-    (name, kind, source, config, sup, restart, pos, desired, stop_s, created) = row
+    (name, kind, source, config, sup, restart, pos, desired, stop_s, created, requires) = row
     return AgentDef(name, kind, source, json.loads(config), sup, restart, pos, desired,
-                    stop_s, created)
+                    stop_s, created, tuple(json.loads(requires)))
 
 
 def _sup(row: tuple[Any, ...]) -> SupervisorDef:
@@ -114,12 +114,14 @@ def create_agent(store: Store, agent: AgentDef) -> AgentDef:
             get_supervisor(store, agent.supervisor)
         created = store.now_iso()
         pos = _next_position(tx, agent.supervisor)
-        tx.execute(f"INSERT INTO agents({_AGENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        tx.execute(f"INSERT INTO agents({_AGENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                    (agent.name, agent.source_kind, agent.source, json.dumps(agent.config),
                     agent.supervisor, agent.restart, pos, agent.desired,
-                    agent.shutdown_timeout_s, created))
-        tx.audit("agent.created", agent=agent.name,
-                 detail={"source_kind": agent.source_kind, "source": agent.source})
+                    agent.shutdown_timeout_s, created, json.dumps(list(agent.requires))))
+        detail = {"source_kind": agent.source_kind, "source": agent.source}
+        if agent.requires:
+            detail["requires"] = list(agent.requires)
+        tx.audit("agent.created", agent=agent.name, detail=detail)
     return get_agent(store, agent.name)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,7 +149,22 @@ def _start_actors(config: Config) -> Any:
     from naosd.actorsys import ActorRuntime, set_child_subreaper
 
     set_child_subreaper()
-    return ActorRuntime.start(secret=os.urandom(32))
+    if not config.cluster_enabled:
+        return ActorRuntime.start(secret=os.urandom(32))
+    from naosd.cluster import setup
+
+    cluster = setup(config)
+    if not cluster.is_leader:
+        from naosd import fence
+
+        fence.FENCE_DIR = config.state_dir / "cluster"  # inherited by every actor
+        shutil.rmtree(fence.FENCE_DIR, ignore_errors=True)  # a previous run's: all dead
+    log.info("cluster mode: node %s on %s, leader %s", cluster.node, cluster.address,
+             "this node" if cluster.is_leader else cluster.leader)
+    return ActorRuntime.start(
+        secret=cluster.secret, bind_host=cluster.host, admin_port=cluster.port,
+        capabilities=cluster.thespian_capabilities(),
+        convention_period=cluster.reregistration_period())
 
 
 if __name__ == "__main__":

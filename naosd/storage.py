@@ -157,6 +157,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX orch_timeline_run ON orch_timeline(run_id, id);
     """,
+    # 4: cluster mode (naosd.cluster_store): agent requirements, the nodes of
+    # the convention as this node sees them, and where each agent was placed.
+    """
+    ALTER TABLE agents ADD COLUMN requires TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE cluster_nodes(
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        capabilities TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL,
+        local INTEGER NOT NULL DEFAULT 0,
+        last_heartbeat TEXT,
+        changed_at TEXT NOT NULL
+    );
+    CREATE TABLE agent_placements(
+        agent TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        placed_at TEXT NOT NULL
+    );
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 

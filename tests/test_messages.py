@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 
+from actors import cluster_messages as cm
 from actors import messages as m
 from actors.domain.definitions import AgentDef
 
@@ -43,9 +44,19 @@ SAMPLES = [
                  id="RunWasm"),
     pytest.param(m.ValidateWasm("r14", b"\0asm", {"fuel": 10}), id="ValidateWasm"),
 ]
+# cluster mode's messages (actors/cluster_messages.py)
+CLUSTER_SAMPLES = [
+    pytest.param(cm.InitCluster("r15", "a", "10.0.0.1:7735", ("gpu",), True, 1.0, 5,
+                                "/s/naos.db", "/s/audit.head", "0" * 32), id="InitCluster"),
+    pytest.param(cm.Beat("b", 3, "0" * 32), id="Beat"),
+    pytest.param(cm.HostedFor("0" * 32), id="HostedFor"),
+    pytest.param(cm.BeatAck("b", 3, 4242), id="BeatAck"),
+    pytest.param(cm.NodeLost("b", "no heartbeat answer for 5.0s"), id="NodeLost"),
+    pytest.param(cm.Unplaceable("g", "no node that is up has gpu"), id="Unplaceable"),
+]
 
 
-@pytest.mark.parametrize("msg", SAMPLES)
+@pytest.mark.parametrize("msg", SAMPLES + CLUSTER_SAMPLES)
 def test_pickle_round_trip(msg: object) -> None:
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
         copy = pickle.loads(pickle.dumps(msg, protocol=protocol))
@@ -53,7 +64,7 @@ def test_pickle_round_trip(msg: object) -> None:
         assert type(copy) is type(msg)
 
 
-@pytest.mark.parametrize("msg", SAMPLES)
+@pytest.mark.parametrize("msg", SAMPLES + CLUSTER_SAMPLES)
 def test_frozen_and_slotted(msg: object) -> None:
     assert not hasattr(msg, "__dict__")
     fields = dataclasses.fields(msg)  # type: ignore[arg-type]
@@ -62,10 +73,13 @@ def test_frozen_and_slotted(msg: object) -> None:
             setattr(msg, fields[0].name, "changed")
 
 
-def test_every_message_class_has_a_sample() -> None:
-    sampled = {type(p.values[0]) for p in SAMPLES}
+@pytest.mark.parametrize(("module", "samples"), [(m, SAMPLES), (cm, CLUSTER_SAMPLES)])
+def test_every_message_class_has_a_sample(module: object, samples: list[object]) -> None:
+    sampled = {type(p.values[0]) for p in samples}  # type: ignore[attr-defined]
     defined = {
-        obj for obj in vars(m).values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+        and obj.__module__ == module.__name__  # type: ignore[attr-defined]
     }
     assert defined == sampled
 

@@ -52,9 +52,13 @@ class AgentDef:
     desired: str = "stopped"
     shutdown_timeout_s: float = 5.0
     created_at: str = ""
+    requires: tuple[str, ...] = ()  # placement: capabilities and/or "node=NAME"
 
     def validated(self) -> AgentDef:
         validate_name(self.name)
+        from actors.domain.placement import parse_requirements
+
+        parse_requirements(self.requires)
         if self.name == IMPLICIT_SUPERVISOR:
             raise InvalidRequest(f"the name {self.name!r} is reserved")
         if self.source_kind not in SOURCE_KINDS:
@@ -72,7 +76,8 @@ class AgentDef:
         return {"name": self.name, "source_kind": self.source_kind, "source": self.source,
                 "config": self.config, "supervisor": self.supervisor,
                 "restart": self.restart, "desired": self.desired,
-                "shutdown_timeout_s": self.shutdown_timeout_s, "created_at": self.created_at}
+                "shutdown_timeout_s": self.shutdown_timeout_s, "created_at": self.created_at,
+                "requires": list(self.requires)}
 
 
 @dataclass(frozen=True, slots=True)

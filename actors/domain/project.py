@@ -40,7 +40,7 @@ from actors.domain.definitions import (
 from actors.domain.orch_defs import parse_sections
 from naosd.errors import ConfigError, InvalidRequest
 
-AGENT_KEYS = {"template", "source", "config", "shutdown_timeout"}
+AGENT_KEYS = {"template", "source", "config", "shutdown_timeout", "requires"}
 SECTIONS = {"agents", "supervisors", "sagas", "workflows", "pools"}
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "window", "backoff", "backoff_max", "children"}
 
@@ -99,8 +99,11 @@ def _agent(name: str, t: dict[str, Any], base: Path, origin: str) -> AgentDef:
         kind, source = "template", _text(t["template"], f"{key}.template", origin)
     else:
         kind, source = _source(_text(t["source"], f"{key}.source", origin), base, key, origin)
+    requires = t.get("requires", [])
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise ConfigError(f"{origin}: {key}.requires: expected a list of strings")
     return _checked(AgentDef(name, kind, source, config, shutdown_timeout_s=stop,
-                             desired="running"), key, origin)
+                             desired="running", requires=tuple(requires)), key, origin)
 
 
 def _source(text: str, base: Path, key: str, origin: str) -> tuple[str, str]:
