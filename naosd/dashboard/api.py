@@ -213,6 +213,9 @@ RESOURCES: dict[str, str] = {
     # query parameters become the method's parameters (checked by its Spec).
     "supervisors": "supervisor.list",
     "methods": "methods",
+    "sagas": "saga.list",
+    "workflows": "workflow.list",
+    "cluster/nodes": "cluster.nodes",
 }
 """Served only when the method is registered (features register their own)."""
 
