@@ -37,7 +37,8 @@ log = logging.getLogger("naosd")
 RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
                 "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
                 "storage.busy_timeout_ms", "dashboard.enabled", "dashboard.host",
-                "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers")
+                "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers",
+                *(k for k in SETTINGS_BY_KEY if k.startswith("cluster.")))
 SETTINGS_ATTR = {k: SETTINGS_BY_KEY[k].attr for k in RESTART_ONLY}
 
 

@@ -154,6 +154,10 @@ def test_agent_placed_on_member_moves_to_leader_when_member_dies(cluster: Cluste
     assert ran["output"] == {"hello": 1}
     status = _json(a, "status")
     assert {n["name"] for n in status["cluster"]["nodes"]} == {"a", "b"}
+    # every listener of each node is on its cluster address (the dashboard stays on loopback)
+    for d, host in ((a, LEADER_HOST), (member, MEMBER_HOST)):
+        hosts = {h for h, _ in _listening_addresses({d.pid, *descendants(d.pid)})}
+        assert host in hosts and hosts <= {host, "127.0.0.1"}, hosts
     text = a.ctl("status").stdout
     assert "cluster:" in text and "g " in text and " on b" in text
 
