@@ -47,6 +47,8 @@ def _wait(c: Ctx, kind: str, run_id: str, wait: float) -> dict[str, Any]:
                                                timeout=max(0.1, min(left, 30.0)))
         if result["status"] in FINAL or time.monotonic() >= deadline:
             return result
+        if not result.get("live", True):
+            time.sleep(0.2)  # not being run right now (naosd starting): do not spin
 
 
 def _finish(result: dict[str, Any], as_json: bool) -> None:

@@ -152,6 +152,10 @@ def test_bad_definitions_and_runs_are_refused(daemon: Naosd, lab: Lab):
     out = daemon.ctl("saga", "run", "s1")
     assert out.returncode != 0 and "at least one step" in out.stderr
     ok(daemon, "saga", "add-step", "s1", "a", "--agent", "inventory")
+    ok(daemon, "saga", "create", "ghostly")
+    ok(daemon, "saga", "add-step", "ghostly", "a", "--agent", "inventory", "--compensate", "ghost")
+    out = daemon.ctl("saga", "run", "ghostly")
+    assert out.returncode != 0 and "step 'a': no agent named 'ghost'" in out.stderr
     out = daemon.ctl("saga", "add-step", "s1", "a", "--agent", "inventory")
     assert out.returncode != 0 and "already has a step" in out.stderr
     out = daemon.ctl("saga", "add-step", "s1", "b", "--agent", "x", "--timeout", "-1")
