@@ -131,6 +131,11 @@ class Coordinator:
                           self.run_id)
         finally:
             self._stop()
+            while not self.queue.empty():  # operator events nobody will handle now
+                _, left = self.queue.get_nowait()
+                if left is not None and not left.done():
+                    left.set_exception(Conflict(f"run {self.run_id}: its coordinator "
+                                                "stopped; try again"))
             self.finished.set()
             if self.orch.live.get(self.run_id) is self:
                 del self.orch.live[self.run_id]
