@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -198,3 +199,31 @@ merge = "all"
     (base / "bad.toml").write_text('[sagas.s]\nsteps = [{ name = "a", agent = "ghost" }]\n')
     bad = daemon.ctl("config", "validate", str(base / "bad.toml"))
     assert bad.returncode == 1 and "sagas.s: no agent named 'ghost'" in bad.stderr
+
+
+async def test_events_stream_carries_run_and_step_transitions(daemon: Naosd, lab: Lab):
+    from naosctl.client import AsyncClient
+
+    async with AsyncClient(daemon.socket) as c:
+        stream = c.stream("events")
+        first = asyncio.ensure_future(stream.__anext__())
+        for i in range(100):  # audited changes until the subscription shows one
+            await c.call("saga.create", name=f"probe{i}")
+            done, _ = await asyncio.wait([first], timeout=0.5)
+            if done:
+                break
+        assert first.result()["type"] == "saga.defined"
+        await c.call("saga.create", name="live")
+        await c.call("saga.add_step", saga="live", step="only", agent="inventory")
+        run_id = (await c.call("saga.run", name="live", input={}))["run_id"]
+        seen: list[tuple[str, str | None]] = []
+        async with asyncio.timeout(60):
+            async for row in stream:
+                if row["detail"].get("run_id") == run_id:
+                    seen.append((row["type"], row["detail"].get("step")))
+                if row["type"] == "saga.completed":
+                    break
+        await stream.aclose()
+    assert seen[0] == ("saga.run_created", None)
+    assert ("saga.step_started", "only") in seen and ("saga.step_succeeded", "only") in seen
+    assert seen[-1] == ("saga.completed", None)
