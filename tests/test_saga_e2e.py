@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,24 @@ async def test_events_stream_carries_run_and_step_transitions(daemon: Naosd, lab
     assert seen[0] == ("saga.run_created", None)
     assert ("saga.step_started", "only") in seen and ("saga.step_succeeded", "only") in seen
     assert seen[-1] == ("saga.completed", None)
+
+
+def test_one_live_coordinator_per_run(daemon: Naosd, lab: Lab):
+    make_saga(daemon)
+    lab.set(sleep={"reserve": 2})
+    run_id = ok(daemon, "saga", "run", "order", "--no-wait", "--input", "{}")["run_id"]
+    status = ok(daemon, "saga", "status", run_id)
+    assert status["live"] and status["status"] == "running"
+    out = daemon.ctl("saga", "resume", run_id)
+    assert out.returncode != 0 and "already being run" in out.stderr
+    lab.set()
+    rc, final = outcome(daemon, "saga", "run", "order", "--input", "{}")  # a second run
+    assert rc == 0 and final["run_id"] != run_id
+    final = ok(daemon, "saga", "status", run_id)
+    while final["status"] == "running":
+        time.sleep(0.1)
+        final = ok(daemon, "saga", "status", run_id)
+    assert final["status"] == "completed" and not final["live"]
+    assert lab.ledger(run_id) == [("reserve", 0), ("charge", 0), ("ship", 0)]
+    out = daemon.ctl("saga", "resume", run_id)
+    assert out.returncode != 0 and "nothing to resume" in out.stderr
