@@ -162,3 +162,17 @@ def test_a_clone_name_taken_by_another_agent_is_refused(daemon: Naosd, voter: Pa
     out = daemon.ctl("pool", "create", "w", "--agent", "worker", "--size", "3")
     assert out.returncode != 0 and "'worker-c2'" in out.stderr and "taken" in out.stderr
     assert daemon.ctl("pool", "status", "w").returncode != 0  # nothing half-created
+
+
+@pytest.mark.parametrize("pick", ["round-robin", "least-busy"])
+def test_pick_strategies_spread_tasks(daemon: Naosd, voter: Path, pick: str):
+    agent(daemon, voter, "slowpoke", sleep=0.5)
+    agent(daemon, voter, "quick")
+    ok(daemon, "pool", "create", "mix", "--agents", "slowpoke,quick", "--pick", pick)
+    ids = [ok(daemon, "pool", "submit", "mix", "--input", str(i))["task_id"] for i in range(10)]
+    ok(daemon, "pool", "drain", "mix")
+    by = Counter(ok(daemon, "pool", "task", "mix", t)["member"] for t in ids)
+    if pick == "round-robin":
+        assert by == Counter({"slowpoke": 5, "quick": 5})
+    else:  # the idle member takes the work while the slow one is busy
+        assert by["quick"] >= 7, by
