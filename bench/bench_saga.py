@@ -6,8 +6,10 @@
    small UPDATE per transaction) on the same file system as naosd's state.
 2. Durable saga steps/s: a saga of --steps steps against a handler that
    returns at once; runs one after another (latency-bound) and all started
-   at once (throughput-bound).  Each step is two SQLite commits (started,
-   finished) plus one agent round trip.
+   at once (throughput-bound).  Each step is one transition commit (the
+   previous step's "finished" and this one's "started" go in one
+   transaction) plus one ``agent.run`` (whose own audit row is a second
+   commit); ``agent.run`` round trips/s alone are measured as a second floor.
 3. Floor for fan-out: a Thespian dispatcher actor (multiprocTCPBase, in a
    subprocess so no naos patch applies) keeping 4 worker actors busy:
    actor-to-actor messages/s.
@@ -109,10 +111,17 @@ def wait_final(c: Client, kind: str, run_id: str) -> dict:
             return r
 
 
-def sagas(c: Client, base: Path, count: int, steps: int) -> tuple[float, float]:
-    handler = base / "quiet.py"
-    handler.write_text(QUIET_HANDLER)
-    c.call("agent.create", name="quick", source=str(handler), start=True)
+def agent_runs(c: Client, n: int) -> float:
+    """``agent.run`` round trips/s from a client: what one step's agent call costs."""
+    for _ in range(20):
+        c.call("agent.run", name="quick", input={})
+    t0 = time.perf_counter()
+    for _ in range(n):
+        c.call("agent.run", name="quick", input={})
+    return n / (time.perf_counter() - t0)
+
+
+def sagas(c: Client, count: int, steps: int) -> tuple[float, float]:
     c.call("saga.create", name="bench")
     for i in range(steps):
         c.call("saga.add_step", saga="bench", step=f"s{i}", agent="quick", compensate="quick")
@@ -174,11 +183,16 @@ def main() -> None:
         daemon = Daemon(base)
         with Client(daemon.sock, timeout=120) as c:
             section(f"2. durable saga steps ({args.sagas} runs x {args.steps} steps)")
-            serial, parallel = sagas(c, base, args.sagas, args.steps)
+            handler = base / "quiet.py"
+            handler.write_text(QUIET_HANDLER)
+            c.call("agent.create", name="quick", source=str(handler), start=True)
+            runs = agent_runs(c, 500)
+            print(f"{'agent.run round trips/s (one step, no saga)':<48} {runs:10.0f}")
+            serial, parallel = sagas(c, args.sagas, args.steps)
             for name, rate in (("saga steps/s, one run at a time", serial),
                                (f"saga steps/s, {args.sagas} runs at once", parallel)):
                 print(f"{name:<48} {rate:10.0f}  {rate / commits:6.3f}x commits/s"
-                      f"  ({2 * rate / commits:5.2f} of the commit budget)")
+                      f"  {rate / runs:5.2f}x agent.run/s")
             section(f"4. pool of 4 members ({args.tasks} queued tasks)")
             queued, fanouts, submits = pools(c, base, args.tasks)
             print(f"{'queue-mode tasks/s (submit -> drained)':<48} {queued:10.0f}"

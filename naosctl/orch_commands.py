@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -26,15 +27,19 @@ def run_line(r: dict[str, Any]) -> str:
     return f"{r['run_id']}  {r['name']}  {r['status']}  {steps}{err}{note}"
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
 def timeline_lines(r: dict[str, Any]) -> list[str]:
     lines = [run_line(r)]
     for t in r["timeline"]:
         d = {k: v for k, v in t["detail"].items() if k not in ("run_id", "saga", "workflow",
                                                               "step")}
-        extra = " ".join(f"{k}={render.to_json(v) if not isinstance(v, str) else v}"
+        extra = " ".join(f"{k}={v if isinstance(v, str) else _compact(v)}"
                          for k, v in d.items())
         lines.append(f"  {t['ts']}  {t['type']:<34} {t['step'] or '':<12} {extra}")
-    lines.extend(f"  output {s['name']}: {render.to_json(s['output'])}"
+    lines.extend(f"  output {s['name']}: {_compact(s['output'])}"
                  for s in r["steps"] if s["output"] is not None)
     return lines
 
@@ -47,6 +52,8 @@ def _wait(c: Ctx, kind: str, run_id: str, wait: float) -> dict[str, Any]:
                                                timeout=max(0.1, min(left, 30.0)))
         if result["status"] in FINAL or time.monotonic() >= deadline:
             return result
+        if not result.get("live", True):
+            time.sleep(0.2)  # not being run right now (naosd starting): do not spin
 
 
 def _finish(result: dict[str, Any], as_json: bool) -> None:

@@ -88,10 +88,10 @@ def save_run(store: Store, run_id: str, record: dict[str, Any] | None, audits: A
             tx.execute("UPDATE orch_runs SET status = ?, record = ?, updated_at = ? "
                        "WHERE run_id = ?", (record["status"], _dump(record), now, run_id))
         for type_, detail in audits:
+            tx.audit(type_, detail=detail)  # first: it refuses a detail it cannot encode
             tx.execute("INSERT INTO orch_timeline(run_id, ts, type, step, detail) "
                        "VALUES (?, ?, ?, ?, ?)",
                        (run_id, now, type_, detail.get("step"), _dump(detail)))
-            tx.audit(type_, detail=detail)
 
 
 def get_run(store: Store, run_id: str) -> dict[str, Any]:

@@ -52,8 +52,8 @@ from actors.domain.run_events import (
     StepFailed,
     StepSucceeded,
 )
-from naosd import orch_store
-from naosd.errors import Conflict, InvalidRequest, NaosError, RequestTimeout
+from naosd import defs_store, orch_store
+from naosd.errors import Conflict, InvalidRequest, NaosError, NotFound, RequestTimeout
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -131,6 +131,11 @@ class Coordinator:
                           self.run_id)
         finally:
             self._stop()
+            while not self.queue.empty():  # operator events nobody will handle now
+                _, left = self.queue.get_nowait()
+                if left is not None and not left.done():
+                    left.set_exception(Conflict(f"run {self.run_id}: its coordinator "
+                                                "stopped; try again"))
             self.finished.set()
             if self.orch.live.get(self.run_id) is self:
                 del self.orch.live[self.run_id]
@@ -225,6 +230,7 @@ class Orchestrator:
         kind = KINDS[kind_name]
         draft = await self.d.db.call(lambda s: orch_store.get_def(s, kind_name, name))
         spec = kind.spec(draft)
+        await self._check_agents(kind_name, spec)
         run_id = f"{kind_name[0]}-{uuid.uuid4().hex[:12]}"
         state = kind.module.initial(run_id, spec, run_input)
         record = kind.module.to_record(state)
@@ -232,6 +238,15 @@ class Orchestrator:
         coord = self._spawn(kind, state)
         coord.post(Start(time.time()))
         return {"run_id": run_id, kind_name: name, "status": record["status"]}
+
+    async def _check_agents(self, kind_name: str, spec: Any) -> None:
+        """Refuse a run whose steps name agents that are not registered."""
+        for step in spec.steps:
+            for agent in (step.agent, getattr(step, "compensate_agent", None)):
+                if agent is not None and not await self.d.db.call(
+                        lambda s, a=agent: defs_store.name_taken(s, a) == "agent"):
+                    raise NotFound(f"{kind_name} {spec.name!r} step {step.name!r}: "
+                                   f"no agent named {agent!r}")
 
     async def _coordinator(self, run_id: str) -> Coordinator:
         """The live coordinator of ``run_id``, or a new one from its record."""
@@ -265,7 +280,9 @@ class Orchestrator:
                 raise RequestTimeout(
                     f"run {run_id} is still {coord.status} after {timeout_s:g}s; "
                     f"see its status later") from None
-        return await self.describe(run_id)
+        view = await self.describe(run_id)
+        view["live"] = run_id in self.live
+        return view
 
     async def describe(self, run_id: str) -> dict[str, Any]:
         row = await self.d.db.call(lambda s: orch_store.get_run(s, run_id))

@@ -104,9 +104,11 @@ class Pools:
             await self.d.db.call(lambda s, a=agent: defs_store.get_agent(s, a))
         if spec.get("reducer"):
             await self.d.db.call(lambda s: defs_store.get_agent(s, spec["reducer"]))
-        await self.d.db.call(lambda s: orch_store.create_def(s, "pool", spec["name"], spec))
+        if await self.d.db.call(lambda s: orch_store.def_exists(s, "pool", spec["name"])):
+            raise Conflict(f"a pool named {spec['name']!r} already exists")
         if spec.get("agent"):
             await self._ensure_clones(spec)
+        await self.d.db.call(lambda s: orch_store.create_def(s, "pool", spec["name"], spec))
         await self.d.db.notify()
         return spec
 
@@ -116,9 +118,16 @@ class Pools:
 
         def make(store: Any) -> None:
             for name in members_of(spec):
-                if defs_store.name_taken(store, name) is None:
+                taken = defs_store.name_taken(store, name)
+                if taken is None:
                     defs_store.create_agent(store, dataclasses.replace(
                         base, name=name, supervisor=None, desired="stopped"))
+                    continue
+                other = defs_store.get_agent(store, name) if taken == "agent" else None
+                if other is None or (other.source_kind, other.source, other.config) != (
+                        base.source_kind, base.source, base.config):
+                    raise Conflict(f"cannot clone {spec['agent']!r} as {name!r}: that name "
+                                   "is taken by something else")
 
         await self.d.db.call(make)
 

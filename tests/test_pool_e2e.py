@@ -154,3 +154,25 @@ def test_queue_mode_scale_and_drain_while_tasks_run(daemon: Naosd, voter: Path, 
     status = ok(daemon, "pool", "status", "w")
     assert status["throughput_per_s"] > 0
     daemon.remember_tree()
+
+
+def test_a_clone_name_taken_by_another_agent_is_refused(daemon: Naosd, voter: Path):
+    agent(daemon, voter, "worker", answer=1)
+    agent(daemon, voter, "worker-c2", answer=2)  # not a clone of worker
+    out = daemon.ctl("pool", "create", "w", "--agent", "worker", "--size", "3")
+    assert out.returncode != 0 and "'worker-c2'" in out.stderr and "taken" in out.stderr
+    assert daemon.ctl("pool", "status", "w").returncode != 0  # nothing half-created
+
+
+@pytest.mark.parametrize("pick", ["round-robin", "least-busy"])
+def test_pick_strategies_spread_tasks(daemon: Naosd, voter: Path, pick: str):
+    agent(daemon, voter, "slowpoke", sleep=0.5)
+    agent(daemon, voter, "quick")
+    ok(daemon, "pool", "create", "mix", "--agents", "slowpoke,quick", "--pick", pick)
+    ids = [ok(daemon, "pool", "submit", "mix", "--input", str(i))["task_id"] for i in range(10)]
+    ok(daemon, "pool", "drain", "mix")
+    by = Counter(ok(daemon, "pool", "task", "mix", t)["member"] for t in ids)
+    if pick == "round-robin":
+        assert by == Counter({"slowpoke": 5, "quick": 5})
+    else:  # the idle member takes the work while the slow one is busy
+        assert by["quick"] >= 7, by

@@ -69,6 +69,7 @@ class Shell:
         self.undo = {k: deque(v) for k, v in (undo or {}).items()}
         self.trace: list[Effect] = []
         self.records: list[dict[str, Any]] = []
+        self.audits: list[Audit] = []
         self.now = 0.0
 
     def outcome(self, script: dict[str, deque[str]], step: str) -> str:
@@ -107,6 +108,8 @@ class Shell:
             for effect in effects:
                 if isinstance(effect, Persist):
                     self.records.append(effect.record)
+                if isinstance(effect, Audit):
+                    self.audits.append(effect)
                 if isinstance(effect, Audit | Persist):
                     continue
                 self.trace.append(effect)
@@ -287,6 +290,18 @@ def test_compensation_failure_keeps_going_then_operator_retry() -> None:
     assert state.status is RunStatus.COMPENSATED
     assert undone(shell.trace) == ["b"]
     assert [e.attempt for e in shell.trace if isinstance(e, RunCompensation)] == [1]
+
+
+def test_compensation_failure_is_audited_as_an_alert() -> None:
+    state, shell = run_saga(do={"d": ["fatal"]}, undo={"b": ["x", "x", "x"]})
+    assert state.status is RunStatus.COMPENSATION_FAILED
+    final = shell.audits[-1]
+    assert final.type == "saga.compensation_failed"
+    assert final.detail["severity"] == "alert" and final.detail["failed"] == ["b"]
+    state, shell = run_saga(do={"d": ["fatal"]})
+    assert state.status is RunStatus.COMPENSATED
+    assert shell.audits[-1].type == "saga.compensated"
+    assert "severity" not in shell.audits[-1].detail
 
 
 def test_compensation_retry_fails_again_then_resolve() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,10 @@ def test_bad_definitions_and_runs_are_refused(daemon: Naosd, lab: Lab):
     out = daemon.ctl("saga", "run", "s1")
     assert out.returncode != 0 and "at least one step" in out.stderr
     ok(daemon, "saga", "add-step", "s1", "a", "--agent", "inventory")
+    ok(daemon, "saga", "create", "ghostly")
+    ok(daemon, "saga", "add-step", "ghostly", "a", "--agent", "inventory", "--compensate", "ghost")
+    out = daemon.ctl("saga", "run", "ghostly")
+    assert out.returncode != 0 and "step 'a': no agent named 'ghost'" in out.stderr
     out = daemon.ctl("saga", "add-step", "s1", "a", "--agent", "inventory")
     assert out.returncode != 0 and "already has a step" in out.stderr
     out = daemon.ctl("saga", "add-step", "s1", "b", "--agent", "x", "--timeout", "-1")
@@ -194,3 +200,52 @@ merge = "all"
     (base / "bad.toml").write_text('[sagas.s]\nsteps = [{ name = "a", agent = "ghost" }]\n')
     bad = daemon.ctl("config", "validate", str(base / "bad.toml"))
     assert bad.returncode == 1 and "sagas.s: no agent named 'ghost'" in bad.stderr
+
+
+async def test_events_stream_carries_run_and_step_transitions(daemon: Naosd, lab: Lab):
+    from naosctl.client import AsyncClient
+
+    async with AsyncClient(daemon.socket) as c:
+        stream = c.stream("events")
+        first = asyncio.ensure_future(stream.__anext__())
+        for i in range(100):  # audited changes until the subscription shows one
+            await c.call("saga.create", name=f"probe{i}")
+            done, _ = await asyncio.wait([first], timeout=0.5)
+            if done:
+                break
+        assert first.result()["type"] == "saga.defined"
+        await c.call("saga.create", name="live")
+        await c.call("saga.add_step", saga="live", step="only", agent="inventory")
+        run_id = (await c.call("saga.run", name="live", input={}))["run_id"]
+        seen: list[tuple[str, str | None]] = []
+        async with asyncio.timeout(60):
+            async for row in stream:
+                if row["detail"].get("run_id") == run_id:
+                    seen.append((row["type"], row["detail"].get("step")))
+                if row["type"] == "saga.completed":
+                    break
+        await stream.aclose()
+    assert seen[0] == ("saga.run_created", None)
+    assert ("saga.step_started", "only") in seen and ("saga.step_succeeded", "only") in seen
+    assert seen[-1] == ("saga.completed", None)
+
+
+def test_one_live_coordinator_per_run(daemon: Naosd, lab: Lab):
+    make_saga(daemon)
+    lab.set(sleep={"reserve": 2})
+    run_id = ok(daemon, "saga", "run", "order", "--no-wait", "--input", "{}")["run_id"]
+    status = ok(daemon, "saga", "status", run_id)
+    assert status["live"] and status["status"] == "running"
+    out = daemon.ctl("saga", "resume", run_id)
+    assert out.returncode != 0 and "already being run" in out.stderr
+    lab.set()
+    rc, final = outcome(daemon, "saga", "run", "order", "--input", "{}")  # a second run
+    assert rc == 0 and final["run_id"] != run_id
+    final = ok(daemon, "saga", "status", run_id)
+    while final["status"] == "running":
+        time.sleep(0.1)
+        final = ok(daemon, "saga", "status", run_id)
+    assert final["status"] == "completed" and not final["live"]
+    assert lab.ledger(run_id) == [("reserve", 0), ("charge", 0), ("ship", 0)]
+    out = daemon.ctl("saga", "resume", run_id)
+    assert out.returncode != 0 and "nothing to resume" in out.stderr

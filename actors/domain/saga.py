@@ -28,7 +28,8 @@ Decisions:
   steps without ``compensate_agent`` are skipped (audited).
 - A failing compensation is retried by ``SagaSpec.compensation_retry``; once
   exhausted the step is ``undo_failed``, the remaining compensations still run,
-  and the run ends ``compensation_failed`` (never ``compensated``).
+  and the run ends ``compensation_failed`` (never ``compensated``), audited
+  with ``severity: "alert"``.
 - ``RetryCompensation`` retries the ``undo_failed`` steps (reverse order) with
   fresh attempts; ``Resolve`` records the operator's note and makes the run
   final; it stays ``compensation_failed``.
@@ -602,7 +603,8 @@ def _next_undo(tx: _Tx) -> None:
     status = RunStatus.COMPENSATION_FAILED if failed else RunStatus.COMPENSATED
     tx.set(status=status)  # COMPENSATING -> COMPENSATED | COMPENSATION_FAILED
     tx.persist(status.value)
-    tx.audit(status.value, failed=failed, reason=tx.state.error)
+    alert = {"severity": "alert"} if failed else {}  # needs an operator: retry or resolve
+    tx.audit(status.value, failed=failed, reason=tx.state.error, **alert)
 
 
 def _send_undo(tx: _Tx, name: str, attempt: int) -> None:
