@@ -338,6 +338,7 @@ def main() -> None:
 
 
 import naosctl.agent_commands  # noqa: E402 - registers its commands on cli
+import naosctl.broker_commands  # noqa: E402
 import naosctl.project_commands  # noqa: E402
 import naosctl.service_commands  # noqa: E402
 import naosctl.wasm_commands  # noqa: E402, F401

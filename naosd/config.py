@@ -175,6 +175,10 @@ SETTINGS: tuple[Setting, ...] = (
             "WASM sandbox worker processes"),
     Setting("agents.idle_timeout", _number(0, 30 * 86400), 600.0,
             "seconds before an on-demand agent's idle process is stopped (0: never)"),
+    Setting("broker.skill_threshold", _number(0, 1), 0.5,
+            "confidence a built-in skill needs to take a task"),
+    Setting("broker.wasm_threshold", _number(0, 1), 0.5,
+            "confidence an installed WASM skill needs to take a task"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -207,6 +211,8 @@ class Config:
     actors_bridge_threads: int
     actors_sandbox_workers: int
     agents_idle_timeout: float
+    broker_skill_threshold: float = 0.5
+    broker_wasm_threshold: float = 0.5
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -65,6 +65,7 @@ class Daemon:
         self.reloads = 0
         self.agents: Any = None
         self.sandbox_pool: Any = None  # the pool's address, found on first use
+        self.broker: Any = None
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -83,10 +84,12 @@ class Daemon:
 
     async def _start_parts(self) -> None:
         import naosd.api_agents
+        import naosd.api_broker
         import naosd.api_wasm  # noqa: F401
         from actors.messages import InitRoot
         from naosd.agents import Agents
         from naosd.bridge import Bridge
+        from naosd.broker import build_broker
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
@@ -94,6 +97,8 @@ class Daemon:
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers))
+        self.broker = build_broker(self)
+        await self.broker.start()
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()

@@ -1,0 +1,204 @@
+"""The broker through the real daemon and naosctl: skills, WASM skills, routes, stats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from harness import Naosd
+
+pytestmark = pytest.mark.e2e
+
+CSV_TOTAL = Path(__file__).resolve().parent.parent / "examples" / "skills" / "csv-total"
+
+
+def ctl_json(daemon: Naosd, *args: str) -> dict:
+    out = daemon.ctl(*args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def copy_package(base: Path, name: str = "pkg") -> Path:
+    target = base / name
+    shutil.copytree(CSV_TOTAL, target)
+    return target
+
+
+def edit_manifest(pkg: Path, **changes) -> None:
+    data = json.loads((pkg / "manifest.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    (pkg / "manifest.json").write_text(json.dumps(data))
+
+
+def installed(daemon: Naosd) -> list[str]:
+    return [s["name"] for s in ctl_json(daemon, "skill", "list")["skills"]]
+
+
+def test_skill_route_executes_builtin_and_records_cost(daemon: Naosd):
+    out = daemon.ctl("broker", "execute", "total these invoices: 12.50, 30, 7.25")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "total: 49.75 (3 numbers)"
+    assert "number-total" in out.stderr
+    result = ctl_json(daemon, "broker", "execute", "count the words in: a b c", "--agent", "ann")
+    assert (result["route"], result["handler"]) == ("skill", "word-count")
+    assert result["output"].startswith("words: 3,") and result["cost_micro"] == 2
+    assert result["agent"] == "ann" and result["reserved_micro"] == 2
+    history = ctl_json(daemon, "cost", "history", "--days", "1")
+    assert [e["handler"] for e in history["entries"]] == ["number-total", "word-count"]
+    assert history["total_micro"] == 5 + 2
+    rows = json.loads(daemon.ctl("audit", "tail", "--type", "broker.execute", "--json").stdout)
+    assert [r["detail"]["handler"] for r in rows] == ["number-total", "word-count"]
+    assert rows[-1]["agent"] == "ann"
+
+
+def test_no_route_is_a_clear_error_and_audited(daemon: Naosd):
+    out = daemon.ctl("broker", "execute", "write me a poem about the sea")
+    assert out.returncode == 1
+    assert "no route for task" in out.stderr and "no LLM is configured" in out.stderr
+    explained = daemon.ctl("broker", "route", "what is the total?", "--explain")
+    assert explained.returncode == 1
+    assert "near miss" in explained.stdout and "number-total" in explained.stdout
+    rows = json.loads(daemon.ctl("audit", "tail", "--type", "broker.denied", "--json").stdout)
+    assert rows and rows[-1]["detail"]["error"] == "no_route"
+    assert ctl_json(daemon, "cost", "history")["entries"] == []
+
+
+def test_install_wasm_skill_then_route_and_execute_it(daemon: Naosd, base: Path):
+    digest = hashlib.sha256((CSV_TOTAL / "module.wasm").read_bytes()).hexdigest()
+    result = ctl_json(daemon, "skill", "install", str(CSV_TOTAL), "--sha256", digest)
+    assert result["name"] == "csv-total" and result["sha256"] == digest
+    skills = {s["name"]: s for s in ctl_json(daemon, "broker", "skills")["skills"]}
+    assert skills["csv-total"]["kind"] == "wasm" and skills["number-total"]["kind"] == "skill"
+    route = ctl_json(daemon, "broker", "route", "csv total: 12,30,-7")
+    assert route["chosen"] == {"name": "csv-total", "kind": "wasm"}
+    cleared = [c["name"] for c in route["candidates"] if c["cleared"]]
+    assert cleared == ["csv-total", "number-total"]  # cheapest first
+    explained = daemon.ctl("broker", "route", "csv total: 12,30,-7", "--explain").stdout
+    assert "* csv-total (wasm" in explained and "number-total (skill" in explained
+    ran = ctl_json(daemon, "broker", "execute", "csv total: 12,30,-7\n4,5")
+    assert ran["route"] == "wasm" and ran["output"] == "total: 44 (5 numbers)\n"
+    assert ran["fuel_used"] > 0 and ran["cost_micro"] >= 3 + 1
+    assert ran["reserved_micro"] >= ran["cost_micro"]
+    failed = daemon.ctl("broker", "execute", "csv total: none here")
+    assert failed.returncode == 1 and "exited with code 4" in failed.stderr
+    entries = ctl_json(daemon, "cost", "history")["entries"]
+    assert [(e["handler"], e["status"]) for e in entries] == [("csv-total", "ok"),
+                                                              ("csv-total", "failed")]
+    assert entries[1]["cost_micro"] >= 1  # the fuel it burned is charged
+    assert daemon.ctl("skill", "remove", "csv-total").returncode == 0
+    assert installed(daemon) == []
+    assert ctl_json(daemon, "broker", "route", "csv total: 1,2")["chosen"]["name"] == "number-total"
+
+
+def test_skill_install_refuses_wrong_sha256_and_installs_nothing(daemon: Naosd):
+    out = daemon.ctl("skill", "install", str(CSV_TOTAL), "--sha256", "0" * 64)
+    assert out.returncode == 2
+    assert "sha256 mismatch" in out.stderr and "nothing was installed" in out.stderr
+    assert installed(daemon) == []
+    rows = json.loads(daemon.ctl("audit", "tail", "--type", "skill.install", "--json").stdout)
+    assert rows == []
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"runtime": "wasip2-component"}, "runtime must be 'wasip1-command'"),
+    ({"entrypoint": "main"}, "entrypoint must be '_start'"),
+    ({"price_micro": -1}, "price_micro must be a whole number"),
+    ({"price_micro": 1.5}, "price_micro must be a whole number"),
+    ({"name": "Bad Name"}, "invalid skill name"),
+    ({"name": "number-total"}, "taken by a built-in"),
+    ({"version": None}, "missing field(s) version"),
+    ({"colour": "red"}, "unknown field(s) colour"),
+    ({"patterns": {"regexes": ["(a+)+$"]}}, "nests quantifiers"),
+    ({"patterns": {"regexes": ["x*"]}}, "matches the empty string"),
+    ({"patterns": {}}, "at least one keyword"),
+    ({"module": "../module.wasm"}, "module must be a plain file name"),
+    ({"sha256": "f" * 64}, "sha256 mismatch"),
+])
+def test_skill_install_refuses_a_bad_manifest(daemon: Naosd, base: Path, changes, message):
+    pkg = copy_package(base)
+    edit_manifest(pkg, **changes)
+    out = daemon.ctl("skill", "install", str(pkg))
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+    assert installed(daemon) == []
+
+
+def test_skill_install_refuses_a_module_that_cannot_run(daemon: Naosd, base: Path):
+    pkg = copy_package(base)
+    (pkg / "module.wasm").write_bytes(b"\0asm\x01\0\0\0garbage")
+    out = daemon.ctl("skill", "install", str(pkg))
+    assert out.returncode != 0 and "skill module" in out.stderr, out.stderr
+    (pkg / "module.wasm").unlink()
+    out = daemon.ctl("skill", "install", str(pkg))
+    assert out.returncode != 0 and "no module" in out.stderr
+    assert installed(daemon) == []
+
+
+def test_skill_install_from_archives_and_replace(daemon: Naosd, base: Path):
+    tgz = base / "csv-total.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        for name in ("manifest.json", "module.wasm"):
+            tf.add(CSV_TOTAL / name, arcname=name)
+    assert daemon.ctl("skill", "install", str(tgz)).returncode == 0
+    again = daemon.ctl("skill", "install", str(tgz))
+    assert again.returncode == 1 and "already installed" in again.stderr
+    pkg = copy_package(base)
+    edit_manifest(pkg, version="1.1.0")
+    archive = base / "csv-total.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("manifest.json", "module.wasm"):
+            zf.write(pkg / name, arcname=name)
+    assert daemon.ctl("skill", "install", str(archive), "--replace").returncode == 0
+    [info] = ctl_json(daemon, "skill", "list")["skills"]
+    assert info["version"] == "1.1.0"
+    bogus = base / "not-a-package.bin"
+    bogus.write_bytes(b"nothing")
+    out = daemon.ctl("skill", "install", str(bogus))
+    assert out.returncode != 0 and "not a skill package" in out.stderr
+
+
+def test_installed_skills_survive_a_restart(daemon: Naosd, base: Path):
+    from harness import reap, start_naosd
+
+    assert daemon.ctl("skill", "install", str(CSV_TOTAL)).returncode == 0
+    assert daemon.stop() == 0
+    again = start_naosd(base)
+    try:
+        assert installed(again) == ["csv-total"]
+        assert ctl_json(again, "broker", "execute", "csv total: 1,2")["output"].startswith(
+            "total: 3")
+    finally:
+        assert not reap(again)
+
+
+def test_stats_report_saving_against_all_llm(daemon: Naosd):
+    for task in ("total these invoices: 1, 2", "sha256 of: x", "count the words in: a b"):
+        assert daemon.ctl("broker", "execute", task).returncode == 0
+    stats = ctl_json(daemon, "broker", "stats", "--since", "1d")
+    assert stats["tasks"] == 3 and set(stats["by_kind"]) == {"skill"}
+    assert stats["cost_micro"] == 5 + 1 + 2
+    assert stats["all_llm_micro"] == stats["by_kind"]["skill"]["llm_estimate_micro"]
+    assert stats["all_llm_micro"] > stats["cost_micro"]
+    assert stats["saved_micro"] == stats["all_llm_micro"] - stats["cost_micro"]
+    text = daemon.ctl("broker", "stats").stdout
+    assert "saved" in text and "3 tasks" in text
+    bad = daemon.ctl("broker", "stats", "--since", "yesterday")
+    assert bad.returncode == 2 and "neither a duration" in bad.stderr
+
+
+def test_hostile_task_input_is_refused_clearly(daemon: Naosd):
+    empty = daemon.ctl("broker", "execute", "   ")
+    assert empty.returncode == 2 and "task is empty" in empty.stderr
+    huge = daemon.ctl("broker", "execute", "-", input="total: 1 " * 20_000)
+    assert huge.returncode == 2 and "longer than" in huge.stderr
+    agent = daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "../etc")
+    assert agent.returncode == 2 and "invalid agent name" in agent.stderr
