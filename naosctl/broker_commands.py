@@ -291,12 +291,15 @@ def cost_reset(c: Ctx, agent: str | None, is_global: bool, as_json: bool) -> Non
 @click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True)
 @click.option("--agent", help="only this agent's costs")
 @click.option("--entries", is_flag=True, help="also list the latest ledger entries")
+@click.option("--limit", type=click.IntRange(0, 10_000), default=100, show_default=True,
+              help="how many of the latest entries")
 @json_option
 @pass_ctx
 @handle_errors()
-def cost_history(c: Ctx, days: int, agent: str | None, entries: bool, as_json: bool) -> None:
+def cost_history(c: Ctx, days: int, agent: str | None, entries: bool, limit: int,
+                 as_json: bool) -> None:
     """The cost ledger by day, agent and route kind."""
-    params: dict[str, Any] = {"days": days}
+    params: dict[str, Any] = {"days": days, "limit": limit}
     if agent:
         params["agent"] = agent
     result = c.client.call("cost.history", **params)
