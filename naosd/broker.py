@@ -33,6 +33,7 @@ from naosd import broker_store as bs
 from naosd.builtin_skills import BUILTIN, BUILTIN_BY_NAME, SkillFailed
 from naosd.cost import CostController, Event, Hold
 from naosd.errors import Conflict, InvalidRequest, NaosError
+from naosd.ledger_writer import LedgerWriter
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -76,6 +77,7 @@ class Broker:
         self.llm_prices = llm_prices or REFERENCE_LLM_PRICES
         self._estimate_llm = estimate_llm
         self.cost = CostController()
+        self.writer = LedgerWriter(daemon.db)
         self._installed: dict[str, bs.InstalledSkill] = {}
         self.thresholds = routing.Thresholds(daemon.config.broker_skill_threshold,
                                              daemon.config.broker_wasm_threshold)
@@ -256,9 +258,7 @@ class Broker:
         audit = Event("broker.execute", agent, {
             "task_id": task_id, "route": chosen.kind.value, "handler": chosen.name,
             "status": status, "cost_micro": cost, "reserved_micro": hold.amount, **extra})
-        events, budgets = self.cost.drain()
-        await self._d.db.call(lambda s: bs.record(s, events, budgets, entry, audit))
-        await self._d.db.notify()
+        await self._write(entry, audit)
 
     async def _deny(self, task_id: str, agent: str | None, exc: Exception,
                     chosen: routing.Candidate | None) -> None:
@@ -268,15 +268,15 @@ class Broker:
             "task_id": task_id, "error": code, "reason": message[:500],
             "route": chosen.kind.value if chosen else None,
             "handler": chosen.name if chosen else None})
-        events, budgets = self.cost.drain()
-        await self._d.db.call(lambda s: bs.record(s, events, budgets, None, audit))
-        await self._d.db.notify()
+        await self._write(None, audit)
 
     async def flush(self) -> None:
         """Persist what the cost controller changed outside a task (set, reset)."""
+        await self._write(None, None)
+
+    async def _write(self, entry: bs.LedgerEntry | None, audit: Event | None) -> None:
         events, budgets = self.cost.drain()
-        await self._d.db.call(lambda s: bs.record(s, events, budgets))
-        await self._d.db.notify()
+        await self.writer.write(bs.Record(tuple(events), tuple(budgets), entry, audit))
 
 
 class _Charged(Exception):

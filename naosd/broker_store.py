@@ -128,25 +128,40 @@ class LedgerEntry:
     estimated: bool = False
 
 
-def record(store: Store, events: Iterable[Event],
-           budgets: Iterable[tuple[str, b.BudgetState, b.TokenBucket]],
-           entry: LedgerEntry | None = None, audit: Event | None = None) -> None:
-    """One transaction: the ledger row (if any), changed budgets, the cost events and
-    the task's own audit row."""
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What one task (or one budget change) persists: its ledger row (if any), the
+    budgets it changed, the cost events and its own audit row."""
+
+    events: tuple[Event, ...]
+    budgets: tuple[tuple[str, b.BudgetState, b.TokenBucket], ...]
+    entry: LedgerEntry | None = None
+    audit: Event | None = None
+
+
+def record(store: Store, records: Iterable[Record]) -> None:
+    """Write ``records`` in one transaction (group commit: one fsync for the lot),
+    in order, so the last snapshot of a budget wins."""
     with store.transaction() as tx:
         now = store.now_iso()
-        if entry is not None:
-            tx.execute(
-                "INSERT INTO cost_ledger(ts, task_id, agent, route_kind, handler, status, "
-                "reserved_micro, cost_micro, llm_estimate_micro, estimated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, entry.task_id, entry.agent, entry.route_kind, entry.handler,
-                 entry.status, entry.reserved_micro, entry.cost_micro,
-                 entry.llm_estimate_micro, int(entry.estimated)))
-        for scope, state, bucket in budgets:
-            _write_budget(tx, scope, state, bucket, now)
-        for event in (*events, *([audit] if audit else [])):
-            tx.audit(event.type, actor="broker", agent=event.agent, detail=event.detail)
+        for rec in records:
+            _write_record(tx, rec, now)
+
+
+def _write_record(tx: Tx, rec: Record, now: str) -> None:
+    entry = rec.entry
+    if entry is not None:
+        tx.execute(
+            "INSERT INTO cost_ledger(ts, task_id, agent, route_kind, handler, status, "
+            "reserved_micro, cost_micro, llm_estimate_micro, estimated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, entry.task_id, entry.agent, entry.route_kind, entry.handler,
+             entry.status, entry.reserved_micro, entry.cost_micro,
+             entry.llm_estimate_micro, int(entry.estimated)))
+    for scope, state, bucket in rec.budgets:
+        _write_budget(tx, scope, state, bucket, now)
+    for event in (*rec.events, *([rec.audit] if rec.audit else [])):
+        tx.audit(event.type, actor="broker", agent=event.agent, detail=event.detail)
 
 
 # -- reading the ledger ------------------------------------------------------------
