@@ -202,3 +202,22 @@ def test_hostile_task_input_is_refused_clearly(daemon: Naosd):
     assert huge.returncode == 2 and "longer than" in huge.stderr
     agent = daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "../etc")
     assert agent.returncode == 2 and "invalid agent name" in agent.stderr
+
+
+def test_thresholds_come_from_the_configuration(base: Path):
+    from harness import clean_env, reap, start_naosd
+
+    env = clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
+                    XDG_CONFIG_HOME=str(base / "xdg-config"), NAOS_BROKER_WASM_THRESHOLD="1",
+                    NAOS_BROKER_SKILL_THRESHOLD="0.4")
+    daemon = start_naosd(base, env=env)
+    try:
+        assert daemon.ctl("skill", "install", str(CSV_TOTAL)).returncode == 0
+        skills = ctl_json(daemon, "broker", "skills")
+        assert skills["thresholds"] == {"skill": 0.4, "wasm": 1.0}
+        route = ctl_json(daemon, "broker", "route", "csv total: 1,2")
+        assert route["chosen"]["name"] == "number-total"  # the WASM skill no longer clears
+        # one keyword of three scores 0.46: below the default 0.5, above 0.4
+        assert ctl_json(daemon, "broker", "route", "hash this: abc")["chosen"]["name"] == "sha256"
+    finally:
+        assert not reap(daemon)
