@@ -124,3 +124,16 @@ def test_an_open_event_stream_does_not_hold_up_shutdown(daemon: Naosd):
         assert time.monotonic() - started < 15
     finally:
         sock.close()
+
+
+def test_cost_view_serves_budgets_and_broker_stats(daemon: Naosd):
+    url, token = login(daemon)
+    assert get(url + "api/v1/cost", None)[0] == 401
+    daemon.ctl("cost", "set", "ann", "--budget", "$1/day", check=True)
+    daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "ann", check=True)
+    status, body, _ = get(url + "api/v1/cost", token)
+    view = json.loads(body)
+    assert status == 200
+    assert [(b["scope"], b["spent_micro"]) for b in view["budgets"]] == [("ann", 1)]
+    assert view["stats"]["tasks"] == 1 and view["stats"]["by_kind"]["skill"]["cost_micro"] == 1
+    assert get(url + "api/v1/cost?since=never", token)[0] == 400

@@ -183,3 +183,21 @@ def test_without_the_token_the_page_gets_no_data(daemon: Naosd, browser: Browser
         page.screenshot(path=str(tmp_path / "denied.png"))
     finally:
         context.close()
+
+
+def test_cost_section_follows_spending_live(daemon: Naosd, browser: Browser):
+    _, login_url = dashboard(daemon)
+    daemon.ctl("cost", "set", "ann", "--budget", "$0.00001/day", check=True)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(login_url)
+        budget = page.locator('[data-testid="budgets-table"] tr[data-scope="ann"]')
+        expect(budget).to_contain_text("$0.00", timeout=TIMEOUT_MS)
+        for _ in range(2):
+            daemon.ctl("broker", "execute", "total: 1, 2", "--agent", "ann", check=True)
+        expect(budget).to_contain_text("100.0%", timeout=TIMEOUT_MS)  # via the SSE stream
+        expect(page.get_by_test_id("cost-stats")).to_contain_text("2 tasks (skill 2)",
+                                                                   timeout=TIMEOUT_MS)
+    finally:
+        context.close()

@@ -141,6 +141,20 @@ def _last_event_id(request: web.Request) -> int | None:
         raise web.HTTPBadRequest(text="Last-Event-ID must be an audit seq\n") from None
 
 
+async def cost(request: web.Request) -> web.StreamResponse:
+    """Budgets and the broker's route/cost statistics (``since``: 1d by default)."""
+    from naosd.api_broker import broker_stats, cost_status
+
+    d = request.app[DAEMON]
+    try:
+        stats = await broker_stats(d, {"since": request.query.get("since", "1d")[:64],
+                                       "agent": None})
+    except NaosError as exc:
+        raise _error(exc) from None
+    budgets = (await cost_status(d, {"scope": None}))["budgets"]
+    return web.json_response({"budgets": budgets, "stats": stats})
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     from naosd.dashboard.metrics import render
 
@@ -168,5 +182,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit", audit)
     app.router.add_get("/api/v1/audit/verify", audit_verify)
     app.router.add_get("/api/v1/events", events)
+    app.router.add_get("/api/v1/cost", cost)
     app.router.add_get("/metrics", metrics)
 
