@@ -67,6 +67,13 @@ def test_metrics_parse_with_prometheus_client(daemon: Naosd):
     assert running[0].value == 1
     assert families["naos_uptime_seconds"].samples[0].value > 0
     assert "naos_agent_restarts" in families
+    daemon.ctl("cost", "set", "--global", "--budget", "$2/day", check=True)
+    daemon.ctl("broker", "execute", "sha256 of: x", check=True)
+    families = {f.name: f for f in text_string_to_metric_families(
+        get(url + "metrics", token)[1].decode())}
+    spent = families["naos_budget_spent_micro"].samples
+    assert [(s.labels["scope"], s.value) for s in spent] == [("*", 1.0)]
+    assert families["naos_budget_limit_micro"].samples[0].value == 2_000_000
 
 
 def sse_lines(url: str, token: str, last_id: int | None, want: int) -> list[dict]:
