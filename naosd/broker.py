@@ -46,6 +46,10 @@ SKILL_TIMEOUT_MS: Final = 5_000
 FUEL_PRICE_PER_MFUEL: Final = 1  # micro-dollars per million fuel (the sandbox tariff)
 PROMPT_OVERHEAD_TOKENS: Final = 20
 EST_OUT_TOKENS: Final = 256
+# Errors of a WASM run that started: the sandbox charges the whole fuel budget for them.
+WASM_RUN_ERRORS: Final = frozenset({"wasm_out_of_fuel", "wasm_timeout", "wasm_memory_limit",
+                                    "wasm_output_too_large", "wasm_trap", "wasm_exit",
+                                    "wasm_run_error"})
 # The price table used for "what would sending everything to the LLM cost" when no
 # LLM is configured: micro-dollars per 1K input / output tokens (a small hosted model).
 REFERENCE_LLM_PRICES: Final = (150, 600)
@@ -233,7 +237,12 @@ class Broker:
         limits = {"fuel": SKILL_FUEL, "timeout_ms": SKILL_TIMEOUT_MS,
                   "price_micro_usd_per_mfuel": FUEL_PRICE_PER_MFUEL}
         msg = RunWasm(uuid.uuid4().hex, installed.module, task.encode(), limits, (), "")
-        result = (await _ask_pool(self._d, msg, SKILL_TIMEOUT_MS / 1000 + 10)).result
+        try:
+            result = (await _ask_pool(self._d, msg, SKILL_TIMEOUT_MS / 1000 + 10)).result
+        except NaosError as exc:
+            if exc.code in WASM_RUN_ERRORS:  # a trapped run is charged its whole fuel budget
+                raise _Charged(self._reservation(chosen, task), exc) from None
+            raise
         cost = chosen.price_micro + int(result["cost_micro_usd"])
         if result["exit_code"] != 0:
             stderr = bytes(result["stderr"]).decode("utf-8", "replace").strip()[:500]

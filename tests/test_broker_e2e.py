@@ -221,3 +221,27 @@ def test_thresholds_come_from_the_configuration(base: Path):
         assert ctl_json(daemon, "broker", "route", "hash this: abc")["chosen"]["name"] == "sha256"
     finally:
         assert not reap(daemon)
+
+
+SPIN = """(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (loop $l (br $l))))"""
+
+
+def test_a_wasm_skill_that_runs_out_of_fuel_is_charged_its_reservation(daemon: Naosd,
+                                                                       base: Path):
+    import wasmtime
+
+    pkg = copy_package(base, "spin")
+    (pkg / "module.wasm").write_bytes(wasmtime.wat2wasm(SPIN))
+    edit_manifest(pkg, name="spin", patterns={"keywords": ["spin forever"]})
+    assert daemon.ctl("skill", "install", str(pkg)).returncode == 0
+    ctl_json(daemon, "cost", "set", "--global", "--budget", "$1/day")
+    out = daemon.ctl("broker", "execute", "spin forever")
+    assert out.returncode == 1 and "fuel" in out.stderr, out.stderr
+    [entry] = ctl_json(daemon, "cost", "history")["entries"]
+    assert (entry["handler"], entry["status"]) == ("spin", "failed")
+    assert entry["cost_micro"] == entry["reserved_micro"] > 3  # price + the whole fuel budget
+    [glob] = ctl_json(daemon, "cost", "status")["budgets"]
+    assert glob["spent_micro"] == entry["cost_micro"] and glob["reserved_micro"] == 0
