@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from actors.domain import routing
-from actors.domain.budget import BudgetExceeded
 from actors.domain.skill_manifest import SkillManifest, parse_manifest
 from actors.domain.trust import Decision, TrustDenied
 from naosd import broker_store as bs
@@ -87,8 +86,8 @@ class Broker:
                                              daemon.config.broker_wasm_threshold)
 
     async def start(self) -> None:
-        installed = await self._d.db.call(bs.list_skills)
-        self._installed = {s.manifest.name: s for s in installed}
+        """Load the installed skills and the budgets."""
+        await self._reload_catalog()
         self.cost.load(await self._d.db.call(bs.list_budgets))
 
     # -- catalog ---------------------------------------------------------------------
@@ -115,16 +114,16 @@ class Broker:
         await self._validate_module(module)
         result = await self._d.db.call(
             lambda s: bs.install_skill(s, manifest, module, digest, replace=replace))
-        await self.start_catalog()
+        await self._reload_catalog()
         await self._d.db.notify()
         return result
 
     async def remove(self, name: str) -> None:
         await self._d.db.call(lambda s: bs.remove_skill(s, name))
-        await self.start_catalog()
+        await self._reload_catalog()
         await self._d.db.notify()
 
-    async def start_catalog(self) -> None:
+    async def _reload_catalog(self) -> None:
         installed = await self._d.db.call(bs.list_skills)
         self._installed = {s.manifest.name: s for s in installed}
 
@@ -149,10 +148,7 @@ class Broker:
 
     def llm_estimate(self, task: str) -> int:
         """What this task would cost on the LLM (the all-LLM comparison in stats)."""
-        price_in, price_out = self.llm_prices
-        return routing.LlmRoute(price_in, price_out,
-                                PROMPT_OVERHEAD_TOKENS + routing.estimate_tokens(task),
-                                EST_OUT_TOKENS).cost_micro
+        return self._llm_route(task).cost_micro
 
     # -- the pipeline ----------------------------------------------------------------
     async def execute(self, task: str, agent: str | None) -> dict[str, Any]:
@@ -170,7 +166,7 @@ class Broker:
             if not verdict.allow:
                 raise TrustDenied(verdict.reason)
             hold = self.cost.reserve(agent, reserve, _now())
-        except (TrustDenied, BudgetExceeded, NaosError) as exc:
+        except NaosError as exc:  # trust_denied, budget_exceeded, budget_throttled, …
             await self._deny(task_id, agent, exc, chosen)
             raise
         return await self._run(task_id, task, agent, chosen, hold, verdict)
