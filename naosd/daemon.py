@@ -66,6 +66,8 @@ class Daemon:
         self.agents: Any = None
         self.sandbox_pool: Any = None  # the pool's address, found on first use
         self.broker: Any = None
+        self.llm: Any = None  # naosd.llm_service.LlmService
+        self.trust_gate: Any = None  # naosd.trust_gate.TrustGate
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -85,6 +87,8 @@ class Daemon:
     async def _start_parts(self) -> None:
         import naosd.api_agents
         import naosd.api_broker
+        import naosd.api_llm
+        import naosd.api_trust
         import naosd.api_wasm  # noqa: F401
         from actors.messages import InitRoot
         from naosd.agents import Agents
@@ -94,6 +98,7 @@ class Daemon:
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
         self.agents = Agents(self)
+        self._start_llm_and_trust()
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers))
@@ -110,6 +115,22 @@ class Daemon:
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()
+
+    def _start_llm_and_trust(self) -> None:
+        from naosd.axis import AxisConfig
+        from naosd.llm_service import LlmService
+        from naosd.trust_gate import TrustGate
+
+        self.llm = LlmService(self.config, self.db)
+        self.trust_gate = TrustGate(self.db, AxisConfig.from_config(self.config))
+
+    async def _stop_llm_and_trust(self) -> None:
+        for part in (self.llm, self.trust_gate):
+            if part is not None:
+                try:
+                    await part.aclose()
+                except Exception:  # keep stopping the rest
+                    log.exception("stopping %s failed", type(part).__name__)
 
     def _announce(self) -> None:
         info = self.dashboard_info(with_token=False)
@@ -133,6 +154,7 @@ class Daemon:
         if self.bridge is not None:
             self.bridge.close()
         await asyncio.to_thread(self.runtime.shutdown, budget / 2)
+        await self._stop_llm_and_trust()
         with contextlib.suppress(NaosError):
             await self.db.audit("daemon.stop", pid=os.getpid(), reason=self.stop_reason,
                                 uptime_s=round(self.uptime, 3))

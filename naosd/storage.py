@@ -127,7 +127,29 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX agent_logs_agent ON agent_logs(agent, id);
     """,
-    # 3: broker and cost controller (naosd.broker_store): installed WASM skills
+    # 3: trust gate (naosd.trust_store): local AXIS registry, AXIS answer
+    # cache, trust policies (scope '*' is the global one).
+    """
+    CREATE TABLE axis_agents(
+        agent TEXT PRIMARY KEY,
+        auid TEXT NOT NULL,
+        t_score INTEGER,
+        c_score INTEGER,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE axis_cache(
+        auid TEXT PRIMARY KEY,
+        t_score INTEGER NOT NULL,
+        c_score INTEGER NOT NULL,
+        fetched_at TEXT NOT NULL
+    );
+    CREATE TABLE trust_policy(
+        scope TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
+    # 4: broker and cost controller (naosd.broker_store): installed WASM skills
     # (module bytes inside the row: an install is one transaction), budgets, the
     # cost ledger of every route kind.
     """
