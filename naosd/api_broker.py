@@ -72,7 +72,8 @@ async def broker_stats(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     return {"since": since, "agent": agent, "by_kind": by_kind,
             "tasks": sum(k["tasks"] for k in by_kind.values()),
             "cost_micro": actual, "all_llm_micro": all_llm, "saved_micro": saved,
-            "llm_prices_per_1k_micro": list(d.broker.llm_prices)}
+            "llm_prices_per_1k_micro": list(d.broker.llm_prices),
+            "llm_prices_source": d.broker.llm_prices_source}
 
 
 @method("skill.install", manifest=Spec((bytes, str), max_len=64 * 1024),

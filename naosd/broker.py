@@ -55,11 +55,20 @@ REFERENCE_LLM_PRICES: Final = (150, 600)
 
 
 class TrustCheck(Protocol):
-    async def check(self, agent: str | None, cost_micro: int) -> Decision: ...
+    """:class:`naosd.trust_gate.TrustGate`: the decision and its audit detail, not audited
+    (the broker writes the ``trust.allow``/``trust.deny`` row with the task's record)."""
+
+    async def evaluate(self, agent: str | None, cost_micro: int
+                       ) -> tuple[Decision, dict[str, Any]]: ...
 
 
 class LlmCompleter(Protocol):
-    async def complete(self, prompt: str, *, max_tokens: int | None = None) -> Any: ...
+    """:class:`naosd.llm_service.LlmService`."""
+
+    async def complete(self, prompt: str, *, max_tokens: int | None = None,
+                       agent: str | None = None) -> Any: ...
+
+    def estimate_cost_micro(self, prompt: str, max_tokens: int | None) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +81,13 @@ class Outcome:
 
 class Broker:
     def __init__(self, daemon: Daemon, *, gate: TrustCheck, llm: LlmCompleter | None = None,
-                 llm_prices: tuple[int, int] | None = None,
-                 estimate_llm: Callable[[str, int | None], int] | None = None) -> None:
+                 llm_prices: tuple[int, int] | None = None, no_llm_reason: str = "") -> None:
         self._d = daemon
         self.gate = gate
         self.llm = llm
         self.llm_prices = llm_prices or REFERENCE_LLM_PRICES
-        self._estimate_llm = estimate_llm
+        self.llm_prices_source = "configured" if llm_prices else "reference"
+        self._no_llm_reason = no_llm_reason
         self.cost = CostController()
         self.writer = LedgerWriter(daemon.db)
         self._installed: dict[str, bs.InstalledSkill] = {}
@@ -138,7 +147,13 @@ class Broker:
     def route(self, task: str) -> routing.RouteDecision:
         _check_task(task)
         llm = self._llm_route(task) if self.llm is not None else None
-        return routing.route(task, self.catalog(), self.thresholds, llm)
+        try:
+            return routing.route(task, self.catalog(), self.thresholds, llm)
+        except routing.NoRoute as exc:
+            if not self._no_llm_reason:
+                raise
+            raise routing.NoRoute(f"{exc.message} ({self._no_llm_reason})",
+                                  exc.decision) from None
 
     def _llm_route(self, task: str) -> routing.LlmRoute:
         price_in, price_out = self.llm_prices
@@ -161,37 +176,40 @@ class Broker:
         chosen = decision.chosen
         assert chosen is not None  # route() raises NoRoute otherwise
         reserve = self._reservation(chosen, task)
+        trust: Event | None = None
         try:
-            verdict = await self.gate.check(agent, reserve)
+            verdict, detail = await self.gate.evaluate(agent, reserve)
+            trust = Event("trust.allow" if verdict.allow else "trust.deny", agent,
+                          {**detail, "task_id": task_id}, actor="trust")
             if not verdict.allow:
                 raise TrustDenied(verdict.reason)
             hold = self.cost.reserve(agent, reserve, _now())
         except NaosError as exc:  # trust_denied, budget_exceeded, budget_throttled, …
-            await self._deny(task_id, agent, exc, chosen)
+            await self._deny(task_id, agent, exc, chosen, trust)
             raise
-        return await self._run(task_id, task, agent, chosen, hold, verdict)
+        return await self._run(task_id, task, agent, chosen, hold, verdict, trust)
 
-    async def _run(self, task_id: str, task: str, agent: str | None,
-                   chosen: routing.Candidate, hold: Hold, verdict: Decision) -> dict[str, Any]:
+    async def _run(self, task_id: str, task: str, agent: str | None, chosen: routing.Candidate,
+                   hold: Hold, verdict: Decision, trust: Event | None) -> dict[str, Any]:
         estimate = self.llm_estimate(task) if chosen.kind is not routing.RouteKind.LLM else 0
+        rec = _TaskRecord(task_id, agent, chosen, hold, trust)
         try:
-            outcome = await self._handler(chosen)(task, chosen)
+            outcome = await self._handler(chosen)(task, chosen, agent)
         except _Charged as charged:  # ran and spent (fuel), then failed
             self.cost.settle(hold, charged.cost_micro, _now())
-            await self._record(task_id, agent, chosen, hold, charged.cost_micro, estimate,
-                               "failed", {"error": charged.error.code})
+            await self._record(rec, charged.cost_micro, estimate, "failed",
+                               {"error": charged.error.code})
             raise charged.error from None
         except BaseException as exc:
             self.cost.release(hold)
             code = exc.code if isinstance(exc, NaosError) else "internal"
-            await self._record(task_id, agent, chosen, hold, 0, estimate, "failed",
-                               {"error": code})
+            await self._record(rec, 0, estimate, "failed", {"error": code})
             raise
         if chosen.kind is routing.RouteKind.LLM:
             estimate = outcome.cost_micro
         self.cost.settle(hold, outcome.cost_micro, _now())
-        await self._record(task_id, agent, chosen, hold, outcome.cost_micro, estimate, "ok",
-                           {"trust": verdict.code}, estimated=outcome.estimated)
+        await self._record(rec, outcome.cost_micro, estimate, "ok", {"trust": verdict.code},
+                           estimated=outcome.estimated)
         return {"task_id": task_id, "agent": agent, "route": chosen.kind.value,
                 "handler": chosen.name, "confidence": round(chosen.confidence, 4),
                 "output": outcome.output, "cost_micro": outcome.cost_micro,
@@ -206,12 +224,12 @@ class Broker:
             case routing.RouteKind.WASM:
                 return chosen.price_micro + -(-SKILL_FUEL * FUEL_PRICE_PER_MFUEL // 1_000_000)
             case _:
-                if self._estimate_llm is not None:
-                    return max(self._estimate_llm(task, EST_OUT_TOKENS), chosen.price_micro)
-                return chosen.price_micro
+                assert self.llm is not None  # the LLM is a candidate only when configured
+                return max(self.llm.estimate_cost_micro(task, EST_OUT_TOKENS),
+                           chosen.price_micro)
 
     def _handler(self, chosen: routing.Candidate
-                 ) -> Callable[[str, routing.Candidate], Awaitable[Outcome]]:
+                 ) -> Callable[[str, routing.Candidate, str | None], Awaitable[Outcome]]:
         match chosen.kind:
             case routing.RouteKind.SKILL:
                 return self._run_builtin
@@ -220,10 +238,12 @@ class Broker:
             case _:
                 return self._run_llm
 
-    async def _run_builtin(self, task: str, chosen: routing.Candidate) -> Outcome:
+    async def _run_builtin(self, task: str, chosen: routing.Candidate,
+                           agent: str | None) -> Outcome:
         return Outcome(BUILTIN_BY_NAME[chosen.name].run(task), chosen.price_micro)
 
-    async def _run_wasm(self, task: str, chosen: routing.Candidate) -> Outcome:
+    async def _run_wasm(self, task: str, chosen: routing.Candidate,
+                        agent: str | None) -> Outcome:
         from actors.messages import RunWasm
         from naosd.api_wasm import _ask_pool
 
@@ -247,41 +267,44 @@ class Broker:
         return Outcome(bytes(result["stdout"]).decode("utf-8", "replace"), cost,
                        detail={"fuel_used": result["fuel_used"]})
 
-    async def _run_llm(self, task: str, chosen: routing.Candidate) -> Outcome:
+    async def _run_llm(self, task: str, chosen: routing.Candidate,
+                       agent: str | None) -> Outcome:
         assert self.llm is not None
-        result = await self.llm.complete(task, max_tokens=EST_OUT_TOKENS)
+        result = await self.llm.complete(task, max_tokens=EST_OUT_TOKENS, agent=agent)
         return Outcome(result.text, int(result.cost_micro), bool(result.estimated),
                        detail={"model": result.model, "input_tokens": result.input_tokens,
                                "output_tokens": result.output_tokens})
 
     # -- recording -------------------------------------------------------------------
-    async def _record(self, task_id: str, agent: str | None, chosen: routing.Candidate,
-                      hold: Hold, cost: int, estimate: int, status: str,
+    async def _record(self, rec: _TaskRecord, cost: int, estimate: int, status: str,
                       extra: dict[str, Any], *, estimated: bool = False) -> None:
-        entry = bs.LedgerEntry(task_id, agent, chosen.kind.value, chosen.name, status,
+        chosen, hold = rec.chosen, rec.hold
+        entry = bs.LedgerEntry(rec.task_id, rec.agent, chosen.kind.value, chosen.name, status,
                                hold.amount, cost, estimate, estimated)
-        audit = Event("broker.execute", agent, {
-            "task_id": task_id, "route": chosen.kind.value, "handler": chosen.name,
+        audit = Event("broker.execute", rec.agent, {
+            "task_id": rec.task_id, "route": chosen.kind.value, "handler": chosen.name,
             "status": status, "cost_micro": cost, "reserved_micro": hold.amount, **extra})
-        await self._write(entry, audit)
+        await self._write(entry, audit, rec.trust)
 
     async def _deny(self, task_id: str, agent: str | None, exc: Exception,
-                    chosen: routing.Candidate | None) -> None:
+                    chosen: routing.Candidate | None, trust: Event | None = None) -> None:
         code = exc.code if isinstance(exc, NaosError) else "internal"
         message = exc.message if isinstance(exc, NaosError) else str(exc)
         audit = Event("broker.denied", agent, {
             "task_id": task_id, "error": code, "reason": message[:500],
             "route": chosen.kind.value if chosen else None,
             "handler": chosen.name if chosen else None})
-        await self._write(None, audit)
+        await self._write(None, audit, trust)
 
     async def flush(self) -> None:
         """Persist what the cost controller changed outside a task (set, reset)."""
         await self._write(None, None)
 
-    async def _write(self, entry: bs.LedgerEntry | None, audit: Event | None) -> None:
+    async def _write(self, entry: bs.LedgerEntry | None, audit: Event | None,
+                     trust: Event | None = None) -> None:
         events, budgets = self.cost.drain()
-        await self.writer.write(bs.Record(tuple(events), tuple(budgets), entry, audit))
+        first = (trust,) if trust is not None else ()
+        await self.writer.write(bs.Record((*first, *events), tuple(budgets), entry, audit))
 
 
 class _Charged(Exception):
@@ -291,18 +314,26 @@ class _Charged(Exception):
         self.error = error
 
 
-class NoTrustGate:
-    """Stands in for :class:`naosd.trust_gate.TrustGate` while that gate is not built
-    into this daemon: allows every task and says so in the decision's code."""
-
-    async def check(self, agent: str | None, cost_micro: int) -> Decision:
-        return Decision(True, "no trust gate in this build", None, None, None, "no_gate")
+@dataclass(frozen=True, slots=True)
+class _TaskRecord:
+    task_id: str
+    agent: str | None
+    chosen: routing.Candidate
+    hold: Hold
+    trust: Event | None
 
 
 def build_broker(daemon: Daemon) -> Broker:
-    """The broker with this build's trust gate and LLM client (none configured: the
-    LLM route is off and unmatched tasks fail with no_route)."""
-    return Broker(daemon, gate=NoTrustGate())
+    """The broker with the daemon's trust gate and LLM service (no LLM configured: the
+    LLM route is off and unmatched tasks fail with no_route, saying why)."""
+    service = daemon.llm
+    if service is None or not service.configured:
+        reason = service.why_none if service is not None else "no LLM service"
+        return Broker(daemon, gate=daemon.trust_gate, no_llm_reason=reason)
+    config = service.estimate_config()
+    prices = (config.price_input_per_1k, config.price_output_per_1k)
+    return Broker(daemon, gate=daemon.trust_gate, llm=service,
+                  llm_prices=prices if any(prices) else None)
 
 
 def _now() -> datetime:

@@ -161,7 +161,7 @@ def _write_record(tx: Tx, rec: Record, now: str) -> None:
     for scope, state, bucket in rec.budgets:
         _write_budget(tx, scope, state, bucket, now)
     for event in (*rec.events, *([rec.audit] if rec.audit else [])):
-        tx.audit(event.type, actor="broker", agent=event.agent, detail=event.detail)
+        tx.audit(event.type, actor=event.actor, agent=event.agent, detail=event.detail)
 
 
 # -- reading the ledger ------------------------------------------------------------

@@ -63,6 +63,7 @@ class Event:
     type: str
     agent: str | None
     detail: dict[str, Any]
+    actor: str = "broker"
 
 
 @dataclass(slots=True)

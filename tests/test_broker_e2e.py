@@ -43,7 +43,12 @@ def installed(daemon: Naosd) -> list[str]:
     return [s["name"] for s in ctl_json(daemon, "skill", "list")["skills"]]
 
 
+def trust(daemon: Naosd, agent: str) -> None:
+    daemon.ctl("axis", "register", agent, "--t-score", "900", "--c-score", "950", check=True)
+
+
 def test_skill_route_executes_builtin_and_records_cost(daemon: Naosd):
+    trust(daemon, "ann")
     out = daemon.ctl("broker", "execute", "total these invoices: 12.50, 30, 7.25")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "total: 49.75 (3 numbers)"
@@ -245,3 +250,28 @@ def test_a_wasm_skill_that_runs_out_of_fuel_is_charged_its_reservation(daemon: N
     assert entry["cost_micro"] == entry["reserved_micro"] > 3  # price + the whole fuel budget
     [glob] = ctl_json(daemon, "cost", "status")["budgets"]
     assert glob["spent_micro"] == entry["cost_micro"] and glob["reserved_micro"] == 0
+
+
+def test_the_trust_gate_is_checked_before_anything_is_reserved(daemon: Naosd):
+    ctl_json(daemon, "cost", "set", "--global", "--budget", "$1/day")
+    denied = daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "stranger")
+    assert denied.returncode == 1 and "not registered with the trust gate" in denied.stderr
+    daemon.ctl("axis", "register", "poor", "--t-score", "900", "--c-score", "100", check=True)
+    broke = daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "poor")
+    assert broke.returncode == 1, broke.stderr  # rating D: nothing may be spent
+    trust(daemon, "ann")
+    ok = ctl_json(daemon, "broker", "execute", "sha256 of: x", "--agent", "ann")
+    assert ok["trust"] == "ok"
+    decisions = audit_rows(daemon, "trust.deny") + audit_rows(daemon, "trust.allow")
+    assert sorted((r["agent"], r["type"]) for r in decisions) == [
+        ("ann", "trust.allow"), ("poor", "trust.deny"), ("stranger", "trust.deny")]
+    denials = audit_rows(daemon, "broker.denied")
+    assert [(r["agent"], r["detail"]["error"]) for r in denials] == [
+        ("stranger", "trust_denied"), ("poor", "trust_denied")]
+    assert [e["agent"] for e in ctl_json(daemon, "cost", "history")["entries"]] == ["ann"]
+    [glob] = ctl_json(daemon, "cost", "status")["budgets"]
+    assert (glob["spent_micro"], glob["reserved_micro"]) == (1, 0)
+
+
+def audit_rows(daemon: Naosd, type_: str) -> list[dict]:
+    return json.loads(daemon.ctl("audit", "tail", "--type", type_, "--json").stdout)

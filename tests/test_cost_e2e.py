@@ -18,6 +18,14 @@ CSV_TOTAL = Path(__file__).resolve().parent.parent / "examples" / "skills" / "cs
 TOTAL = "total these invoices: 1, 2"  # number-total: 5 micro-dollars a call
 
 
+@pytest.fixture(autouse=True)
+def trusted(daemon: Naosd) -> None:
+    """ann and bob pass the trust gate (local scores: T5, AAA, no per-task cap)."""
+    for agent in ("ann", "bob"):
+        daemon.ctl("axis", "register", agent, "--t-score", "900", "--c-score", "950",
+                   check=True)
+
+
 def ctl_json(daemon: Naosd, *args: str) -> dict:
     out = daemon.ctl(*args, "--json")
     assert out.returncode == 0, out.stderr

@@ -137,6 +137,7 @@ def test_cost_view_serves_budgets_and_broker_stats(daemon: Naosd):
     url, token = login(daemon)
     assert get(url + "api/v1/cost", None)[0] == 401
     daemon.ctl("cost", "set", "ann", "--budget", "$1/day", check=True)
+    daemon.ctl("axis", "register", "ann", "--t-score", "900", "--c-score", "950", check=True)
     daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "ann", check=True)
     status, body, _ = get(url + "api/v1/cost", token)
     view = json.loads(body)

@@ -188,6 +188,7 @@ def test_without_the_token_the_page_gets_no_data(daemon: Naosd, browser: Browser
 def test_cost_section_follows_spending_live(daemon: Naosd, browser: Browser):
     _, login_url = dashboard(daemon)
     daemon.ctl("cost", "set", "ann", "--budget", "$0.00001/day", check=True)
+    daemon.ctl("axis", "register", "ann", "--t-score", "900", "--c-score", "950", check=True)
     context = browser.new_context()
     try:
         page = context.new_page()
