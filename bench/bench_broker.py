@@ -7,7 +7,9 @@
    drift hits them alike: ``ping`` (socket + event loop), ``actors.ping`` (one
    bridge hop to the root actor), ``broker.execute`` on a built-in skill route
    (route, trust, reserve, run, settle, ledger + budget + audit in one fsynced
-   transaction) with a global and an agent budget set, and on the WASM route
+   transaction) for an agent registered with the trust gate, with a global and an
+   agent budget set; the same without an agent (the gate then looks nothing up);
+   and on the WASM route
    (examples/skills/csv-total through the sandbox pool).
 3. Tasks/s pipelined: many ``broker.execute`` calls in flight at once on a few
    asyncio connections (the daemon groups nothing: every task is its own
@@ -48,6 +50,7 @@ def latencies(c: Client, n: int) -> dict[str, list[float]]:
         "ping": lambda: c.call("ping"),
         "actors.ping": lambda: c.call("actors.ping"),
         "skill": lambda: c.call("broker.execute", task=SKILL_TASK, agent="bench"),
+        "skill-no-agent": lambda: c.call("broker.execute", task=SKILL_TASK),
         "wasm": lambda: c.call("broker.execute", task=WASM_TASK, agent="bench"),
     }, n)
 
@@ -89,6 +92,8 @@ def main() -> None:
             print(line("client ping (event loop only)", t["ping"], fp50))
             print(line("client actors.ping (one root actor hop)", t["actors.ping"], fp50))
             print(line("broker.execute, built-in skill route", t["skill"], fp50))
+            print(line("  the same without an agent (no trust lookup)", t["skill-no-agent"],
+                       fp50))
             print(line("broker.execute, WASM skill route", t["wasm"], fp50))
             stats = c.call("broker.stats", since="1h")
         section(f"3. pipelined: {args.tasks} skill tasks")
