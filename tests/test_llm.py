@@ -149,7 +149,7 @@ async def test_stream_with_usage_uses_it():
 
 def test_estimate_is_an_upper_bound_on_settled_cost():
     cfg = config("http://x/v1")
-    assert estimate_cost_micro(cfg, "héllo", 100) == 1 * (7 + 32) + 2 * 100
+    assert estimate_cost_micro(cfg, "héllo", 100) == 1 * (7 + 64) + 2 * 100
     assert estimate_cost_micro(cfg, "x", None) > estimate_cost_micro(cfg, "x", 10)
 
 
