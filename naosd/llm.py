@@ -83,7 +83,7 @@ class LlmConfig:
             base_url=config.llm_base_url.rstrip("/"), model=config.llm_model, api_key=key,
             timeout_s=config.llm_timeout, max_retries=config.llm_max_retries,
             backoff=config.llm_backoff, price_input_per_1k=config.llm_price_input_per_1k,
-            price_output_per_1k=config.llm_price_output_per_1k,
+            price_output_per_1k=config.llm_price_output_per_1k, stream=config.llm_stream,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -196,11 +196,13 @@ def test_from_config_reads_settings_and_env_key(tmp_path: Path):
     from naosd.config import load
 
     env = {"NAOS_LLM_BASE_URL": "http://127.0.0.1:9/v1/", "NAOS_LLM_MODEL": "m",
-           "NAOS_LLM_API_KEY": "sk-env", "NAOS_LLM_PRICE_INPUT_PER_1K": "150"}
+           "NAOS_LLM_API_KEY": "sk-env", "NAOS_LLM_PRICE_INPUT_PER_1K": "150",
+           "NAOS_LLM_STREAM": "yes"}
     cfg = load(environ=env, uid=1000, home=tmp_path)
     llm = LlmConfig.from_config(cfg)
     assert llm is not None and llm.base_url == "http://127.0.0.1:9/v1"
     assert (llm.model, llm.api_key, llm.price_input_per_1k) == ("m", "sk-env", 150)
+    assert llm.stream is True
     assert cfg.to_toml_dict()["llm"]["api_key"] == "(set)"
     assert "sk-env" not in repr(cfg) and "sk-env" not in json.dumps(llm.describe())
     assert LlmConfig.from_config(load(environ={}, uid=1000, home=tmp_path)) is None

@@ -171,3 +171,21 @@ def test_bad_input_is_refused_with_a_clear_error(base):
         r = d.ctl("axis", "check", "x1", "--cost", "-1")
         assert r.returncode == 2 and "--cost" in r.stderr
         assert ok(d, "axis", "policy", "show")["global"]["min_tier"] == "T1"
+
+
+def test_unknown_auid_and_axis_errors_deny(base, axis):
+    with naosd_with(base, NAOS_AXIS_BASE_URL=axis.url) as d:
+        ok(d, "axis", "register", "ghost", "--auid", "auid-nobody")
+        unknown = check(d, "ghost")
+        assert unknown.returncode != 0 and "knows no agent" in unknown.stderr
+        axis.agents["auid-e"] = (900, 900)
+        ok(d, "axis", "register", "err", "--auid", "auid-e")
+        axis.fail_with = 500
+        broken = check(d, "err")
+        assert broken.returncode != 0 and "fail-closed" in broken.stderr
+        verify = d.ctl("axis", "verify", "local:err", "--json")
+        rows = decisions(d)
+    assert [r["detail"]["code"] for r in rows] == ["unknown_auid", "no_record"]
+    assert "answered 500" in rows[1]["detail"]["axis_error"]
+    assert "local-only" in json.loads(verify.stdout)["axis_error"]
+    assert not any("local:err" in path for path, _ in axis.requests)
