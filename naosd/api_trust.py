@@ -79,6 +79,8 @@ async def axis_verify(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     regs = await d.db.call(lambda s: ts.registrations_for(s, auid))
     out: dict[str, Any] = {"auid": auid, "agents": [r.agent for r in regs], "axis_error": None}
     try:
+        if auid.startswith(ts.LOCAL_PREFIX):
+            raise AxisUnavailable(f"{auid} is a local-only AUID: AXIS is not asked")
         record: TrustRecord | None = await g.refresh(auid)
     except (AxisUnavailable, AxisUnknownAuid) as exc:
         out["axis_error"] = exc.message

@@ -196,6 +196,8 @@ SETTINGS: tuple[Setting, ...] = (
             "micro-dollars per 1,000 prompt tokens"),
     Setting("llm.price_output_per_1k", _number(0, 10**12, int), 0,
             "micro-dollars per 1,000 completion tokens"),
+    Setting("llm.stream", _bool, False, "ask for streamed answers (usage may be missing: "
+            "then a conservative estimate is charged)"),
     Setting("llm.local", _bool, True, "start the embedded local LLM (extra local-llm) "
             "when no llm.base_url is set"),
     Setting("llm.local_model", _path, "", "GGUF file for the local LLM "
@@ -254,6 +256,7 @@ class Config:
     llm_backoff: float = 0.5
     llm_price_input_per_1k: int = 0
     llm_price_output_per_1k: int = 0
+    llm_stream: bool = False
     llm_local: bool = True
     llm_local_model: Path | None = None
     axis_base_url: str = ""

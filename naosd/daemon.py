@@ -24,7 +24,7 @@ from typing import Any
 
 from naosd import __version__
 from naosd.api import Api
-from naosd.config import SETTINGS_BY_KEY, Config
+from naosd.config import SETTINGS, SETTINGS_BY_KEY, Config
 from naosd.db import AsyncStore
 from naosd.errors import ConfigError, NaosError
 from naosd.lifecycle import SdNotifier
@@ -37,7 +37,8 @@ log = logging.getLogger("naosd")
 RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
                 "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
                 "storage.busy_timeout_ms", "dashboard.enabled", "dashboard.host",
-                "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers")
+                "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers",
+                *(s.key for s in SETTINGS if s.key.startswith(("llm.", "axis."))))
 SETTINGS_ATTR = {k: SETTINGS_BY_KEY[k].attr for k in RESTART_ONLY}
 
 

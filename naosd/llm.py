@@ -83,7 +83,7 @@ class LlmConfig:
             base_url=config.llm_base_url.rstrip("/"), model=config.llm_model, api_key=key,
             timeout_s=config.llm_timeout, max_retries=config.llm_max_retries,
             backoff=config.llm_backoff, price_input_per_1k=config.llm_price_input_per_1k,
-            price_output_per_1k=config.llm_price_output_per_1k,
+            price_output_per_1k=config.llm_price_output_per_1k, stream=config.llm_stream,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -164,7 +164,7 @@ class LlmClient:
             LlmRateLimited, LlmUnavailable: still failing after every retry.
             LlmQuotaExceeded, LlmBadResponse, LlmTimeout: not retried.
         """
-        limit = _check_request(prompt, max_tokens)
+        limit = check_request(prompt, max_tokens)
         body = request_body(self.config.model, prompt, limit, stream=self.config.stream)
         attempts, waited = 0, 0.0
         while True:
@@ -238,7 +238,7 @@ def _after(error: Exception, attempts: int) -> Exception:
     return type(error)(f"{error} (gave up after {attempts} attempts)")
 
 
-def _check_request(prompt: object, max_tokens: object) -> int:
+def check_request(prompt: object, max_tokens: object) -> int:
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("prompt must be a non-empty string")
     if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:

@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from naosd.errors import NaosError
-from naosd.llm import LlmClient, LlmConfig, LlmResult, estimate_cost_micro
+from naosd.llm import LlmClient, LlmConfig, LlmResult, check_request, estimate_cost_micro
 from naosd.llm_errors import NoLlm
 from naosd.local_llm import MODEL_ALIAS, LocalLlm, find_model, server_installed
 
@@ -92,7 +92,8 @@ class LlmService:
 
     async def complete(self, prompt: str, *, max_tokens: int | None = None,
                        agent: str | None = None) -> LlmResult:
-        """One completion, audited either way."""
+        """One completion, audited either way (bad input is refused first)."""
+        check_request(prompt, max_tokens)
         try:
             client = await self.client()
             result = await client.complete(prompt, max_tokens=max_tokens)

@@ -22,9 +22,9 @@ from naosd.llm_errors import (
     LlmUnavailable,
 )
 
-CHAT_OVERHEAD_TOKENS: Final = 32
+CHAT_OVERHEAD_TOKENS: Final = 64
 """Tokens a chat template may add around one user message (role markers,
-BOS/EOS); generous: SmolLM2's template adds about 10."""
+BOS/EOS, a default system prompt); SmolLM2's template adds about 30."""
 DEFAULT_MAX_TOKENS: Final = 512
 """Sent when the caller gives no max_tokens, so the reservation stays a bound."""
 MAX_PROMPT_BYTES: Final = 1 << 20

@@ -36,6 +36,7 @@ from actors.domain.trust import (
 from naosd import trust_store as ts
 from naosd.axis import AxisClient, AxisConfig, AxisUnknownAuid
 from naosd.db import AsyncStore
+from naosd.errors import InvalidRequest
 from naosd.llm_errors import AxisUnavailable
 
 log = logging.getLogger("naosd.trust")
@@ -78,7 +79,8 @@ class TrustGate:
     async def evaluate(self, agent: str | None, cost_micro: int
                        ) -> tuple[Decision, dict[str, Any]]:
         """The decision and its audit detail, without auditing (status previews)."""
-        decide(TrustPolicy(), None, cost_micro, self._clock(), max_age_s=0)  # checks the cost
+        if isinstance(cost_micro, bool) or not isinstance(cost_micro, int) or cost_micro < 0:
+            raise InvalidRequest(f"task cost must be micro-dollars >= 0, got {cost_micro!r}")
         if agent is None:
             why = "no agent: an operator's own task; the trust gate checks agents only"
             return _done(Decision(True, why, None, None, None, "no_agent"), cost_micro)

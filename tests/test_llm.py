@@ -149,7 +149,7 @@ async def test_stream_with_usage_uses_it():
 
 def test_estimate_is_an_upper_bound_on_settled_cost():
     cfg = config("http://x/v1")
-    assert estimate_cost_micro(cfg, "héllo", 100) == 1 * (7 + 32) + 2 * 100
+    assert estimate_cost_micro(cfg, "héllo", 100) == 1 * (7 + 64) + 2 * 100
     assert estimate_cost_micro(cfg, "x", None) > estimate_cost_micro(cfg, "x", 10)
 
 
@@ -196,11 +196,31 @@ def test_from_config_reads_settings_and_env_key(tmp_path: Path):
     from naosd.config import load
 
     env = {"NAOS_LLM_BASE_URL": "http://127.0.0.1:9/v1/", "NAOS_LLM_MODEL": "m",
-           "NAOS_LLM_API_KEY": "sk-env", "NAOS_LLM_PRICE_INPUT_PER_1K": "150"}
+           "NAOS_LLM_API_KEY": "sk-env", "NAOS_LLM_PRICE_INPUT_PER_1K": "150",
+           "NAOS_LLM_STREAM": "yes"}
     cfg = load(environ=env, uid=1000, home=tmp_path)
     llm = LlmConfig.from_config(cfg)
     assert llm is not None and llm.base_url == "http://127.0.0.1:9/v1"
     assert (llm.model, llm.api_key, llm.price_input_per_1k) == ("m", "sk-env", 150)
+    assert llm.stream is True
     assert cfg.to_toml_dict()["llm"]["api_key"] == "(set)"
     assert "sk-env" not in repr(cfg) and "sk-env" not in json.dumps(llm.describe())
     assert LlmConfig.from_config(load(environ={}, uid=1000, home=tmp_path)) is None
+
+
+def test_stream_parser_handles_split_lines_comments_and_truncation():
+    from naosd.llm_wire import StreamParser
+
+    parser = StreamParser()
+    data = (f": keep-alive\n\ndata: {chunk('he')}\n\ndata: {chunk('llo')}\n\n"
+            "data: [DONE]\n\n").encode()
+    for i in range(0, len(data), 7):  # arbitrary network splits
+        parser.feed(data[i:i + 7])
+    done = parser.result()
+    assert (done.text, done.model, done.input_tokens) == ("hello", "fake-1", None)
+    cut = StreamParser()
+    cut.feed(f"data: {chunk('x')}\n".encode())
+    with pytest.raises(LlmBadResponse, match="without \\[DONE\\]"):
+        cut.result()
+    with pytest.raises(LlmBadResponse, match="not JSON"):
+        StreamParser().feed(b"data: {nope\n")
