@@ -91,8 +91,12 @@ class Broker:
         self.cost = CostController()
         self.writer = LedgerWriter(daemon.db)
         self._installed: dict[str, bs.InstalledSkill] = {}
-        self.thresholds = routing.Thresholds(daemon.config.broker_skill_threshold,
-                                             daemon.config.broker_wasm_threshold)
+
+    @property
+    def thresholds(self) -> routing.Thresholds:
+        """From the current configuration (a reload changes them at once)."""
+        config = self._d.config
+        return routing.Thresholds(config.broker_skill_threshold, config.broker_wasm_threshold)
 
     async def start(self) -> None:
         """Load the installed skills and the budgets."""

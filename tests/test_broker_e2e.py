@@ -275,3 +275,12 @@ def test_the_trust_gate_is_checked_before_anything_is_reserved(daemon: Naosd):
 
 def audit_rows(daemon: Naosd, type_: str) -> list[dict]:
     return json.loads(daemon.ctl("audit", "tail", "--type", type_, "--json").stdout)
+
+
+def test_a_reload_applies_new_thresholds(daemon: Naosd, base: Path):
+    assert daemon.ctl("broker", "route", "hash this: abc").returncode == 1  # 0.46 < 0.5
+    config = base / "xdg-config" / "naos" / "naosd.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[broker]\nskill_threshold = 0.4\n")
+    assert daemon.ctl("reload").returncode == 0, daemon.log()
+    assert ctl_json(daemon, "broker", "route", "hash this: abc")["chosen"]["name"] == "sha256"
