@@ -7,14 +7,33 @@ import json
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Naosd
+from harness import Naosd, clean_env, reap, start_naosd
 
 pytestmark = pytest.mark.e2e
 
 CSV_TOTAL = Path(__file__).resolve().parent.parent / "examples" / "skills" / "csv-total"
+
+
+def env_without_llm(base: Path, **extra: str) -> dict[str, str]:
+    """No LLM route: no remote LLM and the embedded one off (CI installs it)."""
+    return clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
+                     XDG_CONFIG_HOME=str(base / "xdg-config"), NAOS_LLM_LOCAL="false",
+                     **extra)
+
+
+@pytest.fixture
+def daemon(base: Path) -> Iterator[Naosd]:
+    """The shared fixture's daemon, with no LLM: unmatched tasks have no route."""
+    d = start_naosd(base, env=env_without_llm(base))
+    try:
+        yield d
+    finally:
+        survivors = reap(d)
+        assert not survivors, f"processes outlived naosd: {survivors}\n{d.log()}"
 
 
 def ctl_json(daemon: Naosd, *args: str) -> dict:
@@ -172,11 +191,9 @@ def test_skill_install_from_archives_and_replace(daemon: Naosd, base: Path):
 
 
 def test_installed_skills_survive_a_restart(daemon: Naosd, base: Path):
-    from harness import reap, start_naosd
-
     assert daemon.ctl("skill", "install", str(CSV_TOTAL)).returncode == 0
     assert daemon.stop() == 0
-    again = start_naosd(base)
+    again = start_naosd(base, env=env_without_llm(base))
     try:
         assert installed(again) == ["csv-total"]
         assert ctl_json(again, "broker", "execute", "csv total: 1,2")["output"].startswith(
@@ -210,11 +227,8 @@ def test_hostile_task_input_is_refused_clearly(daemon: Naosd):
 
 
 def test_thresholds_come_from_the_configuration(base: Path):
-    from harness import clean_env, reap, start_naosd
-
-    env = clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
-                    XDG_CONFIG_HOME=str(base / "xdg-config"), NAOS_BROKER_WASM_THRESHOLD="1",
-                    NAOS_BROKER_SKILL_THRESHOLD="0.4")
+    env = env_without_llm(base, NAOS_BROKER_WASM_THRESHOLD="1",
+                          NAOS_BROKER_SKILL_THRESHOLD="0.4")
     daemon = start_naosd(base, env=env)
     try:
         assert daemon.ctl("skill", "install", str(CSV_TOTAL)).returncode == 0

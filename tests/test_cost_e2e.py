@@ -122,7 +122,7 @@ def test_budgets_and_spending_survive_a_restart(daemon: Naosd, base: Path):
     ctl_json(daemon, "cost", "set", "ann", "--budget", "$1/week", "--alert-at", "50")
     assert run(daemon, "ann").returncode == 0
     assert daemon.stop() == 0
-    again = start_naosd(base)
+    again = start_naosd(base, env=daemon.env)
     try:
         [ann] = ctl_json(again, "cost", "status", "ann")["budgets"]
         assert (ann["limit_micro"], ann["period"], ann["spent_micro"]) == (1_000_000, "week", 5)
