@@ -212,3 +212,14 @@ def test_concurrent_checks_ask_axis_once(base, axis):
     assert len(axis.requests) == 1
     assert len(rows) == 8 and sorted(r["detail"]["source"] for r in rows) == \
         ["axis"] + ["cache"] * 7
+
+
+def test_slow_axis_times_out_and_fails_closed(base, axis):
+    axis.agents["auid-t"] = (900, 900)
+    axis.delay_s = 1.5
+    with naosd_with(base, NAOS_AXIS_BASE_URL=axis.url, NAOS_AXIS_TIMEOUT="0.2") as d:
+        ok(d, "axis", "register", "late", "--auid", "auid-t")
+        denied = check(d, "late")
+        rows = decisions(d)
+    assert denied.returncode != 0 and "fail-closed" in denied.stderr
+    assert "did not answer within 0.2s" in rows[-1]["detail"]["axis_error"]
