@@ -417,6 +417,9 @@ def render_default_config(config: Config) -> str:
             current = section
         value = _shown(s, getattr(config, s.attr))
         lines.append(f"# {s.doc} (env ${s.env})")
+        if s.secret:  # commented out: the output may be saved as a config file
+            lines.append(f"# {name} = {_toml_value(value)}")
+            continue
         lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 

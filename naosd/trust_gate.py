@@ -16,6 +16,7 @@ with its reason before :meth:`TrustGate.check` returns or raises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class TrustGate:
         self.config = config
         self.axis = AxisClient(config)
         self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def aclose(self) -> None:
         await self.axis.aclose()
@@ -114,14 +116,17 @@ class TrustGate:
         ttl = self.config.cache_ttl_s
         if reg.auid.startswith(ts.LOCAL_PREFIX):
             return Lookup(None, ttl)
-        cached = await self.db.call(lambda s: ts.cache_get(s, reg.auid))
-        if cached is not None and self._age_s(cached) <= ttl:
-            return Lookup(from_cache(cached), ttl)
-        try:
-            return Lookup(await self.refresh(reg.auid), ttl)
-        except AxisUnavailable as exc:
-            log.warning("trust gate: %s", exc.message)
-            return Lookup(from_cache(cached) if cached else None, ttl, exc.message)
+        # One AXIS request per AUID at a time: concurrent checks of an agent
+        # whose entry expired wait for the first one's answer in the cache.
+        async with self._locks.setdefault(reg.auid, asyncio.Lock()):
+            cached = await self.db.call(lambda s: ts.cache_get(s, reg.auid))
+            if cached is not None and self._age_s(cached) <= ttl:
+                return Lookup(from_cache(cached), ttl)
+            try:
+                return Lookup(await self.refresh(reg.auid), ttl)
+            except AxisUnavailable as exc:
+                log.warning("trust gate: %s", exc.message)
+                return Lookup(from_cache(cached) if cached else None, ttl, exc.message)
 
     async def refresh(self, auid: str) -> TrustRecord:
         """Ask AXIS about ``auid`` now and cache the answer."""

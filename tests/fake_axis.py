@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,11 +19,13 @@ class FakeAxis:
         self.agents: dict[str, tuple[int, int]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.fail_with: int | None = None  # answer this status to everything
+        self.delay_s = 0.0  # a slow AXIS
         self.server: ThreadingHTTPServer | None = None
         self.url = ""
 
     def answer(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
         self.requests.append((path, headers))
+        time.sleep(self.delay_s)
         if self.fail_with is not None:
             return self.fail_with, {"error": "injected"}
         prefix = "/v1/agents/"

