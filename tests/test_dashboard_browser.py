@@ -281,3 +281,31 @@ def test_a_saga_run_appears_live_with_its_step_timeline(daemon: Naosd, browser: 
         expect(detail.get_by_test_id("run-input")).to_contain_text('"order": 7')
         expect(detail.get_by_test_id("run-outputs")).to_contain_text("reserve")
         page.screenshot(path=str(tmp_path / "saga-timeline.png"), full_page=True)
+
+
+def test_cost_broker_and_trust_views_follow_spending_live(daemon: Naosd, browser: Browser,
+                                                          tmp_path: Path):
+    daemon.ctl("cost", "set", "ann", "--budget", "$0.000002/day", "--alert-at", "50",
+               check=True)
+    daemon.ctl("axis", "register", "ann", "--t-score", "900", "--c-score", "950", check=True)
+    daemon.ctl("axis", "register", "bob", "--t-score", "100", "--c-score", "100", check=True)
+    _, login_url = dashboard(daemon)
+    with opened(browser, login_url) as (_, page, _):
+        expect(page.get_by_test_id("live")).to_have_attribute("data-live", "open")
+        budget = page.locator('[data-testid="budgets"] [data-budget="ann"]')
+        expect(budget).to_have_attribute("data-level", "ok")
+        expect(page.locator('[data-testid="trust-table"] tr[data-trust="ann"]')) \
+            .to_have_attribute("data-tier", "T5")
+        daemon.ctl("broker", "execute", "sha256 of: a", "--agent", "ann", check=True)
+        expect(budget).to_have_attribute("data-level", "amber")  # 1 of 2 micro-dollars
+        daemon.ctl("broker", "execute", "sha256 of: b", "--agent", "ann", check=True)
+        expect(budget).to_have_attribute("data-level", "red")
+        expect(page.locator('[data-testid="cost-alerts"] tr[data-alert]').first).to_be_visible()
+        expect(page.get_by_test_id("broker-total")).to_contain_text("2")
+        decisions = page.locator('[data-testid="decisions-table"] tr[data-decision]')
+        expect(decisions).to_have_count(2)
+        expect(page.locator('#ov-mix rect[data-kind="skill"]')).to_have_count(1)
+        assert daemon.ctl("broker", "execute", "sha256 of: c", "--agent", "bob").returncode
+        expect(page.locator('[data-testid="denials-table"] tr[data-denial]')).to_have_count(1)
+        expect(decisions).to_have_count(3)
+        page.screenshot(path=str(tmp_path / "cost-broker-trust.png"), full_page=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -200,7 +201,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 async def _snapshot(d: Any) -> dict[str, Any]:
     status = await d.status()
     agent_views = await d.agents.list()
-    return {"status": status, "agents": agent_views}
+    budgets = d.broker.cost.status(datetime.now(UTC)) if d.broker is not None else []
+    return {"status": status, "agents": agent_views, "budgets": budgets}
 
 
 async def _end_streams(app: web.Application) -> None:

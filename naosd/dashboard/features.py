@@ -9,10 +9,12 @@ The shaping (``run_segments`` and friends) is pure and tested directly."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from naosd.dashboard import queries as q
 from naosd.errors import NaosError
 
 View = Callable[[Any, web.Request], Awaitable[Any]]
@@ -125,11 +127,105 @@ async def pools_view(d: Any, request: web.Request) -> dict[str, Any]:
     return {"pools": [pool_view(p) for p in await _call(d, "pool.status")]}
 
 
+def budget_view(status: dict[str, Any]) -> dict[str, Any]:
+    scope = status["scope"]
+    state = ("paused" if status.get("paused") else "throttled" if status.get("throttled")
+             else "alerting" if status.get("alerted") else "ok")
+    return {"scope": "global" if scope == "*" else "agent",
+            "agent": None if scope == "*" else scope, "limit_micro": status["limit_micro"],
+            "spent_micro": status["spent_micro"], "reserved_micro": status["reserved_micro"],
+            "period": status["period"], "period_end": status.get("period_end"),
+            "action": status["action"], "alert_at": status.get("alert_at", []),
+            "alerted": status.get("alerted", []), "state": state}
+
+
+def alert_line(row: dict[str, Any]) -> dict[str, Any]:
+    d = row["detail"] or {}
+    what = {"cost.alert": f"{d.get('percent', '?')}% of the budget spent",
+            "cost.paused": "budget exhausted: tasks refused until the period resets",
+            "cost.throttled": "over budget: throttled"}.get(row["type"], row["type"])
+    scope = d.get("scope")
+    agent = row["agent"] or (None if scope in (None, "*") else scope)
+    return {"seq": row["seq"], "ts": row["ts"], "agent": agent, "type": row["type"],
+            "text": what}
+
+
+def broker_summary(stats: dict[str, Any]) -> dict[str, Any]:
+    by_kind = [{"kind": k, "count": v["tasks"], "failed": v.get("failed", 0),
+                "cost_micro": v["cost_micro"]} for k, v in sorted(stats["by_kind"].items())]
+    return {"by_kind": by_kind, "tasks": stats["tasks"], "cost_micro": stats["cost_micro"],
+            "all_llm_micro": stats["all_llm_micro"], "saving_micro": stats["saved_micro"]}
+
+
+def decision(row: dict[str, Any]) -> dict[str, Any]:
+    d = row["detail"] or {}
+    denied = row["type"] == "broker.denied"
+    return {"seq": row["seq"], "ts": row["ts"], "agent": row["agent"],
+            "task": d.get("task", ""), "route": d.get("handler"),
+            "kind": d.get("route") or "none", "cost_micro": d.get("cost_micro", 0),
+            "ok": not denied and d.get("status") == "ok",
+            "error": d.get("reason", "") if denied else d.get("error", ""),
+            "confidence": d.get("confidence"), "scores": d.get("scores") or []}
+
+
+def trust_row(reg: dict[str, Any]) -> dict[str, Any]:
+    from actors.domain.trust import rating_of, tier_of
+
+    t, c = reg["t_score"], reg["c_score"]
+    return {**reg, "tier": tier_of(t).name if t is not None else None,
+            "rating": rating_of(c).value if c is not None else None}
+
+
+def denial(row: dict[str, Any]) -> dict[str, Any]:
+    d = row["detail"] or {}
+    return {"seq": row["seq"], "ts": row["ts"], "agent": row["agent"],
+            "reason": d.get("reason") or d.get("code") or ""}
+
+
+def _day_start() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT00:00:00.000000Z")
+
+
+def _hours_ago(hours: int) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def cost_view(d: Any, request: web.Request) -> dict[str, Any]:
+    budgets = (await _call(d, "cost.status"))["budgets"]
+    today, day = _day_start(), _hours_ago(24)
+    spent = await d.db.call(lambda s: q.spent_since(s, today))
+    by_agent = await d.db.call(lambda s: q.spend_by_agent(s, today))
+    series = await d.db.call(lambda s: q.hourly(s, day))
+    alerts = await d.db.call(lambda s: q.audit_of(
+        s, ("cost.alert", "cost.paused", "cost.throttled"), 20))
+    return {"budgets": [budget_view(b) for b in budgets], "spend_today_micro": spent,
+            "by_agent": by_agent, "series": series, "alerts": [alert_line(a) for a in alerts]}
+
+
+async def broker_view(d: Any, request: web.Request) -> dict[str, Any]:
+    since = request.query.get("since", "1d")[:64]
+    stats = await _call(d, "broker.stats", since=since)
+    recent = await d.db.call(lambda s: q.audit_of(s, ("broker.execute", "broker.denied"), 25))
+    series = await d.db.call(lambda s: q.hourly(s, _hours_ago(24)))
+    return {**broker_summary(stats), "recent": [decision(r) for r in recent],
+            "series": [{"hour": p["hour"], **p["tasks"]} for p in series]}
+
+
+async def trust_view(d: Any, request: web.Request) -> dict[str, Any]:
+    regs = await d.db.call(q.registrations)
+    denials = await d.db.call(lambda s: q.audit_of(s, ("trust.deny",), 25))
+    return {"agents": [trust_row(r) for r in regs], "denials": [denial(r) for r in denials]}
+
+
 VIEWS: dict[str, tuple[View, tuple[str, ...]]] = {
     # path under /api/v1/ -> (view, the control methods it needs)
     "runs": (runs_view, ("saga.runs", "workflow.runs")),
     "runs/{kind}/{run}": (run_view, ("saga.history", "workflow.history")),
     "pools": (pools_view, ("pool.status",)),
+    "cost": (cost_view, ("cost.status",)),
+    "broker": (broker_view, ("broker.stats",)),
+    "trust": (trust_view, ("axis.status",)),
 }
 
 

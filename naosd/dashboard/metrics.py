@@ -31,4 +31,22 @@ def render(snapshot: dict[str, Any]) -> tuple[bytes, str]:
                      "started", ["agent", "supervisor"], registry=registry)
     for a in agents:
         restarts.labels(agent=a["name"], supervisor=a["supervisor"]).set(a["restarts"])
+    _budgets(registry, snapshot.get("budgets", []))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _budgets(registry: CollectorRegistry, budgets: list[dict[str, Any]]) -> None:
+    """Budgets in micro-dollars for the current period; scope "*" is the global one."""
+    gauges = {
+        "limit_micro": Gauge("naos_budget_limit_micro", "Budget limit per period",
+                             ["scope"], registry=registry),
+        "spent_micro": Gauge("naos_budget_spent_micro", "Spent in the current period",
+                             ["scope"], registry=registry),
+        "reserved_micro": Gauge("naos_budget_reserved_micro", "Held by tasks in flight",
+                                ["scope"], registry=registry),
+        "paused": Gauge("naos_budget_paused", "1 while the budget refuses tasks",
+                        ["scope"], registry=registry),
+    }
+    for b in budgets:
+        for key, gauge in gauges.items():
+            gauge.labels(scope=b["scope"]).set(float(b[key]))

@@ -1,0 +1,37 @@
+"""naosctl llm: check the LLM configuration with one prompt."""
+
+from __future__ import annotations
+
+import click
+
+import naosd.llm_errors  # noqa: F401 - lets from_wire rebuild llm_* errors
+from naosctl import render
+from naosctl import render_trust as show
+from naosctl.main import Ctx, cli, handle_errors, json_option, pass_ctx
+
+
+@cli.group()
+def llm() -> None:
+    """The LLM naosd falls back to (remote, or the embedded local one)."""
+
+
+@llm.command("ask")
+@click.argument("prompt")
+@click.option("--max-tokens", type=click.IntRange(1, 1_000_000), help="completion limit")
+@json_option
+@pass_ctx
+@handle_errors()
+def llm_ask(c: Ctx, prompt: str, max_tokens: int | None, as_json: bool) -> None:
+    """Send PROMPT to the LLM; print the answer, tokens and cost."""
+    result = c.client.call("llm.complete", prompt=prompt, max_tokens=max_tokens)
+    click.echo(render.to_json(result) if as_json else show.llm_result(result))
+
+
+@llm.command("status")
+@json_option
+@pass_ctx
+@handle_errors()
+def llm_status(c: Ctx, as_json: bool) -> None:
+    """Which LLM naosd uses and whether the local server runs."""
+    result = c.client.call("llm.status")
+    click.echo(render.to_json(result) if as_json else show.llm_status(result))

@@ -1,0 +1,72 @@
+"""Read-only SQL behind the dashboard's cost, broker and trust views (run on
+the store thread through ``AsyncStore.call``).  Nothing here writes."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from naosd.storage import Store
+
+
+def spend_by_agent(store: Store, since: str) -> list[dict[str, Any]]:
+    rows = store.query(
+        "SELECT agent, sum(cost_micro), count(*) FROM cost_ledger WHERE ts >= ? "
+        "GROUP BY agent ORDER BY sum(cost_micro) DESC, agent LIMIT 50", (since,))
+    return [{"agent": r[0], "micro": int(r[1] or 0), "tasks": r[2]} for r in rows]
+
+
+def hourly(store: Store, since: str) -> list[dict[str, Any]]:
+    """Per UTC hour since ``since``: cost and task count by route kind."""
+    rows = store.query(
+        "SELECT substr(ts, 1, 13), route_kind, sum(cost_micro), count(*) FROM cost_ledger "
+        "WHERE ts >= ? GROUP BY 1, 2 ORDER BY 1", (since,))
+    out: dict[str, dict[str, Any]] = {}
+    for hour, kind, micro, tasks in rows:
+        point = out.setdefault(hour, {"hour": hour + ":00Z", "tasks": {}})
+        point[kind] = int(micro or 0)
+        point["tasks"][kind] = tasks
+    return list(out.values())
+
+
+def spent_since(store: Store, since: str) -> int:
+    return int(store.query("SELECT coalesce(sum(cost_micro), 0) FROM cost_ledger "
+                           "WHERE ts >= ?", (since,))[0][0])
+
+
+def audit_of(store: Store, types: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` audit rows of these types, newest first."""
+    marks = ", ".join("?" for _ in types)
+    rows = store.query(
+        f"SELECT seq, ts, agent, type, detail FROM audit WHERE type IN ({marks}) "
+        "ORDER BY seq DESC LIMIT ?", (*types, limit))
+    return [{"seq": r[0], "ts": r[1], "agent": r[2], "type": r[3],
+             "detail": _loads(r[4])} for r in rows]
+
+
+def registrations(store: Store) -> list[dict[str, Any]]:
+    """Every agent in the local AXIS registry with the scores naos holds for
+    it: its local scores, else the cached AXIS answer (no network here)."""
+    rows = store.query(
+        "SELECT a.agent, a.auid, a.t_score, a.c_score, a.updated_at, c.t_score, c.c_score, "
+        "c.fetched_at FROM axis_agents a LEFT JOIN axis_cache c ON c.auid = a.auid "
+        "ORDER BY a.agent")
+    out = []
+    for agent, auid, lt, lc, updated, ct, cc, fetched in rows:
+        if lt is not None and lc is not None:
+            t, c, source, when = lt, lc, "local", updated
+        elif ct is not None:
+            t, c, source, when = ct, cc, "axis (cached)", fetched
+        else:
+            t, c, source, when = None, None, "unverified", None
+        out.append({"agent": agent, "auid": auid, "t_score": t, "c_score": c,
+                    "source": source, "verified_at": when})
+    return out
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
