@@ -17,6 +17,7 @@ Where each box runs (the reasons and measurements are in docs/architecture.md):
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import uuid
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("naosd.broker")
 
 MAX_TASK_CHARS: Final = 64 * 1024
+RECENT: Final = 100  # routing decisions kept for the dashboard
+PREVIEW_CHARS: Final = 120
 SKILL_FUEL: Final = 200_000_000  # per WASM skill run; ~25 ms of a tight loop here
 SKILL_TIMEOUT_MS: Final = 5_000
 FUEL_PRICE_PER_MFUEL: Final = 1  # micro-dollars per million fuel (the sandbox tariff)
@@ -91,6 +94,9 @@ class Broker:
         self.cost = CostController()
         self.writer = LedgerWriter(daemon.db)
         self._installed: dict[str, bs.InstalledSkill] = {}
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
+        """The last routing decisions with their scores and a task preview, for
+        the dashboard; in memory only: task text never enters the audit log."""
 
     @property
     def thresholds(self) -> routing.Thresholds:
@@ -175,8 +181,10 @@ class Broker:
         try:
             decision = self.route(task)
         except routing.NoRoute as exc:
+            self._remember(task_id, task, exc.decision)
             await self._deny(task_id, agent, exc, None)
             raise
+        self._remember(task_id, task, decision)
         chosen = decision.chosen
         assert chosen is not None  # route() raises NoRoute otherwise
         reserve = self._reservation(chosen, task)
@@ -192,6 +200,16 @@ class Broker:
             await self._deny(task_id, agent, exc, chosen, trust)
             raise
         return await self._run(task_id, task, agent, chosen, hold, verdict, trust)
+
+    def _remember(self, task_id: str, task: str, decision: routing.RouteDecision | None
+                  ) -> None:
+        scored = [c for c in decision.candidates if c.confidence > 0][:4] \
+            if decision is not None else []  # in routing order: the cheapest first
+        self.recent.append({
+            "task_id": task_id, "task": task[:PREVIEW_CHARS],
+            "scores": [{"name": c.name, "kind": c.kind.value,
+                        "confidence": round(c.confidence, 3), "cleared": c.cleared}
+                       for c in scored]})
 
     async def _run(self, task_id: str, task: str, agent: str | None, chosen: routing.Candidate,
                    hold: Hold, verdict: Decision, trust: Event | None) -> dict[str, Any]:

@@ -296,6 +296,9 @@ def test_cost_broker_and_trust_views(daemon: Naosd):
     ok, denied = broker["recent"][1], broker["recent"][0]
     assert (ok["agent"], ok["kind"], ok["ok"]) == ("ann", "skill", True)
     assert (denied["agent"], denied["ok"]) == ("bob", False) and denied["error"]
+    assert ok["task"] == "sha256 of: x"
+    scores = {x["name"]: x for x in ok["scores"]}
+    assert scores["sha256"]["cleared"] is True and 0.5 < scores["sha256"]["confidence"] <= 1
     assert get(url + "api/v1/broker?since=never", token)[0] == 400
     trust = json.loads(get(url + "api/v1/trust", token)[1])
     rows = {a["agent"]: a for a in trust["agents"]}

@@ -304,6 +304,8 @@ def test_cost_broker_and_trust_views_follow_spending_live(daemon: Naosd, browser
         expect(page.get_by_test_id("broker-total")).to_contain_text("2")
         decisions = page.locator('[data-testid="decisions-table"] tr[data-decision]')
         expect(decisions).to_have_count(2)
+        expect(decisions.first).to_contain_text("sha256 of: b")  # the task and its scores
+        expect(decisions.first).to_contain_text("sha256 0.9")
         expect(page.locator('#ov-mix rect[data-kind="skill"]')).to_have_count(1)
         assert daemon.ctl("broker", "execute", "sha256 of: c", "--agent", "bob").returncode
         expect(page.locator('[data-testid="denials-table"] tr[data-denial]')).to_have_count(1)

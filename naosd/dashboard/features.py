@@ -161,11 +161,20 @@ def decision(row: dict[str, Any]) -> dict[str, Any]:
     d = row["detail"] or {}
     denied = row["type"] == "broker.denied"
     return {"seq": row["seq"], "ts": row["ts"], "agent": row["agent"],
-            "task": d.get("task", ""), "route": d.get("handler"),
+            "task_id": d.get("task_id"), "task": "", "route": d.get("handler"),
             "kind": d.get("route") or "none", "cost_micro": d.get("cost_micro", 0),
             "ok": not denied and d.get("status") == "ok",
             "error": d.get("reason", "") if denied else d.get("error", ""),
-            "confidence": d.get("confidence"), "scores": d.get("scores") or []}
+            "scores": []}
+
+
+def with_scores(row: dict[str, Any], scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A decision from the audit log plus, while the broker still remembers
+    it, the task's preview and the candidates' scores."""
+    extra = scored.get(row.pop("task_id", None) or "")
+    if extra is not None:
+        row.update(task=extra["task"], scores=extra["scores"])
+    return row
 
 
 def trust_row(reg: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +217,9 @@ async def broker_view(d: Any, request: web.Request) -> dict[str, Any]:
     stats = await _call(d, "broker.stats", since=since)
     recent = await d.db.call(lambda s: q.audit_of(s, ("broker.execute", "broker.denied"), 25))
     series = await d.db.call(lambda s: q.hourly(s, _hours_ago(24)))
-    return {**broker_summary(stats), "recent": [decision(r) for r in recent],
+    scored = {r["task_id"]: r for r in d.broker.recent}
+    return {**broker_summary(stats),
+            "recent": [with_scores(decision(r), scored) for r in recent],
             "series": [{"hour": p["hour"], **p["tasks"]} for p in series]}
 
 
