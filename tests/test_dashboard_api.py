@@ -290,6 +290,9 @@ def test_cost_broker_and_trust_views(daemon: Naosd):
     assert budget["state"] == "ok" and budget["alert_at"] == [50]
     assert [(r["agent"], r["tasks"]) for r in cost["by_agent"]] == [("ann", 1)]
     assert sum(p.get("skill", 0) for p in cost["series"]) == budget["spent_micro"]
+    daemon.ctl("create", "ann", "--template", "echo", "--no-start", check=True)
+    [ann] = json.loads(get(url + "api/v1/agents", token)[1])
+    assert ann["cost_micro_usd"] == budget["spent_micro"]  # broker spend counts as its cost
     broker = json.loads(get(url + "api/v1/broker", token)[1])
     assert [(k["kind"], k["count"]) for k in broker["by_kind"]] == [("skill", 1)]
     assert broker["all_llm_micro"] >= broker["cost_micro"] and "saving_micro" in broker

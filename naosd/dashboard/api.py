@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from naosd import defs_store
+from naosd.dashboard import queries
 from naosd.errors import NaosError
 from naosd.params import check, parse_since
 
@@ -62,9 +63,11 @@ async def agents(request: web.Request) -> web.StreamResponse:
     d = request.app[DAEMON]
     views = await d.agents.list()
     stats = await d.db.call(defs_store.run_stats)
+    spend = await d.db.call(queries.ledger_spend)
     for view in views:
         view.update(stats.get(view["name"]) or
                     {"messages": 0, "failures": 0, "cost_micro_usd": 0, "last_run": None})
+        view["cost_micro_usd"] += spend.get(view["name"], 0)  # its tasks through the broker
     return web.json_response(views)
 
 

@@ -17,6 +17,16 @@ def spend_by_agent(store: Store, since: str) -> list[dict[str, Any]]:
     return [{"agent": r[0], "micro": int(r[1] or 0), "tasks": r[2]} for r in rows]
 
 
+def ledger_spend(store: Store) -> dict[str, int]:
+    """All-time broker spend per agent (empty before the ledger exists)."""
+    if not store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                       "AND name = 'cost_ledger'"):
+        return {}
+    rows = store.query("SELECT agent, sum(cost_micro) FROM cost_ledger "
+                       "WHERE agent IS NOT NULL GROUP BY agent")
+    return {r[0]: int(r[1] or 0) for r in rows}
+
+
 def hourly(store: Store, since: str) -> list[dict[str, Any]]:
     """Per UTC hour since ``since``: cost and task count by route kind."""
     rows = store.query(
