@@ -281,6 +281,14 @@ def test_a_saga_run_appears_live_with_its_step_timeline(daemon: Naosd, browser: 
         expect(detail.get_by_test_id("run-input")).to_contain_text('"order": 7')
         expect(detail.get_by_test_id("run-outputs")).to_contain_text("reserve")
         page.screenshot(path=str(tmp_path / "saga-timeline.png"), full_page=True)
+        # a pool appears, and its queue-mode work shows up without a reload
+        daemon.ctl("pool", "create", "pair", "--agents", "inventory,inventory-release",
+                   check=True)
+        pool = page.locator('[data-testid="pools-table"] tr[data-pool="pair"]')
+        expect(pool).to_contain_text("inventory-release")
+        for i in range(3):
+            daemon.ctl("pool", "submit", "pair", "--input", str(i), check=True)
+        expect(pool.locator('td[data-col="done"]')).to_have_text("3")
 
 
 def test_cost_broker_and_trust_views_follow_spending_live(daemon: Naosd, browser: Browser,
