@@ -344,7 +344,8 @@ def pool_task(c: Ctx, name: str, task_id: str, wait: float, as_json: bool) -> No
 def pool_line(s: dict[str, Any]) -> str:
     members = " ".join(f"{m['name']}({m['busy']})" for m in s["members"])
     return (f"{s['name']}  {s['merge']}  queued={s['queued']} running={s['running']} "
-            f"done={s['completed']} failed={s['failed']} {s['throughput_per_s']}/s  {members}")
+            f"done={s['completed']} failed={s['failed']} cancelled={s.get('cancelled', 0)} "
+            f"{s['throughput_per_s']}/s  {members}")
 
 
 @pool.command("status")
@@ -383,3 +384,15 @@ def pool_drain(c: Ctx, name: str, timeout: float, as_json: bool) -> None:
 
 def _show_status(result: dict[str, Any], as_json: bool) -> None:
     _show(result, as_json, pool_line(result))
+
+
+@pool.command("run-status")
+@click.argument("run_id")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_run_status(c: Ctx, run_id: str, as_json: bool) -> None:
+    """A fan-out's outcome by run id (also one that naosd's stop cut short)."""
+    result = c.client.call("pool.run_status", run=run_id)
+    _show(result, as_json, f"{result['run_id']}  {result['pool']}  {result['status']}  "
+                           f"{result.get('reason') or ''}".rstrip())

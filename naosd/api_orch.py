@@ -228,6 +228,12 @@ async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     return await d.pools.task(p["name"], p["task"], wait)
 
 
+@method("pool.run_status", run=Str(max_len=64))
+async def pool_run_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """A fan-out's record: status, value, failed and cancelled members, reason."""
+    return await d.pools.run_status(p["run"])
+
+
 @method("pool.status", name=Str(None, max_len=64))
 async def pool_status(d: Daemon, p: dict[str, Any]) -> Any:
     """Members with their load, queue depth, counts and throughput (one pool or all)."""
