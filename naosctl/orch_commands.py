@@ -396,3 +396,15 @@ def pool_run_status(c: Ctx, run_id: str, as_json: bool) -> None:
     result = c.client.call("pool.run_status", run=run_id)
     _show(result, as_json, f"{result['run_id']}  {result['pool']}  {result['status']}  "
                            f"{result.get('reason') or ''}".rstrip())
+
+
+@pool.command("cancel")
+@click.argument("name")
+@click.argument("task_id")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_cancel(c: Ctx, name: str, task_id: str, as_json: bool) -> None:
+    """Cancel a queued task of NAME (not one already sent to a member)."""
+    task = c.client.call("pool.cancel", name=name, task=task_id)
+    _show(task, as_json, f"{task['task_id']} cancelled")

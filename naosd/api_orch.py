@@ -228,6 +228,12 @@ async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     return await d.pools.task(p["name"], p["task"], wait)
 
 
+@method("pool.cancel", name=NAME, task=Str(max_len=64))
+async def pool_cancel(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Cancel a queued task: it is never sent and ends cancelled."""
+    return await d.pools.cancel(p["name"], p["task"])
+
+
 @method("pool.run_status", run=Str(max_len=64))
 async def pool_run_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """A fan-out's record: status, value, failed and cancelled members, reason."""

@@ -288,6 +288,25 @@ class Pools:
         live.wake.set()
         return _view(await self.d.db.call(lambda s: pool_store.get(s, name, task.id)))
 
+    async def cancel(self, name: str, task_id: str) -> dict[str, Any]:
+        """Cancel a queued task (one already sent to a member cannot be)."""
+        row = await self.d.db.call(lambda s: pool_store.get(s, name, task_id))
+        live = self.live.get(name)
+        task = live.tasks.get(task_id) if live else None
+        if live is None or task is None or task.status != "queued":
+            raise Conflict(f"task {task_id!r} is {row['status']}"
+                           + (f" on {row['member']!r}" if row["member"] else "")
+                           + ": only a queued task can be cancelled")
+        live.queue.remove(task)
+        await self.d.db.call(lambda s: pool_store.finish(s, task_id, "cancelled", None,
+                                                         "cancelled by request"))
+        task.status = "cancelled"
+        del live.tasks[task_id]
+        task.done.set()
+        live.wake.set()
+        await self.d.db.audit("pool.task_cancelled", pool=name, task_id=task_id)
+        return _view(await self.d.db.call(lambda s: pool_store.get(s, name, task_id)))
+
     async def task(self, name: str, task_id: str, wait_s: float) -> dict[str, Any]:
         await self._spec(name)
         live = self.live.get(name)
