@@ -128,16 +128,21 @@ def saga() -> None:
               show_default=True)
 @click.option("--compensation-delay", type=float, default=1.0, show_default=True,
               help="seconds before the first compensation retry (doubling)")
+@click.option("--compensate-in-doubt/--no-compensate-in-doubt", default=True,
+              show_default=True,
+              help="compensate a failed step that timed out (it may have taken effect)")
 @json_option
 @pass_ctx
 @handle_errors()
 def saga_create(c: Ctx, name: str, timeout: float, step_timeout: float, recovery: str,
-                compensation_attempts: int, compensation_delay: float, as_json: bool) -> None:
+                compensation_attempts: int, compensation_delay: float,
+                compensate_in_doubt: bool, as_json: bool) -> None:
     """Define saga NAME (then add steps)."""
     result = c.client.call("saga.create", name=name, timeout=timeout,
                            step_timeout=step_timeout, recovery=recovery,
                            compensation_attempts=compensation_attempts,
-                           compensation_delay=compensation_delay)
+                           compensation_delay=compensation_delay,
+                           compensate_in_doubt=compensate_in_doubt)
     _show(result, as_json, f"saga {name} created")
 
 

@@ -16,7 +16,7 @@ from actors.domain import workflow as wf_m
 from naosd import orch_store
 from naosd.api import method
 from naosd.errors import Conflict, InvalidRequest
-from naosd.params import Int, Spec, Str
+from naosd.params import Bool, Int, Spec, Str
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -39,13 +39,15 @@ async def _db(d: Daemon, fn: Any) -> Any:
 
 @method("saga.create", name=NAME, timeout=Spec(NUM, 3600.0), step_timeout=Spec(NUM, 60.0),
         recovery=Str("forward", choices=saga_m.RECOVERY_MODES),
-        compensation_attempts=Int(3, lo=1, hi=100), compensation_delay=Spec(NUM, 1.0))
+        compensation_attempts=Int(3, lo=1, hi=100), compensation_delay=Spec(NUM, 1.0),
+        compensate_in_doubt=Bool(True))
 async def saga_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Define an empty saga; add its steps with saga.add_step."""
     draft = defs.saga_draft(p["name"], timeout=p["timeout"], step_timeout=p["step_timeout"],
                             recovery=p["recovery"],
                             compensation_attempts=p["compensation_attempts"],
-                            compensation_delay=p["compensation_delay"])
+                            compensation_delay=p["compensation_delay"],
+                            compensate_in_doubt=p["compensate_in_doubt"])
     return await _db(d, lambda s: orch_store.create_def(s, "saga", p["name"], draft))
 
 
