@@ -192,3 +192,35 @@ def test_a_fan_out_cut_short_by_a_kill_ends_failed_with_the_reason(base: Path):
         for one in daemons:
             survivors += reap(one)
         assert not survivors
+
+
+def test_tasks_in_flight_at_a_clean_stop_carry_on_after_the_start(base: Path):
+    fx = Effects(base)
+    gate = base / "gate"
+    gate.write_text("0")
+    daemons: list[Naosd] = []
+    d = start_naosd(base)
+    daemons.append(d)
+    try:
+        ok(d, "create", "one", "--source", str(fx.handler), "--config",
+           fx.config(gate=str(gate)), "--no-start")
+        ok(d, "pool", "create", "q", "--agents", "one")
+        ids = [ok(d, "pool", "submit", "q", "--input", str(i))["task_id"] for i in range(3)]
+        wait_for(lambda: effects_of(fx) == {0}, d)  # task 0 applied, hanging; 1, 2 queued
+        assert d.stop() == 0
+        d = start_naosd(base, state_dir=d.state_dir)
+        daemons.append(d)
+        gate.write_text("1000")
+        tasks = [ok(d, "pool", "task", "q", t, "--wait", "30") for t in ids]
+        assert [(t["status"], t["attempt"]) for t in tasks] == [
+            ("completed", 2), ("completed", 1), ("completed", 1)]
+        assert sorted(effects_of(fx)) == [0, 1, 2]
+        assert len(fx.rows("SELECT key FROM calls")) == 4  # task 0 twice, same key
+        saga_run = d.ctl("pool", "run-status", ids[0])
+        assert saga_run.returncode != 0 and "no run" in saga_run.stderr
+    finally:
+        d.stop()
+        survivors = []
+        for one in daemons:
+            survivors += reap(one)
+        assert not survivors
