@@ -140,7 +140,29 @@ class Pools:
     async def run(self, name: str, task_input: Any, *, concurrency: int | None,
                   timeout_s: float | None) -> dict[str, Any]:
         spec = await self._spec(name)
+        run_id = "p-" + uuid.uuid4().hex[:12]
         members = self.live[name].members if name in self.live else members_of(spec)
+        record = {"run_id": run_id, "status": "running", "pool": name, "merge": spec["merge"],
+                  "members": members, "input": task_input}
+        try:
+            await self.d.db.call(lambda s: orch_store.insert_run(s, "pool", name, record))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"pool input cannot be stored as JSON: {exc}") from None
+        try:
+            return await self._fan_out(spec, record, concurrency, timeout_s)
+        except BaseException as exc:  # never leave the record running while naosd runs
+            why = f"fan-out aborted: {type(exc).__name__}: {exc}"
+            final = {**record, "status": "failed", "reason": why}
+            audit = {"run_id": run_id, "pool": name, "status": "failed", "reason": why}
+            with contextlib.suppress(Exception):
+                await self.d.db.call(lambda s: orch_store.save_run(
+                    s, run_id, final, [("pool.run_failed", audit)]))
+            raise
+
+    async def _fan_out(self, spec: dict[str, Any], record: dict[str, Any],
+                       concurrency: int | None, timeout_s: float | None) -> dict[str, Any]:
+        name, run_id, task_input = spec["name"], record["run_id"], record["input"]
+        members = record["members"]
         limit = concurrency or spec["concurrency"] or len(members)
         wait_s = timeout_s or spec["timeout_s"]
         strategy = "all" if spec["merge"] == "reducer" else spec["merge"]
@@ -148,10 +170,6 @@ class Pools:
         gate = asyncio.Semaphore(limit)
         replies: asyncio.Queue[tuple[str, bool, Any]] = asyncio.Queue()
         started = time.monotonic()
-        run_id = "p-" + uuid.uuid4().hex[:12]
-        record = {"run_id": run_id, "status": "running", "pool": name, "merge": spec["merge"],
-                  "members": members, "input": task_input}
-        await self.d.db.call(lambda s: orch_store.insert_run(s, "pool", name, record))
         asked: set[str] = set()
 
         async def ask(member: str) -> None:
