@@ -128,16 +128,21 @@ def saga() -> None:
               show_default=True)
 @click.option("--compensation-delay", type=float, default=1.0, show_default=True,
               help="seconds before the first compensation retry (doubling)")
+@click.option("--compensate-in-doubt/--no-compensate-in-doubt", default=True,
+              show_default=True,
+              help="compensate a failed step that timed out (it may have taken effect)")
 @json_option
 @pass_ctx
 @handle_errors()
 def saga_create(c: Ctx, name: str, timeout: float, step_timeout: float, recovery: str,
-                compensation_attempts: int, compensation_delay: float, as_json: bool) -> None:
+                compensation_attempts: int, compensation_delay: float,
+                compensate_in_doubt: bool, as_json: bool) -> None:
     """Define saga NAME (then add steps)."""
     result = c.client.call("saga.create", name=name, timeout=timeout,
                            step_timeout=step_timeout, recovery=recovery,
                            compensation_attempts=compensation_attempts,
-                           compensation_delay=compensation_delay)
+                           compensation_delay=compensation_delay,
+                           compensate_in_doubt=compensate_in_doubt)
     _show(result, as_json, f"saga {name} created")
 
 
@@ -344,7 +349,8 @@ def pool_task(c: Ctx, name: str, task_id: str, wait: float, as_json: bool) -> No
 def pool_line(s: dict[str, Any]) -> str:
     members = " ".join(f"{m['name']}({m['busy']})" for m in s["members"])
     return (f"{s['name']}  {s['merge']}  queued={s['queued']} running={s['running']} "
-            f"done={s['completed']} failed={s['failed']} {s['throughput_per_s']}/s  {members}")
+            f"done={s['completed']} failed={s['failed']} cancelled={s.get('cancelled', 0)} "
+            f"{s['throughput_per_s']}/s  {members}")
 
 
 @pool.command("status")
@@ -383,3 +389,27 @@ def pool_drain(c: Ctx, name: str, timeout: float, as_json: bool) -> None:
 
 def _show_status(result: dict[str, Any], as_json: bool) -> None:
     _show(result, as_json, pool_line(result))
+
+
+@pool.command("run-status")
+@click.argument("run_id")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_run_status(c: Ctx, run_id: str, as_json: bool) -> None:
+    """A fan-out's outcome by run id (also one that naosd's stop cut short)."""
+    result = c.client.call("pool.run_status", run=run_id)
+    _show(result, as_json, f"{result['run_id']}  {result['pool']}  {result['status']}  "
+                           f"{result.get('reason') or ''}".rstrip())
+
+
+@pool.command("cancel")
+@click.argument("name")
+@click.argument("task_id")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_cancel(c: Ctx, name: str, task_id: str, as_json: bool) -> None:
+    """Cancel a queued task of NAME (not one already sent to a member)."""
+    task = c.client.call("pool.cancel", name=name, task=task_id)
+    _show(task, as_json, f"{task['task_id']} cancelled")

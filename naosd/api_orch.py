@@ -16,7 +16,7 @@ from actors.domain import workflow as wf_m
 from naosd import orch_store
 from naosd.api import method
 from naosd.errors import Conflict, InvalidRequest
-from naosd.params import Int, Spec, Str
+from naosd.params import Bool, Int, Spec, Str
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -39,13 +39,15 @@ async def _db(d: Daemon, fn: Any) -> Any:
 
 @method("saga.create", name=NAME, timeout=Spec(NUM, 3600.0), step_timeout=Spec(NUM, 60.0),
         recovery=Str("forward", choices=saga_m.RECOVERY_MODES),
-        compensation_attempts=Int(3, lo=1, hi=100), compensation_delay=Spec(NUM, 1.0))
+        compensation_attempts=Int(3, lo=1, hi=100), compensation_delay=Spec(NUM, 1.0),
+        compensate_in_doubt=Bool(True))
 async def saga_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Define an empty saga; add its steps with saga.add_step."""
     draft = defs.saga_draft(p["name"], timeout=p["timeout"], step_timeout=p["step_timeout"],
                             recovery=p["recovery"],
                             compensation_attempts=p["compensation_attempts"],
-                            compensation_delay=p["compensation_delay"])
+                            compensation_delay=p["compensation_delay"],
+                            compensate_in_doubt=p["compensate_in_doubt"])
     return await _db(d, lambda s: orch_store.create_def(s, "saga", p["name"], draft))
 
 
@@ -226,6 +228,18 @@ async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """A queued task's state and output (waiting up to wait seconds for it)."""
     wait = defs.seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
     return await d.pools.task(p["name"], p["task"], wait)
+
+
+@method("pool.cancel", name=NAME, task=Str(max_len=64))
+async def pool_cancel(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Cancel a queued task: it is never sent and ends cancelled."""
+    return await d.pools.cancel(p["name"], p["task"])
+
+
+@method("pool.run_status", run=Str(max_len=64))
+async def pool_run_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """A fan-out's record: status, value, failed and cancelled members, reason."""
+    return await d.pools.run_status(p["run"])
 
 
 @method("pool.status", name=Str(None, max_len=64))

@@ -124,6 +124,7 @@ class Daemon:
         self._watchdog_task = watchdog
         self._reaper_task = asyncio.get_running_loop().create_task(self._reap_idle_agents())
         await self.orch.recover()  # unfinished sagas and workflows carry on
+        await self.pools.recover()  # queued and in-doubt pool tasks carry on
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()

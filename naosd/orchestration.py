@@ -22,7 +22,9 @@ task per run is the cheapest shell (see docs/architecture.md).
 The message a step's agent gets::
 
     {"run_id", "step", "attempt", "idempotency_key", "input",
-     "outputs" (sagas: outputs so far), "output" (compensations: the step's)}
+     "outputs" (sagas: outputs so far), "output" (compensations: the step's),
+     "in_doubt" and "step_key" (compensations of a step that timed out: the
+     step's own key, to tell whether it took effect)}
 
 ``ctx.idempotency_key`` carries the same key.  A handler that raises fails
 the step with the error's code; a reply ``{"error": {"code": C, "message":

@@ -9,10 +9,17 @@ dispatcher that hands each task to ``pool.pick``'s member; ``scale`` changes
 the members while tasks run (new clones take work at once, removed ones
 finish what they hold) and ``drain`` stops intake and waits for the queue.
 
+Durability (``naosd/pool_store.py``): a queue task is a row before
+``pool.submit`` answers, "started" (member, attempt) is written before the
+agent is asked and "finished" (output or error) after it answered; at start,
+queued and in-doubt tasks are queued again and re-sent under the same
+idempotency key (the task id).  A fan-out is an ``orch_runs`` row of kind
+``pool``: one found unfinished at start ends ``failed`` with the reason (it is
+not resumed: its caller is gone).
+
 Why not a dispatcher actor: fan-out from an actor in the TCP base measured
 ~630 msgs/s to 4 workers, the asyncio side ~2,000 asks/s; see
-docs/architecture.md.  Pools are not durable: a queued task is lost with the
-daemon (its submitter gets an error), unlike saga and workflow runs.
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -26,14 +33,17 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from actors.domain import pool as pool_m
-from naosd import defs_store, orch_store
+from naosd import defs_store, orch_store, pool_store
 from naosd.errors import Conflict, InvalidRequest, NaosError, NotFound, RequestTimeout
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
 
 THROUGHPUT_WINDOW_S = 60.0
-TASKS_KEPT = 10_000  # finished queue tasks remembered for pool.task
+TASKS_KEPT = 10_000  # finished queue tasks kept per pool in SQLite for pool.task
+PRUNE_EVERY = 256  # finished tasks of a pool between two prunes
+RUN_FINAL = ("completed", "partial", "failed")
+CRASHED = "naosd stopped during the fan-out (members may have run it: key <run_id>:<member>)"
 
 
 def clone_name(agent: str, i: int) -> str:
@@ -51,14 +61,8 @@ class Task:
     id: str
     input: Any
     member: str = ""
-    status: str = "queued"  # queued, running, completed, failed
-    output: Any = None
-    error: str = ""
+    status: str = "queued"  # queued, running, completed, failed, cancelled
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-
-    def view(self) -> dict[str, Any]:
-        return {"task_id": self.id, "member": self.member, "status": self.status,
-                "output": self.output, "error": self.error}
 
 
 class LivePool:
@@ -70,10 +74,11 @@ class LivePool:
         self.picks = pool_m.PickState()
         self.queue: collections.deque[Task] = collections.deque()
         self.running: dict[str, Task] = {}
-        self.tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
+        self.tasks: dict[str, Task] = {}  # not finished yet (the rest is in SQLite)
         self.finished_at: collections.deque[float] = collections.deque()
-        self.completed = 0
+        self.completed = 0  # since this start (the counts in pool.status are SQLite's)
         self.failed = 0
+        self.since_prune = 0
         self.accepting = True
         self.wake = asyncio.Event()
         self.dispatcher: asyncio.Task[None] | None = None
@@ -135,7 +140,29 @@ class Pools:
     async def run(self, name: str, task_input: Any, *, concurrency: int | None,
                   timeout_s: float | None) -> dict[str, Any]:
         spec = await self._spec(name)
+        run_id = "p-" + uuid.uuid4().hex[:12]
         members = self.live[name].members if name in self.live else members_of(spec)
+        record = {"run_id": run_id, "status": "running", "pool": name, "merge": spec["merge"],
+                  "members": members, "input": task_input}
+        try:
+            await self.d.db.call(lambda s: orch_store.insert_run(s, "pool", name, record))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"pool input cannot be stored as JSON: {exc}") from None
+        try:
+            return await self._fan_out(spec, record, concurrency, timeout_s)
+        except BaseException as exc:  # never leave the record running while naosd runs
+            why = f"fan-out aborted: {type(exc).__name__}: {exc}"
+            final = {**record, "status": "failed", "reason": why}
+            audit = {"run_id": run_id, "pool": name, "status": "failed", "reason": why}
+            with contextlib.suppress(Exception):
+                await self.d.db.call(lambda s: orch_store.save_run(
+                    s, run_id, final, [("pool.run_failed", audit)]))
+            raise
+
+    async def _fan_out(self, spec: dict[str, Any], record: dict[str, Any],
+                       concurrency: int | None, timeout_s: float | None) -> dict[str, Any]:
+        name, run_id, task_input = spec["name"], record["run_id"], record["input"]
+        members = record["members"]
         limit = concurrency or spec["concurrency"] or len(members)
         wait_s = timeout_s or spec["timeout_s"]
         strategy = "all" if spec["merge"] == "reducer" else spec["merge"]
@@ -143,11 +170,14 @@ class Pools:
         gate = asyncio.Semaphore(limit)
         replies: asyncio.Queue[tuple[str, bool, Any]] = asyncio.Queue()
         started = time.monotonic()
+        asked: set[str] = set()
 
         async def ask(member: str) -> None:
             async with gate:
+                asked.add(member)
                 try:
-                    reply = await self.d.agents.run(member, task_input, wait_s=wait_s, key="")
+                    reply = await self.d.agents.run(member, task_input, wait_s=wait_s,
+                                                    key=f"{run_id}:{member}")
                     replies.put_nowait((member, True, reply["output"]))
                 except NaosError as exc:
                     replies.put_nowait((member, False, f"{exc.code}: {exc}"))
@@ -169,6 +199,11 @@ class Pools:
                 call.cancel()
         result = pool_m.outcome(state)
         timed_out = list(pool_m.pending(state)) if not result.decided else []
+        # decided early (first, quorum, majority): the members that had not
+        # answered lost; those never asked (concurrency) were not sent anything
+        losers = list(pool_m.pending(state)) if result.decided else []
+        cancelled = [m for m in losers if m in asked]
+        not_sent = [m for m in losers if m not in asked]
         status, value, reason = result.status.value, result.value, result.reason
         if timed_out:
             status = "failed" if not any(r.ok for r in state.results) else "partial"
@@ -178,14 +213,63 @@ class Pools:
         if spec["merge"] == "reducer" and status != "failed":
             value, status, reason = await self._reduce(spec, value, result.failed + timed_out,
                                                        status, wait_s)
-        out = {"pool": name, "status": status, "value": value, "merge": spec["merge"],
-               "failed": result.failed + timed_out, "errors": errors, "reason": reason,
+        out = {"run_id": run_id, "pool": name, "status": status, "value": value,
+               "merge": spec["merge"], "failed": result.failed + timed_out,
+               "cancelled": cancelled, "not_sent": not_sent, "errors": errors,
+               "reason": reason,
                "replies": [{"member": r.member, "ok": r.ok, "value": r.value}
                            for r in state.results],
                "ms": round((time.monotonic() - started) * 1000, 3)}
-        await self.d.db.audit("pool.run", pool=name, status=status, merge=spec["merge"],
-                              failed=out["failed"], ms=out["ms"])
+        final = {**record, **out, "status": status}
+        audit = {"run_id": run_id, "pool": name, "status": status, "merge": spec["merge"],
+                 "failed": out["failed"], "cancelled": cancelled, "ms": out["ms"]}
+        try:
+            await self.d.db.call(lambda s: orch_store.save_run(s, run_id, final,
+                                                               [("pool.run", audit)]))
+        except (TypeError, ValueError):  # a member's output JSON cannot hold: keep the outcome
+            final = {**record, "status": status, "reason": reason, "failed": out["failed"]}
+            await self.d.db.call(lambda s: orch_store.save_run(s, run_id, final,
+                                                               [("pool.run", audit)]))
         return out
+
+    async def recover(self) -> dict[str, int]:
+        """After a restart: unfinished fan-outs end failed, queue tasks go on."""
+        runs = await self.d.db.call(
+            lambda s: orch_store.unfinished_runs(s, "pool", RUN_FINAL))
+        for row in runs:
+            final = {**row["record"], "status": "failed", "reason": CRASHED}
+            audit = {"run_id": row["run_id"], "pool": row["name"], "status": "failed",
+                     "reason": CRASHED}
+            await self.d.db.call(lambda s, r=row["run_id"], f=final, a=audit: orch_store.save_run(
+                s, r, f, [("pool.run_failed", a)]))
+        tasks = await self.d.db.call(pool_store.unfinished)
+        requeued = in_doubt = 0
+        for row in tasks:
+            try:
+                live = await self._live(row["pool"])
+            except NotFound:
+                await self.d.db.call(lambda s, t=row["task_id"]: pool_store.finish(
+                    s, t, "failed", None, "pool_gone: the pool is no longer defined"))
+                continue
+            if row["task_id"] in live.tasks:  # submitted since the start: already queued
+                continue
+            task = Task(row["task_id"], row["input"])
+            in_doubt += int(row["status"] == "running")
+            requeued += 1
+            live.queue.append(task)
+            live.tasks[task.id] = task
+            live.wake.set()
+        if runs or tasks:
+            await self.d.db.audit("pool.recovered", runs_failed=len(runs), tasks=requeued,
+                                  in_doubt=in_doubt)
+        return {"runs_failed": len(runs), "tasks": requeued, "in_doubt": in_doubt}
+
+    async def run_status(self, run_id: str) -> dict[str, Any]:
+        row = await self.d.db.call(lambda s: orch_store.get_run(s, run_id))
+        if row["kind"] != "pool":
+            raise InvalidRequest(f"{run_id!r} is a {row['kind']} run, not a pool run")
+        return {**row["record"], "run_id": run_id, "created_at": row["created_at"],
+                "updated_at": row["updated_at"]}
 
     async def _reduce(self, spec: dict[str, Any], values: Any, failed: list[str],
                       status: str, wait_s: float) -> tuple[Any, str, str]:
@@ -213,22 +297,42 @@ class Pools:
         if not live.accepting:
             raise Conflict(f"pool {name!r} is drained: it takes no new tasks")
         task = Task(uuid.uuid4().hex[:12], task_input)
+        try:
+            await self.d.db.call(lambda s: pool_store.submit(s, name, task.id, task_input))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"task input cannot be stored as JSON: {exc}") from None
         live.queue.append(task)
         live.tasks[task.id] = task
-        while len(live.tasks) > TASKS_KEPT:
-            live.tasks.popitem(last=False)
         live.wake.set()
-        return task.view()
+        return _view(await self.d.db.call(lambda s: pool_store.get(s, name, task.id)))
+
+    async def cancel(self, name: str, task_id: str) -> dict[str, Any]:
+        """Cancel a queued task (one already sent to a member cannot be)."""
+        row = await self.d.db.call(lambda s: pool_store.get(s, name, task_id))
+        live = self.live.get(name)
+        task = live.tasks.get(task_id) if live else None
+        if live is None or task is None or task.status != "queued":
+            raise Conflict(f"task {task_id!r} is {row['status']}"
+                           + (f" on {row['member']!r}" if row["member"] else "")
+                           + ": only a queued task can be cancelled")
+        live.queue.remove(task)
+        await self.d.db.call(lambda s: pool_store.finish(s, task_id, "cancelled", None,
+                                                         "cancelled by request"))
+        task.status = "cancelled"
+        del live.tasks[task_id]
+        task.done.set()
+        live.wake.set()
+        await self.d.db.audit("pool.task_cancelled", pool=name, task_id=task_id)
+        return _view(await self.d.db.call(lambda s: pool_store.get(s, name, task_id)))
 
     async def task(self, name: str, task_id: str, wait_s: float) -> dict[str, Any]:
-        live = await self._live(name)
-        task = live.tasks.get(task_id)
-        if task is None:
-            raise NotFound(f"pool {name!r} has no task {task_id!r}")
-        if wait_s > 0:
+        await self._spec(name)
+        live = self.live.get(name)
+        task = live.tasks.get(task_id) if live else None
+        if task is not None and wait_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(task.done.wait(), wait_s)
-        return task.view()
+        return _view(await self.d.db.call(lambda s: pool_store.get(s, name, task_id)))
 
     async def _dispatch(self, live: LivePool) -> None:
         limit = max(1, live.spec["concurrency"] or 0)
@@ -245,16 +349,30 @@ class Pools:
                 call.add_done_callback(live.calls.discard)
 
     async def _work(self, live: LivePool, task: Task) -> None:
+        name = live.spec["name"]
         try:
-            reply = await self.d.agents.run(task.member, task.input,
-                                            wait_s=live.spec["timeout_s"], key=task.id)
-            task.output, task.status = reply["output"], "completed"
-            live.completed += 1
-        except NaosError as exc:
-            task.error, task.status = f"{exc.code}: {exc}", "failed"
-            live.failed += 1
-        finally:
+            # "started" is on disk before the agent is asked
+            await self.d.db.call(lambda s: pool_store.start(s, task.id, task.member))
+            try:
+                reply = await self.d.agents.run(task.member, task.input,
+                                                wait_s=live.spec["timeout_s"], key=task.id)
+                status, output, error = "completed", reply["output"], ""
+            except NaosError as exc:
+                status, output, error = "failed", None, f"{exc.code}: {exc}"
+            await self.d.db.call(lambda s: pool_store.finish(s, task.id, status, output, error))
+            task.status = status
+            if status == "completed":
+                live.completed += 1
+            else:
+                live.failed += 1
+            live.since_prune += 1
+            if live.since_prune >= PRUNE_EVERY:
+                live.since_prune = 0
+                await self.d.db.call(lambda s: pool_store.prune(s, name, TASKS_KEPT))
+        finally:  # cancelled at shutdown: the row stays running (in doubt) and is re-sent
             del live.running[task.id]
+            if task.status != "running":
+                live.tasks.pop(task.id, None)
             with contextlib.suppress(NaosError):
                 live.picks = pool_m.release(live.picks, task.member)
             live.finished_at.append(time.monotonic())
@@ -297,12 +415,16 @@ class Pools:
         live = self.live.get(name)
         members = live.members if live else members_of(spec)
         busy = dict(live.picks.busy) if live else {}
+        counts = await self.d.db.call(lambda s: pool_store.counts(s, name))
         return {"name": name, "merge": spec["merge"], "pick": spec["pick"],
                 "members": [{"name": m, "busy": busy.get(m, 0)} for m in members],
-                "queued": len(live.queue) if live else 0,
-                "running": len(live.running) if live else 0,
-                "completed": live.completed if live else 0,
-                "failed": live.failed if live else 0,
+                # task counts from SQLite (finished ones within the retention)
+                "tasks": {"queued": counts["queued"], "running": counts["running"],
+                          "done": counts["completed"], "failed": counts["failed"],
+                          "cancelled": counts["cancelled"]},
+                "queued": counts["queued"], "running": counts["running"],
+                "completed": counts["completed"], "failed": counts["failed"],
+                "cancelled": counts["cancelled"],
                 "accepting": live.accepting if live else True,
                 "throughput_per_s": live.throughput() if live else 0.0}
 
@@ -312,5 +434,9 @@ class Pools:
                 if task is not None:
                     task.cancel()
             for task in [*live.queue, *live.running.values()]:
-                task.status, task.error = "failed", "naosd stopped"
-                task.done.set()
+                task.done.set()  # waiters answer; the rows stay queued/running for recovery
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("task_id", "member", "status", "attempt", "output", "error",
+                                "submitted_at", "started_at", "finished_at")}

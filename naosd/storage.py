@@ -240,6 +240,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX cost_ledger_ts ON cost_ledger(ts);
     CREATE INDEX cost_ledger_agent ON cost_ledger(agent, ts);
     """,
+    # 7: durable pool queue tasks (naosd.pool_store): a submitted task is a
+    # row before ``pool.submit`` answers; started/finished are written around
+    # the agent call, so a restart re-queues what was queued or in doubt.
+    """
+    CREATE TABLE pool_tasks(
+        seq INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL UNIQUE,
+        pool TEXT NOT NULL,
+        status TEXT NOT NULL,
+        member TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL DEFAULT 0,
+        input TEXT NOT NULL,
+        output TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        submitted_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    );
+    CREATE INDEX pool_tasks_status ON pool_tasks(pool, status, seq);
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 

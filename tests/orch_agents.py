@@ -7,7 +7,9 @@ coordinator that re-sent a step under a NEW key would show up as two ledger
 rows for the same (run, step, do/undo).  Behaviour is steered by the saga
 input (``fail_at``: the step that fails with a business error) and by a
 control file read on every call (``fail_undo``: steps whose compensation
-fails; ``sleep``: seconds to sleep before applying; ``raise_at``).  A
+fails; ``sleep``: seconds to sleep before applying, ``sleep_do``: the same for the
+step only, not its compensation; ``sleep_after``: seconds
+the step sleeps after applying, before answering; ``raise_at``).  A
 compensation whose step never took effect (an in-doubt step that did not
 reach the agent) has nothing to undo and applies nothing.
 """
@@ -47,6 +49,8 @@ def handle(message, ctx):
     if not undo and step in control.get("raise_at", []):
         raise RuntimeError(f"{step} blew up")
     time.sleep(control.get("sleep", {}).get(step, 0))
+    if not undo:
+        time.sleep(control.get("sleep_do", {}).get(step, 0))
     db.execute("BEGIN IMMEDIATE")
     row = db.execute("SELECT output FROM seen WHERE key = ?", (key,)).fetchone()
     do_key = key[: -len(":undo")] + ":do" if undo else key
@@ -64,6 +68,8 @@ def handle(message, ctx):
         output = json.loads(row[0])
     db.execute("COMMIT")
     db.close()
+    if not undo:  # applied, answered late
+        time.sleep(control.get("sleep_after", {}).get(step, 0))
     return output
 '''
 

@@ -123,3 +123,20 @@ def test_duplicate_steps_and_empty_sagas():
 def test_unknown_section_lists_the_known_ones():
     with pytest.raises(ConfigError, match="pools, sagas, supervisors, workflows"):
         parse(load("[jobs.x]\n"), Path("/"))
+
+
+def test_compensate_in_doubt_defaults_on_and_is_checked():
+    draft = defs.saga_add_step(defs.saga_draft("s"), "a", "x")
+    assert defs.saga_spec(draft).compensate_in_doubt is True
+    off = defs.saga_add_step(defs.saga_draft("s", compensate_in_doubt=False), "a", "x")
+    assert defs.saga_spec(off).compensate_in_doubt is False
+    older = {k: v for k, v in draft.items() if k != "compensate_in_doubt"}  # stored before
+    assert defs.saga_spec(older).compensate_in_doubt is True
+    with pytest.raises(InvalidRequest, match="compensate_in_doubt must be true or false"):
+        defs.saga_draft("s", compensate_in_doubt="no")
+    project = parse(load('[agents.x]\ntemplate = "echo"\n[sagas.s]\ncompensate_in_doubt = false\n'
+                         'steps = [{ name = "a", agent = "x" }]\n'), Path("/"))
+    assert project.orchestration["sagas"][0]["compensate_in_doubt"] is False
+    with pytest.raises(ConfigError, match="compensate_in_doubt"):
+        parse(load('[agents.x]\ntemplate = "echo"\n[sagas.s]\ncompensate_in_doubt = 1\n'
+                   'steps = [{ name = "a", agent = "x" }]\n'), Path("/"))

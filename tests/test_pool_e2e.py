@@ -4,11 +4,13 @@ failures, a reducer agent, and queue mode with scale and drain mid-flight."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from harness import Naosd
+from test_pool_crash import Effects
 from test_saga_e2e import ok
 
 pytestmark = pytest.mark.e2e
@@ -176,3 +178,46 @@ def test_pick_strategies_spread_tasks(daemon: Naosd, voter: Path, pick: str):
         assert by == Counter({"slowpoke": 5, "quick": 5})
     else:  # the idle member takes the work while the slow one is busy
         assert by["quick"] >= 7, by
+
+
+def test_first_sends_nothing_more_and_records_the_losers(voters: Naosd):
+    ok(voters, "pool", "create", "p", "--agents", "vc,slow,va", "--merge", "first",
+       "--concurrency", "2")
+    rc, r = run(voters, "p")
+    assert rc == 0 and r["value"] == {"n": 2, "x": "no"}
+    assert r["cancelled"] == ["slow"] and r["not_sent"] == ["va"], r
+    record = ok(voters, "pool", "run-status", r["run_id"])
+    assert record["status"] == "completed"
+    assert record["cancelled"] == ["slow"] and record["not_sent"] == ["va"]
+    asked = [e.get("agent") for e in ok(voters, "audit", "tail", "-n", "1000")
+             if e["type"] == "agent.run"
+             and str(e["detail"].get("idempotency_key")).startswith(r["run_id"])]
+    assert asked == ["vc"]  # the loser's reply is never used; va was never asked
+
+
+def test_a_queued_task_can_be_cancelled_and_is_counted(daemon: Naosd, base: Path):
+    fx = Effects(base)
+    gate = base / "gate"
+    gate.write_text("0")  # every task hangs after its effect until the gate opens
+    ok(daemon, "create", "one", "--source", str(fx.handler), "--config",
+       fx.config(gate=str(gate)), "--no-start")
+    ok(daemon, "pool", "create", "q", "--agents", "one")
+    ids = [ok(daemon, "pool", "submit", "q", "--input", str(i))["task_id"] for i in range(3)]
+    deadline = time.monotonic() + 60
+    while ok(daemon, "pool", "status", "q")["tasks"]["running"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    refused = daemon.ctl("pool", "cancel", "q", ids[0])
+    assert refused.returncode != 0 and "running on 'one'" in refused.stderr
+    assert ok(daemon, "pool", "cancel", "q", ids[2])["status"] == "cancelled"
+    again = daemon.ctl("pool", "cancel", "q", ids[2])
+    assert again.returncode != 0 and "is cancelled" in again.stderr
+    missing = daemon.ctl("pool", "cancel", "q", "nosuchtask")
+    assert missing.returncode != 0 and "no task 'nosuchtask'" in missing.stderr
+    gate.write_text("1000")
+    drained = ok(daemon, "pool", "drain", "q")
+    assert drained["tasks"] == {"queued": 0, "running": 0, "done": 2, "failed": 0,
+                                "cancelled": 1}
+    assert [ok(daemon, "pool", "task", "q", t)["status"] for t in ids] == [
+        "completed", "completed", "cancelled"]
+    assert sorted(int(str(i)) for (i,) in fx.rows("SELECT input FROM effects")) == [0, 1]

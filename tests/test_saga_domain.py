@@ -265,11 +265,112 @@ def test_step_retries(outcomes: list[str], runs_of_b: int, status: RunStatus) ->
 
 
 def test_step_timed_out_event_counts_as_a_failure() -> None:
-    state = sg.initial("r1", make_spec(attempts=1))
+    state = sg.initial("r1", make_spec(attempts=1, compensate_in_doubt=False))
     state, _ = sg.handle(state, Start(0.0))
     state, _ = sg.handle(state, StepTimedOut("a", 10.0))
     assert state.status is RunStatus.COMPENSATED
-    assert state.step("a").error.startswith("timeout")
+    assert state.step("a").error.startswith("timeout") and state.step("a").in_doubt
+
+
+# -- in-doubt steps: timed out, maybe applied -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("do", "in_doubt_on", "expect_undone", "expect_doubt"),
+    [
+        pytest.param({"b": ["timeout"] * 3}, True, ["b", "a"], {"b"}, id="timeout-undone-first"),
+        pytest.param({"b": ["timeout"] * 3}, False, ["a"], set(), id="timeout-policy-off"),
+        pytest.param({"b": ["timeout", "fatal"]}, True, ["b", "a"], {"b"}, id="timeout-then-error"),
+        pytest.param({"b": ["fatal"]}, True, ["a"], set(), id="business-error-not-in-doubt"),
+        pytest.param({"b": ["boom"] * 3}, True, ["a"], set(), id="errors-only-not-in-doubt"),
+        pytest.param(
+            {"b": ["timeout", "ok"], "c": ["fatal"]}, True, ["b", "a"], set(), id="retry-succeeded"
+        ),
+        pytest.param({"a": ["timeout"] * 3}, True, ["a"], {"a"}, id="first-step"),
+        pytest.param(
+            {"d": ["timeout"] * 3}, True, ["d", "c", "b", "a"], {"d"}, id="last-step"
+        ),
+    ],
+)
+def test_in_doubt_steps_are_compensated_by_policy(
+    do: dict[str, list[str]], in_doubt_on: bool, expect_undone: list[str], expect_doubt: set[str]
+) -> None:
+    state, shell = run_saga(make_spec(compensate_in_doubt=in_doubt_on), do=do)
+    assert state.status is RunStatus.COMPENSATED
+    assert undone(shell.trace) == expect_undone
+    undos = [e for e in shell.trace if isinstance(e, RunCompensation)]
+    flagged = {e.step for e in undos if e.input.get("in_doubt")}
+    assert flagged == expect_doubt
+    for e in undos:
+        assert e.idempotency_key == f"r1:{e.step}:undo"
+        if e.step in expect_doubt:  # the step's own key: the agent can tell if it ran
+            assert e.input["step_key"] == f"r1:{e.step}:do" and e.input["output"] is None
+        else:
+            assert "step_key" not in e.input
+    failed = [a.detail for a in shell.audits if a.type == "saga.step_failed"]
+    assert [f["in_doubt"] for f in failed] == ["timeout" in do[f["step"]] for f in failed]
+    assert len(failed) == 1
+
+
+def test_saga_timeout_compensates_the_step_in_flight_first() -> None:
+    state = sg.initial("r1", make_spec())
+    for event in (Start(0.0), StepSucceeded("a", 1, 1.0)):
+        state, _ = sg.handle(state, event)
+    state, effects = sg.handle(state, TimerFired("saga_timeout", None, 0, 3600.0))
+    assert state.step("b").in_doubt and undone(effects) == ["b"]
+    undo_b = next(e for e in effects if isinstance(e, RunCompensation))
+    assert undo_b.input["in_doubt"] and undo_b.input["step_key"] == "r1:b:do"
+    state, effects = sg.handle(state, CompensationSucceeded("b", 3601.0))
+    assert undone(effects) == ["a"]
+    state, _ = sg.handle(state, CompensationSucceeded("a", 3602.0))
+    assert state.status is RunStatus.COMPENSATED
+
+
+def test_a_retry_waiting_step_is_in_doubt_at_the_saga_timeout_only_if_it_timed_out() -> None:
+    for first, doubt in (("timeout", True), ("error", False)):
+        state = sg.initial("r1", make_spec())
+        state, _ = sg.handle(state, Start(0.0))
+        if first == "timeout":
+            state, _ = sg.handle(state, TimerFired("step_timeout", "a", 1, 10.0))
+        else:
+            state, _ = sg.handle(state, StepFailed("a", "boom", "x", 1.0))
+        assert state.step("a").status is StepStatus.RETRY_WAIT
+        state, effects = sg.handle(state, SagaTimedOut(3600.0))
+        assert state.step("a").in_doubt is doubt
+        assert undone(effects) == (["a"] if doubt else [])
+
+
+def test_an_in_doubt_compensation_keeps_its_place_on_operator_retry() -> None:
+    spec = make_spec(attempts=1)
+    state, shell = run_saga(spec, do={"c": ["timeout"]}, undo={"c": ["x"] * 3, "a": ["x"] * 3})
+    assert state.status is RunStatus.COMPENSATION_FAILED
+    assert undone(shell.trace) == ["c"] * 3 + ["b"] + ["a"] * 3
+    state = shell.run(state, RetryCompensation(100.0))
+    assert undone(shell.trace)[7:] == ["c", "a"]  # newest first, as in the first pass
+    assert state.status is RunStatus.COMPENSATED
+
+
+def test_in_doubt_survives_the_record_and_old_records_still_load() -> None:
+    state = sg.initial("r1", make_spec(attempts=1))
+    state, _ = sg.handle(state, Start(0.0))
+    state, _ = sg.handle(state, StepTimedOut("a", 10.0))
+    record = json.loads(json.dumps(sg.to_record(state)))
+    again = sg.from_record(record)
+    assert again == state and again.step("a").in_doubt
+    # a crash while undoing it: the resent compensation is still marked in doubt
+    _, effects = sg.handle(again, Recover(11.0))
+    resent = [e for e in effects if isinstance(e, RunCompensation)]
+    assert [(e.step, e.input.get("in_doubt")) for e in resent] == [("a", True)]
+    for step in record["steps"]:
+        del step["in_doubt"]
+    del record["spec"]["compensate_in_doubt"]
+    old = sg.from_record(record)  # written before in-doubt compensation existed
+    assert old.spec.compensate_in_doubt and not old.step("a").in_doubt
+
+
+def test_compensate_in_doubt_must_be_a_bool() -> None:
+    with pytest.raises(InvalidRequest, match="compensate_in_doubt"):
+        make_spec(compensate_in_doubt="yes")
 
 
 # -- compensation failures ------------------------------------------------------------
@@ -342,7 +443,7 @@ def test_saga_timeout_fails_the_step_in_flight_and_compensates() -> None:
         state, effects = sg.handle(state, event)
     assert state.status is RunStatus.COMPENSATING
     assert state.step("b").error == "saga_timeout"
-    assert undone(effects) == ["a"]
+    assert undone(effects) == ["b"]  # in doubt: undone first, then "a"
     state, effects = sg.handle(state, StepSucceeded("b", 2, 3601.0))  # too late
     assert [e.type for e in effects if isinstance(e, Audit)] == ["saga.stale_report"]
     state, effects = sg.handle(state, SagaTimedOut(3602.0))
@@ -478,7 +579,9 @@ def test_recover_after_the_saga_deadline_compensates() -> None:
     state, _ = sg.handle(state, Start(0.0))
     state, _ = sg.handle(state, StepSucceeded("a", 1, 1.0))
     state, effects = sg.handle(sg.from_record(sg.to_record(state)), Recover(4000.0))
-    assert state.status is RunStatus.COMPENSATING and undone(effects) == ["a"]
+    assert state.status is RunStatus.COMPENSATING and undone(effects) == ["b"]  # in doubt
+    state, effects = sg.handle(state, CompensationSucceeded("b", 4001.0))
+    assert undone(effects) == ["a"]
 
 
 def test_recover_rearms_retry_timers_with_the_time_left() -> None:

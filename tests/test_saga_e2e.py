@@ -125,13 +125,41 @@ def test_compensation_failure_then_retry_and_resolve(daemon: Naosd, lab: Lab):
 
 def test_step_timeout_and_total_timeout(daemon: Naosd, lab: Lab):
     make_saga(daemon, "slow", "--step-timeout", "0.5")
-    lab.set(sleep={"charge": 3})
+    lab.set(sleep_do={"charge": 3})  # charge has not taken effect when it times out
     rc, run = outcome(daemon, "saga", "run", "slow", "--input", "{}")
     assert rc == 1 and run["status"] == "compensated" and "timeout" in run["error"]
     assert lab.ledger(run["run_id"])[-1] == ("reserve", 1)
+    undo = lab.rows("SELECT COUNT(*) FROM calls WHERE key = ?",
+                    (f"{run['run_id']}:charge:undo",))
+    assert undo[0][0] == 1  # charge was in doubt: its compensation ran, found nothing
     make_saga(daemon, "total", "--timeout", "1", "--step-timeout", "30")
     rc, run = outcome(daemon, "saga", "run", "total", "--input", "{}")
     assert rc == 1 and run["status"] == "compensated" and run["error"] == "saga timed out"
+
+
+@pytest.mark.parametrize("policy", ["--compensate-in-doubt", "--no-compensate-in-doubt"])
+def test_a_step_that_timed_out_after_applying_is_compensated(daemon: Naosd, lab: Lab,
+                                                             policy: str):
+    name = policy.strip("-").replace("-", "")
+    make_saga(daemon, name, "--step-timeout", "0.5", policy)
+    lab.set(sleep_after={"charge": 3})  # charge takes effect, then answers too late
+    rc, run = outcome(daemon, "saga", "run", name, "--input", "{}")
+    assert rc == 1 and run["status"] == "compensated" and "timeout" in run["error"]
+    charge = next(s for s in run["steps"] if s["name"] == "charge")
+    assert charge["status"] == ("compensated" if policy == "--compensate-in-doubt"
+                                else "failed")
+    if policy == "--compensate-in-doubt":  # undone first, under its own undo key
+        assert lab.ledger(run["run_id"]) == [("reserve", 0), ("charge", 0), ("charge", 1),
+                                             ("reserve", 1)]
+        payload = lab.rows("SELECT payload FROM ledger WHERE key = ?",
+                           (f"{run['run_id']}:charge:undo",))
+        message = json.loads(str(payload[0][0]))
+        assert message["in_doubt"] and message["step_key"] == f"{run['run_id']}:charge:do"
+    else:  # the operator chose not to: the applied charge stays, as documented
+        assert lab.ledger(run["run_id"]) == [("reserve", 0), ("charge", 0), ("reserve", 1)]
+    types = [r["detail"] for r in ok(daemon, "audit", "tail", "-n", "1000")
+             if r["type"] == "saga.step_failed"]
+    assert types[-1]["in_doubt"] is True
 
 
 def test_retry_policy_transient_versus_business_errors(daemon: Naosd, lab: Lab):

@@ -14,6 +14,7 @@ naos.toml::
     recovery = "forward"          # or "compensate": roll back after a crash
     compensation_attempts = 3
     compensation_delay = 1
+    compensate_in_doubt = true    # a failed step that timed out is compensated too
     steps = [{ name = "reserve", agent = "inventory", compensate = "inventory-release" }]
 
     [[sagas.order.steps]]         # or one table per step
@@ -50,7 +51,7 @@ MAX_WAIT_S: Final = 50.0  # pool timeouts stay below the default request timeout
 SAGA_STEP_KEYS: Final = frozenset({"name", "agent", "compensate", "timeout", "attempts",
                                    "retry_delay", "backoff", "max_delay", "non_retryable"})
 SAGA_KEYS: Final = frozenset({"timeout", "step_timeout", "recovery", "compensation_attempts",
-                              "compensation_delay", "steps"})
+                              "compensation_delay", "compensate_in_doubt", "steps"})
 WF_STEP_KEYS: Final = frozenset({"name", "agent", "timeout", "on_error", "retries",
                                  "retry_delay"})
 WF_KEYS: Final = frozenset({"on_error", "retries", "retry_delay", "step_timeout", "steps"})
@@ -73,16 +74,20 @@ def seconds(value: Any, what: str, *, zero_ok: bool = False, hi: float = 86400.0
 
 def saga_draft(name: str, *, timeout: Any = 3600.0, step_timeout: Any = 60.0,
                recovery: Any = "forward", compensation_attempts: Any = 3,
-               compensation_delay: Any = 1.0) -> dict[str, Any]:
+               compensation_delay: Any = 1.0, compensate_in_doubt: Any = True
+               ) -> dict[str, Any]:
     validate_name(name, "saga")
     if recovery not in saga_m.RECOVERY_MODES:
         raise InvalidRequest(f"recovery must be forward or compensate, got {recovery!r}")
+    if not isinstance(compensate_in_doubt, bool):
+        raise InvalidRequest(
+            f"compensate_in_doubt must be true or false, got {compensate_in_doubt!r}")
     retry = saga_m.RetryPolicy(
         attempts=compensation_attempts,
         initial_s=seconds(compensation_delay, "compensation_delay", zero_ok=True))
     return {"name": name, "steps": [], "timeout_s": seconds(timeout, "timeout"),
             "step_timeout_s": seconds(step_timeout, "step_timeout"), "recovery": recovery,
-            "compensation_retry": retry.to_dict()}
+            "compensation_retry": retry.to_dict(), "compensate_in_doubt": compensate_in_doubt}
 
 
 def saga_add_step(draft: dict[str, Any], step: str, agent: str, *,
@@ -115,7 +120,8 @@ def saga_spec(draft: dict[str, Any]) -> saga_m.SagaSpec:
     """The runnable spec of a saga draft (raises InvalidRequest)."""
     try:
         return saga_m.SagaSpec.from_dict({k: draft[k] for k in (
-            "name", "steps", "timeout_s", "recovery", "compensation_retry")})
+            "name", "steps", "timeout_s", "recovery", "compensation_retry")}
+            | {"compensate_in_doubt": draft.get("compensate_in_doubt", True)})
     except (KeyError, TypeError) as exc:
         raise InvalidRequest(f"saga {draft.get('name')!r}: bad definition: {exc}") from None
 

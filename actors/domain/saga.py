@@ -35,6 +35,14 @@ Decisions:
   final; it stays ``compensation_failed``.
 - The saga timeout fails the step in flight (later reports are stale) and
   compensates; once compensating, the saga timeout no longer applies.
+- A step that timed out (its own timeout on any attempt, or the saga timeout
+  while it was started) is *in doubt*: it may have taken effect.  When the run
+  compensates, an in-doubt step that ended failed is compensated too, first
+  (it was the last to run), unless ``SagaSpec.compensate_in_doubt`` is False.
+  Its compensation gets ``in_doubt: true`` and ``step_key`` (the step's own
+  idempotency key) so the agent can tell whether the step took effect and do
+  nothing if it did not.  A step that timed out and then succeeded on a retry
+  is an ordinary succeeded step.
 - A report for a step that is not waiting for it (late, duplicate, after a
   timeout) is ignored with a ``saga.stale_report`` audit.
 
@@ -197,6 +205,7 @@ class SagaSpec:
     timeout_s: float = 3600.0
     recovery: str = "forward"
     compensation_retry: RetryPolicy = RetryPolicy()
+    compensate_in_doubt: bool = True  # a failed step that timed out is compensated too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -210,6 +219,10 @@ class SagaSpec:
         _check_seconds(self.timeout_s, "saga timeout_s", zero_ok=False)
         if self.recovery not in RECOVERY_MODES:
             raise InvalidRequest(f"recovery must be forward or compensate, got {self.recovery!r}")
+        if not isinstance(self.compensate_in_doubt, bool):
+            raise InvalidRequest(
+                f"compensate_in_doubt must be true or false, got {self.compensate_in_doubt!r}"
+            )
 
     def step(self, name: str) -> StepSpec:
         for spec in self.steps:
@@ -224,6 +237,7 @@ class SagaSpec:
             "timeout_s": self.timeout_s,
             "recovery": self.recovery,
             "compensation_retry": self.compensation_retry.to_dict(),
+            "compensate_in_doubt": self.compensate_in_doubt,
         }
 
     @classmethod
@@ -243,6 +257,7 @@ class StepState:
     error: str = ""
     due: float | None = None  # when its retry timer (step or compensation) is due
     finished_seq: int = 0  # completion order (1-based) among succeeded steps
+    in_doubt: bool = False  # timed out after being sent: may have taken effect
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +432,7 @@ def _step_record(step: StepState) -> dict[str, Any]:
         "error": step.error,
         "due": step.due,
         "finished_seq": step.finished_seq,
+        "in_doubt": step.in_doubt,
     }
 
 
@@ -546,7 +562,14 @@ def _on_step_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
     if not _waiting(tx, ev, ev.step, StepStatus.STARTED):
         return
     seq = 1 + max(s.finished_seq for s in tx.state.steps)
-    tx.update(ev.step, status=StepStatus.SUCCEEDED, output=ev.output, error="", finished_seq=seq)
+    tx.update(
+        ev.step,
+        status=StepStatus.SUCCEEDED,
+        output=ev.output,
+        error="",
+        finished_seq=seq,
+        in_doubt=False,
+    )
     tx.persist("step_succeeded")
     tx.audit("step_succeeded", ev.step, attempt=tx.state.step(ev.step).attempt)
     _advance(tx)
@@ -563,6 +586,8 @@ def _on_step_timed_out(tx: _Tx, ev: StepTimedOut) -> None:
 
 
 def _step_failure(tx: _Tx, name: str, code: str, message: str, now: float) -> None:
+    if code == TIMEOUT_CODE:
+        tx.update(name, in_doubt=True)
     step, policy = tx.state.step(name), tx.state.spec.step(name).retry
     error = f"{code}: {message}"
     if not policy.gives_up(step.attempt, code):
@@ -573,17 +598,30 @@ def _step_failure(tx: _Tx, name: str, code: str, message: str, now: float) -> No
         tx.audit("step_retrying", name, attempt=step.attempt, error=error, delay_s=delay)
         return
     tx.update(name, status=StepStatus.FAILED, error=error, due=None)
-    tx.audit("step_failed", name, attempt=step.attempt, error=error)
-    _begin_compensation(tx, f"step {name!r} failed: {error}", extra=())
+    doubt = _undo_in_doubt(tx, name)
+    tx.audit("step_failed", name, attempt=step.attempt, error=error, in_doubt=step.in_doubt)
+    _begin_compensation(tx, f"step {name!r} failed: {error}", extra=doubt)
+
+
+def _undo_in_doubt(tx: _Tx, name: str) -> tuple[str, ...]:
+    """The failed step ``name`` as an extra compensation if it is in doubt."""
+    if tx.state.step(name).in_doubt and tx.state.spec.compensate_in_doubt:
+        return (name,)
+    return ()
 
 
 # -- backward: compensating -----------------------------------------------------------
 
 
 def _begin_compensation(tx: _Tx, reason: str, extra: tuple[str, ...]) -> None:
-    """RUNNING -> COMPENSATING: undo the completed steps (and ``extra``), newest first."""
+    """RUNNING -> COMPENSATING: undo ``extra`` (failed in-doubt steps), then the
+    completed steps, newest first.  Each of ``extra`` gets the next completion
+    number, so an operator's retry-compensation orders it the same way."""
+    for name in extra:
+        seq = 1 + max(s.finished_seq for s in tx.state.steps)
+        tx.update(name, finished_seq=seq)
     done = [s.name for s in sorted(tx.state.steps, key=_seq) if s.finished_seq]
-    queue = (*extra, *reversed(done))
+    queue = tuple(reversed(done))
     tx.set(status=RunStatus.COMPENSATING, error=reason, undo_queue=queue)
     tx.persist("compensating")
     tx.audit("compensating", reason=reason, steps=list(queue))
@@ -613,6 +651,8 @@ def _send_undo(tx: _Tx, name: str, attempt: int) -> None:
     tx.update(name, status=StepStatus.UNDOING, undo_attempt=attempt, due=None)
     tx.persist("compensation_started")
     payload = {"input": tx.state.input, "outputs": tx.outputs(), "output": step.output}
+    if step.in_doubt:  # the step may not have taken effect: its key tells the agent
+        payload |= {"in_doubt": True, "step_key": idempotency_key(tx.state.run_id, name)}
     key = idempotency_key(tx.state.run_id, name, undo=True)
     tx.effects.append(RunCompensation(name, spec.compensate_agent, payload, key, attempt))
     tx.effects.append(ArmTimer(TimerKind.UNDO_TIMEOUT, name, attempt, spec.timeout_s))
@@ -684,11 +724,20 @@ def _is(step: StepState, status: StepStatus, attempt: int, undo: bool = False) -
 def _on_saga_timeout(tx: _Tx, ev: SagaTimedOut) -> None:
     if tx.state.status is not RunStatus.RUNNING:
         return  # compensations are not cut short; final runs stay final
+    doubt: tuple[str, ...] = ()
     for step in tx.state.steps:
         if step.status in (StepStatus.STARTED, StepStatus.RETRY_WAIT):
-            tx.update(step.name, status=StepStatus.FAILED, error=SAGA_TIMEOUT_CODE, due=None)
+            in_doubt = step.in_doubt or step.status is StepStatus.STARTED
+            tx.update(
+                step.name,
+                status=StepStatus.FAILED,
+                error=SAGA_TIMEOUT_CODE,
+                due=None,
+                in_doubt=in_doubt,
+            )
+            doubt += _undo_in_doubt(tx, step.name)
     tx.audit("timed_out", timeout_s=tx.state.spec.timeout_s)
-    _begin_compensation(tx, "saga timed out", extra=())
+    _begin_compensation(tx, "saga timed out", extra=doubt)
 
 
 # -- recovery and operator commands ---------------------------------------------------

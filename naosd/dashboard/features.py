@@ -93,6 +93,7 @@ def pool_view(status: dict[str, Any]) -> dict[str, Any]:
                         for m in status.get("members", [])],
             "queue_depth": status.get("queued", 0), "running": status.get("running", 0),
             "done": status.get("completed", 0), "failed": status.get("failed", 0),
+            "cancelled": status.get("cancelled", 0),
             "accepting": status.get("accepting", True),
             "throughput_per_s": status.get("throughput_per_s")}
 
