@@ -37,6 +37,7 @@ from actors.messages import (
     ChildDone,
     ChildPid,
     Deactivate,
+    ExitNoted,
     GetTree,
     InitAgent,
     InitSupervisor,
@@ -232,10 +233,12 @@ class SupervisorActor(NaosActor):
         elif self._unexplained.get(msg.name) == sender:  # overtaken by its exit
             del self._unexplained[msg.name]
             self._apply(sv.CrashReported(msg.name, msg.reason, PROCESS_DIED))
+        self.send(sender, ExitNoted(msg.name))  # the child waits for this to exit
 
     def receiveMsg_ChildDone(self, msg: ChildDone, sender: Any) -> None:
         if self._addrs.get(msg.name) == sender:
             self._done.add(msg.name)
+        self.send(sender, ExitNoted(msg.name))
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if self._spare is not None and msg.childAddress == self._spare:
