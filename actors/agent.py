@@ -2,7 +2,8 @@
 
 Let it crash: a handler that raises is answered with an ``agent_crashed``
 error (with the log lines of that run), the supervisor is told why, and the
-process exits; the supervisor restarts it according to its strategy.  A
+process exits once the supervisor has noted it (``ExitNoted``); the
+supervisor restarts it according to its strategy.  A
 handler that cannot be loaded is a crash at start, so a broken agent hits
 its supervisor's restart intensity instead of serving errors forever.
 """
@@ -11,14 +12,27 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, WakeupMessage
 
 from actors.base import NaosActor, error_reply
 from actors.handlers import AgentContext, Handler, call, load_module, make_handler
-from actors.messages import ChildCrashed, ChildDone, ChildPid, InitAgent, Reply, RunAgent
+from actors.messages import (
+    ChildCrashed,
+    ChildDone,
+    ChildPid,
+    ExitNoted,
+    InitAgent,
+    Reply,
+    RunAgent,
+)
 from naosd.errors import AgentCrashed, Conflict, NaosError
+
+# How long a dying agent waits for its supervisor to note why (ExitNoted)
+# before it exits anyway (a supervisor that is gone never answers).
+EXIT_NOTED_WAIT = timedelta(seconds=5)
 
 
 def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
@@ -100,6 +114,7 @@ class AgentActor(NaosActor):
         self._supervisor: Any = None
         self._db_path = ""
         self._dying = False
+        self._exit_sent = False
         self._sandboxed = False
 
     def receiveMsg_InitAgent(self, msg: InitAgent, sender: Any) -> None:
@@ -149,9 +164,7 @@ class AgentActor(NaosActor):
             return
         self.send(sender, Reply(msg.request_id, True, self._result(output, ms)))
         if self._ctx.stop_requested:
-            self._dying = True
-            self.send(self._supervisor, ChildDone(self.name))
-            self.send(self.myAddress, ActorExitRequest())
+            self._leave(ChildDone(self.name))
 
     def _crash_on(self, msg: RunAgent, sender: Any, exc: Exception) -> None:
         """Answer the caller with ``agent_crashed`` and the run's log lines,
@@ -171,8 +184,31 @@ class AgentActor(NaosActor):
                 "logs": self._ctx.take_lines(), "cost_micro_usd": cost}
 
     def _crash(self, reason: str) -> None:
-        """Tell the supervisor why, then exit once the replies are sent."""
+        """Tell the supervisor why, then exit once it has noted it."""
+        self._leave(ChildCrashed(self.name, reason))
+
+    def _leave(self, notice: ChildCrashed | ChildDone) -> None:
+        """Send ``notice`` to the supervisor and exit when it answers
+        ``ExitNoted`` (or after ``EXIT_NOTED_WAIT``).  Exiting at once would
+        race: on a member node Thespian's exit notice comes from that node's
+        admin, on another connection, and may reach the supervisor first, so
+        the reason would be lost ("process died")."""
         self._dying = True
-        if self._supervisor is not None:
-            self.send(self._supervisor, ChildCrashed(self.name, reason))
-        self.send(self.myAddress, ActorExitRequest())
+        if self._supervisor is None:
+            self._exit()
+            return
+        self.send(self._supervisor, notice)
+        self.wakeupAfter(EXIT_NOTED_WAIT, payload="exit-noted")
+
+    def receiveMsg_ExitNoted(self, msg: ExitNoted, sender: Any) -> None:
+        if self._dying and sender == self._supervisor:
+            self._exit()
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if msg.payload == "exit-noted" and self._dying:
+            self._exit()
+
+    def _exit(self) -> None:
+        if not self._exit_sent:
+            self._exit_sent = True
+            self.send(self.myAddress, ActorExitRequest())

@@ -178,6 +178,19 @@ class ChildDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ExitNoted:
+    """Supervisor -> child, the answer to :class:`ChildCrashed` or
+    :class:`ChildDone`: the reason is recorded, the child may exit now.
+
+    An agent placed on another node is a Thespian child of that node's admin,
+    which tells the supervisor of its exit over another connection than the
+    agent's own notice: without this answer the exit can overtake the reason.
+    """
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunAgent(Request):
     """Run the agent's handler on ``input``.  Result: ``{"output", "logs",
     "ms", "pid"}``.  A handler that raises answers an ``agent_crashed`` error

@@ -37,6 +37,7 @@ from actors.messages import (
     ChildDone,
     ChildPid,
     Deactivate,
+    ExitNoted,
     GetTree,
     InitAgent,
     InitSupervisor,
@@ -53,6 +54,8 @@ SPARE_DELAY = timedelta(milliseconds=50)
 # treated as crashed (the member may have died between choice and creation:
 # Thespian then drops the creation without telling the parent).
 REMOTE_START = timedelta(seconds=15)
+# The reason of an abnormal exit whose child did not say why (yet).
+PROCESS_DIED = "process died"
 
 
 def child_spec(d: AgentDef | SupervisorDef) -> sv.ChildSpec:
@@ -82,6 +85,8 @@ class SupervisorActor(NaosActor):
         self._spare: Any = None
         self._spare_pending = False
         self._reasons: dict[str, str] = {}
+        # name -> address of its last incarnation, if that one exited without a reason
+        self._unexplained: dict[str, Any] = {}
         self._parent: Any = None
         self._root: Any = None
         self._db_path = ""
@@ -225,10 +230,15 @@ class SupervisorActor(NaosActor):
     def receiveMsg_ChildCrashed(self, msg: ChildCrashed, sender: Any) -> None:
         if self._addrs.get(msg.name) == sender:
             self._reasons[msg.name] = msg.reason
+        elif self._unexplained.get(msg.name) == sender:  # overtaken by its exit
+            del self._unexplained[msg.name]
+            self._apply(sv.CrashReported(msg.name, msg.reason, PROCESS_DIED))
+        self.send(sender, ExitNoted(msg.name))  # the child waits for this to exit
 
     def receiveMsg_ChildDone(self, msg: ChildDone, sender: Any) -> None:
         if self._addrs.get(msg.name) == sender:
             self._done.add(msg.name)
+        self.send(sender, ExitNoted(msg.name))
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         if self._spare is not None and msg.childAddress == self._spare:
@@ -255,12 +265,16 @@ class SupervisorActor(NaosActor):
     def _child_exited(self, name: str) -> None:
         if self._exiting or name not in self._addrs:
             return
-        del self._addrs[name]
+        addr = self._addrs.pop(name)
         self._pids.pop(name, None)
         abnormal = name not in self._stopping and name not in self._done
         self._stopping.discard(name)
         self._done.discard(name)
-        reason = self._reasons.pop(name, "exited" if not abnormal else "process died")
+        reason = self._reasons.pop(name, "exited" if not abnormal else PROCESS_DIED)
+        if reason == PROCESS_DIED:
+            self._unexplained[name] = addr  # its ChildCrashed may still come
+        else:
+            self._unexplained.pop(name, None)
         self.send(self._root, Registered(name, "agent", None, None, self.name))
         if self._local_node is not None and name in self._placed:
             from naosd import cluster_store

@@ -32,6 +32,7 @@ SAMPLES = [
                  id="InitAgent"),
     pytest.param(m.ChildCrashed("a", "handler raised"), id="ChildCrashed"),
     pytest.param(m.ChildDone("a"), id="ChildDone"),
+    pytest.param(m.ExitNoted("a"), id="ExitNoted"),
     pytest.param(m.RunAgent("r10", {"q": [1, 2]}, "key"), id="RunAgent"),
     pytest.param(m.Sync("r11"), id="Sync"),
     pytest.param(m.Resolve("r12", "a"), id="Resolve"),

@@ -29,6 +29,7 @@ from actors.domain.supervision import (
     ChildRun,
     ChildSpec,
     ChildStarted,
+    CrashReported,
     Effect,
     Event,
     GiveUp,
@@ -980,3 +981,36 @@ def test_sibling_resumed_before_its_group_stop_is_restarted() -> None:
     state, trace = drive(state, [Stop("c", 5.0)], 1.2)
     assert trace == stops("c", "b") + starts("a", "b", "c")
     assert runs(state) == dict.fromkeys("abc", "running")
+
+
+# -- a crash reason that arrives after the exit ----------------------------------------
+
+
+def test_reason_reported_after_the_exit_becomes_the_last_error() -> None:
+    # A remote agent's exit notice comes from its node's admin and can overtake
+    # the agent's own ChildCrashed: the shell records "process died", restarts
+    # it, then learns why.
+    state = running()
+    state, trace = step(state, ChildExited("a", True, "process died", 1.0))
+    assert Start("a") in trace and state.child("a").run is ChildRun.RUNNING
+    before = state
+    state, effects = sv.handle(state, CrashReported("a", "handler raised X: boom",
+                                                    "process died"))
+    assert state.child("a").last_error == "handler raised X: boom"
+    assert effects == [Audit("agent.crash_reported", {"supervisor": "sup", "name": "a",
+                                                      "reason": "handler raised X: boom"})]
+    # nothing else changes: the restart decision taken at the exit stands
+    assert dataclasses.replace(state.child("a"), last_error="process died") == before.child("a")
+    assert state.restart_log == before.restart_log and state.pending == before.pending
+
+
+def test_late_reason_never_replaces_a_reason_already_known() -> None:
+    state = running()
+    state, _ = step(state, crash("a", 1.0))  # last_error "boom", from a later exit
+    after, effects = sv.handle(state, CrashReported("a", "older", "process died"))
+    assert after == state and effects == []
+
+
+def test_late_reason_for_an_unknown_child_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        sv.handle(running(), CrashReported("zz", "why", "process died"))

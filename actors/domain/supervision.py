@@ -11,7 +11,7 @@ order. Nothing here imports Thespian, reads a clock or does I/O: time is the
 
 Events: ``Boot``, ``ChildStarted``, ``ChildExited``, ``StopChild``,
 ``StartChild``, ``AddChild``, ``RemoveChild``, ``Pause``, ``Resume``,
-``BackoffElapsed``, ``Shutdown``, ``StopTimeout``.
+``BackoffElapsed``, ``Shutdown``, ``StopTimeout``, ``CrashReported``.
 Effects: ``Start``, ``Stop`` (arm a ``StopTimeout`` timer), ``Kill``,
 ``Schedule`` (arm a ``BackoffElapsed`` timer), ``GiveUp`` (escalate to the
 parent as an abnormal exit), ``Audit``.
@@ -26,7 +26,8 @@ reason), ``<kind>.restarted`` (a restart was decided; restarts, delay_s,
 cause), ``<kind>.killed`` (timeout_s), ``<kind>.added`` (restart),
 ``<kind>.removed``, ``<kind>.paused``, ``<kind>.resumed``;
 ``supervisor.booted``, ``supervisor.shutting_down``, ``supervisor.shut_down``,
-``supervisor.gave_up`` (reason, child).
+``supervisor.gave_up`` (reason, child), ``<kind>.crash_reported`` (reason: why
+the last exit happened, reported after it).
 
 Multi-step operations live in :class:`Pending` and run one child at a time, as
 OTP does: children are stopped in reverse start order, each after the previous
@@ -48,6 +49,10 @@ reported its pid (``Boot`` too). Decisions where OTP is silent or differs:
   OTP would fail the whole supervisor at boot.
 - ``Pause`` never stops a child; it only stops restarts. ``StopChild`` clears
   the pause (the operator wins); ``StartChild`` of a paused child is refused.
+- A child's reason can arrive after its exit (a remote agent's exit notice comes
+  from its node's admin, on another connection): ``CrashReported`` then makes it
+  the ``last_error`` of a child whose last exit had none; the restart decision,
+  taken at the exit, stands.
 - Timer events are never errors: a ``BackoffElapsed`` or ``StopTimeout`` that no
   longer matches an armed deadline is ignored, because the shell cannot cancel
   timers.
@@ -300,6 +305,17 @@ class StopTimeout:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class CrashReported:
+    """Why child ``name`` exited, arriving after its ``ChildExited`` (the shell
+    feeds it only from the incarnation that exited last, and only when that
+    exit came without a reason, i.e. ``ChildExited.reason`` was ``unexplained``)."""
+
+    name: str
+    reason: str
+    unexplained: str
+
+
 Event: TypeAlias = (
     Boot
     | ChildStarted
@@ -313,6 +329,7 @@ Event: TypeAlias = (
     | BackoffElapsed
     | Shutdown
     | StopTimeout
+    | CrashReported
 )
 
 
@@ -619,6 +636,14 @@ def _on_exited(tx: _Tx, ev: ChildExited) -> None:
     _advance(tx, ev.now)
 
 
+def _on_crash_reported(tx: _Tx, ev: CrashReported) -> None:
+    child = tx.child(ev.name)
+    if child.last_error != ev.unexplained:
+        return  # a later exit has its own reason by now: keep it
+    tx.update(ev.name, last_error=ev.reason)
+    tx.audit("crash_reported", ev.name, reason=ev.reason)
+
+
 def _wants_restart(restart: RestartType, abnormal: bool) -> bool:
     if restart is RestartType.PERMANENT:
         return True
@@ -809,4 +834,5 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
     BackoffElapsed: _on_backoff,
     Shutdown: _on_shutdown,
     StopTimeout: _on_stop_timeout,
+    CrashReported: _on_crash_reported,
 }
