@@ -24,6 +24,7 @@ from playwright.sync_api import (
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 20_000
+expect.set_options(timeout=TIMEOUT_MS)  # a loaded CI machine is slow, never wrong
 HOSTILE = "<img src=x onerror=window.__pwned=1></pre><b>x</b>"
 
 pytestmark = [
