@@ -67,6 +67,7 @@ from actors.domain.run_events import (
     Audit,
     Persist,
     Recover,
+    RunTx,
     Start,
     StepFailed,
     StepSucceeded,
@@ -466,29 +467,14 @@ def from_record(record: dict[str, Any]) -> SagaState:
 # -- the transaction all handlers work through ----------------------------------------
 
 
-class _Tx:
-    __slots__ = ("effects", "state")
+class _Tx(RunTx[SagaState]):
+    __slots__ = ()
 
     def __init__(self, state: SagaState) -> None:
-        self.state = state
-        self.effects: list[Effect] = []
-
-    def update(self, name: str, **changes: Any) -> None:
-        self.state.step(name)
-        steps = tuple(replace(s, **changes) if s.name == name else s for s in self.state.steps)
-        self.state = replace(self.state, steps=steps)
+        super().__init__(state, "saga", to_record)
 
     def set(self, **changes: Any) -> None:
         self.state = replace(self.state, **changes)
-
-    def persist(self, what: str) -> None:
-        self.effects.append(Persist(what, to_record(self.state)))
-
-    def audit(self, kind: str, step: str | None = None, **detail: Any) -> None:
-        info: dict[str, Any] = {"run_id": self.state.run_id, "saga": self.state.spec.name}
-        if step is not None:
-            info["step"] = step
-        self.effects.append(Audit(f"saga.{kind}", info | detail))
 
     def require(self, action: str, *allowed: RunStatus) -> None:
         if self.state.status not in allowed or self.state.resolution:

@@ -40,6 +40,7 @@ from actors.domain.run_events import (
     Audit,
     Persist,
     Recover,
+    RunTx,
     Start,
     StepFailed,
     StepSucceeded,
@@ -335,26 +336,11 @@ def from_record(record: dict[str, Any]) -> WorkflowState:
 # -- handlers -------------------------------------------------------------------------
 
 
-class _Tx:
-    __slots__ = ("effects", "state")
+class _Tx(RunTx[WorkflowState]):
+    __slots__ = ()
 
     def __init__(self, state: WorkflowState) -> None:
-        self.state = state
-        self.effects: list[Effect] = []
-
-    def update(self, name: str, **changes: Any) -> None:
-        self.state.step(name)
-        steps = tuple(replace(s, **changes) if s.name == name else s for s in self.state.steps)
-        self.state = replace(self.state, steps=steps)
-
-    def persist(self, what: str) -> None:
-        self.effects.append(Persist(what, to_record(self.state)))
-
-    def audit(self, kind: str, step: str | None = None, **detail: Any) -> None:
-        info: dict[str, Any] = {"run_id": self.state.run_id, "workflow": self.state.spec.name}
-        if step is not None:
-            info["step"] = step
-        self.effects.append(Audit(f"workflow.{kind}", info | detail))
+        super().__init__(state, "workflow", to_record)
 
 
 def _send(tx: _Tx, name: str, attempt: int) -> None:
