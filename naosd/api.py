@@ -49,6 +49,13 @@ def method(
     return register
 
 
+async def invoke(daemon: Daemon, name: str, given: Mapping[str, Any]) -> Any:
+    """Run unary method ``name`` in process, its parameters checked by its
+    Spec as on the socket (the dashboard's resources and views use this)."""
+    entry = METHODS[name]
+    return await entry.handler(daemon, check(name, entry.params, dict(given)))
+
+
 class Api(Dispatcher):
     """Binds the method table to one daemon for the server."""
 

@@ -271,10 +271,7 @@ def run_stats(store: Store) -> dict[str, dict[str, Any]]:
 
 def recent_runs(store: Store, agent: str, *, n: int = 20) -> list[dict[str, Any]]:
     """The agent's last ``n`` runs, newest first."""
-    rows = store.query(
-        "SELECT seq, ts, json_extract(detail, '$.ok'), json_extract(detail, '$.ms'), "
-        "json_extract(detail, '$.error'), json_extract(detail, '$.cost_micro_usd') "
-        "FROM audit WHERE type = 'agent.run' AND agent = ? ORDER BY seq DESC LIMIT ?",
-        (agent, n))
-    return [{"seq": r[0], "ts": r[1], "ok": bool(r[2]), "ms": r[3], "error": r[4],
-             "cost_micro_usd": r[5] or 0} for r in rows]
+    rows = store.audit_tail(n, agent=agent, type="agent.run")
+    return [{"seq": r.seq, "ts": r.ts, "ok": bool(r.detail.get("ok")), "ms": r.detail.get("ms"),
+             "error": r.detail.get("error"), "cost_micro_usd": r.detail.get("cost_micro_usd") or 0}
+            for r in reversed(rows)]

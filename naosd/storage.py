@@ -533,10 +533,11 @@ class Store:
         n: int = 20,
         *,
         agent: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: str | None = None,
     ) -> list[AuditRow]:
-        """The last ``n`` matching rows, in ascending seq order.
+        """The last ``n`` matching rows, in ascending seq order; ``type`` may
+        name several types.
 
         ``since`` is an inclusive lower bound on ``ts`` (a UTC ISO-8601 prefix
         such as "2025-01-31" or "2025-01-31T12:00").
@@ -824,12 +825,15 @@ def _meta_value(conn: apsw.Connection, key: str) -> str | None:
 
 
 def _filters(
-    agent: str | None, type_: str | None, since: str | None
+    agent: str | None, type_: str | tuple[str, ...] | None, since: str | None
 ) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     for clause, value in (("agent = ?", agent), ("type = ?", type_), ("ts >= ?", since)):
-        if value is not None:
+        if isinstance(value, tuple):  # one of several types
+            where.append(f"type IN ({', '.join('?' for _ in value)})")
+            params.extend(value)
+        elif value is not None:
             where.append(clause)
             params.append(value)
     return where, params

@@ -306,6 +306,8 @@ def test_tail_returns_last_n_ascending_with_filters(store: Store) -> None:
         store.append_audit("even" if i % 2 == 0 else "odd", agent=f"a{i % 3}", detail={"i": i})
     assert [r.seq for r in store.audit_tail(3)] == [4, 5, 6]
     assert [r.seq for r in store.audit_tail(2, type="even")] == [3, 5]
+    assert [r.seq for r in store.audit_tail(10, type=("even", "odd"))] == [1, 2, 3, 4, 5, 6]
+    assert [r.seq for r in store.audit_tail(10, type=("odd", "none"))] == [2, 4, 6]
     assert [r.seq for r in store.audit_tail(10, agent="a0")] == [1, 4]
     # The fake clock stamps seq n at 00:00:0n.
     assert [r.seq for r in store.audit_tail(10, since="2025-01-01T00:00:05")] == [5, 6]

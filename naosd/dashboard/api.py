@@ -24,7 +24,7 @@ from aiohttp import web
 from naosd import defs_store
 from naosd.dashboard import queries
 from naosd.errors import NaosError
-from naosd.params import check, parse_since
+from naosd.params import parse_since
 
 DAEMON = web.AppKey("daemon", Any)
 STREAMS = web.AppKey("streams", set)
@@ -243,17 +243,15 @@ def _query_value(raw: str) -> Any:
 
 def _resource(method_name: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
-        from naosd.api import METHODS
+        from naosd.api import invoke
 
-        entry = METHODS[method_name]
         if request.method == "POST":
             given = await _json_body(request)
         else:
             given = {k: _query_value(v) for k, v in request.query.items()}
         given.update(request.match_info)
         try:
-            params = check(entry.name, entry.params, given)
-            result = await entry.handler(request.app[DAEMON], params)
+            result = await invoke(request.app[DAEMON], method_name, given)
         except NaosError as exc:
             raise _error(exc) from None
         return web.json_response(result)

@@ -102,11 +102,15 @@ def pool_view(status: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _call(d: Any, name: str, **params: Any) -> Any:
-    from naosd.api import METHODS
-    from naosd.params import check
+    from naosd.api import invoke
 
-    entry = METHODS[name]
-    return await entry.handler(d, check(name, entry.params, params))
+    return await invoke(d, name, params)
+
+
+async def _audit(d: Any, types: tuple[str, ...], n: int) -> list[dict[str, Any]]:
+    """The newest ``n`` audit rows of these types, newest first."""
+    rows = await d.db.call(lambda s: s.audit_tail(n, type=types))
+    return [r.to_dict() for r in reversed(rows)]
 
 
 async def runs_view(d: Any, request: web.Request) -> dict[str, Any]:
@@ -207,8 +211,7 @@ async def cost_view(d: Any, request: web.Request) -> dict[str, Any]:
     spent = await d.db.call(lambda s: q.spent_since(s, today))
     by_agent = await d.db.call(lambda s: q.spend_by_agent(s, today))
     series = await d.db.call(lambda s: q.hourly(s, day))
-    alerts = await d.db.call(lambda s: q.audit_of(
-        s, ("cost.alert", "cost.paused", "cost.throttled"), 20))
+    alerts = await _audit(d, ("cost.alert", "cost.paused", "cost.throttled"), 20)
     return {"budgets": [budget_view(b) for b in budgets], "spend_today_micro": spent,
             "by_agent": by_agent, "series": series, "alerts": [alert_line(a) for a in alerts]}
 
@@ -216,7 +219,7 @@ async def cost_view(d: Any, request: web.Request) -> dict[str, Any]:
 async def broker_view(d: Any, request: web.Request) -> dict[str, Any]:
     since = request.query.get("since", "1d")[:64]
     stats = await _call(d, "broker.stats", since=since)
-    recent = await d.db.call(lambda s: q.audit_of(s, ("broker.execute", "broker.denied"), 25))
+    recent = await _audit(d, ("broker.execute", "broker.denied"), 25)
     series = await d.db.call(lambda s: q.hourly(s, _hours_ago(24)))
     scored = {r["task_id"]: r for r in d.broker.recent}
     return {**broker_summary(stats),
@@ -226,7 +229,7 @@ async def broker_view(d: Any, request: web.Request) -> dict[str, Any]:
 
 async def trust_view(d: Any, request: web.Request) -> dict[str, Any]:
     regs = await d.db.call(q.registrations)
-    denials = await d.db.call(lambda s: q.audit_of(s, ("trust.deny",), 25))
+    denials = await _audit(d, ("trust.deny",), 25)
     return {"agents": [trust_row(r) for r in regs], "denials": [denial(r) for r in denials]}
 
 

@@ -3,7 +3,6 @@ the store thread through ``AsyncStore.call``).  Nothing here writes."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,16 +44,6 @@ def spent_since(store: Store, since: str) -> int:
                            "WHERE ts >= ?", (since,))[0][0])
 
 
-def audit_of(store: Store, types: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` audit rows of these types, newest first."""
-    marks = ", ".join("?" for _ in types)
-    rows = store.query(
-        f"SELECT seq, ts, agent, type, detail FROM audit WHERE type IN ({marks}) "
-        "ORDER BY seq DESC LIMIT ?", (*types, limit))
-    return [{"seq": r[0], "ts": r[1], "agent": r[2], "type": r[3],
-             "detail": _loads(r[4])} for r in rows]
-
-
 def registrations(store: Store) -> list[dict[str, Any]]:
     """Every agent in the local AXIS registry with the scores naos holds for
     it: its local scores, else the cached AXIS answer (no network here)."""
@@ -74,9 +63,3 @@ def registrations(store: Store) -> list[dict[str, Any]]:
                     "source": source, "verified_at": when})
     return out
 
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {}
