@@ -93,13 +93,7 @@ class Lab:
         return json.dumps({"db": str(self.db), "control": str(self.control), "undo": undo})
 
     def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        if not self.db.exists():
-            return []
-        db = sqlite3.connect(self.db, timeout=60)
-        try:
-            return db.execute(sql, params).fetchall()
-        finally:
-            db.close()
+        return read_rows(self.db, sql, params)
 
     def ledger(self, run_id: str) -> list[tuple[str, int]]:
         """(step, undo) of each side effect applied for ``run_id``, in order."""
@@ -141,3 +135,19 @@ class TrailLab(Lab):
     def calls(self, step: str) -> list[tuple[object, ...]]:
         return self.rows("SELECT attempt, key, input FROM wf_calls WHERE step = ? ORDER BY id",
                          (step,))
+
+
+def read_rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Rows the test agents wrote to ``path``: none yet while the first agent
+    call is still creating the file or its tables."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path, timeout=60)
+    try:
+        return db.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        db.close()

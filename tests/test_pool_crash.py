@@ -7,7 +7,6 @@ recorded and ends failed with the reason."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness import Naosd, kill_all, reap, start_naosd
+from orch_agents import read_rows
 from test_saga_crash import kill9
 from test_saga_e2e import ok
 
@@ -64,13 +64,7 @@ class Effects:
         return json.dumps({"db": str(self.db), **extra})
 
     def rows(self, sql: str) -> list[tuple[object, ...]]:
-        if not self.db.exists():
-            return []
-        db = sqlite3.connect(self.db, timeout=60)
-        try:
-            return db.execute(sql).fetchall()
-        finally:
-            db.close()
+        return read_rows(self.db, sql)
 
 
 def restart(d: Naosd, daemons: list[Naosd]) -> Naosd:
@@ -186,7 +180,8 @@ def test_a_fan_out_cut_short_by_a_kill_ends_failed_with_the_reason(base: Path):
     finally:
         if caller is not None and caller.poll() is None:
             kill_all([caller.pid])
-            caller.wait(timeout=10)
+        if caller is not None:
+            caller.communicate(timeout=10)  # reaps it and closes its pipes
         d.stop()
         survivors = []
         for one in daemons:
