@@ -28,7 +28,7 @@ from actors.messages import (
     Reply,
     RunAgent,
 )
-from naosd.errors import AgentCrashed, Conflict, NaosError
+from naosd.errors import ActorGone, AgentCrashed, Conflict, NaosError
 
 # How long a dying agent waits for its supervisor to note why (ExitNoted)
 # before it exits anyway (a supervisor that is gone never answers).
@@ -144,7 +144,9 @@ class AgentActor(NaosActor):
             fence.register(msg.run, os.getpid())
 
     def receiveMsg_RunAgent(self, msg: RunAgent, sender: Any) -> None:
-        if self._handler is None or self._ctx is None or self._dying:
+        if self._dying:  # waiting for ExitNoted: not run, so the caller resends it
+            raise ActorGone(f"agent {self.name!r} is exiting; the message was not run")
+        if self._handler is None or self._ctx is None:
             raise Conflict(f"agent {self.name!r} is not ready")
         self._ctx.request_id = msg.request_id
         self._ctx.idempotency_key = msg.idempotency_key

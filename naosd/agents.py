@@ -211,7 +211,10 @@ class Agents:
                     self._where.pop(name, None)
                     raise AgentCrashed(f"agent {name!r} (pid {pid}) died during the run; "
                                        "its supervisor restarts it")
-        return ask.result()
+        reply = ask.result()
+        if not reply.ok and reply.error_code == ActorGone.code:
+            raise ActorGone(reply.message)  # an exiting agent did not run it: resend
+        return reply
 
     async def activate(self, name: str, *, wait_s: float) -> dict[str, Any] | None:
         """Start an agent for this call: agents outside user trees are run on
