@@ -137,9 +137,9 @@ class AgentActor(NaosActor):
 
     def receiveMsg_HostedFor(self, msg: Any, sender: Any) -> None:
         """Placed here by another node's supervisor: die if its leader stops
-        beating (cluster mode, naosd.fence)."""
+        beating (cluster mode, naosd.runtime.fence)."""
         if sender == self._supervisor:
-            from naosd import fence
+            from naosd.runtime import fence
 
             fence.register(msg.run, os.getpid())
 

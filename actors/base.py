@@ -23,7 +23,7 @@ from thespian.actors import ActorTypeDispatcher
 
 from actors.messages import ChildPid, Crash, InitChild, Ping, Reply, Request
 from naosd.errors import InvalidRequest, NaosError
-from naosd.procs import get_pdeathsig, set_pdeathsig
+from naosd.runtime.procs import get_pdeathsig, set_pdeathsig
 
 
 def error_reply(request: Request, exc: BaseException) -> Reply:

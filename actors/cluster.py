@@ -66,7 +66,7 @@ def _valid_address(value: object) -> str:
 
 class NodeProbe(NaosActor):
     """Lives on a member; answers the leader's heartbeats and renews the
-    lease of the agents this leader placed there (naosd.fence)."""
+    lease of the agents this leader placed there (naosd.runtime.fence)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,7 +78,7 @@ class NodeProbe(NaosActor):
         return satisfies(capabilities, requirements)
 
     def receiveMsg_Beat(self, msg: Beat, sender: Any) -> None:
-        from naosd import fence
+        from naosd.runtime import fence
 
         if not self._registered:  # the probe, too, dies with its leader
             self._registered = True
@@ -103,7 +103,7 @@ class ClusterMonitor(NaosActor):
         self._seq = 0
 
     def receiveMsg_InitCluster(self, msg: InitCluster, sender: Any) -> None:
-        from naosd.storage import Store
+        from naosd.storage.store import Store
 
         self._cfg, self._root = msg, sender
         self._store = Store.open(Path(msg.db_path), checkpoint_path=Path(msg.checkpoint_path))
@@ -113,7 +113,7 @@ class ClusterMonitor(NaosActor):
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate,
                                                sender: Any) -> None:
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         if self._cfg is None:
             return
@@ -142,7 +142,7 @@ class ClusterMonitor(NaosActor):
         self.send(self._probes[name], Beat(name, self._seq, self._cfg.run))
 
     def receiveMsg_BeatAck(self, msg: BeatAck, sender: Any) -> None:
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         if self._probes.get(msg.node) != sender:
             return
@@ -169,7 +169,7 @@ class ClusterMonitor(NaosActor):
         self.wakeupAfter(timedelta(seconds=self._cfg.heartbeat_s), payload="beat")
 
     def _gone(self, name: str, state: str, reason: str) -> None:
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         if self._state.get(name) != UP:
             return

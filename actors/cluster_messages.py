@@ -51,7 +51,7 @@ class BeatAck:
 @dataclass(frozen=True, slots=True)
 class HostedFor:
     """Supervisor -> an agent it placed on another node: you run for leader
-    incarnation ``run`` (die when it stops beating; naosd.fence)."""
+    incarnation ``run`` (die when it stops beating; naosd.runtime.fence)."""
 
     run: str
 

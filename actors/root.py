@@ -143,7 +143,7 @@ class RootSupervisor(NaosActor):
         """Run the implicit supervisor and every top-level user supervisor
         whose desired state is running; stop the others."""
         from actors.domain.definitions import IMPLICIT_SUPERVISOR
-        from naosd import defs_store
+        from naosd.storage import definitions as defs_store
 
         assert self._env is not None
         store = self._store()
@@ -159,7 +159,7 @@ class RootSupervisor(NaosActor):
                 self._spawn(ChildStatus(name, "supervisor"))
 
     def _store(self) -> Any:
-        from naosd.storage import Store
+        from naosd.storage.store import Store
 
         if getattr(self, "_db", None) is None:
             assert self._env is not None

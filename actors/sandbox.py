@@ -94,7 +94,7 @@ def run_module(engine: Any, module: bytes, stdin: bytes, limits: dict[str, Any],
 
 
 def open_store(db_path: str) -> Any:
-    from naosd.storage import Store
+    from naosd.storage.store import Store
 
     return Store.open(Path(db_path))
 

@@ -46,7 +46,7 @@ from actors.messages import (
     TreeUpdate,
 )
 from naosd.errors import NaosError
-from naosd.procs import process_alive
+from naosd.runtime.procs import process_alive
 
 SWEEP = timedelta(milliseconds=250)
 SPARE_DELAY = timedelta(milliseconds=50)
@@ -103,7 +103,7 @@ class SupervisorActor(NaosActor):
         self.name = msg.name
         self._parent, self._root = sender, msg.root
         self._db_path, self._checkpoint = msg.db_path, msg.checkpoint_path
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         self._local_node = cluster_store.local_node(self._db())
         self._run = cluster_store.run_id(self._db()) if self._local_node else ""
@@ -117,7 +117,7 @@ class SupervisorActor(NaosActor):
         self._want_spare()
 
     def _load(self) -> tuple[SupervisorDef, list[AgentDef | SupervisorDef]]:
-        from naosd import defs_store
+        from naosd.storage import definitions as defs_store
 
         store = self._db()
         definition = defs_store.get_supervisor(store, self.name)
@@ -130,7 +130,7 @@ class SupervisorActor(NaosActor):
         if self._store is None:
             from pathlib import Path
 
-            from naosd.storage import Store
+            from naosd.storage.store import Store
 
             self._store = Store.open(Path(self._db_path),
                                      checkpoint_path=Path(self._checkpoint))
@@ -174,14 +174,14 @@ class SupervisorActor(NaosActor):
             self._defs.pop(name, None)
 
     def _load_children(self) -> list[AgentDef | SupervisorDef]:
-        from naosd import defs_store
+        from naosd.storage import definitions as defs_store
 
         return [c for c in defs_store.children_of(self._db(), self.name)
                 if c.desired == "running" or c.name in self._on_demand]
 
     def receiveMsg_Activate(self, msg: Activate, sender: Any) -> None:
         """Run an agent on demand: it stays until naosd deactivates it."""
-        from naosd import defs_store
+        from naosd.storage import definitions as defs_store
 
         d = defs_store.get_agent(self._db(), msg.name)
         self._on_demand.add(msg.name)
@@ -196,7 +196,7 @@ class SupervisorActor(NaosActor):
         self.reply(sender, msg)
 
     def receiveMsg_Deactivate(self, msg: Deactivate, sender: Any) -> None:
-        from naosd import defs_store
+        from naosd.storage import definitions as defs_store
 
         self._on_demand.discard(msg.name)
         d = defs_store.get_agent(self._db(), msg.name)
@@ -277,7 +277,7 @@ class SupervisorActor(NaosActor):
             self._unexplained.pop(name, None)
         self.send(self._root, Registered(name, "agent", None, None, self.name))
         if self._local_node is not None and name in self._placed:
-            from naosd import cluster_store
+            from naosd.storage import cluster as cluster_store
 
             cluster_store.unplace(self._db(), name)
         now = time.monotonic()
@@ -364,7 +364,7 @@ class SupervisorActor(NaosActor):
         """Create agent ``d`` on the node naosd chooses for it (None: no node
         can run it now; the child is then parked by ``Unplaceable``)."""
         from actors.domain.placement import choose, parse_requirements, pin
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         req = parse_requirements(d.requires)
         if self._local_node is None:
@@ -387,7 +387,7 @@ class SupervisorActor(NaosActor):
         return addr
 
     def _unplaceable(self, d: AgentDef, reason: str) -> None:
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         self._placed.pop(d.name, None)
         cluster_store.unplaceable(self._db(), d.name, list(d.requires), reason, self.name)

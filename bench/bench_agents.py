@@ -271,7 +271,7 @@ def report_kills(title: str, series: KillSeries) -> None:
 
 def audit_probe(base: Path, n: int = 200) -> list[float]:
     """ms per audit append with naos's own Store, next to the daemon's state."""
-    from naosd.storage import Store
+    from naosd.storage.store import Store
 
     out = []
     tag = time.monotonic_ns()
@@ -285,7 +285,7 @@ def audit_probe(base: Path, n: int = 200) -> list[float]:
 
 
 def daemon_poll_ms() -> str:
-    from naosd import agents
+    from naosd.agents import service as agents
 
     poll = getattr(agents, "POLL_S", None)
     return f"{poll * 1e3:g}" if isinstance(poll, int | float) else "?"

@@ -49,7 +49,7 @@ def through_daemon(base: Path, n: int) -> dict[str, list[float]]:
 def audit_rates(base: Path, n: int) -> tuple[float, float, float]:
     import apsw
 
-    from naosd.storage import Store
+    from naosd.storage.store import Store
 
     raw = apsw.Connection(str(base / "raw.db"))
     raw.execute("PRAGMA journal_mode=WAL")

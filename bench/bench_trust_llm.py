@@ -28,7 +28,7 @@ from pathlib import Path
 from benchlib import Daemon, interleaved, line, ms_line, pct, section
 
 from naosctl.client import Client
-from naosd.local_llm import find_model, server_installed
+from naosd.broker.llm.local import find_model, server_installed
 
 ANSWER = json.dumps({"model": "fake", "choices": [{"message": {"content": "ok"}}],
                      "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()

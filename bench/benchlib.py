@@ -19,12 +19,12 @@ sys.path.insert(0, str(ROOT))
 
 from naosctl.client import Client  # noqa: E402
 from naosd.errors import NaosError  # noqa: E402
-from naosd.procs import (  # noqa: E402, F401 - re-exported
+from naosd.runtime.procs import (  # noqa: E402, F401 - re-exported
     descendants,
     is_descendant,
     sigterm_with_parent,
 )
-from naosd.procs import process_alive as alive  # noqa: E402
+from naosd.runtime.procs import process_alive as alive  # noqa: E402
 
 
 def pct(samples: list[float], q: float) -> float:

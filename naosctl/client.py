@@ -26,7 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from naosd import __version__, protocol
+from naosd import __version__
+from naosd.control import protocol
 from naosd.errors import (
     DaemonNotRunning,
     NaosError,

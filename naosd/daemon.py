@@ -23,12 +23,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from naosd import __version__
-from naosd.api import Api
 from naosd.config import SETTINGS, SETTINGS_BY_KEY, Config
-from naosd.db import AsyncStore
+from naosd.control.api import Api
+from naosd.control.server import ControlServer, Peer
 from naosd.errors import ConfigError, NaosError
-from naosd.lifecycle import SdNotifier
-from naosd.server import ControlServer, Peer
+from naosd.runtime.lifecycle import SdNotifier
+from naosd.storage.db import AsyncStore
 
 log = logging.getLogger("naosd")
 
@@ -65,12 +65,12 @@ class Daemon:
         self.dashboard: Any = None
         self.reloads = 0
         self.agents: Any = None
-        self.orch: Any = None  # naosd.orchestration.Orchestrator
-        self.pools: Any = None  # naosd.pools.Pools
+        self.orch: Any = None  # naosd.orchestration.coordinators.Orchestrator
+        self.pools: Any = None  # naosd.orchestration.pools.Pools
         self.sandbox_pool: Any = None  # the pool's address, found on first use
         self.broker: Any = None
-        self.llm: Any = None  # naosd.llm_service.LlmService
-        self.trust_gate: Any = None  # naosd.trust_gate.TrustGate
+        self.llm: Any = None  # naosd.broker.llm.service.LlmService
+        self.trust_gate: Any = None  # naosd.broker.trust_gate.TrustGate
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -88,19 +88,19 @@ class Daemon:
         return 0
 
     async def _start_parts(self) -> None:
-        import naosd.api_agents
-        import naosd.api_broker
-        import naosd.api_cluster
-        import naosd.api_llm
-        import naosd.api_orch
-        import naosd.api_trust
-        import naosd.api_wasm  # noqa: F401
+        import naosd.control.agents
+        import naosd.control.broker
+        import naosd.control.cluster
+        import naosd.control.llm
+        import naosd.control.orchestration
+        import naosd.control.trust
+        import naosd.control.wasm  # noqa: F401
         from actors.messages import InitRoot
-        from naosd.agents import Agents
-        from naosd.bridge import Bridge
-        from naosd.broker import build_broker
-        from naosd.orchestration import Orchestrator
-        from naosd.pools import Pools
+        from naosd.agents.service import Agents
+        from naosd.broker.service import build_broker
+        from naosd.orchestration.coordinators import Orchestrator
+        from naosd.orchestration.pools import Pools
+        from naosd.runtime.bridge import Bridge
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
@@ -132,7 +132,7 @@ class Daemon:
     # -- cluster mode (docs/cluster.md) -----------------------------------------
     async def _prepare_cluster(self) -> None:
         """Before the supervisors start: the node table they place agents by."""
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         c = self.config
         if not c.cluster_enabled:
@@ -151,7 +151,7 @@ class Daemon:
         if not c.cluster_enabled:
             return
         if c.cluster_leader and c.cluster_leader != c.cluster_bind:
-            from naosd import fence
+            from naosd.runtime import fence
 
             self._fence_task = asyncio.get_running_loop().create_task(fence.fence_loop(
                 self, c.state_dir / "cluster", c.cluster_heartbeat_s,
@@ -166,7 +166,7 @@ class Daemon:
 
     async def cluster_view(self) -> dict[str, Any] | None:
         """Nodes as this node sees them (None when cluster mode is off)."""
-        from naosd import cluster_store
+        from naosd.storage import cluster as cluster_store
 
         c = self.config
         if not c.cluster_enabled:
@@ -178,9 +178,9 @@ class Daemon:
                 "lost_after": c.cluster_lost_after, "nodes": nodes}
 
     def _start_llm_and_trust(self) -> None:
-        from naosd.axis import AxisConfig
-        from naosd.llm_service import LlmService
-        from naosd.trust_gate import TrustGate
+        from naosd.broker.axis import AxisConfig
+        from naosd.broker.llm.service import LlmService
+        from naosd.broker.trust_gate import TrustGate
 
         self.llm = LlmService(self.config, self.db)
         self.trust_gate = TrustGate(self.db, AxisConfig.from_config(self.config))

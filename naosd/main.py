@@ -19,7 +19,7 @@ from typing import Any
 from naosd import __version__
 from naosd.config import Config, load, render_default_config
 from naosd.errors import AlreadyRunning, ConfigError, NaosError
-from naosd.lifecycle import (
+from naosd.runtime.lifecycle import (
     InstanceLock,
     SdNotifier,
     clear_stale_socket,
@@ -146,16 +146,16 @@ def _start_actors(config: Config) -> Any:
     # Thespian's own log defaults to a world-readable /tmp/thespian.log.
     os.environ["THESPLOG_FILE"] = str(config.state_dir / "thespian.log")
     os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(1 << 20))
-    from naosd.actorsys import ActorRuntime, set_child_subreaper
+    from naosd.runtime.actorsys import ActorRuntime, set_child_subreaper
 
     set_child_subreaper()
     if not config.cluster_enabled:
         return ActorRuntime.start(secret=os.urandom(32))
-    from naosd.cluster import setup
+    from naosd.runtime.cluster import setup
 
     cluster = setup(config)
     if not cluster.is_leader:
-        from naosd import fence
+        from naosd.runtime import fence
 
         fence.FENCE_DIR = config.state_dir / "cluster"  # inherited by every actor
         shutil.rmtree(fence.FENCE_DIR, ignore_errors=True)  # a previous run's: all dead

@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from naosd.procs import descendants, sigterm_with_parent
-from naosd.procs import process_alive as alive
+from naosd.runtime.procs import descendants, sigterm_with_parent
+from naosd.runtime.procs import process_alive as alive
 
 START_TIMEOUT = 30.0
 

@@ -39,8 +39,6 @@ from actors.messages import (
     WhereIs,
     new_request_id,
 )
-from naosd.actorsys import ActorRuntime, AuthenticatedPickle, FrameRejected, free_port
-from naosd.bridge import Bridge
 from naosd.errors import (
     Conflict,
     InvalidRequest,
@@ -48,6 +46,8 @@ from naosd.errors import (
     ShuttingDown,
     Unavailable,
 )
+from naosd.runtime.actorsys import ActorRuntime, AuthenticatedPickle, FrameRejected, free_port
+from naosd.runtime.bridge import Bridge
 
 pytestmark = [
     pytest.mark.multiproc,
@@ -477,7 +477,7 @@ def test_shutdown_kills_an_actor_that_cannot_exit(runtime: ActorRuntime) -> None
 
 DAEMON_SCRIPT = """
 import json, os, secrets, sys, time
-from naosd.actorsys import ActorRuntime
+from naosd.runtime.actorsys import ActorRuntime
 from actors.messages import GetTree, new_request_id
 
 rt = ActorRuntime.start(secret=secrets.token_bytes(32))

@@ -1,4 +1,4 @@
-"""Pure tests of naosd.audit: canonical encoding, the hash chain, verify_rows."""
+"""Pure tests of naosd.storage.audit: canonical encoding, the hash chain, verify_rows."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from naosd.audit import (
+from naosd.errors import AuditError
+from naosd.storage.audit import (
     GENESIS,
     AuditRow,
     Checkpoint,
@@ -24,7 +25,6 @@ from naosd.audit import (
     make_row,
     verify_rows,
 )
-from naosd.errors import AuditError
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

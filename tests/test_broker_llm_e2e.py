@@ -97,7 +97,7 @@ def test_llm_errors_release_the_reservation_and_are_recorded(llm_daemon: Naosd,
 
 
 def _local_missing() -> bool:
-    from naosd.local_llm import find_model, server_installed
+    from naosd.broker.llm.local import find_model, server_installed
 
     return not server_installed() or find_model() is None
 

@@ -10,7 +10,7 @@ import pytest
 
 from actors.domain.routing import NoRoute, RouteKind, Thresholds, route
 from actors.domain.skill_manifest import parse_manifest
-from naosd.builtin_skills import (
+from naosd.broker.builtin_skills import (
     BUILTIN,
     SkillFailed,
     count_words,

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from actors.domain.placement import LOST, UP
-from naosd import cluster_store, fence
-from naosd.cluster import read_secret, setup
 from naosd.config import check_bind_address, load, render_default_config
 from naosd.errors import ConfigError
-from naosd.storage import Store
+from naosd.runtime import fence
+from naosd.runtime.cluster import read_secret, setup
+from naosd.storage import cluster as cluster_store
+from naosd.storage.store import Store
 
 HOME = Path("/home/u")
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.domain.budget import BudgetExceeded, BudgetPolicy
-from naosd.cost import GLOBAL, CostController, Throttled
+from naosd.broker.cost import GLOBAL, CostController, Throttled
 from naosd.errors import NotFound
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

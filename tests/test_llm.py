@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from fake_openai import Step, chunk, error, ok, serve_fake_openai
 
-from naosd.errors import ConfigError, InvalidRequest
-from naosd.llm import LlmClient, LlmConfig, estimate_cost_micro, read_key_file
-from naosd.llm_errors import (
+from naosd.broker.llm.client import LlmClient, LlmConfig, estimate_cost_micro, read_key_file
+from naosd.broker.llm.errors import (
     LlmBadResponse,
     LlmQuotaExceeded,
     LlmRateLimited,
     LlmTimeout,
     LlmUnavailable,
 )
+from naosd.errors import ConfigError, InvalidRequest
 
 
 def config(url: str, **kw) -> LlmConfig:
@@ -182,7 +182,7 @@ def test_bad_base_url_is_a_config_error():
 def test_retry_after_forms():
     from datetime import UTC, datetime
 
-    from naosd.llm_wire import backoff_s, retry_after_s
+    from naosd.broker.llm.wire import backoff_s, retry_after_s
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert retry_after_s("2") == 2.0
@@ -209,7 +209,7 @@ def test_from_config_reads_settings_and_env_key(tmp_path: Path):
 
 
 def test_stream_parser_handles_split_lines_comments_and_truncation():
-    from naosd.llm_wire import StreamParser
+    from naosd.broker.llm.wire import StreamParser
 
     parser = StreamParser()
     data = (f": keep-alive\n\ndata: {chunk('he')}\n\ndata: {chunk('llo')}\n\n"

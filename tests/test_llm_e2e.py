@@ -14,8 +14,8 @@ import pytest
 from fake_openai import error, ok, serve_fake_openai
 from harness import Naosd, clean_env, reap, start_naosd, wait_gone
 
-from naosd.local_llm import find_model, server_installed
-from naosd.procs import is_descendant, process_alive
+from naosd.broker.llm.local import find_model, server_installed
+from naosd.runtime.procs import is_descendant, process_alive
 
 pytestmark = pytest.mark.e2e
 KEY = "sk-e2e-never-shown-42"

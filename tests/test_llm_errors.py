@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import naosd.axis
-import naosd.llm_errors as le
+import naosd.broker.axis
+import naosd.broker.llm.errors as le
 from actors.domain import trust
 from naosd.errors import NaosError, _all_subclasses, from_wire
 
@@ -13,7 +13,7 @@ CODES = {le.LlmUnavailable: "llm_unavailable", le.LlmRateLimited: "llm_rate_limi
          le.LlmQuotaExceeded: "llm_quota_exceeded", le.LlmBadResponse: "llm_bad_response",
          le.LlmTimeout: "llm_timeout", le.NoLlm: "llm_not_configured",
          le.AxisUnavailable: "axis_unavailable",
-         naosd.axis.AxisUnknownAuid: "axis_unknown_auid", trust.TrustDenied: "trust_denied"}
+         naosd.broker.axis.AxisUnknownAuid: "axis_unknown_auid", trust.TrustDenied: "trust_denied"}
 
 
 @pytest.mark.parametrize(("cls", "code"), CODES.items())

@@ -1,4 +1,4 @@
-"""naosd.orch_store on a real SQLite file: a transition is one transaction."""
+"""naosd.storage.runs on a real SQLite file: a transition is one transaction."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from naosd import orch_store
 from naosd.errors import AuditError, Conflict, NotFound
-from naosd.storage import Store
+from naosd.storage import runs as orch_store
+from naosd.storage.store import Store
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from naosd.control.params import Bool, Int, Str, check, parse_since
 from naosd.errors import InvalidRequest
-from naosd.params import Bool, Int, Str, check, parse_since
 
 SPECS = {"n": Int(20, lo=0, hi=100), "q": Str(), "follow": Bool(False),
          "agent": Str(None)}

@@ -1,4 +1,4 @@
-"""naosd.pool_store on a real SQLite file: the life of a durable queue task."""
+"""naosd.storage.pool_tasks on a real SQLite file: the life of a durable queue task."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from naosd import pool_store
 from naosd.errors import NotFound
-from naosd.storage import Store
+from naosd.storage import pool_tasks as pool_store
+from naosd.storage.store import Store
 
 
 @pytest.fixture

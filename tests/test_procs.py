@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from naosd.procs import process_alive
+from naosd.runtime.procs import process_alive
 
 
 def test_live_zombie_and_gone_processes():

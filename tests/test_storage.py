@@ -1,4 +1,4 @@
-"""naosd.storage against real SQLite files; tampering done with stdlib sqlite3.
+"""naosd.storage.store against real SQLite files; tampering done with stdlib sqlite3.
 
 The stdlib sqlite3 module is a second SQLite library in this process, and
 POSIX locks do not separate two users in one process: only touch a file with
@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from naosd import storage
-from naosd.audit import Checkpoint as Cp
-from naosd.audit import VerifyResult, chain_hash, make_row
 from naosd.errors import AuditError, ConfigError, NotFound, StorageError
-from naosd.storage import CHECKPOINT_FLAG, MALFORMED_DETAIL, SCHEMA_VERSION, Store
+from naosd.storage import store as storage
+from naosd.storage.audit import Checkpoint as Cp
+from naosd.storage.audit import VerifyResult, chain_hash, make_row
+from naosd.storage.store import CHECKPOINT_FLAG, MALFORMED_DETAIL, SCHEMA_VERSION, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -585,7 +585,7 @@ def test_two_stores_on_one_file_interleave(db_path: Path, cp_path: Path) -> None
 WRITER = """
 import sys
 from pathlib import Path
-from naosd.storage import Store
+from naosd.storage.store import Store
 store = Store.open(Path(sys.argv[1]), checkpoint_path=Path(sys.argv[2]))
 for i in range(int(sys.argv[3])):
     store.append_audit("proc.tick", agent=sys.argv[4], detail={"i": i})
@@ -617,7 +617,7 @@ def test_processes_appending_concurrently_keep_one_chain(db_path: Path, cp_path:
 CRASHER = """
 import sys
 from pathlib import Path
-from naosd.storage import Store
+from naosd.storage.store import Store
 store = Store.open(Path(sys.argv[1]), checkpoint_path=Path(sys.argv[2]))
 print("ready", flush=True)
 i = 0

@@ -1,6 +1,6 @@
 """Agent and supervisor definitions: what a user declares (pure, picklable).
 
-Definitions live in SQLite (``naosd.defs_store``) and in project files
+Definitions live in SQLite (``naosd.storage.definitions``) and in project files
 (``naos.toml``); supervisors read their own from the database every time they
 start, so a restarted supervisor always runs the current tree.
 """

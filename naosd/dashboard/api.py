@@ -21,10 +21,10 @@ from typing import Any
 
 from aiohttp import web
 
-from naosd import defs_store
+from naosd.control.params import parse_since
 from naosd.dashboard import queries
 from naosd.errors import NaosError
-from naosd.params import parse_since
+from naosd.storage import definitions as defs_store
 
 DAEMON = web.AppKey("daemon", Any)
 STREAMS = web.AppKey("streams", set)
@@ -243,7 +243,7 @@ def _query_value(raw: str) -> Any:
 
 def _resource(method_name: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
-        from naosd.api import invoke
+        from naosd.control.api import invoke
 
         if request.method == "POST":
             given = await _json_body(request)
@@ -273,7 +273,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 def add_resource(app: web.Application, path: str, method_name: str,
                  http_method: str = "GET") -> None:
-    from naosd.api import METHODS
+    from naosd.control.api import METHODS
 
     entry = METHODS.get(method_name)
     if entry is not None and not entry.stream:

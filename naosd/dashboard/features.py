@@ -102,7 +102,7 @@ def pool_view(status: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _call(d: Any, name: str, **params: Any) -> Any:
-    from naosd.api import invoke
+    from naosd.control.api import invoke
 
     return await invoke(d, name, params)
 
@@ -246,7 +246,7 @@ VIEWS: dict[str, tuple[View, tuple[str, ...]]] = {
 
 def add_views(app: web.Application, daemon_key: web.AppKey[Any],
               error: Callable[[NaosError], web.HTTPException]) -> None:
-    from naosd.api import METHODS
+    from naosd.control.api import METHODS
 
     for path, (view, needs) in VIEWS.items():
         if all(name in METHODS for name in needs):

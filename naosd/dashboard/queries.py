@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from naosd.storage import Store
+    from naosd.storage.store import Store
 
 
 def spend_by_agent(store: Store, since: str) -> list[dict[str, Any]]:

@@ -1,0 +1,362 @@
+"""The daemon's side of agents and supervisors: definitions in SQLite first,
+then the live tree is told (``Sync``) and watched until it matches.
+
+The actors own the processes; this module owns the order of operations a
+user sees: validate, persist with an audit row, reconcile, wait, answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from actors.domain.definitions import (
+    IMPLICIT_SUPERVISOR,
+    AgentDef,
+    SupervisorDef,
+)
+from actors.messages import Activate, Deactivate, GetTree, Resolve, RunAgent, Sync
+from naosd.errors import (
+    ActorGone,
+    AgentCrashed,
+    Conflict,
+    NotFound,
+    RequestTimeout,
+    from_wire,
+)
+from naosd.runtime.procs import is_descendant, process_alive
+from naosd.storage import definitions as defs_store
+
+if TYPE_CHECKING:
+    from naosd.daemon import Daemon
+
+POLL_S = 0.01
+WATCH_S = 0.02  # how often a running call checks that its agent's process lives
+GRACE_S = 0.05  # a crashing handler's error reply is sent before its process exits
+
+
+def _rid() -> str:
+    return uuid.uuid4().hex
+
+
+def find_node(tree: dict[str, Any], name: str) -> dict[str, Any] | None:
+    if tree.get("name") == name:
+        return tree
+    for child in tree.get("children") or []:
+        found = find_node(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+class Agents:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.last_used: dict[str, float] = {}  # on-demand agents -> last activity
+        self._where: dict[str, dict[str, Any]] = {}  # agent -> last resolved address
+
+    # -- plumbing ------------------------------------------------------------
+    async def tree(self) -> dict[str, Any]:
+        reply = await self.d.bridge.ask(GetTree(_rid()))
+        result: dict[str, Any] = reply.result
+        return result
+
+    async def resolve(self, name: str, *, wait_s: float = 0.0, stale: int = 0
+                      ) -> dict[str, Any] | None:
+        """Where ``name`` runs, or None.  With ``wait_s`` the root answers as
+        soon as it registers (a process other than ``stale``): no polling."""
+        try:
+            reply = await self.d.bridge.ask(Resolve(_rid(), name, wait_s, stale),
+                                            timeout_s=wait_s + 5 if wait_s else None)
+        except NotFound:
+            return None
+        result: dict[str, Any] = reply.result
+        return result
+
+    async def sync(self, supervisor: str | None) -> None:
+        """Tell ``supervisor`` (None: the root) to reconcile with the DB."""
+        if supervisor is None:
+            await self.d.bridge.ask(Sync(_rid()))
+            return
+        where = await self.resolve(supervisor)
+        if where is None:
+            return  # not running: it reads the DB when it starts
+        await self.d.bridge.ask_to(where["address"], Sync(_rid()))
+
+    async def _parent_sync(self, parent: str | None) -> None:
+        await self.sync(parent or IMPLICIT_SUPERVISOR)
+
+    async def wait_for(self, name: str, *, running: bool, wait_s: float) -> dict[str, Any]:
+        if running:
+            found = await self.resolve(name, wait_s=wait_s)
+            return found or await self._explain_timeout(name, running, wait_s)
+        deadline = time.monotonic() + wait_s
+        while True:
+            where = await self.resolve(name)
+            if (where is not None) == running:
+                return where or {}
+            if time.monotonic() > deadline:
+                return await self._explain_timeout(name, running, wait_s)
+            await asyncio.sleep(POLL_S)
+
+    async def _explain_timeout(self, name: str, running: bool, wait_s: float
+                               ) -> dict[str, Any]:
+        node = find_node(await self.tree(), name) or {}
+        why = node.get("last_error") or node.get("state") or "not in the tree"
+        verb = "start" if running else "stop"
+        raise RequestTimeout(f"{name!r} did not {verb} within {wait_s:g}s ({why})")
+
+    async def db(self, fn: Any) -> Any:
+        return await self.d.db.call(fn)
+
+    # -- agents ------------------------------------------------------------------
+    async def create(self, definition: AgentDef, *, start: bool, wait_s: float
+                     ) -> dict[str, Any]:
+        created = await self.db(lambda s: defs_store.create_agent(s, definition))
+        await self.d.db.notify()
+        if start:
+            return await self.start(created.name, wait_s=wait_s)
+        return await self.describe(created.name)
+
+    async def start(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        self.last_used.pop(name, None)  # started for good: never reaped
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        await self.db(lambda s: defs_store.set_desired(s, "agent", name, "running"))
+        await self._ensure_parent_running(agent.supervisor)
+        await self._parent_sync(agent.supervisor)
+        await self.wait_for(name, running=True, wait_s=wait_s)
+        return await self.describe(name)
+
+    async def _ensure_parent_running(self, supervisor: str | None) -> None:
+        if supervisor is None:
+            return
+        sup = await self.db(lambda s: defs_store.get_supervisor(s, supervisor))
+        if sup.desired != "running":
+            raise Conflict(f"agent's supervisor {supervisor!r} is stopped: "
+                           f"naosctl supervisor start {supervisor}")
+
+    async def stop(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        await self.db(lambda s: defs_store.set_desired(s, "agent", name, "stopped"))
+        await self._parent_sync(agent.supervisor)
+        await self.wait_for(name, running=False, wait_s=wait_s)
+        return await self.describe(name)
+
+    async def delete(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        await self.stop(name, wait_s=wait_s)
+        await self.db(lambda s: defs_store.delete_agent(s, name))
+        return {"deleted": name}
+
+    async def run(self, name: str, payload: Any, *, wait_s: float, key: str
+                  ) -> dict[str, Any]:
+        where = await self._locate(name, wait_s)
+        if where is None or where.get("kind") != "agent":
+            raise NotFound(f"no running agent named {name!r}")
+        self._where[name] = where
+        if name in self.last_used:
+            self.last_used[name] = time.monotonic()
+        msg = RunAgent(_rid(), payload, key)
+        try:
+            reply = await self._ask_watching(name, where, msg, wait_s)
+        except ActorGone:  # died before the message got there: not delivered, so resend
+            self._where.pop(name, None)
+            where = await self._locate(name, wait_s, stale=int(where.get("pid") or 0))
+            if where is None:
+                raise NotFound(f"agent {name!r} is not running") from None
+            reply = await self._ask_watching(name, where, msg, wait_s)
+        result = reply.result or {}
+        await self._store_logs(name, result.get("logs") or [])
+        await self.d.db.audit("agent.run", agent=name, ok=reply.ok, ms=result.get("ms"),
+                              error=reply.error_code or None, idempotency_key=key or None,
+                              cost_micro_usd=result.get("cost_micro_usd", 0))
+        if not reply.ok:
+            raise from_wire(reply.error_code, reply.message)
+        return {"agent": name, "output": result.get("output"), "ms": result.get("ms"),
+                "pid": result.get("pid"), "cost_micro_usd": result.get("cost_micro_usd", 0)}
+
+    async def _locate(self, name: str, wait_s: float, stale: int = 0
+                      ) -> dict[str, Any] | None:
+        """The address of a live process of agent ``name``: the cached one,
+        the registered one, the one that replaces a dead process, or a newly
+        activated one."""
+        where = self._where.get(name)
+        if where is not None and process_alive(where.get("pid")) and where.get("pid") != stale:
+            return where
+        where = await self.resolve(name)
+        if where is not None and (stale == where.get("pid") or not process_alive(where.get("pid"))):
+            # its process just died: wait for the supervisor's replacement
+            return await self.resolve(name, wait_s=wait_s, stale=int(where.get("pid") or 0))
+        if where is None:  # deactivated or never started: activate transparently
+            where = await self.activate(name, wait_s=wait_s)
+        return where
+
+    async def _ask_watching(self, name: str, where: dict[str, Any], msg: RunAgent,
+                            wait_s: float) -> Any:
+        """Ask the agent, failing at once if its process dies meanwhile (a
+        message sent to a dying process would otherwise wait for the whole
+        timeout)."""
+        ask = asyncio.ensure_future(
+            self.d.bridge.ask_to(where["address"], msg, timeout_s=wait_s, raw=True))
+        pid = where.get("pid")
+        while not ask.done():
+            await asyncio.wait([ask], timeout=WATCH_S)
+            if not ask.done() and not process_alive(pid):
+                await asyncio.wait([ask], timeout=GRACE_S)  # its crash reply may be on the way
+                if not ask.done():
+                    ask.cancel()
+                    self._where.pop(name, None)
+                    raise AgentCrashed(f"agent {name!r} (pid {pid}) died during the run; "
+                                       "its supervisor restarts it")
+        reply = ask.result()
+        if not reply.ok and reply.error_code == ActorGone.code:
+            raise ActorGone(reply.message)  # an exiting agent did not run it: resend
+        return reply
+
+    async def activate(self, name: str, *, wait_s: float) -> dict[str, Any] | None:
+        """Start an agent for this call: agents outside user trees are run on
+        demand (and stopped again when idle); others are started for good."""
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        if agent.supervisor is not None:
+            await self.start(name, wait_s=wait_s)
+            return await self.resolve(name)
+        implicit = await self.resolve(IMPLICIT_SUPERVISOR)
+        if implicit is None:
+            raise Conflict("the agents supervisor is not running")
+        await self.d.bridge.ask_to(implicit["address"], Activate(_rid(), name))
+        if agent.desired != "running":
+            self.last_used[name] = time.monotonic()
+        return await self.wait_for(name, running=True, wait_s=wait_s)
+
+    async def reap_idle(self, idle_s: float) -> list[str]:
+        """Deactivate on-demand agents unused for ``idle_s`` seconds."""
+        now = time.monotonic()
+        idle = [n for n, t in self.last_used.items() if now - t >= idle_s]
+        implicit = await self.resolve(IMPLICIT_SUPERVISOR) if idle else None
+        for name in idle:
+            del self.last_used[name]
+            if implicit is not None:
+                await self.d.bridge.ask_to(implicit["address"], Deactivate(_rid(), name))
+        return idle
+
+    async def _store_logs(self, name: str, lines: list[Any]) -> None:
+        if lines:
+            rows = [tuple(x) for x in lines]
+            await self.db(lambda s: defs_store.append_logs(s, name, rows))
+            await self.d.db.notify()
+
+    async def kill(self, name: str) -> dict[str, Any]:
+        where = await self.resolve(name)
+        if where is None or not where.get("pid"):
+            raise Conflict(f"agent {name!r} is not running")
+        pid = int(where["pid"])
+        if not is_descendant(pid, os.getpid()):
+            raise Conflict(f"pid {pid} is not one of this daemon's processes")
+        os.kill(pid, signal.SIGKILL)
+        await self.d.db.audit("agent.killed", agent=name, pid=pid, by="naosctl kill")
+        return {"killed": name, "pid": pid}
+
+    async def describe(self, name: str) -> dict[str, Any]:
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        node = find_node(await self.tree(), name)
+        return agent_view(agent, node)
+
+    async def list(self) -> list[dict[str, Any]]:
+        agents = await self.db(lambda s: defs_store.list_agents(s))
+        tree = await self.tree()
+        return [agent_view(a, find_node(tree, a.name)) for a in agents]
+
+    # -- supervisors -----------------------------------------------------------------
+    async def create_supervisor(self, definition: SupervisorDef) -> dict[str, Any]:
+        created = await self.db(lambda s: defs_store.create_supervisor(s, definition))
+        return created.to_dict()
+
+    async def add_child(self, supervisor: str, child: str, restart: str) -> dict[str, Any]:
+        old_parent = await self.db(lambda s: _parent_of(s, child))
+        await self.db(lambda s: defs_store.attach(s, child, supervisor, restart))
+        await self._parent_sync(old_parent)
+        await self.sync(supervisor)
+        return {"supervisor": supervisor, "child": child, "restart": restart}
+
+    async def start_supervisor(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        sup = await self.db(lambda s: defs_store.get_supervisor(s, name))
+        await self.db(lambda s: _start_subtree(s, name))
+        await self.sync(sup.parent) if sup.parent else await self.sync(None)
+        await self.wait_for(name, running=True, wait_s=wait_s)
+        return await self.supervisor_tree(name)
+
+    async def stop_supervisor(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        sup = await self.db(lambda s: defs_store.get_supervisor(s, name))
+        await self.db(lambda s: defs_store.set_desired(s, "supervisor", name, "stopped"))
+        await self.sync(sup.parent) if sup.parent else await self.sync(None)
+        await self.wait_for(name, running=False, wait_s=wait_s)
+        return {"name": name, "state": "stopped"}
+
+    async def supervisor_tree(self, name: str | None) -> dict[str, Any]:
+        tree = await self.tree()
+        if name is None:
+            return tree
+        node = find_node(tree, name)
+        if node is None:
+            sup = await self.db(lambda s: defs_store.get_supervisor(s, name))
+            return {**sup.to_dict(), "kind": "supervisor", "state": "stopped", "children": []}
+        return node
+
+
+def _parent_of(store: Any, child: str) -> str | None:
+    kind = defs_store.name_taken(store, child)
+    if kind == "agent":
+        return defs_store.get_agent(store, child).supervisor
+    if kind == "supervisor":
+        return defs_store.get_supervisor(store, child).parent
+    raise NotFound(f"no agent or supervisor named {child!r}")
+
+
+def _start_subtree(store: Any, name: str) -> None:
+    """Mark a supervisor and everything under it as desired running."""
+    defs_store.set_desired(store, "supervisor", name, "running")
+    for child in defs_store.children_of(store, name):
+        if isinstance(child, SupervisorDef):
+            _start_subtree(store, child.name)
+        elif child.desired != "running":
+            defs_store.set_desired(store, "agent", child.name, "running")
+
+
+def agent_view(agent: AgentDef, node: dict[str, Any] | None) -> dict[str, Any]:
+    view = agent.to_dict()
+    node = node or {}
+    started = node.get("started_at")
+    view.update(
+        state=node.get("state", "stopped"), pid=node.get("pid"),
+        restarts=node.get("restarts", 0), last_error=node.get("last_error") or "",
+        uptime_s=round(time.monotonic() - started, 3) if started else None,
+        supervisor=agent.supervisor or IMPLICIT_SUPERVISOR,
+        node=node.get("node"),
+    )
+    return view
+
+
+
+async def apply_project(agents: Agents, project: Any, *, wait_s: float) -> dict[str, Any]:
+    """Create what a project file defines (existing names are left as they
+    are and reported), then start its trees and standalone agents."""
+    created, kept = [], []
+    for definition in [*project.supervisors, *project.agents]:
+        kind = await agents.db(lambda s, n=definition.name: defs_store.name_taken(s, n))
+        if kind is not None:
+            kept.append(definition.name)
+            continue
+        if isinstance(definition, SupervisorDef):
+            await agents.db(lambda s, d=definition: defs_store.create_supervisor(s, d))
+        else:
+            await agents.db(lambda s, d=definition: defs_store.create_agent(s, d))
+        created.append(definition.name)
+    await agents.sync(None)
+    await agents.sync(IMPLICIT_SUPERVISOR)
+    for sup in project.supervisors:
+        if sup.parent is None:
+            await agents.wait_for(sup.name, running=True, wait_s=wait_s)
+    return {"created": created, "existing": kept}

@@ -1,0 +1,241 @@
+"""Methods for agents, supervisors and project files (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from actors.domain.definitions import (
+    RESTART_TYPES,
+    STRATEGIES,
+    AgentDef,
+    SupervisorDef,
+    normalise_choice,
+    validate_name,
+)
+from naosd.control.api import method
+from naosd.control.params import Bool, Int, Spec, Str
+from naosd.errors import InvalidRequest
+from naosd.storage import definitions as defs_store
+
+if TYPE_CHECKING:
+    from naosd.daemon import Daemon
+
+NAME = Str(max_len=64)
+TIMEOUT = Spec((int, float), 30.0)
+
+
+def _timeout(p: dict[str, Any]) -> float:
+    value = float(p["timeout"])
+    if not 0 < value <= 3600:
+        raise InvalidRequest("timeout must be between 0 and 3600 seconds")
+    return value
+
+
+def agent_def(p: dict[str, Any]) -> AgentDef:
+    """An AgentDef from create parameters; raises InvalidRequest."""
+    validate_name(p["name"])
+    template, source = p["template"], p["source"]
+    if bool(template) == bool(source):
+        raise InvalidRequest("give exactly one of template or source")
+    if template:
+        from actors.templates import TEMPLATES
+
+        if template not in TEMPLATES:
+            raise InvalidRequest(
+                f"unknown template {template!r}; templates: {', '.join(sorted(TEMPLATES))}")
+        kind, where = "template", template
+    else:
+        kind, where = _source_kind(source)
+    requires = p["requires"] or []
+    if not isinstance(requires, list):
+        raise InvalidRequest("requires must be a list of strings")
+    return AgentDef(p["name"], kind, where, p["config"] or {}, p["supervisor"],
+                    normalise_choice(p["restart"], RESTART_TYPES, "restart type"),
+                    requires=tuple(requires))
+
+
+def _source_kind(source: str) -> tuple[str, str]:
+    path = Path(source)
+    if not path.is_absolute():
+        raise InvalidRequest(f"source must be an absolute path, got {source!r}")
+    if not path.is_file():
+        raise InvalidRequest(f"source {source} does not exist or is not a file")
+    if path.suffix == ".py":
+        return "python", str(path)
+    if path.suffix == ".wasm":
+        return "wasm", str(path)
+    raise InvalidRequest(f"source {source}: expected a .py handler or a .wasm module")
+
+
+@method("agent.create", name=NAME, template=Str(None), source=Str(None),
+        config=Spec(dict, None), supervisor=Str(None, max_len=64),
+        restart=Str("permanent"), start=Bool(False), timeout=TIMEOUT,
+        requires=Spec(list, None))
+async def agent_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Register an agent from a template or a handler file (optionally start it)."""
+    definition = agent_def(p)
+    if definition.source_kind == "wasm":
+        await _check_wasm_agent(d, definition)
+    return await d.agents.create(definition, start=p["start"], wait_s=_timeout(p))
+
+
+async def _check_wasm_agent(d: Daemon, definition: AgentDef) -> None:
+    """Refuse a WASM agent whose module cannot run with its grants."""
+    from naosd.control.wasm import validate_module
+
+    grants = definition.config.get("grants", [])
+    if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
+        raise InvalidRequest("config.grants must be a list of host function names")
+    module = await asyncio.to_thread(Path(definition.source).read_bytes)
+    from actors.agent import wasm_limits
+
+    try:
+        limits = wasm_limits(definition.config)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"config: bad WASM limits: {exc}") from None
+    report = await validate_module(d, module, tuple(grants), limits)
+    if not report["ok"]:
+        problems = "; ".join(report["problems"]) or report["verdict"]
+        raise InvalidRequest(f"{definition.source} cannot run as an agent: {problems}")
+
+
+
+@method("agent.list")
+async def agent_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every registered agent with its runtime state."""
+    return await d.agents.list()
+
+
+@method("agent.inspect", name=NAME, logs=Int(20, lo=0, hi=1000))
+async def agent_inspect(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Definition, runtime state and the last log lines of one agent."""
+    view = await d.agents.describe(p["name"])
+    view["logs"] = await d.db.call(
+        lambda s: defs_store.read_logs(s, p["name"], n=p["logs"]))
+    return view
+
+
+@method("agent.start", name=NAME, timeout=TIMEOUT)
+async def agent_start(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Start an agent (and keep it running: its desired state becomes running)."""
+    return await d.agents.start(p["name"], wait_s=_timeout(p))
+
+
+@method("agent.stop", name=NAME, timeout=TIMEOUT)
+async def agent_stop(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop an agent gracefully (killed after its shutdown timeout)."""
+    return await d.agents.stop(p["name"], wait_s=_timeout(p))
+
+
+@method("agent.delete", name=NAME, timeout=TIMEOUT)
+async def agent_delete(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop and forget an agent (its logs and audit rows stay)."""
+    return await d.agents.delete(p["name"], wait_s=_timeout(p))
+
+
+@method("agent.run", name=NAME, input=Spec(object, None), timeout=TIMEOUT,
+        idempotency_key=Str(""))
+async def agent_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Send one message to an agent and return its reply."""
+    return await d.agents.run(p["name"], p["input"], wait_s=_timeout(p),
+                              key=p["idempotency_key"])
+
+
+@method("agent.kill", name=NAME)
+async def agent_kill(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """SIGKILL the agent's process (to test crash recovery)."""
+    return await d.agents.kill(p["name"])
+
+
+@method("agent.logs", stream=True, name=Str(None, max_len=64), n=Int(50, lo=0, hi=100_000),
+        follow=Bool(False))
+async def agent_logs(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """An agent's log lines (all agents when name is omitted); follow streams."""
+    name = p["name"]
+    if name:
+        await d.db.call(lambda s: defs_store.get_agent(s, name))
+    lines = await d.db.call(lambda s: defs_store.read_logs(s, name, n=p["n"]))
+    last = lines[-1]["id"] if lines else await d.db.call(defs_store.log_head)
+    for line in lines:
+        yield line
+    if not p["follow"]:
+        return
+
+    def fetch(store: Any, after: int) -> tuple[list[dict[str, Any]], int]:
+        fresh = defs_store.logs_after(store, after, agent=name)
+        return fresh, (fresh[-1]["id"] if fresh else after)
+
+    async for batch in d.db.follow(fetch, last):
+        for line in batch:
+            yield line
+
+
+@method("supervisor.create", name=NAME, strategy=Str("one_for_one"),
+        max_restarts=Int(3, lo=0, hi=1_000_000), window=Spec((int, float), 5.0),
+        backoff_initial=Spec((int, float), 0.0), backoff_max=Spec((int, float), 0.0),
+        parent=Str(None, max_len=64))
+async def supervisor_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Define a supervisor (OTP strategy, restart intensity, optional backoff)."""
+    sup = SupervisorDef(p["name"], normalise_choice(p["strategy"], STRATEGIES, "strategy"),
+                        p["max_restarts"], float(p["window"]), float(p["backoff_initial"]),
+                        float(p["backoff_max"]), p["parent"])
+    return await d.agents.create_supervisor(sup)
+
+
+@method("supervisor.add", supervisor=NAME, child=NAME, restart=Str("permanent"))
+async def supervisor_add(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Put an agent or supervisor under a supervisor."""
+    restart = normalise_choice(p["restart"], RESTART_TYPES, "restart type")
+    return await d.agents.add_child(p["supervisor"], p["child"], restart)
+
+
+@method("supervisor.start", name=NAME, timeout=TIMEOUT)
+async def supervisor_start(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Start a supervisor and its whole subtree."""
+    return await d.agents.start_supervisor(p["name"], wait_s=_timeout(p))
+
+
+@method("supervisor.stop", name=NAME, timeout=TIMEOUT)
+async def supervisor_stop(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop a supervisor and everything under it."""
+    return await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
+
+
+@method("supervisor.status", name=Str(None, max_len=64))
+async def supervisor_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """The supervision tree (of one supervisor when a name is given)."""
+    return await d.agents.supervisor_tree(p["name"])
+
+
+@method("supervisor.list")
+async def supervisor_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every defined supervisor."""
+    sups = await d.db.call(lambda s: defs_store.list_supervisors(s))
+    return [s.to_dict() for s in sups]
+
+
+@method("project.apply", text=Str(max_len=1 << 20), base=Str(max_len=4096),
+        origin=Str("naos.toml", max_len=4096), timeout=TIMEOUT)
+async def project_apply(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    """Create the agents, supervisors, sagas, workflows and pools a naos.toml
+    defines, and start the agents."""
+    import tomllib
+
+    from actors.domain.project import parse
+    from naosd.agents.service import apply_project
+
+    try:
+        doc = tomllib.loads(p["text"])
+    except tomllib.TOMLDecodeError as exc:
+        from naosd.errors import ConfigError
+
+        raise ConfigError(f"{p['origin']}: not valid TOML: {exc}") from None
+    project = parse(doc, Path(p["base"]), origin=p["origin"])
+    result = await apply_project(d.agents, project, wait_s=_timeout(p))
+    from naosd.orchestration.coordinators import apply_definitions
+
+    more = await apply_definitions(d, project.orchestration)
+    return {k: result[k] + more[k] for k in ("created", "existing")}

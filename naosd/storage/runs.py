@@ -1,0 +1,140 @@
+"""SQL for saga, workflow and pool definitions and for durable runs (part of
+the storage layer: it goes through :class:`naosd.storage.store.Store` only).
+
+A run's row holds the pure state machine's full record (``to_record``); each
+save writes the record, the run's timeline rows and the audit rows of the
+same transition in ONE transaction, so what is on disk is always a state the
+machine was in, with its history and audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from naosd.errors import Conflict, NotFound
+from naosd.storage.store import Store
+
+KINDS = ("saga", "workflow", "pool")
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- definitions -----------------------------------------------------------------
+
+
+def create_def(store: Store, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    with store.transaction() as tx:
+        if tx.execute("SELECT 1 FROM orch_defs WHERE kind = ? AND name = ?", (kind, name)):
+            raise Conflict(f"a {kind} named {name!r} already exists")
+        tx.execute("INSERT INTO orch_defs(kind, name, spec, created_at) VALUES (?, ?, ?, ?)",
+                   (kind, name, _dump(spec), store.now_iso()))
+        tx.audit(f"{kind}.defined", detail={"name": name, "spec": spec})
+    return spec
+
+
+def update_def(store: Store, kind: str, name: str, spec: dict[str, Any], why: str
+               ) -> dict[str, Any]:
+    with store.transaction() as tx:
+        if not tx.execute("SELECT 1 FROM orch_defs WHERE kind = ? AND name = ?", (kind, name)):
+            raise NotFound(f"no {kind} named {name!r}")
+        tx.execute("UPDATE orch_defs SET spec = ? WHERE kind = ? AND name = ?",
+                   (_dump(spec), kind, name))
+        tx.audit(f"{kind}.{why}", detail={"name": name, "spec": spec})
+    return spec
+
+
+def get_def(store: Store, kind: str, name: str) -> dict[str, Any]:
+    rows = store.query("SELECT spec FROM orch_defs WHERE kind = ? AND name = ?", (kind, name))
+    if not rows:
+        raise NotFound(f"no {kind} named {name!r} (naosctl {kind} list)")
+    spec: dict[str, Any] = json.loads(rows[0][0])
+    return spec
+
+
+def list_defs(store: Store, kind: str) -> list[dict[str, Any]]:
+    rows = store.query("SELECT spec FROM orch_defs WHERE kind = ? ORDER BY name", (kind,))
+    return [json.loads(r[0]) for r in rows]
+
+
+def def_exists(store: Store, kind: str, name: str) -> bool:
+    return bool(store.query("SELECT 1 FROM orch_defs WHERE kind = ? AND name = ?",
+                            (kind, name)))
+
+
+# -- runs ------------------------------------------------------------------------
+
+
+Audits = list[tuple[str, dict[str, Any]]]
+
+
+def insert_run(store: Store, kind: str, name: str, record: dict[str, Any]) -> None:
+    now = store.now_iso()
+    with store.transaction() as tx:
+        if tx.execute("SELECT 1 FROM orch_runs WHERE run_id = ?", (record["run_id"],)):
+            raise Conflict(f"run {record['run_id']!r} already exists")
+        tx.execute("INSERT INTO orch_runs(run_id, kind, name, status, record, created_at, "
+                   "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (record["run_id"], kind, name, record["status"], _dump(record), now, now))
+        tx.audit(f"{kind}.run_created", detail={"run_id": record["run_id"], kind: name})
+
+
+def save_run(store: Store, run_id: str, record: dict[str, Any] | None, audits: Audits) -> None:
+    """One transition: the new record (if it changed), its timeline and audit rows."""
+    now = store.now_iso()
+    with store.transaction() as tx:
+        if record is not None:
+            tx.execute("UPDATE orch_runs SET status = ?, record = ?, updated_at = ? "
+                       "WHERE run_id = ?", (record["status"], _dump(record), now, run_id))
+        for type_, detail in audits:
+            tx.audit(type_, detail=detail)  # first: it refuses a detail it cannot encode
+            tx.execute("INSERT INTO orch_timeline(run_id, ts, type, step, detail) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (run_id, now, type_, detail.get("step"), _dump(detail)))
+
+
+def get_run(store: Store, run_id: str) -> dict[str, Any]:
+    rows = store.query("SELECT kind, name, status, record, created_at, updated_at "
+                       "FROM orch_runs WHERE run_id = ?", (run_id,))
+    if not rows:
+        raise NotFound(f"no run {run_id!r}")
+    return _run(run_id, rows[0])
+
+
+def _run(run_id: str, row: tuple[Any, ...]) -> dict[str, Any]:
+    kind, name, status, record, created, updated = row
+    return {"run_id": run_id, "kind": kind, "name": name, "status": status,
+            "record": json.loads(record), "created_at": created, "updated_at": updated}
+
+
+def list_runs(store: Store, kind: str, *, name: str | None = None,
+              status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    where, params = ["kind = ?"], [kind]
+    if name is not None:
+        where.append("name = ?")
+        params.append(name)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    rows = store.query(
+        "SELECT run_id, kind, name, status, record, created_at, updated_at FROM orch_runs "
+        f"WHERE {' AND '.join(where)} ORDER BY created_at DESC, run_id LIMIT ?",
+        (*params, limit))
+    return [_run(r[0], r[1:]) for r in rows]
+
+
+def unfinished_runs(store: Store, kind: str, final: tuple[str, ...]) -> list[dict[str, Any]]:
+    marks = ", ".join("?" for _ in final)
+    rows = store.query(
+        "SELECT run_id, kind, name, status, record, created_at, updated_at FROM orch_runs "
+        f"WHERE kind = ? AND status NOT IN ({marks}) ORDER BY created_at, run_id",
+        (kind, *final))
+    return [_run(r[0], r[1:]) for r in rows]
+
+
+def timeline(store: Store, run_id: str) -> list[dict[str, Any]]:
+    rows = store.query("SELECT ts, type, step, detail FROM orch_timeline WHERE run_id = ? "
+                       "ORDER BY id", (run_id,))
+    return [{"ts": ts, "type": t, "step": step, "detail": json.loads(detail)}
+            for ts, t, step, detail in rows]
