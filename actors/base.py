@@ -10,6 +10,9 @@ What it adds to Thespian's ``ActorTypeDispatcher``:
   Thespian's retry-once-then-``PoisonMessage``; the actor keeps running;
 * the supervision protocol every child speaks: ``InitChild`` -> ``ChildPid``,
   ``Crash`` -> ``os._exit(1)``, and ``Ping`` -> ``{"pid", "name", ...}``;
+* :meth:`ask_port`: a request to naosd through its port (the one way an
+  actor reaches storage and daemon services), the reply handed to a
+  continuation (an actor never blocks);
 * :meth:`on_start`, a hook that runs once before the first message (actors
   cannot send or create children from ``__init__``).
 """
@@ -17,12 +20,23 @@ What it adds to Thespian's ``ActorTypeDispatcher``:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from thespian.actors import ActorTypeDispatcher
 
-from actors.messages import ChildPid, Crash, InitChild, Ping, Reply, Request
-from naosd.errors import InvalidRequest, NaosError
+from actors.messages import (
+    ChildPid,
+    Crash,
+    InitChild,
+    Ping,
+    PortReply,
+    PortRequest,
+    Reply,
+    Request,
+    new_request_id,
+)
+from naosd.errors import InvalidRequest, NaosError, Unavailable
 from naosd.runtime.procs import get_pdeathsig, set_pdeathsig
 
 
@@ -46,6 +60,8 @@ class NaosActor(ActorTypeDispatcher):  # type: ignore[misc]  # Thespian is untyp
         set_pdeathsig()
         self.name: str = type(self).__name__
         self._started = False
+        self.port: Any = None  # naosd's port address, from this actor's init message
+        self._awaiting: dict[str, Callable[[PortReply], None]] = {}
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
         """Dispatch by type; turn a handler's exception into an error reply."""
@@ -63,6 +79,24 @@ class NaosActor(ActorTypeDispatcher):  # type: ignore[misc]  # Thespian is untyp
     def reply(self, sender: Any, request: Request, result: Any = None) -> None:
         """Send the success ``Reply`` to ``request``."""
         self.send(sender, Reply(request.request_id, True, result))
+
+    def ask_port(self, kind: type[PortRequest], then: Callable[[PortReply], None],
+                 **fields: Any) -> str:
+        """Send naosd a ``kind`` request; ``then(reply)`` runs when it answers.
+
+        Returns the request id.  Raises ``Unavailable`` when this actor was
+        not given the port's address."""
+        if self.port is None:
+            raise Unavailable(f"{self.name} has no port to naosd")
+        request = kind(new_request_id(), self.myAddress, **fields)
+        self._awaiting[request.request_id] = then
+        self.send(self.port, request)
+        return request.request_id
+
+    def receiveMsg_PortReply(self, msg: PortReply, sender: Any) -> None:
+        then = self._awaiting.pop(msg.request_id, None)
+        if then is not None:
+            then(msg)
 
     def receiveMsg_Ping(self, msg: Ping, sender: Any) -> None:
         self.reply(sender, msg, self.describe())

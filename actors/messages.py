@@ -50,6 +50,29 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class PortRequest(Request):
+    """Base of an actor's request to naosd (``naosd.runtime.port``).
+
+    ``reply_to`` is the asking actor's address (the port cannot see who sent
+    a frame); naosd answers with a :class:`PortReply`."""
+
+    reply_to: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PortReply(Reply):
+    """naosd's answer to a :class:`PortRequest` (a distinct type, so an
+    actor tells it from replies of other actors)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortEcho(PortRequest):
+    """Round trip through the port (tests, benchmarks). Result: ``payload``."""
+
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping(Request):
     """Liveness check, answered by every NaosActor.
 
@@ -139,6 +162,7 @@ class InitRoot(Request):
     db_path: str
     checkpoint_path: str
     sandbox_workers: int = 2
+    port: Any = None  # naosd's port (naosd.runtime.port), handed on to children
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,7 @@ class RootSupervisor(NaosActor):
 
     def receiveMsg_InitRoot(self, msg: InitRoot, sender: Any) -> None:
         self._env = msg
+        self.port = msg.port
         if "sandbox" not in self._children:
             self._spawn(ChildStatus("sandbox", "sandbox-pool"))
         self._sync_supervisors()

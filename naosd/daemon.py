@@ -71,6 +71,7 @@ class Daemon:
         self.broker: Any = None
         self.llm: Any = None  # naosd.broker.llm.service.LlmService
         self.trust_gate: Any = None  # naosd.broker.trust_gate.TrustGate
+        self.port: Any = None  # naosd.runtime.port.ActorPort
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -95,15 +96,18 @@ class Daemon:
         import naosd.control.orchestration
         import naosd.control.trust
         import naosd.control.wasm  # noqa: F401
-        from actors.messages import InitRoot
+        from actors.messages import InitRoot, PortEcho
         from naosd.agents.service import Agents
         from naosd.broker.service import build_broker
         from naosd.orchestration.coordinators import Orchestrator
         from naosd.orchestration.pools import Pools
         from naosd.runtime.bridge import Bridge
+        from naosd.runtime.port import ActorPort
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
+        self.port = ActorPort(self.runtime.system, {PortEcho: _echo})
+        await self.port.start()
         self.agents = Agents(self)
         self.orch = Orchestrator(self)
         self.pools = Pools(self)
@@ -111,7 +115,8 @@ class Daemon:
         await self._prepare_cluster()
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
-                                       self.config.actors_sandbox_workers))
+                                       self.config.actors_sandbox_workers,
+                                       port=self.port.address))
         await self._start_cluster()
         self.broker = build_broker(self)
         await self.broker.start()
@@ -218,6 +223,8 @@ class Daemon:
             await self.pools.close()
         if self.bridge is not None:
             self.bridge.close()
+        if self.port is not None:
+            await self.port.aclose()
         await asyncio.to_thread(self.runtime.shutdown, budget / 2)
         await self._stop_llm_and_trust()
         with contextlib.suppress(NaosError):
@@ -397,6 +404,10 @@ class Daemon:
             "actors": await self.actor_tree(),
             "cluster": await self.cluster_view(),
         }
+
+
+async def _echo(request: Any) -> Any:
+    return request.payload
 
 
 def _proc_groups(pid: int) -> set[int]:
