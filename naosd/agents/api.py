@@ -1,0 +1,284 @@
+"""The agent API: what naosd serves on an agent's channel.
+
+Every method acts as the channel's agent (:class:`~naosd.agents.channels.Channel`
+carries the identity; no parameter can change it) and follows one order:
+trust gate, then budget reservation, then the work, then settle, then
+audit, attributed to the calling agent.  A call made while the agent serves
+a message (``run`` in its parameters names the message) inherits that
+message's deadline and call chain.
+
+The services it calls are passed in narrow, typed (:class:`Runner`,
+:class:`StateStore`, :class:`ChatService`, :class:`TaskBroker`,
+:class:`Budgets`); the composition root wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from naos.errors import CallCycle, CallTooDeep, UnknownTool
+from naos.peer import Incoming, Method
+from naosd.agents.channels import AgentChannels, Channel, RunInfo
+from naosd.errors import InvalidRequest, NaosError, RequestTimeout
+
+log = logging.getLogger("naosd.agents.api")
+
+MAX_CHAIN = 16  # nested ctx.ask calls
+DEFAULT_ASK_S = 60.0  # a call made outside any message (e.g. from Agent.__init__)
+MAX_TELL_QUEUE = 1000  # tells in flight per agent
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a call and within what: the agent, its deadline, its chain."""
+
+    agent: str
+    deadline: float
+    chain: tuple[str, ...]
+    trace: Mapping[str, Any]
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+class Runner(Protocol):
+    """:class:`naosd.agents.service.Agents`: run a message on an agent."""
+
+    async def run_as(self, name: str, payload: Any, *, caller: Caller, key: str
+                     ) -> dict[str, Any]: ...
+
+
+class StateStore(Protocol):
+    async def load_state(self, agent: str) -> dict[str, Any]: ...
+
+
+class ChatService(Protocol):
+    """The LLM behind the gates (trust, budget, settle, audit) for an agent."""
+
+    async def chat(self, agent: str, request: dict[str, Any], *, deadline: float
+                   ) -> dict[str, Any]: ...
+
+    def stream(self, agent: str, request: dict[str, Any], *, deadline: float
+               ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class TaskBroker(Protocol):
+    async def execute(self, task: str, agent: str | None, *, route: str | None = None
+                      ) -> dict[str, Any]: ...
+
+
+class Budgets(Protocol):
+    def remaining(self, agent: str) -> dict[str, Any]: ...
+
+
+class Tools(Protocol):
+    async def call(self, agent: str, tool: str, args: dict[str, Any], *, deadline: float
+                   ) -> Any: ...
+
+    async def list(self, agent: str) -> list[dict[str, Any]]: ...
+
+
+class AgentApi:
+    def __init__(self, *, channels: AgentChannels, runner: Runner, states: StateStore,
+                 chat: ChatService | None, broker: TaskBroker | None, budgets: Budgets | None,
+                 tools: Tools | None = None) -> None:
+        self._channels = channels
+        self._runner = runner
+        self._states = states
+        self._chat = chat
+        self._broker = broker
+        self._budgets = budgets
+        self._tools = tools
+        self._tells: set[asyncio.Task[Any]] = set()
+
+    def methods_for(self, channel: Channel) -> dict[str, Method]:
+        """The methods one channel serves, bound to its agent."""
+        def bind(fn: Any, stream: bool = False) -> Method:
+            async def unary(call: Incoming) -> Any:
+                return await fn(channel, call)
+
+            def many(call: Incoming) -> AsyncIterator[Any]:
+                return fn(channel, call)  # type: ignore[no-any-return]
+
+            return Method(many if stream else unary, stream)
+
+        return {
+            "agent.loaded": bind(self._loaded),
+            "state.load": bind(self._state_load),
+            "agent.ask": bind(self._ask),
+            "agent.tell": bind(self._tell),
+            "llm.chat": bind(self._llm_chat),
+            "llm.stream": bind(self._llm_stream, stream=True),
+            "broker.execute": bind(self._execute),
+            "budget.get": bind(self._budget),
+            "tools.call": bind(self._tool_call),
+            "tools.list": bind(self._tool_list),
+        }
+
+    # -- the caller -------------------------------------------------------------
+    def caller(self, channel: Channel, call: Incoming, timeout: Any = None) -> Caller:
+        """The calling agent (the channel's), with the deadline and chain of
+        the message it serves; ``timeout`` can only shorten the deadline."""
+        info: RunInfo | None = channel.run_info(call.params.get("run"))
+        now = time.monotonic()
+        deadline = info.deadline if info is not None else now + DEFAULT_ASK_S
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise InvalidRequest("timeout must be a positive number of seconds")
+            deadline = min(deadline, now + float(timeout))
+        chain = (*info.chain, channel.agent) if info is not None else (channel.agent,)
+        return Caller(channel.agent, deadline, chain, dict(info.trace) if info else {})
+
+    # -- lifecycle --------------------------------------------------------------
+    async def _loaded(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        if call.params.get("ok"):
+            self._channels.mark_ready(channel)
+        else:
+            channel.load_error = str(call.params.get("error") or "unknown load error")[:2000]
+        return {}
+
+    async def _state_load(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        return {"values": await self._states.load_state(channel.agent)}
+
+    # -- other agents -----------------------------------------------------------
+    async def _ask(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        target, payload = self._target(call)
+        caller = self.caller(channel, call, call.params.get("timeout"))
+        _check_chain(caller, target)
+        return await self._runner.run_as(target, payload, caller=caller,
+                                         key=str(call.params.get("idempotency_key") or ""))
+
+    async def _tell(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        target, payload = self._target(call)
+        caller = self.caller(channel, call)
+        _check_chain(caller, target)
+        if len(self._tells) >= MAX_TELL_QUEUE:
+            raise InvalidRequest(f"too many tells in flight ({MAX_TELL_QUEUE})")
+        # A tell outlives the caller's message: its own deadline, no chain to wait in.
+        detached = Caller(caller.agent, time.monotonic() + DEFAULT_ASK_S, (caller.agent,),
+                          caller.trace)
+        task = asyncio.get_running_loop().create_task(
+            self._runner.run_as(target, payload, caller=detached, key=""))
+        self._tells.add(task)
+        task.add_done_callback(self._told)
+        return {"queued": True, "agent": target}
+
+    def _told(self, task: asyncio.Task[Any]) -> None:
+        self._tells.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.info("tell failed: %s", exc.message if isinstance(exc, NaosError) else exc)
+
+    @staticmethod
+    def _target(call: Incoming) -> tuple[str, Any]:
+        target = call.params.get("agent")
+        if not isinstance(target, str) or not target:
+            raise InvalidRequest("agent: the name of the agent to call is required")
+        payload = call.params.get("input")
+        check_json(payload, "input")
+        return target, payload
+
+    # -- the LLM, the broker, budgets, tools --------------------------------------
+    async def _llm_chat(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        if self._chat is None:
+            raise _no("an LLM")
+        caller = self.caller(channel, call)
+        return await self._chat.chat(caller.agent, _llm_request(call.params),
+                                     deadline=caller.deadline)
+
+    async def _llm_stream(self, channel: Channel, call: Incoming
+                          ) -> AsyncIterator[dict[str, Any]]:
+        if self._chat is None:
+            raise _no("an LLM")
+        caller = self.caller(channel, call)
+        async for event in self._chat.stream(caller.agent, _llm_request(call.params),
+                                             deadline=caller.deadline):
+            yield event
+
+    async def _execute(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        if self._broker is None:
+            raise _no("a broker")
+        task = call.params.get("task")
+        if not isinstance(task, str):
+            raise InvalidRequest("task: a string is required")
+        route = call.params.get("route")
+        if route is not None and not isinstance(route, str):
+            raise InvalidRequest("route: a string like 'wasm:NAME' is expected")
+        caller = self.caller(channel, call)
+        async with asyncio.timeout(max(caller.remaining(), 0)):
+            return await self._broker.execute(task, caller.agent, route=route)
+
+    async def _budget(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        if self._budgets is None:
+            raise _no("budgets")
+        return self._budgets.remaining(channel.agent)
+
+    async def _tool_call(self, channel: Channel, call: Incoming) -> Any:
+        tool = call.params.get("tool")
+        if not isinstance(tool, str) or not tool:
+            raise InvalidRequest("tool: a tool name is required")
+        args = call.params.get("args") or {}
+        if not isinstance(args, dict):
+            raise InvalidRequest("args: a map is expected")
+        if self._tools is None:
+            raise UnknownTool(f"no tool named {tool!r}: no tool servers are registered")
+        caller = self.caller(channel, call)
+        return await self._tools.call(caller.agent, tool, args, deadline=caller.deadline)
+
+    async def _tool_list(self, channel: Channel, call: Incoming) -> list[dict[str, Any]]:
+        return [] if self._tools is None else await self._tools.list(channel.agent)
+
+
+LLM_KEYS = frozenset({"messages", "tools", "tool_choice", "response_format", "temperature",
+                      "max_tokens", "model", "top_p", "stop", "seed"})
+
+
+def _llm_request(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - LLM_KEYS - {"run"}
+    if unknown:
+        raise InvalidRequest(f"llm: unknown option(s) {', '.join(sorted(unknown))}")
+    messages = params.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: a non-empty list of {role, content} maps is required")
+    return {k: v for k, v in params.items() if k in LLM_KEYS}
+
+
+def _check_chain(caller: Caller, target: str) -> None:
+    if target in caller.chain:
+        raise CallCycle(f"call cycle: {' -> '.join((*caller.chain, target))}")
+    if len(caller.chain) >= MAX_CHAIN:
+        raise CallTooDeep(f"calls nested deeper than {MAX_CHAIN}: "
+                          f"{' -> '.join((*caller.chain, target))}")
+    if caller.remaining() <= 0:
+        raise RequestTimeout(f"no time left to call {target!r}")
+
+
+MAX_DEPTH = 64
+
+
+def check_json(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse what is not a JSON value (binary, non-string keys, too deep)."""
+    if depth > MAX_DEPTH:
+        raise InvalidRequest(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(f"{path}: map keys must be strings, got {key!r}")
+            check_json(item, f"{path}.{key}", depth + 1)
+        return
+    raise InvalidRequest(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def _no(what: str) -> NaosError:
+    return InvalidRequest(f"naosd has no {what} configured for agents")

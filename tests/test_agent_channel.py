@@ -1,0 +1,271 @@
+"""Agent channels in process: real handler processes (``python -m naos.host``)
+on a real Unix socket, naosd's channel server and agent API in the test's
+event loop, with an in-memory state store and a runner that delivers to the
+other channels (the middle layer: no actors, no daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from naos.errors import CallCycle
+from naosd.agents.api import AgentApi, Caller
+from naosd.agents.channels import AgentChannels, Channel, channel_key, channel_token
+from naosd.errors import AgentCrashed, NotFound, RequestTimeout
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
+
+
+class MemoryStates:
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+
+    async def load_state(self, agent: str) -> dict[str, Any]:
+        return dict(self.values.get(agent, {}))
+
+    def commit(self, agent: str, change: dict[str, Any] | None) -> None:
+        if change:
+            into = self.values.setdefault(agent, {})
+            into.update(change["set"])
+            for key in change["delete"]:
+                into.pop(key, None)
+
+
+class Runner:
+    """Delivers to the target's channel as naosd's agents service does."""
+
+    def __init__(self, channels: AgentChannels, states: MemoryStates) -> None:
+        self.channels = channels
+        self.states = states
+        self.started: list[str] = []
+
+    async def run_as(self, name: str, payload: Any, *, caller: Caller, key: str
+                     ) -> dict[str, Any]:
+        channel = await self.channels.wait(name, caller.deadline)
+        if channel is None:
+            raise NotFound(f"no running agent named {name!r}")
+        self.started.append(name)
+        outcome = await channel.run(payload, request_id="r", key=key,
+                                    deadline=caller.deadline, chain=caller.chain)
+        if outcome.crashed:
+            raise AgentCrashed(outcome.crashed)
+        self.states.commit(name, outcome.state)
+        return {"agent": name, "output": outcome.output}
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.secret = secrets.token_bytes(32)
+        self.key = channel_key(self.secret)
+        self.states = MemoryStates()
+        self.concurrency: dict[str, int] = {}
+        self.channels = AgentChannels(root / "agents.sock", self.key, self._methods,
+                                      known=self.concurrency.get)
+        self.runner = Runner(self.channels, self.states)
+        self.api = AgentApi(channels=self.channels, runner=self.runner, states=self.states,
+                            chat=None, broker=None, budgets=None)
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    def _methods(self, channel: Channel) -> Any:
+        return self.api.methods_for(channel)
+
+    async def spawn(self, name: str, code: str, *, concurrency: int = 1,
+                    token: str | None = None, nonce: str | None = None,
+                    define: bool = True) -> asyncio.subprocess.Process:
+        if define:
+            self.concurrency[name] = concurrency
+        source = self.root / f"{name}.py"
+        source.write_text(textwrap.dedent(code))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-m", "naos.host", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env={})
+        self.procs.append(proc)
+        nonce = nonce or secrets.token_hex(16)
+        boot = {"socket": str(self.channels.path), "agent": name, "nonce": nonce,
+                "token": token or channel_token(self.key, name, nonce, proc.pid),
+                "kind": "python", "source": str(source), "config": {"k": 1},
+                "max_concurrency": concurrency, "confinement": {"mode": "none"}}
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(boot).encode())
+        proc.stdin.close()
+        return proc
+
+    async def ready(self, name: str, timeout: float = 30.0) -> Channel:
+        channel = await self.channels.wait(name, time.monotonic() + timeout)
+        assert channel is not None, f"{name} never became ready"
+        return channel
+
+    async def run(self, name: str, payload: Any, timeout: float = 20.0) -> Any:
+        caller = Caller("operator", time.monotonic() + timeout, (), {})
+        return (await self.runner.run_as(name, payload, caller=caller, key=""))["output"]
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="naos-ch-", dir="/tmp") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+async def world(short_dir: Path) -> AsyncIterator[World]:
+    w = World(short_dir)
+    await w.channels.start()
+    try:
+        yield w
+    finally:
+        await w.channels.close()
+        for proc in w.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+ECHO = """
+def handle(message, ctx):
+    ctx.log("got", message)
+    return {"echo": message, "name": ctx.name, "config": ctx.config}
+"""
+
+COUNTER = """
+async def handle(message, ctx):
+    ctx.state["seen"] = ctx.state.get("seen", 0) + 1
+    return ctx.state["seen"]
+"""
+
+
+async def test_a_sync_handler_answers_over_its_channel(world: World) -> None:
+    await world.spawn("echo", ECHO)
+    channel = await world.ready("echo")
+    assert await world.run("echo", {"a": 1}) == {"echo": {"a": 1}, "name": "echo",
+                                                 "config": {"k": 1}}
+    assert channel.pid == world.procs[0].pid
+
+
+async def test_state_is_loaded_at_start_and_changes_come_back_with_the_reply(world) -> None:
+    world.states.values["counter"] = {"seen": 41}
+    await world.spawn("counter", COUNTER)
+    await world.ready("counter")
+    assert await world.run("counter", None) == 42
+    assert world.states.values["counter"] == {"seen": 42}
+
+
+async def test_a_handler_that_raises_crashes_and_says_why(world: World) -> None:
+    proc = await world.spawn("boom", "def handle(m, ctx):\n    raise ValueError('no way')\n")
+    await world.ready("boom")
+    with pytest.raises(AgentCrashed, match="ValueError: no way"):
+        await world.run("boom", 1)
+    assert await asyncio.wait_for(proc.wait(), 10) == 70
+
+
+async def test_a_handler_that_cannot_load_reports_the_error_and_exits(world: World) -> None:
+    proc = await world.spawn("syn", "def handle(m, ctx)\n    return 1\n")
+    assert await asyncio.wait_for(proc.wait(), 20) == 71
+    assert world.channels.get("syn") is None
+
+
+async def test_a_forged_or_reused_token_is_refused(world: World) -> None:
+    forged = await world.spawn("echo", ECHO, token="0" * 64)
+    assert await asyncio.wait_for(forged.wait(), 20) == 72
+    nonce = secrets.token_hex(16)
+    first = await world.spawn("echo", ECHO, nonce=nonce)
+    await world.ready("echo")
+    # the same nonce again, with a token valid for the new pid: refused as reused
+    replay = await world.spawn("echo", ECHO, nonce=nonce)
+    assert await asyncio.wait_for(replay.wait(), 20) == 72
+    assert world.channels.get("echo").pid == first.pid
+    assert world.channels.refused == 2
+
+
+async def test_an_undefined_agent_is_refused(world: World) -> None:
+    proc = await world.spawn("ghost", ECHO, define=False)
+    assert await asyncio.wait_for(proc.wait(), 20) == 72
+
+
+ASKER = """
+async def handle(message, ctx):
+    return await ctx.ask(message["to"], message.get("payload"), timeout=message.get("t"))
+"""
+
+
+async def test_ask_runs_the_other_agent_as_the_caller_and_returns_its_output(world) -> None:
+    await world.spawn("a", ASKER)
+    await world.spawn("echo", ECHO)
+    await world.ready("a")
+    await world.ready("echo")
+    out = await world.run("a", {"to": "echo", "payload": [1, 2]})
+    assert out["echo"] == [1, 2]
+
+
+async def test_a_cycle_fails_at_once_naming_the_chain(world: World) -> None:
+    await world.spawn("a", ASKER)
+    await world.spawn("b", ASKER)
+    await world.ready("a")
+    await world.ready("b")
+    started = time.monotonic()
+    with pytest.raises(AgentCrashed, match=r"call cycle: a -> b -> a"):
+        await world.run("a", {"to": "b", "payload": {"to": "a"}})
+    assert time.monotonic() - started < 15  # at once, not at a timeout
+
+
+async def test_the_callee_sees_what_is_left_of_the_callers_deadline(world: World) -> None:
+    await world.spawn("a", ASKER)
+    await world.spawn("clock", "def handle(m, ctx):\n    return ctx.deadline\n")
+    await world.ready("a")
+    await world.ready("clock")
+    left = await world.run("a", {"to": "clock"}, timeout=7.0)
+    assert 0 < left <= 7.0
+
+
+SLOW = """
+import asyncio
+async def handle(message, ctx):
+    await asyncio.sleep(message)
+    ctx.state["done"] = ctx.state.get("done", 0) + 1
+    return message
+"""
+
+
+async def test_a_queued_message_is_dropped_when_its_caller_gives_up(world: World) -> None:
+    await world.spawn("slow", SLOW, concurrency=1)
+    await world.ready("slow")
+    first = asyncio.ensure_future(world.run("slow", 1.0))
+    await asyncio.sleep(0.1)
+    with pytest.raises(RequestTimeout):
+        await world.run("slow", 0.0, timeout=0.3)  # queued behind the first: never runs
+    assert await first == 1.0
+    await asyncio.sleep(0.3)
+    assert world.states.values["slow"] == {"done": 1}
+
+
+async def test_max_concurrency_serves_messages_at_once(world: World) -> None:
+    await world.spawn("par", SLOW, concurrency=8)
+    await world.ready("par")
+    started = time.monotonic()
+    results = await asyncio.gather(*(world.run("par", 0.5) for _ in range(8)))
+    assert results == [0.5] * 8
+    assert time.monotonic() - started < 3.5  # not 8 × 0.5 s one after another
+
+
+async def test_killing_the_handler_fails_its_runs_with_agent_crashed(world: World) -> None:
+    proc = await world.spawn("slow", SLOW)
+    await world.ready("slow")
+    pending = asyncio.ensure_future(world.run("slow", 30))
+    await asyncio.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    with pytest.raises(AgentCrashed, match="died during the run"):
+        await pending
