@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from naos.errors import CallCycle
 from naosd.agents.api import AgentApi, Caller
 from naosd.agents.channels import AgentChannels, Channel, channel_key, channel_token
 from naosd.errors import AgentCrashed, NotFound, RequestTimeout
@@ -105,13 +104,13 @@ class World:
         proc.stdin.close()
         return proc
 
-    async def ready(self, name: str, timeout: float = 30.0) -> Channel:
-        channel = await self.channels.wait(name, time.monotonic() + timeout)
+    async def ready(self, name: str, wait_s: float = 30.0) -> Channel:
+        channel = await self.channels.wait(name, time.monotonic() + wait_s)
         assert channel is not None, f"{name} never became ready"
         return channel
 
-    async def run(self, name: str, payload: Any, timeout: float = 20.0) -> Any:
-        caller = Caller("operator", time.monotonic() + timeout, (), {})
+    async def run(self, name: str, payload: Any, wait_s: float = 20.0) -> Any:
+        caller = Caller("operator", time.monotonic() + wait_s, (), {})
         return (await self.runner.run_as(name, payload, caller=caller, key=""))["output"]
 
 
@@ -227,7 +226,7 @@ async def test_the_callee_sees_what_is_left_of_the_callers_deadline(world: World
     await world.spawn("clock", "def handle(m, ctx):\n    return ctx.deadline\n")
     await world.ready("a")
     await world.ready("clock")
-    left = await world.run("a", {"to": "clock"}, timeout=7.0)
+    left = await world.run("a", {"to": "clock"}, wait_s=7.0)
     assert 0 < left <= 7.0
 
 
@@ -246,7 +245,7 @@ async def test_a_queued_message_is_dropped_when_its_caller_gives_up(world: World
     first = asyncio.ensure_future(world.run("slow", 1.0))
     await asyncio.sleep(0.1)
     with pytest.raises(RequestTimeout):
-        await world.run("slow", 0.0, timeout=0.3)  # queued behind the first: never runs
+        await world.run("slow", 0.0, wait_s=0.3)  # queued behind the first: never runs
     assert await first == 1.0
     await asyncio.sleep(0.3)
     assert world.states.values["slow"] == {"done": 1}
@@ -258,7 +257,7 @@ async def test_max_concurrency_serves_messages_at_once(world: World) -> None:
     started = time.monotonic()
     results = await asyncio.gather(*(world.run("par", 0.5) for _ in range(8)))
     assert results == [0.5] * 8
-    assert time.monotonic() - started < 3.5  # not 8 × 0.5 s one after another
+    assert time.monotonic() - started < 3.5  # not 8 x 0.5 s one after another
 
 
 async def test_killing_the_handler_fails_its_runs_with_agent_crashed(world: World) -> None:
