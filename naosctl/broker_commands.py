@@ -64,14 +64,18 @@ def broker_route(c: Ctx, task: str, explain: bool, as_json: bool) -> None:
 @broker.command("execute")
 @click.argument("task")
 @click.option("--agent", help="the agent the task runs for (its budget and trust apply)")
+@click.option("--route", help="pin the handler: skill:NAME, wasm:NAME or llm")
 @json_option
 @pass_ctx
 @handle_errors()
-def broker_execute(c: Ctx, task: str, agent: str | None, as_json: bool) -> None:
+def broker_execute(c: Ctx, task: str, agent: str | None, route: str | None,
+                   as_json: bool) -> None:
     """Route TASK (- reads stdin) and run it: trust, reserve, execute, settle, audit."""
     params: dict[str, Any] = {"task": _task(task)}
     if agent:
         params["agent"] = agent
+    if route:
+        params["route"] = route
     result = c.client.call("broker.execute", **params)
     _echo(result, as_json, "" if as_json else br.execute(result))
     if not as_json:

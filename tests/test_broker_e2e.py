@@ -84,6 +84,21 @@ def test_skill_route_executes_builtin_and_records_cost(daemon: Naosd):
     assert rows[-1]["agent"] == "ann"
 
 
+def test_a_pinned_route_runs_the_named_handler_whatever_the_text_says(daemon: Naosd):
+    trust(daemon, "ann")
+    routed = ctl_json(daemon, "broker", "execute", "sha256 of hello", "--agent", "ann")
+    assert routed["handler"] == "sha256"  # what the text alone routes to
+    pinned = ctl_json(daemon, "broker", "execute", "sha256 of hello", "--agent", "ann",
+                      "--route", "skill:word-count")
+    assert (pinned["route"], pinned["handler"], pinned["pinned"]) == ("skill", "word-count",
+                                                                     True)
+    assert pinned["output"].startswith("words: 3,")
+    missing = daemon.ctl("broker", "execute", "x", "--route", "wasm:nope")
+    assert missing.returncode != 0 and "no wasm skill named 'nope'" in missing.stderr
+    bad = daemon.ctl("broker", "execute", "x", "--route", "gpu:fast")
+    assert bad.returncode == 2 and "expected skill:NAME" in bad.stderr
+
+
 def test_no_route_is_a_clear_error_and_audited(daemon: Naosd):
     out = daemon.ctl("broker", "execute", "write me a poem about the sea")
     assert out.returncode == 1

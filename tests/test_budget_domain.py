@@ -466,3 +466,52 @@ def test_token_bucket_never_exceeds_its_rate(rate: float, burst: int, gaps: list
         allowed += ok
         assert ok == (wait == 0.0) and wait >= 0
     assert allowed <= burst + rate * now + 1e-6
+
+
+# -- granting part of a reservation (a call sized to what is left) -------------------
+
+
+def test_grantable_is_the_whole_want_while_it_fits() -> None:
+    assert bd.grantable(fresh(), 4 * USD, 1, T0) == 4 * USD
+
+
+def test_grantable_shrinks_to_what_is_left_above_the_floor() -> None:
+    state, _ = bd.reserve(fresh(), 9 * USD + 500_000, T0)  # $0.50 left
+    assert bd.grantable(state, 2 * USD, 100_000, T0) == 500_000
+    with pytest.raises(BudgetExceeded, match=r"\$0\.50 left .* at least \$0\.60"):
+        bd.grantable(state, 2 * USD, 600_000, T0)
+
+
+def test_grantable_refuses_when_nothing_is_left_or_paused() -> None:
+    state, _ = bd.reserve(fresh(), 10 * USD, T0)
+    with pytest.raises(BudgetExceeded, match="left"):
+        bd.grantable(state, 1, 0, T0)
+    paused = bd.settle(bd.reserve(fresh(), 1, T0)[0], 1, 11 * USD, T0)[0]
+    assert paused.paused
+    with pytest.raises(BudgetExceeded, match="paused"):
+        bd.grantable(paused, 1, 0, T0)
+
+
+@pytest.mark.parametrize("action", [Action.ALERT, Action.THROTTLE])
+def test_grantable_never_shrinks_a_budget_that_does_not_pause(action: Action) -> None:
+    state, _ = bd.reserve(fresh(action=action), 10 * USD, T0)
+    assert bd.grantable(state, 3 * USD, 1, T0) == 3 * USD
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 20 * USD), st.integers(1, 5 * USD), st.integers(0, 5 * USD))
+def test_a_granted_hold_never_passes_a_pausing_limit(spent: int, want: int, floor: int) -> None:
+    state = bd.initial(BudgetPolicy(10 * USD, Period.DAY), T0)
+    state = replace_spent(state, min(spent, 10 * USD))
+    try:
+        granted = bd.grantable(state, want, floor, T0)
+    except BudgetExceeded:
+        return
+    assert granted == want or floor <= granted < want
+    assert state.committed_micro + granted <= 10 * USD
+
+
+def replace_spent(state: BudgetState, spent: int) -> BudgetState:
+    from dataclasses import replace
+
+    return replace(state, spent_micro=spent)

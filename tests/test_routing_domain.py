@@ -415,3 +415,39 @@ def test_no_route_has_a_wire_code_and_pickles() -> None:
 def test_long_tasks_are_shortened_in_messages() -> None:
     with pytest.raises(NoRoute, match=r"no route for task 'yyyy+…':"):
         rt.route("y" * 200, (UUID,), Thresholds(), None)
+
+
+# -- pinned routes: the caller names the handler, the task's text cannot move it -----
+
+
+def _pin_catalog() -> list[rt.Skill]:
+    return [rt.Skill("sha256", rt.RouteKind.SKILL, keywords=("sha256",)),
+            rt.Skill("ticket-fields", rt.RouteKind.WASM, keywords=("fields",),
+                          price_micro=5)]
+
+
+def test_a_pinned_route_ignores_text_that_would_route_elsewhere() -> None:
+    decision = rt.pinned("sha256 of hello", "wasm:ticket-fields", _pin_catalog())
+    assert decision.chosen is not None
+    assert (decision.chosen.name, decision.chosen.kind) == ("ticket-fields",
+                                                            rt.RouteKind.WASM)
+    assert decision.chosen.cleared  # the caller decided, not the score
+
+
+def test_a_pin_naming_nothing_or_the_wrong_kind_is_no_route() -> None:
+    with pytest.raises(rt.NoRoute, match="no wasm skill named 'sha256'"):
+        rt.pinned("x", "wasm:sha256", _pin_catalog())
+    with pytest.raises(rt.NoRoute, match="no LLM"):
+        rt.pinned("x", "llm", _pin_catalog())
+
+
+@pytest.mark.parametrize("pin", ["", "wasm", "wasm:", "gpu:x", "llm:x", ":x"])
+def test_a_malformed_pin_is_an_invalid_request(pin: str) -> None:
+    with pytest.raises(InvalidRequest, match="expected skill:NAME"):
+        rt.pinned("x", pin, _pin_catalog())
+
+
+def test_the_llm_can_be_pinned_when_configured() -> None:
+    llm = rt.LlmRoute(150, 600, 10, 10)
+    decision = rt.pinned("sha256 of hello", "llm", _pin_catalog(), llm)
+    assert decision.chosen is not None and decision.chosen.kind is rt.RouteKind.LLM

@@ -300,6 +300,40 @@ def reserve(state: BudgetState, amount: int, now: datetime) -> Outcome:
             return _alert(state, events, committed)
 
 
+def grantable(state: BudgetState, want: int, floor: int, now: datetime) -> int:
+    """How much of ``want`` a reservation may hold now.
+
+    All of it, unless a pausing budget has less than ``want`` left: then what
+    is left, as long as that is at least ``floor`` (a call shrinks to fit the
+    end of a budget instead of being refused while 5 % of it is unspent).
+
+    Raises:
+        BudgetExceeded: the budget is paused, or less than ``floor`` is left.
+        InvalidRequest: an amount is not a whole number of micro-dollars >= 0.
+    """
+    _check_micro(want, "amount")
+    _check_micro(floor, "floor")
+    state, _ = _roll(state, now)
+    policy = state.policy
+    if state.paused:
+        raise BudgetExceeded(
+            f"budget paused: {format_usd(state.spent_micro)} spent of the "
+            f"{_limit_text(policy)} limit; wait for {state.period_end.isoformat()} or reset it"
+        )
+    if policy.action is not Action.PAUSE:
+        return want
+    left = max(policy.limit_micro - state.committed_micro, 0)
+    if left >= want:
+        return want
+    if left >= floor and left > 0:
+        return left
+    raise BudgetExceeded(
+        f"budget exceeded: {format_usd(left)} left of the {_limit_text(policy)} limit, "
+        f"a call needs at least {format_usd(max(floor, 1))} "
+        f"({format_usd(state.spent_micro)} spent, {format_usd(state.reserved_micro)} reserved)"
+    )
+
+
 def settle(state: BudgetState, reserved: int, actual: int, now: datetime) -> Outcome:
     """Release a reservation of ``reserved`` and record the ``actual`` cost (it may be more).
 

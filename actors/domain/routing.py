@@ -293,6 +293,45 @@ def route(
     return RouteDecision(best, candidates, _why(best, candidates))
 
 
+def parse_pin(text: str) -> tuple[RouteKind, str]:
+    """``"wasm:ticket-fields"`` -> (WASM, "ticket-fields"); ``"llm"`` -> (LLM, "llm").
+
+    Raises:
+        InvalidRequest: not ``KIND:NAME`` with a known kind (or ``llm``).
+    """
+    if text == LLM_NAME:
+        return RouteKind.LLM, LLM_NAME
+    kind, sep, name = text.partition(":")
+    if not sep or kind not in _KINDS or kind == RouteKind.LLM or not name:
+        raise InvalidRequest(
+            f"route {text!r}: expected skill:NAME, wasm:NAME or llm")
+    return RouteKind(kind), name
+
+
+def pinned(
+    task: str, pin: str, skills: Sequence[Skill], llm: LlmRoute | None = None
+) -> RouteDecision:
+    """The route the caller named, whatever the task's text says (user text
+    cannot hijack a pinned route).  The pinned handler is chosen even below
+    its threshold: the caller decided, not the scores.
+
+    Raises:
+        InvalidRequest: a malformed pin.
+        NoRoute: no such skill of that kind, or the LLM is pinned but none is configured.
+    """
+    kind, name = parse_pin(pin)
+    if kind is RouteKind.LLM:
+        if llm is None:
+            raise NoRoute(f"route {pin!r} is pinned but no LLM is configured")
+        chosen = Candidate(LLM_NAME, RouteKind.LLM, llm.cost_micro, 1.0, 0.0)
+        return RouteDecision(chosen, (chosen,), f"pinned to {chosen.describe()}")
+    for skill in skills:
+        if skill.name == name and skill.kind is kind:
+            chosen = Candidate(skill.name, kind, skill.price_micro, match(skill, task), 0.0)
+            return RouteDecision(chosen, (chosen,), f"pinned to {chosen.describe()}")
+    raise NoRoute(f"route {pin!r} is pinned but there is no {kind.value} skill named {name!r}")
+
+
 def _check_names(skills: Sequence[Skill]) -> None:
     seen: set[str] = set()
     for skill in skills:

@@ -119,16 +119,23 @@ class CostController:
         return scope in self._scopes
 
     # -- the request path -----------------------------------------------------------
-    def reserve(self, agent: str | None, amount: int, now: datetime) -> Hold:
+    def reserve(self, agent: str | None, amount: int, now: datetime, *,
+                floor: int | None = None) -> Hold:
         """Hold ``amount`` on the agent's budget and the global one (those that exist).
 
-        Either every budget holds it or none does.
+        Either every budget holds it or none does.  With ``floor``, a pausing
+        budget with less than ``amount`` left holds what it has left (at least
+        ``floor``): the hold's ``amount`` says what was granted, and the caller
+        sizes its work to it (``max_tokens``, fuel) so it cannot spend more.
 
         Raises:
             BudgetExceeded: a pausing budget would pass its limit, or is paused.
             Throttled: a throttling budget is over its limit and out of tokens.
         """
         scopes = [s for s in (agent, GLOBAL) if s is not None and s in self._scopes]
+        if floor is not None:
+            for scope in scopes:
+                amount = min(amount, b.grantable(self._scopes[scope].state, amount, floor, now))
         staged: list[tuple[str, b.BudgetState, list[b.BudgetEvent]]] = []
         for scope in scopes:  # raises before anything is kept
             state, events = b.reserve(self._scopes[scope].state, amount, now)

@@ -22,16 +22,15 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from actors.domain import routing
 from actors.domain.skill_manifest import SkillManifest, parse_manifest
-from actors.domain.trust import Decision, TrustDenied
 from naosd.broker.builtin_skills import BUILTIN, BUILTIN_BY_NAME, SkillFailed
-from naosd.broker.cost import CostController, Event, Hold
+from naosd.broker.cost import CostController
 from naosd.broker.ledger_writer import LedgerWriter
+from naosd.broker.spend import Charge, Charged, Spender, Spent, TrustCheck
 from naosd.errors import Conflict, InvalidRequest, NaosError
 from naosd.storage import ledger as bs
 
@@ -57,14 +56,6 @@ WASM_RUN_ERRORS: Final = frozenset({"wasm_out_of_fuel", "wasm_timeout", "wasm_me
 REFERENCE_LLM_PRICES: Final = (150, 600)
 
 
-class TrustCheck(Protocol):
-    """:class:`naosd.broker.trust_gate.TrustGate`: the decision and its audit detail, not audited
-    (the broker writes the ``trust.allow``/``trust.deny`` row with the task's record)."""
-
-    async def evaluate(self, agent: str | None, cost_micro: int
-                       ) -> tuple[Decision, dict[str, Any]]: ...
-
-
 class LlmCompleter(Protocol):
     """:class:`naosd.broker.llm.service.LlmService`."""
 
@@ -72,14 +63,6 @@ class LlmCompleter(Protocol):
                        agent: str | None = None) -> Any: ...
 
     def estimate_cost_micro(self, prompt: str, max_tokens: int | None) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    output: str
-    cost_micro: int
-    estimated: bool = False
-    detail: dict[str, Any] | None = None
 
 
 class Broker:
@@ -93,6 +76,7 @@ class Broker:
         self._no_llm_reason = no_llm_reason
         self.cost = CostController()
         self.writer = LedgerWriter(daemon.db)
+        self.spender = Spender(gate, self.cost, self.writer)
         self._installed: dict[str, bs.InstalledSkill] = {}
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
         """The last routing decisions with their scores and a task preview, for
@@ -176,30 +160,41 @@ class Broker:
         return self._llm_route(task).cost_micro
 
     # -- the pipeline ----------------------------------------------------------------
-    async def execute(self, task: str, agent: str | None) -> dict[str, Any]:
+    async def execute(self, task: str, agent: str | None, *, route: str | None = None
+                      ) -> dict[str, Any]:
+        """Route (or take the pinned ``route``), then run through the spender's
+        gates; see :mod:`naosd.broker.spend`."""
         task_id = uuid.uuid4().hex
         try:
-            decision = self.route(task)
+            decision = self.route(task) if route is None else self.pinned(task, route)
         except routing.NoRoute as exc:
             self._remember(task_id, task, exc.decision)
-            await self._deny(task_id, agent, exc, None)
+            await self.spender.deny(agent, None, exc, task_id=task_id)
             raise
         self._remember(task_id, task, decision)
         chosen = decision.chosen
         assert chosen is not None  # route() raises NoRoute otherwise
-        reserve = self._reservation(chosen, task)
-        trust: Event | None = None
-        try:
-            verdict, detail = await self.gate.evaluate(agent, reserve)
-            trust = Event("trust.allow" if verdict.allow else "trust.deny", agent,
-                          {**detail, "task_id": task_id}, actor="trust")
-            if not verdict.allow:
-                raise TrustDenied(verdict.reason)
-            hold = self.cost.reserve(agent, reserve, _now())
-        except NaosError as exc:  # trust_denied, budget_exceeded, budget_throttled, …
-            await self._deny(task_id, agent, exc, chosen, trust)
-            raise
-        return await self._run(task_id, task, agent, chosen, hold, verdict, trust)
+        estimate = self.llm_estimate(task) if chosen.kind is not routing.RouteKind.LLM else 0
+        charge = Charge(chosen.kind.value, chosen.name, self._reservation(chosen, task),
+                        "broker.execute", estimate_micro=estimate, task_id=task_id)
+
+        async def work(granted: int) -> Spent:
+            return await self._handler(chosen)(task, chosen, agent)
+
+        spent, receipt = await self.spender.charge(agent, charge, work)
+        return {"task_id": task_id, "agent": agent, "route": chosen.kind.value,
+                "handler": chosen.name, "confidence": round(chosen.confidence, 4),
+                "output": spent.result, "cost_micro": receipt.cost_micro,
+                "reserved_micro": receipt.granted_micro,
+                "llm_estimate_micro": estimate if spent.estimate_micro is None
+                else spent.estimate_micro,
+                "estimated": spent.estimated, "trust": receipt.verdict,
+                "pinned": route is not None, **spent.detail}
+
+    def pinned(self, task: str, route: str) -> routing.RouteDecision:
+        _check_task(task)
+        llm = self._llm_route(task) if self.llm is not None else None
+        return routing.pinned(task, route, self.catalog(), llm)
 
     def _remember(self, task_id: str, task: str, decision: routing.RouteDecision | None
                   ) -> None:
@@ -210,34 +205,6 @@ class Broker:
             "scores": [{"name": c.name, "kind": c.kind.value,
                         "confidence": round(c.confidence, 3), "cleared": c.cleared}
                        for c in scored]})
-
-    async def _run(self, task_id: str, task: str, agent: str | None, chosen: routing.Candidate,
-                   hold: Hold, verdict: Decision, trust: Event | None) -> dict[str, Any]:
-        estimate = self.llm_estimate(task) if chosen.kind is not routing.RouteKind.LLM else 0
-        rec = _TaskRecord(task_id, agent, chosen, hold, trust)
-        try:
-            outcome = await self._handler(chosen)(task, chosen, agent)
-        except _Charged as charged:  # ran and spent (fuel), then failed
-            self.cost.settle(hold, charged.cost_micro, _now())
-            await self._record(rec, charged.cost_micro, estimate, "failed",
-                               {"error": charged.error.code})
-            raise charged.error from None
-        except BaseException as exc:
-            self.cost.release(hold)
-            code = exc.code if isinstance(exc, NaosError) else "internal"
-            await self._record(rec, 0, estimate, "failed", {"error": code})
-            raise
-        if chosen.kind is routing.RouteKind.LLM:
-            estimate = outcome.cost_micro
-        self.cost.settle(hold, outcome.cost_micro, _now())
-        await self._record(rec, outcome.cost_micro, estimate, "ok", {"trust": verdict.code},
-                           estimated=outcome.estimated)
-        return {"task_id": task_id, "agent": agent, "route": chosen.kind.value,
-                "handler": chosen.name, "confidence": round(chosen.confidence, 4),
-                "output": outcome.output, "cost_micro": outcome.cost_micro,
-                "reserved_micro": hold.amount, "llm_estimate_micro": estimate,
-                "estimated": outcome.estimated, "trust": verdict.code,
-                **(outcome.detail or {})}
 
     def _reservation(self, chosen: routing.Candidate, task: str) -> int:
         match chosen.kind:
@@ -251,7 +218,7 @@ class Broker:
                            chosen.price_micro)
 
     def _handler(self, chosen: routing.Candidate
-                 ) -> Callable[[str, routing.Candidate, str | None], Awaitable[Outcome]]:
+                 ) -> Callable[[str, routing.Candidate, str | None], Awaitable[Spent]]:
         match chosen.kind:
             case routing.RouteKind.SKILL:
                 return self._run_builtin
@@ -261,11 +228,11 @@ class Broker:
                 return self._run_llm
 
     async def _run_builtin(self, task: str, chosen: routing.Candidate,
-                           agent: str | None) -> Outcome:
-        return Outcome(BUILTIN_BY_NAME[chosen.name].run(task), chosen.price_micro)
+                           agent: str | None) -> Spent:
+        return Spent(BUILTIN_BY_NAME[chosen.name].run(task), chosen.price_micro)
 
     async def _run_wasm(self, task: str, chosen: routing.Candidate,
-                        agent: str | None) -> Outcome:
+                        agent: str | None) -> Spent:
         from actors.messages import RunWasm
         from naosd.control.wasm import _ask_pool
 
@@ -279,70 +246,28 @@ class Broker:
             result = (await _ask_pool(self._d, msg, SKILL_TIMEOUT_MS / 1000 + 10)).result
         except NaosError as exc:
             if exc.code in WASM_RUN_ERRORS:  # a trapped run is charged its whole fuel budget
-                raise _Charged(self._reservation(chosen, task), exc) from None
+                raise Charged(self._reservation(chosen, task), exc) from None
             raise
         cost = chosen.price_micro + int(result["cost_micro_usd"])
         if result["exit_code"] != 0:
             stderr = bytes(result["stderr"]).decode("utf-8", "replace").strip()[:500]
-            raise _Charged(cost, SkillFailed(
+            raise Charged(cost, SkillFailed(
                 f"skill {chosen.name!r} exited with code {result['exit_code']}: {stderr}"))
-        return Outcome(bytes(result["stdout"]).decode("utf-8", "replace"), cost,
-                       detail={"fuel_used": result["fuel_used"]})
+        return Spent(bytes(result["stdout"]).decode("utf-8", "replace"), cost,
+                     detail={"fuel_used": result["fuel_used"]})
 
     async def _run_llm(self, task: str, chosen: routing.Candidate,
-                       agent: str | None) -> Outcome:
+                       agent: str | None) -> Spent:
         assert self.llm is not None
         result = await self.llm.complete(task, max_tokens=EST_OUT_TOKENS, agent=agent)
-        return Outcome(result.text, int(result.cost_micro), bool(result.estimated),
-                       detail={"model": result.model, "input_tokens": result.input_tokens,
-                               "output_tokens": result.output_tokens})
-
-    # -- recording -------------------------------------------------------------------
-    async def _record(self, rec: _TaskRecord, cost: int, estimate: int, status: str,
-                      extra: dict[str, Any], *, estimated: bool = False) -> None:
-        chosen, hold = rec.chosen, rec.hold
-        entry = bs.LedgerEntry(rec.task_id, rec.agent, chosen.kind.value, chosen.name, status,
-                               hold.amount, cost, estimate, estimated)
-        audit = Event("broker.execute", rec.agent, {
-            "task_id": rec.task_id, "route": chosen.kind.value, "handler": chosen.name,
-            "status": status, "cost_micro": cost, "reserved_micro": hold.amount, **extra})
-        await self._write(entry, audit, rec.trust)
-
-    async def _deny(self, task_id: str, agent: str | None, exc: Exception,
-                    chosen: routing.Candidate | None, trust: Event | None = None) -> None:
-        code = exc.code if isinstance(exc, NaosError) else "internal"
-        message = exc.message if isinstance(exc, NaosError) else str(exc)
-        audit = Event("broker.denied", agent, {
-            "task_id": task_id, "error": code, "reason": message[:500],
-            "route": chosen.kind.value if chosen else None,
-            "handler": chosen.name if chosen else None})
-        await self._write(None, audit, trust)
+        return Spent(result.text, int(result.cost_micro), bool(result.estimated),
+                     detail={"model": result.model, "input_tokens": result.input_tokens,
+                             "output_tokens": result.output_tokens},
+                     estimate_micro=int(result.cost_micro))
 
     async def flush(self) -> None:
         """Persist what the cost controller changed outside a task (set, reset)."""
-        await self._write(None, None)
-
-    async def _write(self, entry: bs.LedgerEntry | None, audit: Event | None,
-                     trust: Event | None = None) -> None:
-        events, budgets = self.cost.drain()
-        first = (trust,) if trust is not None else ()
-        await self.writer.write(bs.Record((*first, *events), tuple(budgets), entry, audit))
-
-
-class _Charged(Exception):
-    def __init__(self, cost_micro: int, error: NaosError) -> None:
-        super().__init__(error.message)
-        self.cost_micro = cost_micro
-        self.error = error
-
-
-@dataclass(frozen=True, slots=True)
-class _TaskRecord:
-    task_id: str
-    agent: str | None
-    chosen: routing.Candidate
-    hold: Hold
-    trust: Event | None
+        await self.spender.write(None, None)
 
 
 def build_broker(daemon: Daemon) -> Broker:

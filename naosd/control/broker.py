@@ -47,10 +47,11 @@ async def broker_route(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
                                                           "message": exc.message}}
 
 
-@method("broker.execute", task=TASK, agent=AGENT)
+@method("broker.execute", task=TASK, agent=AGENT, route=Str(None, max_len=200))
 async def broker_execute(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
-    """Route and run a task: trust check, reserve, execute, settle, audit."""
-    return await d.broker.execute(p["task"], _agent(p))
+    """Route and run a task: trust check, reserve, execute, settle, audit.  ``route``
+    (skill:NAME, wasm:NAME or llm) pins the handler: the task's text cannot move it."""
+    return await d.broker.execute(p["task"], _agent(p), route=p["route"])
 
 
 @method("broker.stats", since=Str("1d", max_len=64), agent=AGENT)
