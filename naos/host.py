@@ -1,19 +1,16 @@
 """The handler host: the process an agent's code runs in.
 
-Started by the agent's actor as ``python -I -m naos.host`` with nothing but
-its bootstrap on stdin (a JSON map: the agent socket's path, the agent's
-name, a one-time ``nonce`` and ``token``, the handler to load, its config,
-its concurrency and its confinement).  In order it:
+Started by the agent's actor as ``python -I -B -m naos.host [SPEC] --fd N``
+with nothing inherited but descriptor ``N``: the agent's channel, already
+admitted by naosd (the actor opened it with its token).  In order it:
 
-1. reads the bootstrap and closes stdin;
-2. connects to naosd's agent socket and presents the token: from then on
-   that connection is this agent's channel, its only way out;
-3. confines itself (``naosd.runtime.confine``, when the bootstrap asks for
-   it): after this it cannot open another connection, read naosd's files or
-   signal other processes;
-4. loads the handler (a Python module, a template, or a WASM module) and
-   tells naosd whether that worked (``agent.loaded``);
-5. serves ``run`` requests until naosd closes the channel.
+1. confines itself when a confinement spec is given (``naosd.runtime.confine``:
+   Landlock, seccomp, rlimits, namespaces), before it imports agent code;
+2. asks naosd what to load (``agent.start``: the handler, its config, its
+   concurrency, the agent's state);
+3. loads the handler (a Python module, a template, or a WASM module) and
+   tells naosd whether that worked (``agent.loaded``, with its pid);
+4. serves ``run`` requests until naosd closes the channel.
 
 A handler that raises is a crash: the run is answered with ``crashed`` and
 the process exits (its supervisor restarts it: let it crash).
@@ -21,6 +18,7 @@ the process exits (its supervisor restarts it: let it crash).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib
@@ -28,6 +26,7 @@ import importlib.util
 import inspect
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -39,68 +38,18 @@ from typing import Any
 
 from naos.context import AsyncContext, Context, RunScope, State, wait_for_loop
 from naos.peer import Incoming, Method, Peer
-from naosd.control import protocol
 
-BOOTSTRAP_LIMIT = 1 << 20
-EXIT_CRASHED = 70  # the handler raised: the actor reports the reason naosd was told
+EXIT_CRASHED = 70  # the handler raised: naosd was told why on the channel
 EXIT_LOAD_FAILED = 71
 EXIT_NO_CHANNEL = 72
 
 
-class Crash(Exception):
-    """The handler raised (or answered something that is not JSON)."""
-
-
-def read_bootstrap() -> dict[str, Any]:
-    raw = sys.stdin.buffer.read(BOOTSTRAP_LIMIT + 1)
-    if len(raw) > BOOTSTRAP_LIMIT:
-        raise SystemExit("naos.host: bootstrap too large")
-    boot = json.loads(raw)
-    if not isinstance(boot, dict):
-        raise SystemExit("naos.host: the bootstrap must be a JSON map")
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    return boot
-
-
-async def connect(boot: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open the channel and present the token (before any agent code runs)."""
-    reader, writer = await asyncio.open_unix_connection(boot["socket"])
-    writer.write(protocol.encode_frame(protocol.hello(
-        "agent", agent=boot["agent"], nonce=boot["nonce"], token=boot["token"],
-        pid=os.getpid())))
-    await writer.drain()
-    decoder = protocol.FrameDecoder(max_frame=4096)
-    while True:
-        data = await reader.read(4096)
-        if not data:
-            raise SystemExit(EXIT_NO_CHANNEL)
-        frames = decoder.feed(data)
-        if frames:
-            break
-    if frames[0].get("type") != "hello":
-        sys.stderr.write(f"naos.host: naosd refused the channel: {frames[0].get('message')}\n")
-        raise SystemExit(EXIT_NO_CHANNEL)
-    return reader, writer
-
-
-def confine(boot: dict[str, Any]) -> None:
-    """Apply the confinement the bootstrap names (nothing for ``none``)."""
-    policy = boot.get("confinement")
-    if not policy or policy.get("mode") == "none":
-        return
-    from naosd.runtime.confine import apply  # type: ignore[attr-defined]
-
-    apply(policy)
-
-
-def load(boot: dict[str, Any]) -> ModuleType:
-    kind, source = boot["kind"], boot["source"]
+def load(spec: dict[str, Any]) -> ModuleType:
+    kind, source = spec["kind"], spec["source"]
     if kind == "template":
         return importlib.import_module(f"actors.templates.{source}")
     path = Path(source)
-    name = f"naos_agent_{boot['agent'].replace('-', '_')}"
+    name = f"naos_agent_{spec['agent'].replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {source} as a Python module")
@@ -113,16 +62,13 @@ def load(boot: dict[str, Any]) -> ModuleType:
 class Host:
     """Serves one agent's messages on its channel."""
 
-    def __init__(self, boot: dict[str, Any], peer: Peer) -> None:
-        self.boot = boot
-        self.name: str = boot["agent"]
-        self.config: dict[str, Any] = dict(boot.get("config") or {})
+    def __init__(self, peer: Peer) -> None:
         self.peer = peer
+        self.name = ""
+        self.config: dict[str, Any] = {}
         self.state = State()
-        concurrency = max(1, int(boot.get("max_concurrency") or 1))
-        self._slots = asyncio.Semaphore(concurrency)
-        self._threads = ThreadPoolExecutor(max_workers=concurrency,
-                                           thread_name_prefix="naos-handler")
+        self._slots = asyncio.Semaphore(1)
+        self._threads: ThreadPoolExecutor | None = None
         self._handle: Callable[..., Any] | None = None
         self._is_async = False
         self._crashed = False
@@ -131,11 +77,17 @@ class Host:
         return {"run": Method(self.run), "ping": Method(self.ping)}
 
     async def start(self) -> None:
-        """Load state and the handler; tell naosd how that went."""
+        """Ask naosd what to load, load it, tell naosd how that went."""
         try:
-            loaded = await self.peer.call("state.load", {})
-            self.state = State(loaded.get("values") if isinstance(loaded, dict) else {})
-            module = load(self.boot)
+            spec = await self.peer.call("agent.start", {})
+            self.name = str(spec["agent"])
+            self.config = dict(spec.get("config") or {})
+            self.state = State(spec.get("state") or {})
+            concurrency = max(1, int(spec.get("max_concurrency") or 1))
+            self._slots = asyncio.Semaphore(concurrency)
+            self._threads = ThreadPoolExecutor(max_workers=concurrency,
+                                               thread_name_prefix="naos-handler")
+            module = load(spec)
             self._handle, self._is_async = self._pick(module)
         except BaseException as exc:  # noqa: BLE001 - any failure to load is reported
             reason = _describe(exc)
@@ -216,20 +168,32 @@ def _exit_crashed() -> None:
     os._exit(EXIT_CRASHED)
 
 
-async def serve(boot: dict[str, Any]) -> None:
-    reader, writer = await connect(boot)
-    confine(boot)
+async def serve(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
     peer = Peer(reader, writer, {})
-    host = Host(boot, peer)
+    host = Host(peer)
     peer.methods = host.methods()
     reading = asyncio.get_running_loop().create_task(peer.run())
     await host.start()
     await reading
 
 
-def main() -> None:
-    boot = read_bootstrap()
-    asyncio.run(serve(boot))
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("--"):  # a confinement spec comes first
+        from naosd.runtime.confine.bootstrap import confine_from_argv
+
+        _, args = confine_from_argv(args)
+    parser = argparse.ArgumentParser(prog="naos.host")
+    parser.add_argument("--fd", type=int, required=True, help="the agent's channel")
+    fd = parser.parse_args(args).fd
+    try:
+        os.fstat(fd)
+    except OSError:
+        sys.stderr.write(f"naos.host: descriptor {fd} is not open: no channel\n")
+        raise SystemExit(EXIT_NO_CHANNEL) from None
+    asyncio.run(serve(fd))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -22,8 +21,9 @@ from typing import Any
 import pytest
 
 from naosd.agents.api import AgentApi, Caller
-from naosd.agents.channels import AgentChannels, Channel, channel_key, channel_token
-from naosd.errors import AgentCrashed, NotFound, RequestTimeout
+from naosd.agents.channels import AgentChannels, Channel
+from naosd.errors import AgentCrashed, NotFound, PermissionDenied, RequestTimeout
+from naosd.runtime.agent_link import channel_key, open_channel
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
@@ -66,6 +66,14 @@ class Runner:
         return {"agent": name, "output": outcome.output}
 
 
+class Definitions:
+    def __init__(self) -> None:
+        self.specs: dict[str, dict[str, Any]] = {}
+
+    async def handler_spec(self, agent: str) -> dict[str, Any]:
+        return self.specs[agent]
+
+
 class World:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -76,32 +84,34 @@ class World:
         self.channels = AgentChannels(root / "agents.sock", self.key, self._methods,
                                       known=self.concurrency.get)
         self.runner = Runner(self.channels, self.states)
+        self.definitions = Definitions()
         self.api = AgentApi(channels=self.channels, runner=self.runner, states=self.states,
-                            chat=None, broker=None, budgets=None)
+                            definitions=self.definitions, chat=None, broker=None, budgets=None)
         self.procs: list[asyncio.subprocess.Process] = []
 
     def _methods(self, channel: Channel) -> Any:
         return self.api.methods_for(channel)
 
     async def spawn(self, name: str, code: str, *, concurrency: int = 1,
-                    token: str | None = None, nonce: str | None = None,
-                    define: bool = True) -> asyncio.subprocess.Process:
+                    key: bytes | None = None, define: bool = True
+                    ) -> asyncio.subprocess.Process:
+        """Do what an agent actor does: open the channel, start the host on it."""
         if define:
             self.concurrency[name] = concurrency
         source = self.root / f"{name}.py"
         source.write_text(textwrap.dedent(code))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-m", "naos.host", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env={})
+        self.definitions.specs[name] = {"kind": "python", "source": str(source),
+                                        "config": {"k": 1}, "max_concurrency": concurrency}
+        sock = await asyncio.to_thread(open_channel, self.channels.path, name,
+                                       key or self.key)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-m", "naos.host", "--fd", str(sock.fileno()),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, env={}, pass_fds=(sock.fileno(),))
+        finally:
+            sock.close()  # the handler holds the only copy now
         self.procs.append(proc)
-        nonce = nonce or secrets.token_hex(16)
-        boot = {"socket": str(self.channels.path), "agent": name, "nonce": nonce,
-                "token": token or channel_token(self.key, name, nonce, proc.pid),
-                "kind": "python", "source": str(source), "config": {"k": 1},
-                "max_concurrency": concurrency, "confinement": {"mode": "none"}}
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(boot).encode())
-        proc.stdin.close()
         return proc
 
     async def ready(self, name: str, wait_s: float = 30.0) -> Channel:
@@ -177,22 +187,50 @@ async def test_a_handler_that_cannot_load_reports_the_error_and_exits(world: Wor
     assert world.channels.get("syn") is None
 
 
-async def test_a_forged_or_reused_token_is_refused(world: World) -> None:
-    forged = await world.spawn("echo", ECHO, token="0" * 64)
-    assert await asyncio.wait_for(forged.wait(), 20) == 72
+async def test_a_token_made_with_another_key_is_refused(world: World) -> None:
+    with pytest.raises(PermissionDenied, match="bad or reused token"):
+        await world.spawn("echo", ECHO, key=channel_key(secrets.token_bytes(32)))
+    assert world.channels.refused == 1 and world.channels.get("echo") is None
+
+
+async def test_a_replayed_hello_is_refused(world: World) -> None:
+    """The same hello bytes sent twice (a captured token) open one channel only."""
+    world.concurrency["echo"] = 1
+    from naosd.control import protocol
+    from naosd.runtime.agent_link import channel_token
+
     nonce = secrets.token_hex(16)
-    first = await world.spawn("echo", ECHO, nonce=nonce)
-    await world.ready("echo")
-    # the same nonce again, with a token valid for the new pid: refused as reused
-    replay = await world.spawn("echo", ECHO, nonce=nonce)
-    assert await asyncio.wait_for(replay.wait(), 20) == 72
-    assert world.channels.get("echo").pid == first.pid
-    assert world.channels.refused == 2
+    hello = protocol.encode_frame(protocol.hello(
+        "agent", agent="echo", nonce=nonce, pid=os.getpid(),
+        token=channel_token(world.key, "echo", nonce, os.getpid())))
+    answers = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_unix_connection(str(world.channels.path))
+        writer.write(hello)
+        await writer.drain()
+        answers.append(await reader.read(4096))
+        writer.close()
+    assert b"hello" in answers[0] and b"permission_denied" in answers[1]
+
+
+async def test_a_hello_naming_another_pid_is_refused(world: World) -> None:
+    world.concurrency["echo"] = 1
+    from naosd.control import protocol
+    from naosd.runtime.agent_link import channel_token
+
+    nonce, other = secrets.token_hex(16), os.getppid()
+    reader, writer = await asyncio.open_unix_connection(str(world.channels.path))
+    writer.write(protocol.encode_frame(protocol.hello(
+        "agent", agent="echo", nonce=nonce, pid=other,
+        token=channel_token(world.key, "echo", nonce, other))))
+    await writer.drain()
+    assert b"permission_denied" in await reader.read(4096)
+    writer.close()
 
 
 async def test_an_undefined_agent_is_refused(world: World) -> None:
-    proc = await world.spawn("ghost", ECHO, define=False)
-    assert await asyncio.wait_for(proc.wait(), 20) == 72
+    with pytest.raises(PermissionDenied, match="no agent named 'ghost'"):
+        await world.spawn("ghost", ECHO, define=False)
 
 
 ASKER = """
@@ -268,3 +306,21 @@ async def test_killing_the_handler_fails_its_runs_with_agent_crashed(world: Worl
     os.kill(proc.pid, signal.SIGKILL)
     with pytest.raises(AgentCrashed, match="died during the run"):
         await pending
+
+
+async def test_a_handler_cannot_claim_a_process_its_actor_did_not_start(world) -> None:
+    world.concurrency["echo"] = 1
+    world.definitions.specs["echo"] = {"kind": "template", "source": "echo"}
+    from naos.peer import Peer
+
+    sock = await asyncio.to_thread(open_channel, world.channels.path, "echo", world.key)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    peer = Peer(reader, writer, {})
+    reading = asyncio.ensure_future(peer.run())
+    spec = await peer.call("agent.start", {})
+    assert spec["agent"] == "echo"
+    with pytest.raises(PermissionDenied, match="is not the handler"):
+        await peer.call("agent.loaded", {"ok": True, "pid": os.getppid()})
+    assert world.channels.get("echo") is None
+    peer.close()
+    await reading

@@ -57,6 +57,14 @@ class StateStore(Protocol):
     async def load_state(self, agent: str) -> dict[str, Any]: ...
 
 
+class Definitions(Protocol):
+    async def handler_spec(self, agent: str) -> dict[str, Any]:
+        """What the agent's handler loads: ``kind`` (python, template, wasm),
+        ``source`` (a path or template name), ``config``, ``max_concurrency``,
+        ``grants``."""
+        ...
+
+
 class ChatService(Protocol):
     """The LLM behind the gates (trust, budget, settle, audit) for an agent."""
 
@@ -85,9 +93,10 @@ class Tools(Protocol):
 
 class AgentApi:
     def __init__(self, *, channels: AgentChannels, runner: Runner, states: StateStore,
-                 chat: ChatService | None, broker: TaskBroker | None, budgets: Budgets | None,
-                 tools: Tools | None = None) -> None:
+                 definitions: Definitions, chat: ChatService | None, broker: TaskBroker | None,
+                 budgets: Budgets | None, tools: Tools | None = None) -> None:
         self._channels = channels
+        self._definitions = definitions
         self._runner = runner
         self._states = states
         self._chat = chat
@@ -108,8 +117,8 @@ class AgentApi:
             return Method(many if stream else unary, stream)
 
         return {
+            "agent.start": bind(self._start),
             "agent.loaded": bind(self._loaded),
-            "state.load": bind(self._state_load),
             "agent.ask": bind(self._ask),
             "agent.tell": bind(self._tell),
             "llm.chat": bind(self._llm_chat),
@@ -135,15 +144,18 @@ class AgentApi:
         return Caller(channel.agent, deadline, chain, dict(info.trace) if info else {})
 
     # -- lifecycle --------------------------------------------------------------
+    async def _start(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        """The handler's first call: what to load, and the agent's state."""
+        return {"agent": channel.agent, **await self._definitions.handler_spec(channel.agent),
+                "state": await self._states.load_state(channel.agent)}
+
     async def _loaded(self, channel: Channel, call: Incoming) -> dict[str, Any]:
-        if call.params.get("ok"):
-            self._channels.mark_ready(channel)
+        pid = call.params.get("pid")
+        if call.params.get("ok") and isinstance(pid, int):
+            self._channels.mark_ready(channel, pid)
         else:
             channel.load_error = str(call.params.get("error") or "unknown load error")[:2000]
         return {}
-
-    async def _state_load(self, channel: Channel, call: Incoming) -> dict[str, Any]:
-        return {"values": await self._states.load_state(channel.agent)}
 
     # -- other agents -----------------------------------------------------------
     async def _ask(self, channel: Channel, call: Incoming) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import itertools
 import logging
@@ -46,24 +45,12 @@ from naosd.errors import (
     ProtocolError,
     RequestTimeout,
 )
+from naosd.runtime.agent_link import channel_token
 
 log = logging.getLogger("naosd.agents.channels")
 
-HELLO_MAX_BYTES = 4096  # a handler's hello is tiny: nothing bigger is buffered
+HELLO_MAX_BYTES = 4096  # an actor's hello is tiny: nothing bigger is buffered
 HELLO_TIMEOUT_S = 10.0
-TOKEN_CONTEXT = b"naos agent channel v1"
-
-
-def channel_key(secret: bytes) -> bytes:
-    """The key agent tokens are made with, derived from the daemon's secret
-    (so a token never doubles as an actor frame MAC)."""
-    return hmac.new(secret, TOKEN_CONTEXT, hashlib.sha256).digest()
-
-
-def channel_token(key: bytes, agent: str, nonce: str, pid: int) -> str:
-    """The token a handler of ``agent`` with ``pid`` presents, for ``nonce``."""
-    text = f"{agent}\0{nonce}\0{pid}".encode()
-    return hmac.new(key, text, hashlib.sha256).hexdigest()
 
 
 @dataclass(slots=True)
@@ -93,11 +80,15 @@ class RunOutcome:
 
 
 class Channel:
-    """One live, authenticated handler of one agent."""
+    """One live, authenticated handler of one agent.
 
-    def __init__(self, agent: str, pid: int, max_concurrency: int) -> None:
+    ``actor_pid`` is the agent actor that opened it; ``pid`` the handler
+    process it handed it to (known once the handler says it loaded)."""
+
+    def __init__(self, agent: str, actor_pid: int, max_concurrency: int) -> None:
         self.agent = agent
-        self.pid = pid
+        self.actor_pid = actor_pid
+        self.pid = 0
         self.peer: Peer | None = None
         self.ready = asyncio.Event()
         self.gone = asyncio.Event()
@@ -262,7 +253,10 @@ class AgentChannels:
         hello = await asyncio.wait_for(_read_hello(reader), HELLO_TIMEOUT_S)
         agent, nonce, token = (hello.get(k) for k in ("agent", "nonce", "token"))
         if not all(isinstance(v, str) and v for v in (agent, nonce, token)):
-            raise PermissionDenied("a handler's hello needs agent, nonce and token")
+            raise PermissionDenied("an agent channel's hello needs agent, nonce and token")
+        if hello.get("pid") != pid:
+            raise PermissionDenied(f"an agent channel's hello names pid {hello.get('pid')!r}, "
+                                   f"its sender is pid {pid}")
         assert isinstance(agent, str)
         assert isinstance(nonce, str)
         assert isinstance(token, str)
@@ -283,8 +277,15 @@ class AgentChannels:
         await writer.drain()
         return channel
 
-    def mark_ready(self, channel: Channel) -> None:
-        """The handler loaded its code: runs may go to it."""
+    def mark_ready(self, channel: Channel, pid: int) -> None:
+        """The handler ``pid`` loaded its code: runs may go to it.
+
+        Raises PermissionDenied unless ``pid`` is a child of the actor that
+        opened the channel (a handler cannot claim another process)."""
+        if parent_of(pid) != channel.actor_pid:
+            raise PermissionDenied(f"pid {pid} is not the handler agent {channel.agent!r}'s "
+                                   f"actor started")
+        channel.pid = pid
         channel.ready.set()
         self._signal(channel.agent)
         if self._on_ready is not None:
@@ -302,6 +303,15 @@ async def _read_hello(reader: asyncio.StreamReader) -> dict[str, Any]:
     return message
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (Linux /proc), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
 def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
     sock = writer.get_extra_info("socket")
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -309,5 +319,4 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
     return pid, uid
 
 
-__all__ = ["AgentChannels", "Cancelled", "Channel", "RunInfo", "RunOutcome",
-           "channel_key", "channel_token"]
+__all__ = ["AgentChannels", "Cancelled", "Channel", "RunInfo", "RunOutcome"]
