@@ -112,6 +112,26 @@ def write_work():
         fh.write("mine")
     return read(T["work"] + "/mine")
 @attempt
+def chmod_state():
+    path = T["state"] + "/naos.db"
+    os.chmod(path, os.stat(path).st_mode & 0o7777)  # same mode: only the permission counts
+@attempt
+def fchmod_readable_file():
+    with open(__file__, "rb") as fh:
+        os.fchmod(fh.fileno(), os.fstat(fh.fileno()).st_mode & 0o7777)
+@attempt
+def utime_state():
+    st = os.stat(T["state"] + "/naos.db")
+    os.utime(T["state"] + "/naos.db", ns=(st.st_atime_ns, st.st_mtime_ns))
+@attempt
+def setxattr_state(): os.setxattr(T["state"] + "/naos.db", "user.naos-test", b"1")
+@attempt
+def sqlite_in_work():
+    import sqlite3
+    with sqlite3.connect(T["work"] + "/agent.sqlite") as db:
+        db.execute("create table if not exists t (x)")
+        return db.execute("insert into t values (1)").rowcount
+@attempt
 def unix_connect():
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(T["control"])
@@ -379,6 +399,16 @@ def test_writes_land_only_in_the_work_dir(confined, unconfined):
         confined.denied(name, errno.EACCES)
     assert confined.allowed("write_work") == 4
     assert confined.allowed("read_own_source") > 0
+
+
+@pytest.mark.parametrize("name", ["chmod_state", "fchmod_readable_file", "utime_state",
+                                  "setxattr_state"])
+def test_file_metadata_cannot_be_changed(confined, unconfined, name):
+    # Landlock leaves chmod & co. alone: a chmod 0666 of naosd's database would
+    # hand it to every local user. The work dir's own files are no exception.
+    unconfined.allowed(name)
+    confined.denied(name, errno.EPERM)
+    assert confined.allowed("sqlite_in_work") == 1  # SQLite copes without fchmod
 
 
 def test_the_control_socket_cannot_be_reached(confined, confined_net, unconfined):
@@ -651,7 +681,8 @@ def test_filter_refuses_the_calls_that_reach_outside(arch):
     fltr = seccomp.build(arch, net=False, processes=0)
     assert len(fltr.program) < 4096
     for name in ("ptrace", "process_vm_readv", "bpf", "io_uring_setup", "io_uring_enter",
-                 "mount", "unshare", "setns", "keyctl", "finit_module", "open_by_handle_at"):
+                 "mount", "unshare", "setns", "keyctl", "finit_module", "open_by_handle_at",
+                 "fchmodat", "fchmod", "fchownat", "utimensat", "setxattr", "fchmodat2"):
         assert bpf(fltr, table[name]) == EPERM, name
     assert bpf(fltr, table["clone3"]) == seccomp.RET_ERRNO | errno.ENOSYS
     assert bpf(fltr, table["landlock_restrict_self"]) == ALLOW

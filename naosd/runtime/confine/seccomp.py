@@ -1,18 +1,20 @@
 """Seccomp: the system-call layer of a confined handler.
 
 ``build`` (pure) writes a classic BPF program for one architecture: a call
-from a foreign architecture (or an x32 call on x86_64) kills the process;
-calls that reach into other processes, the kernel's module, mount, key,
-namespace or io_uring machinery return EPERM; ``socket`` is refused for every
-family unless the "net" grant allows IPv4 and IPv6 (never AF_UNIX: the control
-socket is a Unix path); ``socketpair`` is allowed for AF_UNIX only (it reaches
-nothing outside the process, and asyncio needs it); with ``processes == 0``
-fork, vfork and a ``clone`` without CLONE_THREAD are refused, so threads still
-work; ``clone3`` answers ENOSYS (its flags sit in memory a filter cannot read,
-so libc falls back to ``clone``, which the filter inspects). When Landlock
-cannot scope signals (ABI < 6), ``self_pid`` limits ``kill`` and friends to the
-handler's own process. ``install`` loads a program into the calling process
-(all its threads)."""
+from a foreign architecture (or an x32 call on x86_64) kills the process.
+EPERM answers the calls that reach into other processes, the kernel's
+module, mount, key, namespace or io_uring machinery, and every change of file
+metadata (mode, owner, times, extended attributes: Landlock does not cover
+them). ``socket`` is refused for every family unless the "net" grant allows
+IPv4 and IPv6 (never AF_UNIX: the control socket is a Unix path);
+``socketpair`` is allowed for AF_UNIX only (it reaches nothing outside the
+process, and asyncio needs it). With ``processes == 0`` fork, vfork and a
+``clone`` without CLONE_THREAD are refused, so threads still work. ``clone3``
+answers ENOSYS (its flags sit in memory a filter cannot read, so libc falls
+back to ``clone``, which the filter inspects). When Landlock cannot scope
+signals (ABI < 6), ``self_pid`` limits ``kill`` and friends to the handler's
+own process. ``install`` loads a program into the calling process (all its
+threads)."""
 
 from __future__ import annotations
 
@@ -65,6 +67,13 @@ DENIED: Final = (
     "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd",
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "lookup_dcookie",
     "uselib", "vhangup", "syslog", "iopl", "ioperm",
+    # File metadata: Landlock does not cover these, and the daemon's files
+    # share the handler's uid, so a chmod would hand naosd's database or
+    # token to every local user (fd variants too: the handler can open
+    # naos's own code read-only, which the daemon's uid may own).
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr",
+    "setxattrat", "removexattr", "lremovexattr", "fremovexattr", "removexattrat",
 )
 SIGNAL_CALLS: Final = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
