@@ -11,6 +11,7 @@ where this kernel lacks it (``probe()``)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -132,6 +133,8 @@ def sqlite_in_work():
         db.execute("create table if not exists t (x)")
         return db.execute("insert into t values (1)").rowcount
 @attempt
+def sysv_shm(): return check(libc.shmget(ctypes.c_int(T["shm_key"]), ctypes.c_size_t(0), 0))
+@attempt
 def unix_connect():
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(T["control"])
@@ -229,6 +232,8 @@ os.write(CHANNEL, json.dumps(out).encode())
 '''
 
 SPIN = "while True:\n    pass\n"
+LIBC = ctypes.CDLL(None, use_errno=True)
+IPC_CREAT, IPC_RMID = 0o1000, 0
 
 
 @dataclass
@@ -246,6 +251,7 @@ class World:
     abstract: str
     port: int
     sibling: int
+    shm_key: int
 
     def host(self) -> HostPaths:
         return HostPaths(interpreter_paths(), str(self.snapshot), str(self.work),
@@ -255,8 +261,8 @@ class World:
         return {"state": str(self.state), "home": str(self.home), "other": str(self.other),
                 "outside": str(self.outside), "work": str(self.work),
                 "control": str(self.control), "abstract": self.abstract, "port": self.port,
-                "sibling": self.sibling, "parent": os.getpid(), "only": [], "layer": "",
-                "mem_under": 32 << 20, "mem_over": 512 << 20, **extra}
+                "sibling": self.sibling, "shm_key": self.shm_key, "parent": os.getpid(),
+                "only": [], "layer": "", "mem_under": 32 << 20, "mem_over": 512 << 20, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -287,9 +293,13 @@ def world() -> Iterator[World]:
             s.listen(16)
         sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         stack.callback(_reap, sibling)
+        shm_key = int(uuid.uuid4().int & 0x3FFFFFFF)
+        shm_id = LIBC.shmget(ctypes.c_int(shm_key), ctypes.c_size_t(4096), IPC_CREAT | 0o600)
+        assert shm_id >= 0, os.strerror(ctypes.get_errno())
+        stack.callback(LIBC.shmctl, shm_id, IPC_RMID, None)
         yield World(base, dirs["state"], dirs["home"], dirs["snapshot"], dirs["work"],
                     dirs["other"], dirs["outside"], control, abstract,
-                    listeners[2].getsockname()[1], sibling.pid)
+                    listeners[2].getsockname()[1], sibling.pid, shm_key)
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
@@ -456,6 +466,11 @@ def test_no_process_but_threads_with_processes_zero(confined, unconfined):
     assert confined.allowed("thread") == [1]
     confined.allowed("asyncio_loop")  # socketpair(AF_UNIX) stays allowed
     assert confined.allowed("imports") == 1
+
+
+def test_the_daemons_system_v_ipc_is_out_of_reach(confined, unconfined):
+    unconfined.allowed("sysv_shm")
+    confined.denied("sysv_shm", errno.ENOENT)  # its own IPC namespace: no such key
 
 
 def test_io_uring_is_refused(confined, unconfined):

@@ -52,13 +52,15 @@ def set_rlimits(conf: Confinement) -> None:
 
 def enter_namespaces(*, net: bool) -> None:
     """Move into a new user namespace (mapping our own uid and gid, so file
-    ownership reads the same) and, with ``net``, a new network namespace:
-    no interface but a loopback that is down, and its own abstract Unix
-    socket names. Must run while the process has one thread."""
+    ownership reads the same) with its own IPC namespace (no System V IPC
+    object or POSIX message queue of the daemon's uid is reachable) and, with
+    ``net``, a new network namespace: no interface but a loopback that is
+    down, and its own abstract Unix socket names. Must run while the process
+    has one thread."""
     if threading.active_count() != 1:
         raise ConfinementFailed("namespaces must be entered before any thread starts")
     uid, gid = os.geteuid(), os.getegid()
-    flags = kernel.CLONE_NEWUSER | (kernel.CLONE_NEWNET if net else 0)
+    flags = kernel.CLONE_NEWUSER | kernel.CLONE_NEWIPC | (kernel.CLONE_NEWNET if net else 0)
     try:
         kernel.libc_call("unshare", ctypes.c_int(flags))
         _write("/proc/self/setgroups", "deny")
