@@ -324,3 +324,60 @@ async def test_a_handler_cannot_claim_a_process_its_actor_did_not_start(world) -
     assert world.channels.get("echo") is None
     peer.close()
     await reading
+
+
+# -- the real launch path: confined by the definition --------------------------------
+
+HOSTILE = """
+import os, socket
+
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+
+def handle(message, ctx):
+    out = {}
+    out["read_state"] = attempt(lambda: open(message["secret"]).read())
+    out["unix"] = attempt(lambda: socket.socket(socket.AF_UNIX).connect(message["sock"]))
+    out["tcp"] = attempt(lambda: socket.create_connection(("127.0.0.1", 9), timeout=1))
+    out["write_work"] = attempt(lambda: open("scratch.txt", "w").write("ok"))
+    out["env"] = sorted(os.environ)
+    out["fds"] = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+    return out
+"""
+
+
+async def test_a_confined_handler_serves_and_cannot_reach_around_its_channel(world) -> None:
+    from naosd.runtime.confine.support import probe
+    from naosd.runtime.handler import HandlerProcess, HandlerSpec
+    from naosd.runtime.hosting import Hosting
+
+    support = probe()
+    if support.missing():
+        pytest.skip(f"this kernel cannot confine: {support.missing()}")
+    state = world.root / "state"
+    (state / "code").mkdir(parents=True)
+    secret = state / "dashboard.token"
+    secret.write_text("s3cret")
+    snapshot = state / "code" / "abc"
+    snapshot.mkdir()
+    (snapshot / "agent.py").write_text(HOSTILE)
+    hosting = Hosting(world.channels.path, state, (str(state), str(world.root)), world.key)
+    world.concurrency["bad"] = 1
+    world.definitions.specs["bad"] = {"kind": "python", "source": str(snapshot / "agent.py")}
+    handler = await asyncio.to_thread(
+        HandlerProcess.start, HandlerSpec("bad", str(snapshot), {}), hosting)
+    try:
+        await world.ready("bad")
+        out = await world.run("bad", {"secret": str(secret), "sock": str(world.channels.path)})
+    finally:
+        await asyncio.to_thread(handler.stop, 1.0)
+    assert out["read_state"] in ("PermissionError", "FileNotFoundError")
+    assert out["unix"] == "PermissionError" and out["tcp"] == "PermissionError"
+    assert out["write_work"] == "allowed"
+    assert out["env"] == [] or set(out["env"]) <= {"LC_CTYPE"}
+    assert len(out["fds"]) <= 8  # 0-2, the channel, the event loop's own
+    assert handler.confined

@@ -173,6 +173,7 @@ class AgentChannels:
         self._used_nonces: set[str] = set()
         self.live: dict[str, Channel] = {}
         self._changed: dict[str, asyncio.Event] = {}
+        self._serving: set[asyncio.Task[Any]] = set()
         self.refused = 0
 
     async def start(self) -> None:
@@ -190,6 +191,8 @@ class AgentChannels:
             self._server.close()
         for channel in list(self.live.values()):
             channel.close()
+        if self._serving:
+            await asyncio.wait(list(self._serving), timeout=2.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -222,6 +225,10 @@ class AgentChannels:
     # -- accepting a handler -----------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
         try:
             channel = await self._admit(reader, writer)
         except (NaosError, ConnectionError, asyncio.IncompleteReadError, TimeoutError) as exc:
