@@ -67,7 +67,7 @@ class Daemon:
         self.agents: Any = None
         self.orch: Any = None  # naosd.orchestration.coordinators.Orchestrator
         self.pools: Any = None  # naosd.orchestration.pools.Pools
-        self.sandbox_pool: Any = None  # the pool's address, found on first use
+        self.sandbox: Any = None  # naosd.runtime.sandbox.Sandbox
         self.broker: Any = None
         self.llm: Any = None  # naosd.broker.llm.service.LlmService
         self.trust_gate: Any = None  # naosd.broker.trust_gate.TrustGate
@@ -103,9 +103,11 @@ class Daemon:
         from naosd.orchestration.pools import Pools
         from naosd.runtime.bridge import Bridge
         from naosd.runtime.port import ActorPort
+        from naosd.runtime.sandbox import Sandbox
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
+        self.sandbox = Sandbox(self.bridge)
         self.port = ActorPort(self.runtime.system, {PortEcho: _echo})
         await self.port.start()
         self.agents = Agents(self)
@@ -118,7 +120,8 @@ class Daemon:
                                        self.config.actors_sandbox_workers,
                                        port=self.port.address))
         await self._start_cluster()
-        self.broker = build_broker(self)
+        self.broker = build_broker(self.db, self.sandbox, self._thresholds,
+                                   gate=self.trust_gate, llm=self.llm)
         await self.broker.start()
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
@@ -181,6 +184,11 @@ class Daemon:
         return {"node": c.cluster_node, "address": c.cluster_bind, "leader": leader,
                 "is_leader": leader == c.cluster_bind, "heartbeat_s": c.cluster_heartbeat_s,
                 "lost_after": c.cluster_lost_after, "nodes": nodes}
+
+    def _thresholds(self) -> Any:
+        from actors.domain.routing import Thresholds
+
+        return Thresholds(self.config.broker_skill_threshold, self.config.broker_wasm_threshold)
 
     def _start_llm_and_trust(self) -> None:
         from naosd.broker.axis import AxisConfig

@@ -35,7 +35,8 @@ from naosd.errors import Conflict, InvalidRequest, NaosError
 from naosd.storage import ledger as bs
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.broker.llm.service import LlmService
+    from naosd.storage.db import AsyncStore
 
 log = logging.getLogger("naosd.broker.service")
 
@@ -56,6 +57,16 @@ WASM_RUN_ERRORS: Final = frozenset({"wasm_out_of_fuel", "wasm_timeout", "wasm_me
 REFERENCE_LLM_PRICES: Final = (150, 600)
 
 
+class WasmRunner(Protocol):
+    """:class:`naosd.runtime.sandbox.Sandbox`."""
+
+    async def run(self, module: bytes, stdin: bytes, limits: dict[str, int],
+                  grants: tuple[str, ...] = (), agent: str = "") -> dict[str, Any]: ...
+
+    async def validate(self, module: bytes, grants: tuple[str, ...] = (),
+                       limits: dict[str, int] | None = None) -> dict[str, Any]: ...
+
+
 class LlmCompleter(Protocol):
     """:class:`naosd.broker.llm.service.LlmService`."""
 
@@ -66,16 +77,19 @@ class LlmCompleter(Protocol):
 
 
 class Broker:
-    def __init__(self, daemon: Daemon, *, gate: TrustCheck, llm: LlmCompleter | None = None,
-                 llm_prices: tuple[int, int] | None = None, no_llm_reason: str = "") -> None:
-        self._d = daemon
+    def __init__(self, db: AsyncStore, sandbox: WasmRunner,
+                 thresholds: Callable[[], routing.Thresholds], *, gate: TrustCheck,
+                 llm: LlmCompleter | None = None, llm_prices: tuple[int, int] | None = None, no_llm_reason: str = "") -> None:
+        self._db = db
+        self._sandbox = sandbox
+        self._thresholds = thresholds
         self.gate = gate
         self.llm = llm
         self.llm_prices = llm_prices or REFERENCE_LLM_PRICES
         self.llm_prices_source = "configured" if llm_prices else "reference"
         self._no_llm_reason = no_llm_reason
         self.cost = CostController()
-        self.writer = LedgerWriter(daemon.db)
+        self.writer = LedgerWriter(db)
         self.spender = Spender(gate, self.cost, self.writer)
         self._installed: dict[str, bs.InstalledSkill] = {}
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
@@ -85,13 +99,12 @@ class Broker:
     @property
     def thresholds(self) -> routing.Thresholds:
         """From the current configuration (a reload changes them at once)."""
-        config = self._d.config
-        return routing.Thresholds(config.broker_skill_threshold, config.broker_wasm_threshold)
+        return self._thresholds()
 
     async def start(self) -> None:
         """Load the installed skills and the budgets."""
         await self._reload_catalog()
-        self.cost.load(await self._d.db.call(bs.list_budgets))
+        self.cost.load(await self._db.call(bs.list_budgets))
 
     # -- catalog ---------------------------------------------------------------------
     def catalog(self) -> list[routing.Skill]:
@@ -115,25 +128,23 @@ class Broker:
         if manifest.name in BUILTIN_BY_NAME or manifest.name == routing.LLM_NAME:
             raise Conflict(f"skill name {manifest.name!r} is taken by a built-in route")
         await self._validate_module(module)
-        result = await self._d.db.call(
+        result = await self._db.call(
             lambda s: bs.install_skill(s, manifest, module, digest, replace=replace))
         await self._reload_catalog()
-        await self._d.db.notify()
+        await self._db.notify()
         return result
 
     async def remove(self, name: str) -> None:
-        await self._d.db.call(lambda s: bs.remove_skill(s, name))
+        await self._db.call(lambda s: bs.remove_skill(s, name))
         await self._reload_catalog()
-        await self._d.db.notify()
+        await self._db.notify()
 
     async def _reload_catalog(self) -> None:
-        installed = await self._d.db.call(bs.list_skills)
+        installed = await self._db.call(bs.list_skills)
         self._installed = {s.manifest.name: s for s in installed}
 
     async def _validate_module(self, module: bytes) -> None:
-        from naosd.control.wasm import validate_module
-
-        report = await validate_module(self._d, module, ())
+        report = await self._sandbox.validate(module)
         if not report.get("ok"):
             raise InvalidRequest(f"skill module cannot run: {report.get('reason') or report}")
 
@@ -233,17 +244,13 @@ class Broker:
 
     async def _run_wasm(self, task: str, chosen: routing.Candidate,
                         agent: str | None) -> Spent:
-        from actors.messages import RunWasm
-        from naosd.control.wasm import _ask_pool
-
         installed = self._installed.get(chosen.name)
         if installed is None:
             raise SkillFailed(f"skill {chosen.name!r} was removed while the task was routed")
         limits = {"fuel": SKILL_FUEL, "timeout_ms": SKILL_TIMEOUT_MS,
                   "price_micro_usd_per_mfuel": FUEL_PRICE_PER_MFUEL}
-        msg = RunWasm(uuid.uuid4().hex, installed.module, task.encode(), limits, (), "")
         try:
-            result = (await _ask_pool(self._d, msg, SKILL_TIMEOUT_MS / 1000 + 10)).result
+            result = await self._sandbox.run(installed.module, task.encode(), limits)
         except NaosError as exc:
             if exc.code in WASM_RUN_ERRORS:  # a trapped run is charged its whole fuel budget
                 raise Charged(self._reservation(chosen, task), exc) from None
@@ -270,16 +277,17 @@ class Broker:
         await self.spender.write(None, None)
 
 
-def build_broker(daemon: Daemon) -> Broker:
-    """The broker with the daemon's trust gate and LLM service (no LLM configured: the
-    LLM route is off and unmatched tasks fail with no_route, saying why)."""
-    service = daemon.llm
-    if service is None or not service.configured:
-        reason = service.why_none if service is not None else "no LLM service"
-        return Broker(daemon, gate=daemon.trust_gate, no_llm_reason=reason)
-    config = service.estimate_config()
-    prices = (config.price_input_per_1k, config.price_output_per_1k)
-    return Broker(daemon, gate=daemon.trust_gate, llm=service,
+def build_broker(db: AsyncStore, sandbox: WasmRunner,
+                 thresholds: Callable[[], routing.Thresholds], *, gate: TrustCheck,
+                 llm: LlmService | None) -> Broker:
+    """The broker with the trust gate and the LLM service (no LLM configured: the LLM
+    route is off and unmatched tasks fail with no_route, saying why)."""
+    if llm is None or not llm.configured:
+        reason = llm.why_none if llm is not None else "no LLM service"
+        return Broker(db, sandbox, thresholds, gate=gate, no_llm_reason=reason)
+    config = llm.estimate_config()
+    prices = (config.price_input_per_1k, config.price_output_per_1k) if config else (0, 0)
+    return Broker(db, sandbox, thresholds, gate=gate, llm=llm,
                   llm_prices=prices if any(prices) else None)
 
 

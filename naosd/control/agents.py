@@ -84,7 +84,6 @@ async def agent_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 async def _check_wasm_agent(d: Daemon, definition: AgentDef) -> None:
     """Refuse a WASM agent whose module cannot run with its grants."""
-    from naosd.control.wasm import validate_module
 
     grants = definition.config.get("grants", [])
     if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
@@ -96,7 +95,7 @@ async def _check_wasm_agent(d: Daemon, definition: AgentDef) -> None:
         limits = wasm_limits(definition.config)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"config: bad WASM limits: {exc}") from None
-    report = await validate_module(d, module, tuple(grants), limits)
+    report = await d.sandbox.validate(module, tuple(grants), limits)
     if not report["ok"]:
         problems = "; ".join(report["problems"]) or report["verdict"]
         raise InvalidRequest(f"{definition.source} cannot run as an agent: {problems}")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from actors.messages import KillChild, RunWasm, ValidateWasm, WhereIs
 from naosd.control.api import method
 from naosd.control.params import Int, Spec, Str
-from naosd.errors import ActorGone, InvalidRequest
+from naosd.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -29,21 +27,6 @@ def limits_of(p: dict[str, Any]) -> dict[str, int]:
     return limits
 
 
-async def _pool(d: Daemon, *, fresh: bool = False) -> Any:
-    """The sandbox pool's address (cached; the root restarts the pool under
-    a new address if it dies, and a send to the old one fails as gone)."""
-    if fresh or d.sandbox_pool is None:
-        d.sandbox_pool = (await d.bridge.ask(WhereIs(uuid.uuid4().hex, "sandbox"))).result
-    return d.sandbox_pool
-
-
-async def _ask_pool(d: Daemon, msg: Any, wait: float | None = None) -> Any:
-    try:
-        return await d.bridge.ask_to(await _pool(d), msg, timeout_s=wait)
-    except ActorGone:  # the pool was restarted: not delivered, so resend
-        return await d.bridge.ask_to(await _pool(d, fresh=True), msg, timeout_s=wait)
-
-
 def _module(p: dict[str, Any]) -> bytes:
     module = p["module"]
     if not module:
@@ -57,11 +40,7 @@ async def wasm_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Run a WASI command module in a sandbox worker; input on stdin."""
     stdin = p["input"].encode() if isinstance(p["input"], str) else bytes(p["input"])
     grants = tuple(str(g) for g in (p["grants"] or ()))
-    limits = limits_of(p)
-    wait = limits.get("timeout_ms", 10_000) / 1000 + 10
-    msg = RunWasm(uuid.uuid4().hex, _module(p), stdin, limits, grants, "")
-    reply = await _ask_pool(d, msg, wait)
-    result: dict[str, Any] = reply.result
+    result = await d.sandbox.run(_module(p), stdin, limits_of(p), grants)
     await d.db.audit("wasm.run", exit_code=result["exit_code"], fuel=result["fuel_used"],
                      cost_micro_usd=result["cost_micro_usd"], wall_ms=result["wall_ms"])
     return result
@@ -73,18 +52,10 @@ async def wasm_validate(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Imports, exports, size and a verdict for a module."""
     limits = {"module_bytes": p["max_bytes"]} if p["max_bytes"] else {}
     grants = tuple(str(g) for g in (p["grants"] or ()))
-    return await validate_module(d, _module(p), grants, limits)
-
-
-async def validate_module(d: Daemon, module: bytes, grants: tuple[str, ...],
-                          limits: dict[str, int] | None = None) -> dict[str, Any]:
-    reply = await _ask_pool(d, ValidateWasm(uuid.uuid4().hex, module, limits or {}, grants))
-    result: dict[str, Any] = reply.result
-    return result
+    return await d.sandbox.validate(_module(p), grants, limits)
 
 
 @method("wasm.kill_worker", name=Str("*", max_len=64))
 async def wasm_kill_worker(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """SIGKILL a sandbox worker (the busiest for "*"), to test recovery."""
-    reply = await _ask_pool(d, KillChild(uuid.uuid4().hex, p["name"]))
-    return {"killed": p["name"], "pid": reply.result}
+    return {"killed": p["name"], "pid": await d.sandbox.kill_worker(p["name"])}
