@@ -154,6 +154,15 @@ def signal_sibling(): os.kill(T["sibling"], signal.SIGCONT)
 @attempt
 def signal_parent(): os.kill(T["parent"], signal.SIGCONT)
 @attempt
+def outlive_parent():
+    return check(libc.prctl(1, 0, 0, 0, 0))  # PR_SET_PDEATHSIG: none
+@attempt
+def spawn_interpreter():
+    pid = os.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-I", "-c", "pass"])
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+@attempt
 def signal_self(): os.kill(os.getpid(), 0)
 @attempt
 def ptrace_sibling():
@@ -454,6 +463,20 @@ def test_processes_outside_cannot_be_signalled(confined, unconfined, name):
     confined.allowed("signal_self")
 
 
+def test_the_handler_cannot_disarm_its_parent_death_signal(confined, unconfined):
+    unconfined.allowed("outlive_parent")
+    confined.denied("outlive_parent", errno.EPERM)
+
+
+@needs_full
+def test_with_processes_the_handler_forks_and_runs_the_interpreter_confined(world):
+    run = run_hostile(world, agent_conf(world, limits={"processes": 8, "memory_mb": 256}),
+                      only=["fork", "spawn_interpreter", "read_database", "tcp_connect"])
+    assert run.allowed("fork") is True and run.allowed("spawn_interpreter") == 0
+    run.denied("read_database", errno.EACCES)
+    run.denied("tcp_connect", errno.EPERM)
+
+
 def test_ptrace_of_a_sibling_is_refused(confined, unconfined):
     unconfined.allowed("ptrace_sibling")
     confined.denied("ptrace_sibling", errno.EPERM)
@@ -716,7 +739,8 @@ def test_filter_refuses_the_calls_that_reach_outside(arch):
         assert bpf(fltr, table[name]) == EPERM, name
     assert bpf(fltr, table["clone3"]) == seccomp.RET_ERRNO | errno.ENOSYS
     assert bpf(fltr, table["landlock_restrict_self"]) == ALLOW
-    assert bpf(fltr, table["prctl"]) == ALLOW
+    assert bpf(fltr, table["prctl"], (kernel.PR_SET_NO_NEW_PRIVS, 1)) == ALLOW
+    assert bpf(fltr, table["prctl"], (kernel.PR_SET_PDEATHSIG, 0)) == EPERM
     other = next(a for a in ARCHES if a != arch)
     assert bpf(fltr, table["prctl"], arch=other) == seccomp.RET_KILL_PROCESS
 

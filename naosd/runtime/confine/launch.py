@@ -71,13 +71,17 @@ def layers_for(conf: Confinement, support: Support) -> Layers:
 def interpreter_paths() -> tuple[str, ...]:
     """What the child's interpreter reads after its start: the standard
     library and its extension modules, the site-packages of the venv and of
-    the base installation, the shared libpython, and naos's own packages
-    (an editable install keeps them outside site-packages)."""
+    the base installation, the interpreter binary and the shared libpython,
+    and naos's own packages (an editable install keeps them outside
+    site-packages)."""
     paths: list[str] = []
     for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
         found = sysconfig.get_paths(vars=scheme_vars)
         paths += [found[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
     paths += site.getsitepackages()
+    # Executable (read paths carry execute): a handler allowed processes can
+    # start the same interpreter (multiprocessing's "spawn"), confined as well.
+    paths += [os.path.realpath(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg")]
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     if libdir and soname:
         paths.append(os.path.join(libdir, soname))

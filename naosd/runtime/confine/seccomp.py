@@ -13,7 +13,8 @@ process, and asyncio needs it). With ``processes == 0`` fork, vfork and a
 answers ENOSYS (its flags sit in memory a filter cannot read, so libc falls
 back to ``clone``, which the filter inspects). When Landlock cannot scope
 signals (ABI < 6), ``self_pid`` limits ``kill`` and friends to the handler's
-own process. ``install`` loads a program into the calling process (all its
+own process, and no handler may disarm its parent-death signal.
+``install`` loads a program into the calling process (all its
 threads)."""
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def build(arch: str, *, net: bool, processes: int, self_pid: int | None = None) 
     rules[table["socket"]] = _arg_in(0, (AF_INET, AF_INET6) if net else ())
     rules[table["socketpair"]] = _arg_in(0, (AF_UNIX,))
     rules[table["personality"]] = _arg_in(0, (0, PERSONALITY_QUERY))
+    # The handler may not disarm its parent-death signal and outlive naosd.
+    rules[table["prctl"]] = _arg_in(0, (kernel.PR_SET_PDEATHSIG,), match=RET_ERRNO | errno.EPERM,
+                                    otherwise=RET_ALLOW)
     rules[table["clone"]] = _clone_body(threads_only=processes == 0)
     rules[table["clone3"]] = [_ret(RET_ERRNO | errno.ENOSYS)]
     if processes == 0:
@@ -174,11 +178,13 @@ def _search(rules: list[tuple[int, list[Insn]]]) -> list[Insn]:
     return [(JGE_K, 0, 1, rules[middle][0]), (JA, 0, 0, len(below)), *below, *above]
 
 
-def _arg_in(index: int, allowed: Iterable[int], err: int = errno.EPERM) -> list[Insn]:
-    """Allow when argument ``index`` (low 32 bits) is one of ``allowed``."""
-    values = tuple(allowed)
-    checks = [(JEQ_K, len(values) - i, 0, v) for i, v in enumerate(values)]
-    return [_load(_arg_low(index)), *checks, _ret(RET_ERRNO | err), _ret(RET_ALLOW)]
+def _arg_in(index: int, values: Iterable[int], *, match: int = RET_ALLOW,
+            otherwise: int = RET_ERRNO | errno.EPERM) -> list[Insn]:
+    """``match`` when argument ``index`` (low 32 bits) is one of ``values``,
+    else ``otherwise`` (by default: allow those values, EPERM the rest)."""
+    checks = tuple(values)
+    jumps = [(JEQ_K, len(checks) - i, 0, v) for i, v in enumerate(checks)]
+    return [_load(_arg_low(index)), *jumps, _ret(otherwise), _ret(match)]
 
 
 def _clone_body(*, threads_only: bool) -> list[Insn]:
