@@ -81,12 +81,14 @@ def interpreter_paths() -> tuple[str, ...]:
     paths += site.getsitepackages()
     # Executable (read paths carry execute): a handler allowed processes can
     # start the same interpreter (multiprocessing's "spawn"), confined as well.
-    paths += [os.path.realpath(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg")]
+    paths += [sys.executable, os.path.join(sys.prefix, "pyvenv.cfg")]
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     if libdir and soname:
         paths.append(os.path.join(libdir, soname))
     paths += _package_dirs(NAOS_PACKAGES)
-    return tuple(dict.fromkeys(os.path.normpath(p) for p in paths if os.path.exists(p)))
+    # Resolved: Landlock grants what a path resolves to, and the policy's
+    # check against protected paths must see the same thing.
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.exists(p)))
 
 
 def _package_dirs(names: Sequence[str]) -> list[str]:
