@@ -27,8 +27,9 @@ from naosd.runtime.confine.errors import ConfinementUnavailable
 from naosd.runtime.confine.policy import Confinement
 from naosd.runtime.confine.support import Support, probe
 
-# naos's own top-level packages: the child imports its host module from them.
-NAOS_PACKAGES = ("naosd", "actors")
+# naos's own top-level packages: the child imports its host module from them
+# (``naos``: the handler's host, where it is installed; absent ones are skipped).
+NAOS_PACKAGES = ("naos", "naosd", "actors")
 
 
 def launch(conf: Confinement, module: str, args: Sequence[str] = (), *,
