@@ -8,10 +8,11 @@ descriptors to keep, and the ``Layers`` the parent chose from its probe. The
 child applies exactly those layers or exits with ``EXIT_CONFINEMENT_FAILED``.
 
 Order, and why: die with the parent; close every descriptor not kept; set
-rlimits; enter the user (and network) namespace while still single-threaded
-and before capabilities go (writing our uid map needs them); cap tasks; drop
-capabilities; Landlock; seccomp last, because it refuses ``unshare`` and
-would refuse the calls the steps before it make."""
+rlimits; enter the user + IPC (and network) namespaces while still
+single-threaded and before capabilities go (writing our uid map needs them);
+cap tasks; drop capabilities; Landlock; seccomp last, because it refuses
+``unshare`` and ``prctl(PR_SET_PDEATHSIG)``, which the steps before it make.
+Any exception stops the bootstrap before agent code is imported."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ from typing import Any
 
 from naosd.errors import InvalidRequest
 from naosd.runtime.confine import kernel, landlock, process, seccomp
-from naosd.runtime.confine.errors import EXIT_CONFINEMENT_FAILED, ConfinementError
+from naosd.runtime.confine.errors import (
+    EXIT_CONFINEMENT_FAILED,
+    ConfinementError,
+    ConfinementFailed,
+)
 from naosd.runtime.confine.policy import Confinement, from_dict, to_dict
 
 SIGNAL_SCOPE_ABI = 6  # Landlock scopes signals from this ABI on
@@ -87,9 +92,10 @@ def apply(spec: Spec) -> dict[str, Any]:
     if layers.landlock_abi:
         landlock.restrict(conf, layers.landlock_abi)
     if layers.seccomp:
+        if kernel.ARCH is None:
+            raise ConfinementFailed("seccomp: no system call table for this platform")
         self_pid = os.getpid() if layers.signals_by_seccomp else None
-        arch = kernel.ARCH or ""
-        seccomp.install(seccomp.build(arch, net=conf.net, processes=conf.processes,
+        seccomp.install(seccomp.build(kernel.ARCH, net=conf.net, processes=conf.processes,
                                       self_pid=self_pid))
     return {"mode": conf.mode, **asdict(layers), "net": conf.net,
             "signals": "seccomp" if layers.signals_by_seccomp else

@@ -3,8 +3,8 @@
 ``plan`` (pure) turns a ``Confinement`` and the kernel's ABI version into a
 ruleset: every filesystem right the ABI knows is handled (denied unless a rule
 allows it); read paths get read and execute, write paths read and write but
-neither execute nor device nodes. From ABI 4 TCP bind and connect are handled
-and, without the "net" grant, nothing is allowed; from ABI 6 abstract Unix
+neither execute nor device nodes. From ABI 4 TCP bind is refused, and TCP
+connect too unless the "net" grant allows it; from ABI 6 abstract Unix
 sockets and signals are scoped to the handler's own domain. ``restrict``
 applies a plan to the calling process (raw ``syscall`` 444-446, the same
 numbers on x86_64 and aarch64). ABIs above the newest known here (7) are
@@ -82,7 +82,9 @@ def plan(conf: Confinement, abi: int) -> Plan:
     handled = fs_rights(min(abi, NEWEST_KNOWN_ABI))
     read = tuple((p, READ_RIGHTS & handled) for p in conf.read_paths)
     write = tuple((p, handled & ~NOT_WRITABLE) for p in conf.write_paths)
-    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 and not conf.net else 0
+    # "net" grants outbound connections; no handler listens on a TCP port
+    # (it could take over a freed actor port on loopback and read its frames).
+    net = (NET_BIND_TCP | (0 if conf.net else NET_CONNECT_TCP)) if abi >= 4 else 0
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
     return Plan(abi, handled, net, scoped, read + write, frozenset(conf.write_paths))
 

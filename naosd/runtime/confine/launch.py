@@ -27,8 +27,9 @@ from naosd.runtime.confine.errors import ConfinementUnavailable
 from naosd.runtime.confine.policy import Confinement
 from naosd.runtime.confine.support import Support, probe
 
-# naos's own top-level packages: the child imports its host module from them.
-NAOS_PACKAGES = ("naosd", "actors")
+# naos's own top-level packages: the child imports its host module from them
+# (``naos``: the handler's host, where it is installed; absent ones are skipped).
+NAOS_PACKAGES = ("naos", "naosd", "actors")
 
 
 def launch(conf: Confinement, module: str, args: Sequence[str] = (), *,
@@ -71,18 +72,24 @@ def layers_for(conf: Confinement, support: Support) -> Layers:
 def interpreter_paths() -> tuple[str, ...]:
     """What the child's interpreter reads after its start: the standard
     library and its extension modules, the site-packages of the venv and of
-    the base installation, the shared libpython, and naos's own packages
-    (an editable install keeps them outside site-packages)."""
+    the base installation, the interpreter binary and the shared libpython,
+    and naos's own packages (an editable install keeps them outside
+    site-packages)."""
     paths: list[str] = []
     for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
         found = sysconfig.get_paths(vars=scheme_vars)
         paths += [found[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
     paths += site.getsitepackages()
+    # Executable (read paths carry execute): a handler allowed processes can
+    # start the same interpreter (multiprocessing's "spawn"), confined as well.
+    paths += [sys.executable, os.path.join(sys.prefix, "pyvenv.cfg")]
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     if libdir and soname:
         paths.append(os.path.join(libdir, soname))
     paths += _package_dirs(NAOS_PACKAGES)
-    return tuple(dict.fromkeys(os.path.normpath(p) for p in paths if os.path.exists(p)))
+    # Resolved: Landlock grants what a path resolves to, and the policy's
+    # check against protected paths must see the same thing.
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.exists(p)))
 
 
 def _package_dirs(names: Sequence[str]) -> list[str]:

@@ -115,7 +115,9 @@ class HostPaths:
     ``interpreter``: the Python installation and naos's own packages (read);
     ``snapshot``: the agent's source snapshot (read); ``work``: its private
     work dir (read-write); ``protected``: what no grant may contain (the state
-    dir, the runtime dir, the config file, ``$HOME``)."""
+    dir, the runtime dir, the config file, ``$HOME``). All are resolved paths
+    (no symbolic link on the way): Landlock grants what a path resolves to,
+    and the check against ``protected`` compares the strings."""
 
     interpreter: tuple[str, ...]
     snapshot: str

@@ -1,5 +1,5 @@
 """Process-level layers of a confined handler: parent-death signal, rlimits,
-user and network namespaces, capabilities, and the dumpable flag.
+user, IPC and network namespaces, capabilities, and the dumpable flag.
 
 Each function changes the calling process only; the bootstrap calls them in
 the child, in order, before any agent code is imported. ``protect_parent`` is
@@ -23,11 +23,14 @@ MAX_CAPABILITY = 63  # PR_CAPBSET_DROP past the kernel's last one is EINVAL
 
 def die_with_parent(parent: int) -> None:
     """SIGKILL this process when its parent thread exits; exit now if the
-    parent already changed (it died before the signal was armed)."""
-    try:
-        kernel.prctl(kernel.PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    except OSError as exc:
-        raise ConfinementFailed(f"PR_SET_PDEATHSIG: {exc.strerror}") from exc
+    parent already changed (it died before the signal was armed). Where
+    naos cannot confine (``kernel.ARCH`` is None) there is no such signal:
+    only the check is made."""
+    if kernel.ARCH is not None:
+        try:
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        except OSError as exc:
+            raise ConfinementFailed(f"PR_SET_PDEATHSIG: {exc.strerror}") from exc
     if os.getppid() != parent:
         os._exit(1)
 

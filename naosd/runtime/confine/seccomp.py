@@ -13,7 +13,8 @@ process, and asyncio needs it). With ``processes == 0`` fork, vfork and a
 answers ENOSYS (its flags sit in memory a filter cannot read, so libc falls
 back to ``clone``, which the filter inspects). When Landlock cannot scope
 signals (ABI < 6), ``self_pid`` limits ``kill`` and friends to the handler's
-own process. ``install`` loads a program into the calling process (all its
+own process, and no handler may disarm its parent-death signal.
+``install`` loads a program into the calling process (all its
 threads)."""
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ LD_W_ABS: Final = 0x20
 JEQ_K: Final = 0x15
 JGE_K: Final = 0x35
 JSET_K: Final = 0x45
+JA: Final = 0x05
 RET_K: Final = 0x06
 RET_KILL_PROCESS: Final = 0x80000000
 RET_ERRNO: Final = 0x00050000
@@ -45,6 +47,8 @@ SECCOMP_FILTER_FLAG_TSYNC: Final = 1
 X32_SYSCALL_BIT: Final = 0x40000000
 OFF_NR: Final = 0
 OFF_ARCH: Final = 4
+LEAF_RULES: Final = 4  # rules tested one by one at the bottom of the search
+MAX_JUMP: Final = 255  # the reach of a conditional jump (8-bit offsets)
 
 AF_UNIX: Final = 1
 AF_INET: Final = 2
@@ -91,27 +95,26 @@ class Filter:
 def build(arch: str, *, net: bool, processes: int, self_pid: int | None = None) -> Filter:
     """The filter for a handler on ``arch`` ("x86_64" or "aarch64")."""
     table = kernel.SYSCALLS[arch]
+    eperm = [_ret(RET_ERRNO | errno.EPERM)]
+    rules = {table[name]: eperm for name in DENIED if name in table}
+    rules[table["socket"]] = _arg_in(0, (AF_INET, AF_INET6) if net else ())
+    rules[table["socketpair"]] = _arg_in(0, (AF_UNIX,))
+    rules[table["personality"]] = _arg_in(0, (0, PERSONALITY_QUERY))
+    # The handler may not disarm its parent-death signal and outlive naosd.
+    rules[table["prctl"]] = _arg_in(0, (kernel.PR_SET_PDEATHSIG,), match=RET_ERRNO | errno.EPERM,
+                                    otherwise=RET_ALLOW)
+    rules[table["clone"]] = _clone_body(threads_only=processes == 0)
+    rules[table["clone3"]] = [_ret(RET_ERRNO | errno.ENOSYS)]
+    if processes == 0:
+        rules |= {table[name]: eperm for name in ("fork", "vfork") if name in table}
+    if self_pid is not None:
+        rules |= _signals_to_self(table, self_pid)
     program: list[Insn] = [
         _load(OFF_ARCH), (JEQ_K, 1, 0, kernel.AUDIT_ARCH[arch]), _ret(RET_KILL_PROCESS),
         _load(OFF_NR)]
     if arch == "x86_64":
         program += [(JGE_K, 0, 1, X32_SYSCALL_BIT), _ret(RET_KILL_PROCESS)]
-    for name in DENIED:
-        if name in table:
-            program += _deny(table[name], errno.EPERM)
-    program += _on(table["socket"], _arg_in(0, (AF_INET, AF_INET6) if net else ()))
-    program += _on(table["socketpair"], _arg_in(0, (AF_UNIX,)))
-    program += _on(table["personality"], _arg_in(0, (0, PERSONALITY_QUERY)))
-    program += _on(table["clone"], _clone_body(threads_only=processes == 0))
-    program += _deny(table["clone3"], errno.ENOSYS)
-    if processes == 0:
-        for name in ("fork", "vfork"):
-            if name in table:
-                program += _deny(table[name], errno.EPERM)
-    if self_pid is not None:
-        program += _signals_to_self(table, self_pid)
-    program.append(_ret(RET_ALLOW))
-    return Filter(arch, tuple(program))
+    return Filter(arch, tuple(program + _search(sorted(rules.items()))))
 
 
 def install(fltr: Filter) -> None:
@@ -158,21 +161,30 @@ def _arg_low(index: int) -> int:
     return 16 + 8 * index + (4 if sys.byteorder == "big" else 0)
 
 
-def _deny(number: int, err: int) -> list[Insn]:
-    return [(JEQ_K, 0, 1, number), _ret(RET_ERRNO | err)]
+def _search(rules: list[tuple[int, list[Insn]]]) -> list[Insn]:
+    """A binary search on the call number (in the accumulator) over ``rules``
+    (sorted by number): a call costs ~log2(len) comparisons, not one per rule.
+    Each rule's body returns on every path; a call no rule names is allowed."""
+    if len(rules) <= LEAF_RULES:
+        out: list[Insn] = []
+        for number, body in rules:
+            out += [(JEQ_K, 0, len(body), number), *body]
+        return [*out, _ret(RET_ALLOW)]
+    middle = len(rules) // 2
+    below, above = _search(rules[:middle]), _search(rules[middle:])
+    if len(below) <= MAX_JUMP:
+        return [(JGE_K, len(below), 0, rules[middle][0]), *below, *above]
+    # A conditional jump reaches 255 instructions: go through a long jump.
+    return [(JGE_K, 0, 1, rules[middle][0]), (JA, 0, 0, len(below)), *below, *above]
 
 
-def _on(number: int, body: list[Insn]) -> list[Insn]:
-    """``body`` runs for system call ``number`` only; every path through it
-    returns, so the accumulator still holds the call number after it."""
-    return [(JEQ_K, 0, len(body), number), *body]
-
-
-def _arg_in(index: int, allowed: Iterable[int], err: int = errno.EPERM) -> list[Insn]:
-    """Allow when argument ``index`` (low 32 bits) is one of ``allowed``."""
-    values = tuple(allowed)
-    checks = [(JEQ_K, len(values) - i, 0, v) for i, v in enumerate(values)]
-    return [_load(_arg_low(index)), *checks, _ret(RET_ERRNO | err), _ret(RET_ALLOW)]
+def _arg_in(index: int, values: Iterable[int], *, match: int = RET_ALLOW,
+            otherwise: int = RET_ERRNO | errno.EPERM) -> list[Insn]:
+    """``match`` when argument ``index`` (low 32 bits) is one of ``values``,
+    else ``otherwise`` (by default: allow those values, EPERM the rest)."""
+    checks = tuple(values)
+    jumps = [(JEQ_K, len(checks) - i, 0, v) for i, v in enumerate(checks)]
+    return [_load(_arg_low(index)), *jumps, _ret(otherwise), _ret(match)]
 
 
 def _clone_body(*, threads_only: bool) -> list[Insn]:
@@ -185,12 +197,10 @@ def _clone_body(*, threads_only: bool) -> list[Insn]:
             _ret(RET_ERRNO | errno.EPERM)]
 
 
-def _signals_to_self(table: dict[str, int], pid: int) -> list[Insn]:
+def _signals_to_self(table: dict[str, int], pid: int) -> dict[int, list[Insn]]:
     """Signals only to the calling process (its pid, or 0: its own group,
     which a new session makes the handler's alone)."""
-    program: list[Insn] = []
-    for name in SIGNAL_CALLS:
-        targets = (pid, 0) if name in ("kill", "rt_sigqueueinfo") else (pid,)
-        program += _on(table[name], _arg_in(0, targets))
-    program += _deny(table["pidfd_send_signal"], errno.EPERM)
-    return program
+    rules = {table[name]: _arg_in(0, (pid, 0) if name in ("kill", "rt_sigqueueinfo") else (pid,))
+             for name in SIGNAL_CALLS}
+    rules[table["pidfd_send_signal"]] = [_ret(RET_ERRNO | errno.EPERM)]
+    return rules
