@@ -79,7 +79,8 @@ class LlmCompleter(Protocol):
 class Broker:
     def __init__(self, db: AsyncStore, sandbox: WasmRunner,
                  thresholds: Callable[[], routing.Thresholds], *, gate: TrustCheck,
-                 llm: LlmCompleter | None = None, llm_prices: tuple[int, int] | None = None, no_llm_reason: str = "") -> None:
+                 llm: LlmCompleter | None = None, llm_prices: tuple[int, int] | None = None,
+                 no_llm_reason: str = "") -> None:
         self._db = db
         self._sandbox = sandbox
         self._thresholds = thresholds
