@@ -22,6 +22,10 @@ import pytest
 
 from naosd.agents.api import AgentApi, Caller
 from naosd.agents.channels import AgentChannels, Channel
+from naosd.agents.runs import AgentRuns
+from naosd.storage import agent_runs
+from naosd.storage.db import AsyncStore
+from naosd.storage.group_commit import GroupCommit
 from naosd.errors import AgentCrashed, NotFound, PermissionDenied, RequestTimeout
 from naosd.runtime.agent_link import channel_key, open_channel
 
@@ -29,41 +33,21 @@ pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
 
 
-class MemoryStates:
-    def __init__(self) -> None:
-        self.values: dict[str, dict[str, Any]] = {}
+class States:
+    """The agent API's state store over the real database."""
+
+    def __init__(self, db: AsyncStore) -> None:
+        self.db = db
 
     async def load_state(self, agent: str) -> dict[str, Any]:
-        return dict(self.values.get(agent, {}))
+        return await self.db.call(lambda s: agent_runs.load_state(s, agent))
 
-    def commit(self, agent: str, change: dict[str, Any] | None) -> None:
-        if change:
-            into = self.values.setdefault(agent, {})
-            into.update(change["set"])
-            for key in change["delete"]:
-                into.pop(key, None)
+    async def values(self, agent: str) -> dict[str, Any]:
+        return await self.load_state(agent)
 
 
-class Runner:
-    """Delivers to the target's channel as naosd's agents service does."""
-
-    def __init__(self, channels: AgentChannels, states: MemoryStates) -> None:
-        self.channels = channels
-        self.states = states
-        self.started: list[str] = []
-
-    async def run_as(self, name: str, payload: Any, *, caller: Caller, key: str
-                     ) -> dict[str, Any]:
-        channel = await self.channels.wait(name, caller.deadline)
-        if channel is None:
-            raise NotFound(f"no running agent named {name!r}")
-        self.started.append(name)
-        outcome = await channel.run(payload, request_id="r", key=key,
-                                    deadline=caller.deadline, chain=caller.chain)
-        if outcome.crashed:
-            raise AgentCrashed(outcome.crashed)
-        self.states.commit(name, outcome.state)
-        return {"agent": name, "output": outcome.output}
+async def never_activate(agent: str, deadline: float) -> None:
+    """The test starts handlers itself: an agent that is not live stays so."""
 
 
 class Definitions:
@@ -75,15 +59,17 @@ class Definitions:
 
 
 class World:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db: AsyncStore) -> None:
         self.root = root
+        self.db = db
         self.secret = secrets.token_bytes(32)
         self.key = channel_key(self.secret)
-        self.states = MemoryStates()
+        self.states = States(db)
         self.concurrency: dict[str, int] = {}
         self.channels = AgentChannels(root / "agents.sock", self.key, self._methods,
                                       known=self.concurrency.get)
-        self.runner = Runner(self.channels, self.states)
+        self.runner = AgentRuns(self.channels, never_activate,
+                                GroupCommit(db, agent_runs.commit))
         self.definitions = Definitions()
         self.api = AgentApi(channels=self.channels, runner=self.runner, states=self.states,
                             definitions=self.definitions, chat=None, broker=None, budgets=None)
@@ -132,12 +118,15 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def world(short_dir: Path) -> AsyncIterator[World]:
-    w = World(short_dir)
+    db = await AsyncStore.open(short_dir / "naos.db", checkpoint=short_dir / "audit.head",
+                               synchronous="normal", busy_timeout_ms=1000)
+    w = World(short_dir, db)
     await w.channels.start()
     try:
         yield w
     finally:
         await w.channels.close()
+        await db.close()
         for proc in w.procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -166,11 +155,13 @@ async def test_a_sync_handler_answers_over_its_channel(world: World) -> None:
 
 
 async def test_state_is_loaded_at_start_and_changes_come_back_with_the_reply(world) -> None:
-    world.states.values["counter"] = {"seen": 41}
+    await world.db.call(lambda s: s.kv_set("counter", "seen", b"41"))
     await world.spawn("counter", COUNTER)
     await world.ready("counter")
     assert await world.run("counter", None) == 42
-    assert world.states.values["counter"] == {"seen": 42}
+    assert await world.states.values("counter") == {"seen": 42}
+    rows = await world.db.call(lambda s: s.audit_tail(5, type="agent.run"))
+    assert rows[-1].agent == "counter" and rows[-1].detail["ok"] is True
 
 
 async def test_a_handler_that_raises_crashes_and_says_why(world: World) -> None:
@@ -286,7 +277,9 @@ async def test_a_queued_message_is_dropped_when_its_caller_gives_up(world: World
         await world.run("slow", 0.0, wait_s=0.3)  # queued behind the first: never runs
     assert await first == 1.0
     await asyncio.sleep(0.3)
-    assert world.states.values["slow"] == {"done": 1}
+    assert await world.states.values("slow") == {"done": 1}
+    rows = await world.db.call(lambda s: s.audit_tail(5, type="agent.run"))
+    assert [r.detail["error"] for r in rows] == ["timeout", None]  # audited either way
 
 
 async def test_max_concurrency_serves_messages_at_once(world: World) -> None:
