@@ -23,11 +23,11 @@ import pytest
 from naosd.agents.api import AgentApi, Caller
 from naosd.agents.channels import AgentChannels, Channel
 from naosd.agents.runs import AgentRuns
+from naosd.errors import AgentCrashed, PermissionDenied, RequestTimeout
+from naosd.runtime.agent_link import channel_key, open_channel
 from naosd.storage import agent_runs
 from naosd.storage.db import AsyncStore
 from naosd.storage.group_commit import GroupCommit
-from naosd.errors import AgentCrashed, NotFound, PermissionDenied, RequestTimeout
-from naosd.runtime.agent_link import channel_key, open_channel
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
