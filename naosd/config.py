@@ -202,6 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
             "threads asking the actor system at once"),
     Setting("actors.sandbox_workers", _number(1, 64, int), 2,
             "WASM sandbox worker processes"),
+    Setting("actors.admin_port", _number(0, 65535, int), 0,
+            "Thespian admin port on 127.0.0.1 (0: a free one; if taken, a free one is "
+            "picked; cluster mode uses cluster.bind's port)"),
     Setting("agents.idle_timeout", _number(0, 30 * 86400), 600.0,
             "seconds before an on-demand agent's idle process is stopped (0: never)"),
     Setting("cluster.enabled", _bool, False,
@@ -290,6 +293,7 @@ class Config:
     actors_ask_timeout: float
     actors_bridge_threads: int
     actors_sandbox_workers: int
+    actors_admin_port: int
     agents_idle_timeout: float
     cluster_enabled: bool
     cluster_bind: str

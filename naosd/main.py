@@ -161,8 +161,10 @@ def _start_actors(config: Config) -> Any:
     from naosd.runtime.actorsys import ActorRuntime, set_child_subreaper
 
     set_child_subreaper()
+    record = config.state_dir / "actors.session"  # what a killed naosd left running
     if not config.cluster_enabled:
-        return ActorRuntime.start(secret=os.urandom(32))
+        return ActorRuntime.start(secret=os.urandom(32), record=record,
+                                  prefer_port=config.actors_admin_port or None)
     from naosd.runtime.cluster import setup
 
     cluster = setup(config)
@@ -176,7 +178,7 @@ def _start_actors(config: Config) -> Any:
     return ActorRuntime.start(
         secret=cluster.secret, bind_host=cluster.host, admin_port=cluster.port,
         capabilities=cluster.thespian_capabilities(),
-        convention_period=cluster.reregistration_period())
+        convention_period=cluster.reregistration_period(), record=record)
 
 
 if __name__ == "__main__":
