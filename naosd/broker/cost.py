@@ -24,6 +24,9 @@ from typing import Any, ClassVar, Final
 
 from actors.domain import budget as b
 from naosd.errors import NaosError, NotFound
+from naosd.storage.ledger import Event  # the audit rows this controller accumulates
+
+__all__ = ["GLOBAL", "CostController", "Event", "Hold", "Throttled"]
 
 log = logging.getLogger("naosd.broker.cost")
 
@@ -53,16 +56,6 @@ class Hold:
     agent: str | None
     amount: int
     scopes: tuple[str, ...]  # the budgets holding it (none when no budget applies)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An audit row to write: type, the agent it concerns, its detail."""
-
-    type: str
-    agent: str | None
-    detail: dict[str, Any]
-    actor: str = "broker"
 
 
 @dataclass(slots=True)

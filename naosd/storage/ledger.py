@@ -15,9 +15,19 @@ from typing import Any
 
 from actors.domain import budget as b
 from actors.domain.skill_manifest import SkillManifest, validate_manifest
-from naosd.broker.cost import Event
 from naosd.errors import Conflict, NotFound
 from naosd.storage.store import Store, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An audit row to write: type, the agent it concerns, its detail."""
+
+    type: str
+    agent: str | None
+    detail: dict[str, Any]
+    actor: str = "broker"
+
 
 # -- skills ------------------------------------------------------------------------
 
