@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -39,7 +40,7 @@ def route(result: dict[str, Any], explain: bool) -> str:
 
 
 def execute(result: dict[str, Any]) -> str:
-    return result["output"].rstrip("\n")
+    return str(result["output"]).rstrip("\n")
 
 
 def execute_summary(result: dict[str, Any]) -> str:
@@ -84,7 +85,7 @@ def history(result: dict[str, Any]) -> str:
     return _table(rows) + f"\ntotal {usd(result['total_micro'])} since {result['since']}"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)

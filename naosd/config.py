@@ -542,7 +542,7 @@ def _build(
     state_dir = values.get("daemon.state_dir") or paths.state_dir
     socket = values.get("daemon.socket") or paths.runtime_dir / "naosd.sock"
     db = values.get("storage.db") or state_dir / "naos.db"
-    kwargs = {s.attr: values.get(s.key) for s in SETTINGS}
+    kwargs: dict[str, Any] = {s.attr: values.get(s.key) for s in SETTINGS}
     kwargs.update(socket=socket, state_dir=state_dir, storage_db=db)
     _check_socket_length(socket, sources.get("daemon.socket", "default"))
     if values.get("cluster.enabled"):
