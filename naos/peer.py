@@ -1,6 +1,6 @@
 """One end of an agent channel: requests both ways over one connection.
 
-The channel speaks the control protocol's frames (``naosd.control.protocol``:
+The channel speaks the control protocol's frames (``naosd.protocol``:
 length-prefixed msgpack maps typed ``request``, ``reply``, ``error``,
 ``event``, ``end``, ``cancel``), but both ends may send requests: naosd asks
 the handler to ``run`` a message, the handler asks naosd for ``llm.chat``,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from naos.errors import Cancelled, ChannelClosed
-from naosd.control import protocol
+from naosd import protocol
 from naosd.errors import MethodNotFound, NaosError, ProtocolError, from_wire
 
 log = logging.getLogger("naos.peer")
@@ -120,11 +121,11 @@ class Peer:
         if kind == "request":
             await self._serve(message)
         elif kind == "cancel":
-            task = self._serving.get(_id(message))
+            task = self._serving.get(_id(message) or 0)
             if task is not None:
                 task.cancel()
         elif kind in ("reply", "error", "event", "end"):
-            queue = self._waiting.get(_id(message))
+            queue = self._waiting.get(_id(message) or 0)
             if queue is not None:
                 queue.put_nowait(message)
             elif kind == "error" and message.get("id") is None:
@@ -153,7 +154,11 @@ class Peer:
             else self._many(entry, call)
         task = asyncio.get_running_loop().create_task(coro)
         self._serving[req_id] = task
-        task.add_done_callback(lambda _t, i=req_id: self._serving.pop(i, None))
+        task.add_done_callback(functools.partial(self._served, req_id))
+
+    def _served(self, req_id: int, task: asyncio.Task[None]) -> None:
+        if self._serving.get(req_id) is task:
+            del self._serving[req_id]
 
     async def _one(self, entry: Method | None, call: Incoming) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -39,7 +40,7 @@ def route(result: dict[str, Any], explain: bool) -> str:
 
 
 def execute(result: dict[str, Any]) -> str:
-    return result["output"].rstrip("\n")
+    return str(result["output"]).rstrip("\n")
 
 
 def execute_summary(result: dict[str, Any]) -> str:
@@ -59,14 +60,22 @@ def stats(result: dict[str, Any]) -> str:
 
 
 def budgets(result: dict[str, Any]) -> str:
+    """The budgets as a table, then one line per paused or throttled budget: since
+    when and why (an agent refused tasks by a pause budget shows it here)."""
     rows = [("SCOPE", "LIMIT", "SPENT", "RESERVED", "USED", "ACTION", "STATE", "RESETS")]
+    notes = []
     for b in result["budgets"]:
-        state = "paused" if b["paused"] else "throttled" if b["throttled"] else "ok"
+        scope = "global" if b["scope"] == "*" else b["scope"]
+        state = b.get("state") or ("paused" if b["paused"] else "throttled" if b["throttled"]
+                                   else "ok")
         used = "-" if b["percent"] is None else f"{b['percent']:.1f}%"
-        rows.append(("global" if b["scope"] == "*" else b["scope"],
-                     f"{usd(b['limit_micro'])}/{b['period']}", usd(b["spent_micro"]),
+        rows.append((scope, f"{usd(b['limit_micro'])}/{b['period']}", usd(b["spent_micro"]),
                      usd(b["reserved_micro"]), used, b["action"], state, b["period_end"]))
-    return _table(rows) if result["budgets"] else "no budgets set (naosctl cost set --help)"
+        if b.get("since"):
+            notes.append(f"{scope}: {state} since {b['since']}: {b.get('reason') or '-'}")
+    if not result["budgets"]:
+        return "no budgets set (naosctl cost set --help)"
+    return "\n".join([_table(rows), *notes])
 
 
 def history(result: dict[str, Any]) -> str:
@@ -76,7 +85,7 @@ def history(result: dict[str, Any]) -> str:
     return _table(rows) + f"\ntotal {usd(result['total_micro'])} since {result['since']}"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)

@@ -49,14 +49,21 @@ class Ctx:
 
 
 def resolve_socket(option: str | None, system: bool) -> Path:
-    """--socket > $NAOS_SOCKET > config file > default path for the mode."""
+    """--socket > $NAOS_SOCKET > the config file's daemon.socket > the default.
+
+    Only the socket setting can make this fail (ConfigError): naosctl needs
+    nothing else from naosd's configuration, so a problem elsewhere in the
+    file is one warning line on stderr, and other ``NAOS_*`` variables are
+    not read at all."""
     if option:
         return Path(option)
-    from naosd.config import load
+    from naosd.config import locate_socket
 
-    config = load(mode="system" if system else "user", environ=os.environ,
-                  uid=os.getuid(), home=Path.home())
-    return config.socket
+    choice = locate_socket(mode="system" if system else "user", environ=os.environ,
+                           uid=os.getuid(), home=Path.home())
+    if choice.warning:
+        click.echo(f"naosctl: warning: {choice.warning}", err=True)
+    return choice.path
 
 
 def handle_errors(*, not_running_code: int = DaemonNotRunning.exit_code) -> Callable[[F], F]:

@@ -202,6 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
             "threads asking the actor system at once"),
     Setting("actors.sandbox_workers", _number(1, 64, int), 2,
             "WASM sandbox worker processes"),
+    Setting("actors.admin_port", _number(0, 65535, int), 0,
+            "Thespian admin port on 127.0.0.1 (0: a free one; if taken, a free one is "
+            "picked; cluster mode uses cluster.bind's port)"),
     Setting("agents.idle_timeout", _number(0, 30 * 86400), 600.0,
             "seconds before an on-demand agent's idle process is stopped (0: never)"),
     Setting("cluster.enabled", _bool, False,
@@ -290,6 +293,7 @@ class Config:
     actors_ask_timeout: float
     actors_bridge_threads: int
     actors_sandbox_workers: int
+    actors_admin_port: int
     agents_idle_timeout: float
     cluster_enabled: bool
     cluster_bind: str
@@ -371,7 +375,9 @@ def load(
     explicit = config_file or (Path(environ["NAOS_CONFIG"]) if environ.get(
         "NAOS_CONFIG") else None)
     path = explicit or paths.config_file
-    file_values, loaded = _read_file(path, required=explicit is not None)
+    doc = _read_toml(path, required=explicit is not None)
+    file_values = _flatten(path, doc) if doc is not None else {}
+    loaded = doc is not None
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for s in SETTINGS:
@@ -402,32 +408,127 @@ def _pick(
     return s.default, "default"
 
 
-def _read_file(path: Path, *, required: bool) -> tuple[dict[str, Any], bool]:
+def _read_toml(path: Path, *, required: bool) -> dict[str, Any] | None:
+    """The parsed file, or None if it is absent and optional."""
     try:
         with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path}: config file not found") from None
-        return {}, False
+        return None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return _flatten(path, doc), True
 
 
-def _flatten(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+def _flatten(path: Path, doc: dict[str, Any], problems: list[str] | None = None
+             ) -> dict[str, Any]:
+    """``{"section.name": value}`` of the known settings in ``doc``.
+
+    Raises ConfigError at the first unknown key or non-table section, or, given
+    ``problems``, appends each one there and skips it."""
     out: dict[str, Any] = {}
     for section, table in doc.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {section}: expected a [{section}] table")
+            _problem(problems, f"{path}: {section}: expected a [{section}] table")
+            continue
         for name, value in table.items():
             key = f"{section}.{name}"
             if key not in SETTINGS_BY_KEY:
-                raise ConfigError(f"{path}: {key}: unknown setting")
+                _problem(problems, f"{path}: {key}: unknown setting")
+                continue
             out[key] = value
     return out
+
+
+def _problem(problems: list[str] | None, text: str) -> None:
+    if problems is None:
+        raise ConfigError(text)
+    problems.append(text)
+
+
+# --------------------------------------------------------------------------
+# naosctl's view: the socket path only.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SocketChoice:
+    """Where naosctl finds naosd, and at most one line about the rest of the file."""
+
+    path: Path
+    warning: str | None = None
+
+
+def locate_socket(*, mode: str, environ: Mapping[str, str], uid: int, home: Path
+                  ) -> SocketChoice:
+    """The control socket as naosd would resolve it: ``$NAOS_SOCKET`` > the config
+    file's ``daemon.socket`` > the mode's default.
+
+    Lenient, because a client needs nothing else: another variable or another key
+    of the file is never read, and a file that cannot be read or holds a bad key
+    elsewhere only yields :attr:`SocketChoice.warning` (the default path is used
+    when the file cannot be read at all).
+
+    Raises :class:`ConfigError` naming the variable or file and the key when the
+    socket setting itself is bad (wrong type, path too long), or for a bad mode.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be user or system, got {mode!r}")
+    setting = SETTINGS_BY_KEY["daemon.socket"]
+    paths = default_paths(mode, environ, uid, home)
+    default = paths.runtime_dir / "naosd.sock"
+    if setting.env in environ:
+        return SocketChoice(_socket_from(environ[setting.env], f"environment ${setting.env}",
+                                         default))
+    explicit = Path(environ["NAOS_CONFIG"]) if environ.get("NAOS_CONFIG") else None
+    path = explicit or paths.config_file
+    try:
+        doc = _read_toml(path, required=explicit is not None)
+    except ConfigError as exc:
+        return SocketChoice(default, f"{exc.message} (naosctl uses the default socket "
+                            f"{default})")
+    if doc is None:
+        return SocketChoice(default)
+    daemon = doc.get("daemon")
+    raw = daemon.get("socket") if isinstance(daemon, dict) else None
+    socket = default if raw is None else _socket_from(raw, str(path), default)
+    problems = _file_problems(path, doc)
+    if not problems:
+        return SocketChoice(socket)
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return SocketChoice(socket, f"{problems[0]}{more}: naosd would refuse this file; "
+                        "naosctl only needs daemon.socket")
+
+
+def _socket_from(raw: Any, origin: str, default: Path) -> Path:
+    try:
+        socket = _path(raw) or default
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: daemon.socket: {exc}") from None
+    _check_socket_length(socket, origin)
+    return socket
+
+
+def _file_problems(path: Path, doc: dict[str, Any]) -> list[str]:
+    """Every unknown key and bad value in the file, as naosd would name them."""
+    problems: list[str] = []
+    for key, raw in _flatten(path, doc, problems).items():
+        try:
+            SETTINGS_BY_KEY[key].convert(raw)
+        except ValueError as exc:
+            problems.append(f"{path}: {key}: {exc}")
+    return problems
+
+
+def _check_socket_length(socket: Path, origin: str) -> None:
+    if len(str(socket)) > 100:
+        raise ConfigError(
+            f"{origin}: daemon.socket: path is {len(str(socket))} bytes, Unix sockets "
+            "allow about 100"
+        )
 
 
 def _build(
@@ -441,13 +542,9 @@ def _build(
     state_dir = values.get("daemon.state_dir") or paths.state_dir
     socket = values.get("daemon.socket") or paths.runtime_dir / "naosd.sock"
     db = values.get("storage.db") or state_dir / "naos.db"
-    kwargs = {s.attr: values.get(s.key) for s in SETTINGS}
+    kwargs: dict[str, Any] = {s.attr: values.get(s.key) for s in SETTINGS}
     kwargs.update(socket=socket, state_dir=state_dir, storage_db=db)
-    if len(str(socket)) > 100:
-        raise ConfigError(
-            f"{sources.get('daemon.socket', 'default')}: daemon.socket: path is "
-            f"{len(str(socket))} bytes, Unix sockets allow about 100"
-        )
+    _check_socket_length(socket, sources.get("daemon.socket", "default"))
     if values.get("cluster.enabled"):
         check_cluster(values, sources)
     return Config(

@@ -1,6 +1,8 @@
 """naosd's composition root: argv -> Config -> lock -> actors -> event loop.
 
-Exit codes: 0 clean stop, 1 failure (including "already running"),
+Exit codes: 0 clean stop, 1 failure (including "already running", and a
+state directory, database or socket path that cannot be used: read-only,
+full, not a directory; one error line names the path and the reason),
 2 usage, 6 configuration error (LSB "not configured")."""
 
 from __future__ import annotations
@@ -97,6 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NaosError as exc:
         log.error("%s", exc.message)
         return 1
+    except OSError as exc:  # a path naosd needs is unusable: one line, not a traceback
+        log.error("%s", describe_os_error(exc))
+        log.debug("where it failed", exc_info=True)
+        return 1
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``cannot use /var/lib/naos: Read-only file system``."""
+    reason = exc.strerror or str(exc)
+    return f"cannot use {exc.filename}: {reason}" if exc.filename else reason
 
 
 def prepare_dirs(config: Config) -> None:
@@ -149,8 +161,10 @@ def _start_actors(config: Config) -> Any:
     from naosd.runtime.actorsys import ActorRuntime, set_child_subreaper
 
     set_child_subreaper()
+    record = config.state_dir / "actors.session"  # what a killed naosd left running
     if not config.cluster_enabled:
-        return ActorRuntime.start(secret=os.urandom(32))
+        return ActorRuntime.start(secret=os.urandom(32), record=record,
+                                  prefer_port=config.actors_admin_port or None)
     from naosd.runtime.cluster import setup
 
     cluster = setup(config)
@@ -164,7 +178,7 @@ def _start_actors(config: Config) -> Any:
     return ActorRuntime.start(
         secret=cluster.secret, bind_host=cluster.host, admin_port=cluster.port,
         capabilities=cluster.thespian_capabilities(),
-        convention_period=cluster.reregistration_period())
+        convention_period=cluster.reregistration_period(), record=record)
 
 
 if __name__ == "__main__":

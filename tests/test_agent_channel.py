@@ -187,7 +187,7 @@ async def test_a_token_made_with_another_key_is_refused(world: World) -> None:
 async def test_a_replayed_hello_is_refused(world: World) -> None:
     """The same hello bytes sent twice (a captured token) open one channel only."""
     world.concurrency["echo"] = 1
-    from naosd.control import protocol
+    from naosd import protocol
     from naosd.runtime.agent_link import channel_token
 
     nonce = secrets.token_hex(16)
@@ -206,7 +206,7 @@ async def test_a_replayed_hello_is_refused(world: World) -> None:
 
 async def test_a_hello_naming_another_pid_is_refused(world: World) -> None:
     world.concurrency["echo"] = 1
-    from naosd.control import protocol
+    from naosd import protocol
     from naosd.runtime.agent_link import channel_token
 
     nonce, other = secrets.token_hex(16), os.getppid()

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from naosd.config import SETTINGS, default_paths, load, render_default_config
+from naosd.config import (
+    SETTINGS,
+    SocketChoice,
+    default_paths,
+    load,
+    locate_socket,
+    render_default_config,
+)
 from naosd.errors import ConfigError
 
 HOME = Path("/home/u")
@@ -104,3 +111,59 @@ def test_printed_default_config_round_trips(tmp_path):
     again = cfg(config_file=f)
     for s in SETTINGS:
         assert getattr(again, s.attr) == getattr(c, s.attr), s.key
+
+
+# -- naosctl's lenient view: only the socket matters (issue 12.6) -----------------------
+
+
+def locate(environ):
+    return locate_socket(mode="user", environ=environ, uid=1000, home=HOME)
+
+
+def test_locate_socket_ignores_other_variables_and_defaults():
+    choice = locate({"NAOS_LOG_LEVEL": "verbose", "NAOS_DASHBOARD_PORT": "x"})
+    assert choice == SocketChoice(Path("/tmp/naos-1000/naosd.sock"), None)
+    assert locate({"NAOS_SOCKET": "/run/s"}) == SocketChoice(Path("/run/s"), None)
+
+
+def test_locate_socket_takes_the_file_socket_and_warns_once_about_the_rest(tmp_path):
+    f = tmp_path / "naosd.toml"
+    f.write_text('[daemon]\nsocket = "/run/x/s"\nlog_levl = "debug"\n'
+                 '[dashboard]\nport = "many"\nsurprise = 3\n')
+    choice = locate({"NAOS_CONFIG": str(f)})
+    assert choice.path == Path("/run/x/s")
+    assert choice.warning is not None and "\n" not in choice.warning
+    assert f"{f}: daemon.log_levl: unknown setting (and 2 more)" in choice.warning
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("[daemon\n", id="syntax"),
+    pytest.param("daemon = 3\n", id="not-a-table"),
+])
+def test_locate_socket_falls_back_to_the_default_when_the_file_is_unusable(tmp_path, text):
+    f = tmp_path / "naosd.toml"
+    f.write_text(text)
+    choice = locate({"NAOS_CONFIG": str(f), "XDG_RUNTIME_DIR": "/run/user/7"})
+    assert choice.path == Path("/run/user/7/naos/naosd.sock")
+    assert choice.warning is not None and str(f) in choice.warning
+
+
+def test_locate_socket_warns_when_the_named_file_is_missing(tmp_path):
+    choice = locate({"NAOS_CONFIG": str(tmp_path / "gone.toml")})
+    assert choice.path == Path("/tmp/naos-1000/naosd.sock")
+    assert "config file not found" in (choice.warning or "")
+
+
+@pytest.mark.parametrize(("environ", "text", "match"), [
+    pytest.param({}, "[daemon]\nsocket = 5\n", r"naosd\.toml: daemon\.socket: expected a string",
+                 id="file-type"),
+    pytest.param({}, f'[daemon]\nsocket = "/{"x" * 120}"\n',
+                 r"naosd\.toml: daemon\.socket: path is 121 bytes", id="file-length"),
+    pytest.param({"NAOS_SOCKET": "/" + "y" * 120}, "",
+                 r"\$NAOS_SOCKET: daemon\.socket: path is", id="env-length"),
+])
+def test_a_broken_socket_setting_is_a_config_error(tmp_path, environ, text, match):
+    f = tmp_path / "naosd.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        locate({"NAOS_CONFIG": str(f), **environ})

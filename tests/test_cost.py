@@ -115,5 +115,50 @@ def test_load_restores_what_drain_persisted():
         "action": state.policy.action.value, "throttle_rate": bucket.rate_per_s,
         "throttle_burst": bucket.burst, "period_start": state.period_start,
         "spent_micro": state.spent_micro, "alerted": sorted(state.alerted),
-        "paused": state.paused}])
+        "paused": state.paused, "paused_since": state.paused_since,
+        "pause_reason": state.pause_reason, "throttled_since": state.throttled_since}])
     assert restored.status_of("ann", NOW) == cost.status_of("ann", NOW)
+
+
+def test_a_refusal_that_pauses_is_kept_persisted_and_shown():
+    cost, _ = controller(ann=BudgetPolicy(100, "day", (50,), "pause"))
+    cost.settle(cost.reserve("ann", 95, NOW), 95, NOW)
+    cost.drain()
+    assert cost.status_of("ann", NOW)["state"] == "alerting"  # 95 %: not paused yet
+    later = NOW + timedelta(minutes=1)
+    with pytest.raises(BudgetExceeded, match="budget exceeded"):
+        cost.reserve("ann", 10, later)
+    status = cost.status_of("ann", later)
+    assert (status["state"], status["paused"], status["since"]) == (
+        "paused", True, later.isoformat())
+    assert status["reason"].startswith("limit reached: $0.000095 spent")
+    events, rows = cost.drain()  # the refusal's record persists the pause with it
+    assert [e.type for e in events] == ["cost.paused"]
+    assert events[0].detail["since"] == later.isoformat()
+    assert [(scope, state.paused) for scope, state, _ in rows] == [("ann", True)]
+    with pytest.raises(BudgetExceeded, match="budget paused since"):
+        cost.reserve("ann", 1, later)  # even a task that would fit
+    cost.reset("ann", later)
+    assert cost.status_of("ann", later)["state"] == "ok"
+
+
+def test_a_refusal_of_the_global_budget_keeps_no_agent_reservation():
+    cost, _ = controller(ann=BudgetPolicy(1_000, "day"), everyone=BudgetPolicy(100, "day"))
+    cost.settle(cost.reserve("ann", 90, NOW), 90, NOW)
+    with pytest.raises(BudgetExceeded):
+        cost.reserve("ann", 20, NOW)
+    status = {s["scope"]: s for s in cost.status(NOW)}
+    assert status[GLOBAL]["state"] == "paused" and status["ann"]["state"] == "ok"
+    assert status["ann"]["reserved_micro"] == 0
+
+
+def test_a_throttled_budget_says_so_from_its_first_task_past_the_limit():
+    cost, _ = controller(ann=BudgetPolicy(100, "day", (100,), "throttle"))
+    cost.settle(cost.reserve("ann", 60, NOW), 40, NOW)
+    assert cost.status_of("ann", NOW)["state"] == "ok"
+    cost.settle(cost.reserve("ann", 70, NOW), 10, NOW)  # past the limit: the bucket allowed it
+    status = cost.status_of("ann", NOW)
+    assert (status["state"], status["since"]) == ("throttled", NOW.isoformat())
+    assert status["spent_micro"] == 50  # under the limit again, still throttled this period
+    events, _ = cost.drain()
+    assert [e.type for e in events] == ["cost.throttled"]

@@ -25,8 +25,15 @@ reservations and settlements interleave. Decisions to review:
   ``alert``, a reservation that takes ``spent + reserved`` past the limit also
   fires every level not yet fired this period (with ``committed_micro`` showing
   the projection). Each level fires at most once per period.
-- ``Paused`` fires when ``spent`` goes strictly over the limit (not when it
-  reaches it exactly: the next non-zero reservation is refused anyway).
+- A pausing budget becomes *paused* (``Paused``, with the time and the reason)
+  when ``spent`` goes strictly over the limit, or when it refuses a task that
+  does not fit in what is left of the limit after what was spent (``spent +
+  amount > limit``). From then on it refuses every task until the period rolls
+  over or the operator resets it, and its status says so. A refusal caused only
+  by in-flight reservations does not pause (they may be released), nor does a
+  task larger than the whole limit (it could never run; smaller ones still can).
+- A throttling budget is *throttled* from the first reservation of the period
+  that goes past the limit (``Throttle.first``) until rollover or reset.
 """
 
 from __future__ import annotations
@@ -55,9 +62,16 @@ _BUDGET_RE: Final = re.compile(
 class BudgetExceeded(NaosError):
     """A reservation would take a pausing budget past its limit, or the budget is paused.
 
-    Unlike ``Conflict`` (a misuse of the ledger), this is the budget doing its job."""
+    Unlike ``Conflict`` (a misuse of the ledger), this is the budget doing its job.
+    ``outcome`` is the budget's state after the refusal (paused by it, or rolled over
+    first) and its events: the caller keeps and persists them as after any operation;
+    None when nothing changed."""
 
     code: ClassVar[str] = "budget_exceeded"
+
+    def __init__(self, message: str, outcome: Outcome | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class Period(enum.StrEnum):
@@ -197,7 +211,13 @@ class BudgetState:
     spent_micro: int = 0
     reserved_micro: int = 0
     alerted: frozenset[int] = field(default_factory=frozenset)
-    paused: bool = False
+    paused_since: datetime | None = None  # set: every reservation is refused
+    pause_reason: str = ""
+    throttled_since: datetime | None = None  # the first reservation past a throttle limit
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
 
     @property
     def period_end(self) -> datetime:
@@ -234,18 +254,23 @@ class AlertLevel:
 
 @dataclass(frozen=True, slots=True)
 class Paused:
-    """Spending went over a pausing budget's limit: pause the agent until reset/rollover."""
+    """A pausing budget ran out (overspent, or refused a task that no longer fits):
+    every task is refused until reset/rollover."""
 
     spent_micro: int
     limit_micro: int
+    since: datetime
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class Throttle:
-    """A throttling budget allowed a reservation past its limit: slow the agent down."""
+    """A throttling budget allowed a reservation past its limit: slow the agent down.
+    ``first``: the first one this period (the budget became throttled)."""
 
     committed_micro: int
     limit_micro: int
+    first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,33 +295,37 @@ def reserve(state: BudgetState, amount: int, now: datetime) -> Outcome:
 
     Raises:
         BudgetExceeded: action pause and ``spent + reserved + amount`` would pass the
-            limit, or the budget is paused.
+            limit (its ``outcome`` may pause the budget), or the budget is paused.
         InvalidRequest: ``amount`` is not a whole number of micro-dollars >= 0.
     """
     _check_micro(amount, "amount")
     state, events = _roll(state, now)
     policy = state.policy
     committed = state.committed_micro + amount
-    if state.paused:
+    if state.paused_since is not None:
         raise BudgetExceeded(
-            f"budget paused: {format_usd(state.spent_micro)} spent of the "
-            f"{_limit_text(policy)} limit; wait for {state.period_end.isoformat()} or reset it"
-        )
-    state = replace(state, reserved_micro=state.reserved_micro + amount)
+            f"budget paused since {state.paused_since.isoformat()} ({state.pause_reason}); "
+            f"wait for {state.period_end.isoformat()} or reset it"
+        )  # a rollover above would have lifted the pause: nothing changed
     if committed <= policy.limit_micro:
-        return state, events
+        return replace(state, reserved_micro=state.reserved_micro + amount), events
     match policy.action:
         case Action.PAUSE:
-            raise BudgetExceeded(
+            message = (
                 f"budget exceeded: reserving {format_usd(amount)} would commit "
                 f"{format_usd(committed)} of the {_limit_text(policy)} limit "
                 f"({format_usd(state.spent_micro)} spent, "
-                f"{format_usd(state.reserved_micro - amount)} reserved)"
+                f"{format_usd(state.reserved_micro)} reserved)"
             )
+            raise BudgetExceeded(message, _refused(state, events, amount, now))
         case Action.THROTTLE:
-            events.append(Throttle(committed, policy.limit_micro))
+            first = state.throttled_since is None
+            state = replace(state, reserved_micro=state.reserved_micro + amount,
+                            throttled_since=state.throttled_since or _utc(now))
+            events.append(Throttle(committed, policy.limit_micro, first))
             return state, events
         case _:  # Action.ALERT
+            state = replace(state, reserved_micro=state.reserved_micro + amount)
             return _alert(state, events, committed)
 
 
@@ -306,32 +335,42 @@ def grantable(state: BudgetState, want: int, floor: int, now: datetime) -> int:
     All of it, unless a pausing budget has less than ``want`` left: then what
     is left, as long as that is at least ``floor`` (a call shrinks to fit the
     end of a budget instead of being refused while 5 % of it is unspent).
+    When even ``floor`` does not fit (or the budget is paused) it answers
+    ``want`` and lets :func:`reserve` refuse, and pause, as for any task.
 
     Raises:
-        BudgetExceeded: the budget is paused, or less than ``floor`` is left.
         InvalidRequest: an amount is not a whole number of micro-dollars >= 0.
     """
     _check_micro(want, "amount")
     _check_micro(floor, "floor")
     state, _ = _roll(state, now)
-    policy = state.policy
-    if state.paused:
-        raise BudgetExceeded(
-            f"budget paused: {format_usd(state.spent_micro)} spent of the "
-            f"{_limit_text(policy)} limit; wait for {state.period_end.isoformat()} or reset it"
-        )
-    if policy.action is not Action.PAUSE:
+    if state.paused or state.policy.action is not Action.PAUSE:
         return want
-    left = max(policy.limit_micro - state.committed_micro, 0)
-    if left >= want:
+    left = max(state.policy.limit_micro - state.committed_micro, 0)
+    if left >= want or left < max(floor, 1):
         return want
-    if left >= floor and left > 0:
-        return left
-    raise BudgetExceeded(
-        f"budget exceeded: {format_usd(left)} left of the {_limit_text(policy)} limit, "
-        f"a call needs at least {format_usd(max(floor, 1))} "
-        f"({format_usd(state.spent_micro)} spent, {format_usd(state.reserved_micro)} reserved)"
-    )
+    return left
+
+
+def _refused(state: BudgetState, events: list[BudgetEvent], amount: int, now: datetime
+             ) -> Outcome:
+    """A pausing budget refused ``amount``: pause it if the task no longer fits in
+    what spending left (not if in-flight reservations alone were in the way, nor
+    if the task is larger than the whole limit)."""
+    limit = state.policy.limit_micro
+    if amount > limit or state.spent_micro + amount <= limit:
+        return state, events
+    reason = (f"limit reached: {format_usd(state.spent_micro)} spent of the "
+              f"{_limit_text(state.policy)} limit, a task needing {format_usd(amount)} "
+              "was refused")
+    return _pause(state, events, now, reason)
+
+
+def _pause(state: BudgetState, events: list[BudgetEvent], now: datetime, reason: str
+           ) -> Outcome:
+    since = _utc(now)
+    events.append(Paused(state.spent_micro, state.policy.limit_micro, since, reason))
+    return replace(state, paused_since=since, pause_reason=reason), events
 
 
 def settle(state: BudgetState, reserved: int, actual: int, now: datetime) -> Outcome:
@@ -347,8 +386,9 @@ def settle(state: BudgetState, reserved: int, actual: int, now: datetime) -> Out
     state, events = _alert(state, events, state.spent_micro)
     limit = state.policy.limit_micro
     if state.policy.action is Action.PAUSE and state.spent_micro > limit and not state.paused:
-        state = replace(state, paused=True)
-        events.append(Paused(state.spent_micro, limit))
+        reason = (f"overspent: {format_usd(state.spent_micro)} spent of the "
+                  f"{_limit_text(state.policy)} limit")
+        return _pause(state, events, now, reason)
     return state, events
 
 

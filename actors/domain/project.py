@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from actors.domain.definitions import (
     RESTART_TYPES,
@@ -175,7 +175,8 @@ def _child_entry(entry: Any, key: str, origin: str) -> tuple[str, str]:
 
 def _no_cycles(sups: dict[str, SupervisorDef], origin: str) -> None:
     for name in sups:
-        seen, current = set(), name
+        seen: set[str] = set()
+        current: str | None = name
         while current is not None:
             if current in seen:
                 raise ConfigError(f"{origin}: supervisors.{name}: supervision cycle")
@@ -190,7 +191,10 @@ def _parents_first(sups: dict[str, SupervisorDef]) -> list[SupervisorDef]:
     return sorted(sups.values(), key=lambda s: (depth(s), s.name))
 
 
-def _checked(d: Any, key: str, origin: str) -> Any:
+_Def = TypeVar("_Def", AgentDef, SupervisorDef)
+
+
+def _checked(d: _Def, key: str, origin: str) -> _Def:
     try:
         return d.validated()
     except InvalidRequest as exc:

@@ -36,7 +36,7 @@ from typing import Any
 
 from naos.errors import Cancelled, ChannelClosed
 from naos.peer import Method, Peer
-from naosd.control import protocol
+from naosd import protocol
 from naosd.errors import (
     AgentCrashed,
     InvalidRequest,

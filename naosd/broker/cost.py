@@ -24,6 +24,9 @@ from typing import Any, ClassVar, Final
 
 from actors.domain import budget as b
 from naosd.errors import NaosError, NotFound
+from naosd.storage.ledger import Event  # the audit rows this controller accumulates
+
+__all__ = ["GLOBAL", "CostController", "Event", "Hold", "Throttled"]
 
 log = logging.getLogger("naosd.broker.cost")
 
@@ -44,7 +47,6 @@ class Throttled(NaosError):
 class Scope:
     state: b.BudgetState
     bucket: b.TokenBucket
-    throttle_noted: datetime | None = None  # the period in which throttling was audited
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +56,6 @@ class Hold:
     agent: str | None
     amount: int
     scopes: tuple[str, ...]  # the budgets holding it (none when no budget applies)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An audit row to write: type, the agent it concerns, its detail."""
-
-    type: str
-    agent: str | None
-    detail: dict[str, Any]
-    actor: str = "broker"
 
 
 @dataclass(slots=True)
@@ -80,12 +72,15 @@ class CostController:
 
     # -- loading and configuring ---------------------------------------------------
     def load(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Restore budgets as persisted (see :func:`naosd.storage.ledger.list_budgets`)."""
+        """Restore budgets as persisted (see :func:`naosd.storage.ledger.list_budgets`:
+        ``paused_since``, ``pause_reason`` and ``throttled_since`` come from the audit
+        rows written with the budget row)."""
         for row in rows:
             policy = b.BudgetPolicy(row["limit_micro"], row["period"],
                                     tuple(row["alert_at"]), row["action"])
             state = b.BudgetState(policy, row["period_start"], row["spent_micro"], 0,
-                                  frozenset(row["alerted"]), bool(row["paused"]))
+                                  frozenset(row["alerted"]), row["paused_since"],
+                                  row["pause_reason"], row["throttled_since"])
             self._scopes[row["scope"]] = Scope(
                 state, b.TokenBucket(row["throttle_rate"], row["throttle_burst"]))
 
@@ -111,7 +106,6 @@ class CostController:
         entry = self._get(scope)
         entry.state, events = b.reset(entry.state, now)
         entry.bucket = b.TokenBucket(entry.bucket.rate_per_s, entry.bucket.burst)
-        entry.throttle_noted = None
         self._pending.dirty.add(scope)
         self._apply_events(scope, events)
 
@@ -129,7 +123,8 @@ class CostController:
         sizes its work to it (``max_tokens``, fuel) so it cannot spend more.
 
         Raises:
-            BudgetExceeded: a pausing budget would pass its limit, or is paused.
+            BudgetExceeded: a pausing budget would pass its limit, or is paused (a
+                refusal may pause the budget: that is kept, the reservation is not).
             Throttled: a throttling budget is over its limit and out of tokens.
         """
         scopes = [s for s in (agent, GLOBAL) if s is not None and s in self._scopes]
@@ -137,8 +132,15 @@ class CostController:
             for scope in scopes:
                 amount = min(amount, b.grantable(self._scopes[scope].state, amount, floor, now))
         staged: list[tuple[str, b.BudgetState, list[b.BudgetEvent]]] = []
-        for scope in scopes:  # raises before anything is kept
-            state, events = b.reserve(self._scopes[scope].state, amount, now)
+        for scope in scopes:  # raises before any reservation is kept
+            try:
+                state, events = b.reserve(self._scopes[scope].state, amount, now)
+            except b.BudgetExceeded as exc:
+                if exc.outcome is not None:  # paused by this refusal, or rolled over
+                    self._scopes[scope].state, events = exc.outcome
+                    self._pending.dirty.add(scope)
+                    self._apply_events(scope, events)
+                raise
             staged.append((scope, state, events))
         buckets = self._take_tokens(staged)
         for scope, state, events in staged:
@@ -215,11 +217,11 @@ class CostController:
                                spent_micro=event.spent_micro, limit_micro=event.limit_micro,
                                committed_micro=event.committed_micro)
                 case b.Paused():
-                    log.warning("budget %s paused: %s spent of %s", scope,
-                                b.format_usd(event.spent_micro), b.format_usd(event.limit_micro))
+                    log.warning("budget %s paused: %s", scope, event.reason)
                     self._emit(scope, "cost.paused", spent_micro=event.spent_micro,
-                               limit_micro=event.limit_micro)
-                case b.Throttle():
+                               limit_micro=event.limit_micro, reason=event.reason,
+                               since=event.since.isoformat())
+                case b.Throttle(first=True):
                     self._note_throttle(scope, event)
                 case b.PeriodRolled():
                     self._emit(scope, "cost.period", reason=event.reason,
@@ -228,14 +230,12 @@ class CostController:
                                spent_micro=event.spent_micro)
 
     def _note_throttle(self, scope: str, event: b.Throttle) -> None:
-        entry = self._scopes[scope]
-        if entry.throttle_noted == entry.state.period_start:
-            return  # audited once per period
-        entry.throttle_noted = entry.state.period_start
+        entry = self._scopes[scope]  # audited once per period: the first Throttle
         log.warning("budget %s over its limit: throttling", scope)
+        since = entry.state.throttled_since
         self._emit(scope, "cost.throttled", committed_micro=event.committed_micro,
                    limit_micro=event.limit_micro, rate_per_s=entry.bucket.rate_per_s,
-                   burst=entry.bucket.burst)
+                   burst=entry.bucket.burst, since=since.isoformat() if since else None)
 
     def _emit(self, scope: str, type_: str, **detail: Any) -> None:
         agent = None if scope == GLOBAL else scope
@@ -249,14 +249,22 @@ def _status(scope: str, entry: Scope, now: datetime) -> dict[str, Any]:
         state = replace(state, reserved_micro=entry.state.reserved_micro)
     policy = state.policy
     limit = policy.limit_micro
+    throttled = policy.action is b.Action.THROTTLE and (
+        state.throttled_since is not None or state.committed_micro > limit)
+    since = state.paused_since if state.paused else state.throttled_since if throttled \
+        else None
     return {
         "scope": scope, "limit_micro": limit, "period": policy.period.value,
         "spent_micro": state.spent_micro, "reserved_micro": state.reserved_micro,
         "remaining_micro": state.remaining_micro,
         "percent": round(100 * state.spent_micro / limit, 2) if limit else None,
         "alert_at": list(policy.alert_at), "alerted": sorted(state.alerted),
-        "action": policy.action.value, "paused": state.paused,
-        "throttled": policy.action is b.Action.THROTTLE and state.committed_micro > limit,
+        "action": policy.action.value, "paused": state.paused, "throttled": throttled,
+        "state": "paused" if state.paused else "throttled" if throttled
+        else "alerting" if state.alerted else "ok",
+        "since": since.isoformat() if since else None,
+        "reason": state.pause_reason if state.paused
+        else "over its limit: tasks run at the throttle rate" if throttled else None,
         "throttle_rate": entry.bucket.rate_per_s, "throttle_burst": entry.bucket.burst,
         "period_start": state.period_start.isoformat(),
         "period_end": state.period_end.isoformat(),

@@ -40,7 +40,7 @@ async def wasm_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Run a WASI command module in a sandbox worker; input on stdin."""
     stdin = p["input"].encode() if isinstance(p["input"], str) else bytes(p["input"])
     grants = tuple(str(g) for g in (p["grants"] or ()))
-    result = await d.sandbox.run(_module(p), stdin, limits_of(p), grants)
+    result: dict[str, Any] = await d.sandbox.run(_module(p), stdin, limits_of(p), grants)
     await d.db.audit("wasm.run", exit_code=result["exit_code"], fuel=result["fuel_used"],
                      cost_micro_usd=result["cost_micro_usd"], wall_ms=result["wall_ms"])
     return result
@@ -52,7 +52,8 @@ async def wasm_validate(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Imports, exports, size and a verdict for a module."""
     limits = {"module_bytes": p["max_bytes"]} if p["max_bytes"] else {}
     grants = tuple(str(g) for g in (p["grants"] or ()))
-    return await d.sandbox.validate(_module(p), grants, limits)
+    result: dict[str, Any] = await d.sandbox.validate(_module(p), grants, limits)
+    return result
 
 
 @method("wasm.kill_worker", name=Str("*", max_len=64))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ from naosd.control.params import parse_since
 from naosd.dashboard import queries
 from naosd.errors import NaosError
 from naosd.storage import definitions as defs_store
+
+log = logging.getLogger("naosd.dashboard")
 
 DAEMON = web.AppKey("daemon", Any)
 STREAMS = web.AppKey("streams", set)
@@ -146,6 +149,16 @@ async def _stream(request: web.Request, d: Any) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
+    try:
+        await _pump(request, response, d)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: a tab was closed
+        log.debug("event stream: the client went away")
+    return response
+
+
+async def _pump(request: web.Request, response: web.StreamResponse, d: Any) -> None:
+    """Write events until the client goes away (ConnectionResetError) or the
+    dashboard stops (cancelled)."""
     await response.prepare(request)
     audit_seq, log_id = _last_event_id(request)
     if audit_seq is None:
@@ -174,7 +187,6 @@ async def _stream(request: web.Request, d: Any) -> web.StreamResponse:
         if idle >= HEARTBEAT_S:  # keeps proxies from closing an idle stream
             await response.write(b": heartbeat\n\n")
             idle = 0.0
-    return response
 
 
 def _event(kind: str, event_id: str, data: dict[str, Any]) -> bytes:

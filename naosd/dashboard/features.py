@@ -134,9 +134,11 @@ async def pools_view(d: Any, request: web.Request) -> dict[str, Any]:
 
 def budget_view(status: dict[str, Any]) -> dict[str, Any]:
     scope = status["scope"]
-    state = ("paused" if status.get("paused") else "throttled" if status.get("throttled")
-             else "alerting" if status.get("alerted") else "ok")
-    return {"scope": "global" if scope == "*" else "agent",
+    state = status.get("state") or (
+        "paused" if status.get("paused") else "throttled" if status.get("throttled")
+        else "alerting" if status.get("alerted") else "ok")
+    return {"since": status.get("since"), "reason": status.get("reason"),
+            "scope": "global" if scope == "*" else "agent",
             "agent": None if scope == "*" else scope, "limit_micro": status["limit_micro"],
             "spent_micro": status["spent_micro"], "reserved_micro": status["reserved_micro"],
             "period": status["period"], "period_end": status.get("period_end"),

@@ -52,6 +52,12 @@ Measured here (Python 3.11, thespian 4.0.1, 2 shared cores), hardening on:
   socket. Forked processes also hold inherited copies of their parent's
   listening socket (naosd's endpoint is open in every actor).
 
+Start-up: the admin port is held from the moment it is picked until the admin
+listens (:mod:`naosd.runtime.admin_port`); an admin that still does not come
+up is retried on a fresh port (:data:`ADMIN_ATTEMPTS` tries, each logged); and
+what a killed predecessor left running is killed first
+(:mod:`naosd.runtime.leftovers`).
+
 Start the runtime before the process has threads or opens anything it does
 not want the admin to inherit (the admin is forked from naosd). Linux only
 for the prctl and /proc parts; elsewhere they are no-ops.
@@ -68,12 +74,12 @@ import multiprocessing
 import os
 import pickle
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import thespian.system.multiprocCommon as mp_common
@@ -90,14 +96,30 @@ from thespian.system.transport.streamBuffer import (
 
 from actors.messages import Ping, Reply, new_request_id
 from naosd.errors import ConfigError, Unavailable
+from naosd.runtime.admin_port import free_port, hold_admin_port
+from naosd.runtime.leftovers import SessionRecord, kill_stale
 from naosd.runtime.procs import PR_SET_CHILD_SUBREAPER, prctl, set_pdeathsig
+from naosd.runtime.proctable import (
+    alive,
+    children_of,
+    closure,
+    kill_tree,
+    proc_table,
+    read_proc,
+    reap,
+    signal_all,
+)
+
+__all__ = ["ActorRuntime", "AuthenticatedPickle", "FrameRejected", "free_port",
+           "harden_thespian", "set_child_subreaper"]
 
 log = logging.getLogger(__name__)
 
 MAC_SIZE = 32  # HMAC-SHA256
 MIN_SECRET_SIZE = 32
-THESPIAN_DEFAULT_ADMIN_PORT = 1900  # collides with SSDP: never use it
 REPARENT_WAIT_S = 5.0
+ADMIN_ATTEMPTS = 4
+ADMIN_START_WAIT_S = 4.0  # Thespian retries its admin for this + 1 s, then gives up
 
 DEFAULT_LOG_DEFS: dict[str, Any] = {
     "version": 1,
@@ -171,7 +193,7 @@ def _await_adoption_then_die_with_starter() -> None:
         return
     deadline = time.monotonic() + REPARENT_WAIT_S
     while os.getppid() != starter.pid:
-        if time.monotonic() > deadline or not _alive(starter.pid):
+        if time.monotonic() > deadline or not alive(starter.pid):
             os._exit(1)
         time.sleep(0.0005)
     set_pdeathsig(expected_parent=starter.pid)
@@ -250,101 +272,6 @@ def harden_thespian(secret: bytes, bind_host: str = "127.0.0.1") -> None:
     _install_process_hooks()
 
 
-# --------------------------------------------------------------------------
-# /proc process table
-
-
-@dataclass(frozen=True, slots=True)
-class _Proc:
-    pid: int
-    ppid: int
-    state: str
-    session: int
-
-
-def _read_proc(pid: int) -> _Proc | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return _Proc(pid, int(fields[1]), fields[0], int(fields[3]))
-
-
-def _proc_table() -> list[_Proc]:
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    procs = (_read_proc(int(e)) for e in entries if e.isdigit())
-    return [p for p in procs if p is not None]
-
-
-def _alive(pid: int) -> bool:
-    proc = _read_proc(pid)
-    return proc is not None and proc.state not in ("Z", "X")
-
-
-def _children_of(pid: int) -> set[int]:
-    return {p.pid for p in _proc_table() if p.ppid == pid}
-
-
-def _closure(table: list[_Proc], seeds: set[int]) -> set[int]:
-    """``seeds`` and all their descendants in ``table``."""
-    found, frontier = set(seeds), set(seeds)
-    while frontier:
-        frontier = {p.pid for p in table if p.ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def _reap(pids: set[int]) -> None:
-    """Collect the exit status of those of ``pids`` that are our dead children."""
-    me = os.getpid()
-    for pid in pids:
-        proc = _read_proc(pid)
-        if proc is not None and proc.ppid == me and proc.state in ("Z", "X"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-
-
-def _signal_all(pids: set[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _kill_tree(seeds: set[int]) -> None:
-    """SIGKILL ``seeds`` and their descendants and reap what is ours."""
-    pids = _closure(_proc_table(), seeds)
-    _signal_all(pids, signal.SIGKILL)
-    time.sleep(0.05)
-    _reap(pids)
-
-
-# --------------------------------------------------------------------------
-# Ports
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """An unused TCP port on ``host`` (never Thespian's default 1900)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port != THESPIAN_DEFAULT_ADMIN_PORT:
-            return port
-
-
-def _ensure_nothing_listens(host: str, port: int) -> None:
-    """Refuse to attach to a stale admin (or anything else) on ``port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        if s.connect_ex((host, port)) == 0:
-            raise Unavailable(f"admin port {host}:{port} is already in use")
-
-
 @contextlib.contextmanager
 def _shutdown_delay(seconds: float) -> Iterator[None]:
     """Bound ``ActorSystem.shutdown()`` (Thespian's module constant, 10 s)."""
@@ -374,6 +301,7 @@ class ActorRuntime:
         self._session = session
         self._root: Any = None
         self._closed = False
+        self._record_path: Path | None = None
 
     @classmethod
     def start(
@@ -381,20 +309,28 @@ class ActorRuntime:
         *,
         secret: bytes,
         admin_port: int | None = None,
+        prefer_port: int | None = None,
         bind_host: str = "127.0.0.1",
         log_defs: dict[str, Any] | None = None,
         startup_timeout_s: float = 10.0,
         capabilities: dict[str, Any] | None = None,
         convention_period: timedelta | None = None,
+        record: Path | None = None,
     ) -> ActorRuntime:
         """Harden Thespian, start the system, create the root supervisor.
 
-        ``capabilities`` are added to the system's (cluster mode: the
-        convention address and the node's name and capabilities);
-        ``convention_period`` replaces Thespian's member re-registration
-        period (7 min 22 s) and its retry period after a failed one.
+        ``admin_port`` is required (cluster mode: members know it);
+        ``prefer_port`` is tried first and replaced by a free port if taken;
+        with neither, a free port is picked. ``capabilities`` are added to
+        the system's (cluster mode: the convention address and the node's
+        name and capabilities); ``convention_period`` replaces Thespian's
+        member re-registration period (7 min 22 s) and its retry period after
+        a failed one. ``record`` (``<state_dir>/actors.session``): first kill
+        what a killed naosd recorded there and left running, then record this
+        system's session for the next start.
 
-        Raises ``Unavailable`` if the port is taken or the root does not
+        Raises ``Unavailable`` if the required port is taken, the admin does
+        not come up in :data:`ADMIN_ATTEMPTS` tries, or the root does not
         answer a Ping within ``startup_timeout_s``.
         """
         harden_thespian(secret, bind_host)
@@ -406,33 +342,65 @@ class ActorRuntime:
         set_child_subreaper()
         if threading.active_count() > 1:
             log.warning("actor system started with threads running: fork is unsafe")
-        port = admin_port or free_port(bind_host)
-        _ensure_nothing_listens(bind_host, port)
-        runtime = cls._start_system(port, log_defs or DEFAULT_LOG_DEFS, capabilities or {})
+        if record is not None:
+            kill_stale(record)
+        runtime = cls._start_admin(bind_host, admin_port, prefer_port,
+                                   log_defs or DEFAULT_LOG_DEFS, capabilities or {})
         try:
             runtime._start_root(startup_timeout_s)
         except BaseException:
             runtime.shutdown(timeout=startup_timeout_s)
             raise
+        if record is not None:
+            runtime._record(record)
         return runtime
+
+    @classmethod
+    def _start_admin(cls, host: str, required: int | None, preferred: int | None,
+                     log_defs: dict[str, Any], extra: dict[str, Any]) -> ActorRuntime:
+        """Start the system on a held port; retry on a fresh one (bounded) when
+        the admin does not come up."""
+        for attempt in range(1, ADMIN_ATTEMPTS + 1):
+            held = hold_admin_port(host, required, preferred if attempt == 1 else None)
+            port = int(held.getsockname()[1])
+            try:
+                with held, _shutdown_delay(ADMIN_START_WAIT_S):  # Thespian's wait: 11 s
+                    return cls._start_system(port, log_defs, extra)
+            except Unavailable as exc:
+                if attempt == ADMIN_ATTEMPTS:
+                    raise
+                log.warning("actor system admin did not come up on %s:%d (%s); retrying on "
+                            "%s (attempt %d of %d)", host, port, exc.message,
+                            "the same port" if required else "a fresh port", attempt + 1,
+                            ADMIN_ATTEMPTS)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     @classmethod
     def _start_system(cls, port: int, log_defs: dict[str, Any], extra: dict[str, Any]
                       ) -> ActorRuntime:
-        before = _children_of(os.getpid())
+        before = children_of(os.getpid())
         capabilities = {**extra, "Admin Port": port, "Process Startup Method": "fork"}
         try:
             system = ActorSystem(
                 "multiprocTCPBase", capabilities, logDefs=log_defs, transientUnique=True
             )
         except ActorSystemException as exc:
-            _kill_tree(_children_of(os.getpid()) - before)
+            kill_tree(children_of(os.getpid()) - before)
             raise Unavailable(f"actor system did not start: {exc}") from exc
-        new = _children_of(os.getpid()) - before
-        _reap(new)
-        seeds = {pid for pid in new if _alive(pid)}
-        sessions = {p.session for p in map(_read_proc, seeds) if p is not None}
+        new = children_of(os.getpid()) - before
+        reap(new)
+        seeds = {pid for pid in new if alive(pid)}
+        sessions = {p.session for p in map(read_proc, seeds) if p is not None}
         return cls(system, port, seeds, min(sessions) if sessions else None)
+
+    def _record(self, path: Path) -> None:
+        record = SessionRecord.of_session(self._session, self._admin_port) \
+            if self._session is not None else None
+        if record is None:
+            return
+        with contextlib.suppress(OSError):  # only a help for the next start
+            record.save(path)
+            self._record_path = path
 
     def _start_root(self, timeout_s: float) -> None:
         # Imported here: actors import naosd.runtime.actorsys's dependencies.
@@ -445,7 +413,7 @@ class ActorRuntime:
             raise Unavailable(f"root supervisor did not start: {exc}") from exc
         if not isinstance(reply, Reply) or not reply.ok:
             raise Unavailable(f"root supervisor did not answer a Ping: {reply!r}")
-        root_proc = _read_proc(int(reply.result["pid"]))
+        root_proc = read_proc(int(reply.result["pid"]))
         if self._session is None and root_proc is not None:
             self._session = root_proc.session
 
@@ -465,11 +433,11 @@ class ActorRuntime:
 
     def descendant_pids(self) -> list[int]:
         """Live pids of the admin, logger and every actor (Linux; else [])."""
-        table = _proc_table()
+        table = proc_table()
         members = {p.pid for p in table if p.session == self._session}
-        tree = _closure(table, (self._seeds | members) - {os.getpid()})
+        tree = closure(table, (self._seeds | members) - {os.getpid()})
         dead = {p.pid for p in table if p.state in ("Z", "X")}
-        return sorted(pid for pid in tree if pid not in dead and _alive(pid))
+        return sorted(pid for pid in tree if pid not in dead and alive(pid))
 
     def shutdown(self, timeout: float) -> None:
         """Stop the system within about ``timeout`` seconds, leaving no process.
@@ -489,12 +457,15 @@ class ActorRuntime:
                 log.warning("graceful actor system shutdown failed", exc_info=True)
         self._wait_gone(pids, deadline - 0.3 * timeout)
         self._terminate(pids, deadline)
+        if self._record_path is not None:  # nothing is left for the next start to kill
+            with contextlib.suppress(OSError):
+                self._record_path.unlink()
 
     def _wait_gone(self, pids: set[int], until: float) -> set[int]:
         while True:
             pids = pids | set(self.descendant_pids())
-            _reap(pids)
-            left = {pid for pid in pids if _alive(pid)}
+            reap(pids)
+            left = {pid for pid in pids if alive(pid)}
             if not left or time.monotonic() >= until:
                 return left
             time.sleep(0.01)
@@ -504,9 +475,9 @@ class ActorRuntime:
         if not left:
             return
         log.warning("actor processes outlived shutdown, terminating: %s", left)
-        _signal_all(left, signal.SIGTERM)
+        signal_all(left, signal.SIGTERM)
         left = self._wait_gone(left, min(deadline, time.monotonic() + 0.5))
-        _signal_all(left, signal.SIGKILL)
+        signal_all(left, signal.SIGKILL)
         left = self._wait_gone(left, time.monotonic() + 5.0)
         if left:
             log.error("actor processes survived SIGKILL: %s", sorted(left))

@@ -18,7 +18,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from naosd.control import protocol
+from naosd import protocol
 from naosd.errors import PermissionDenied, ProtocolError, Unavailable
 
 TOKEN_CONTEXT = b"naos agent channel v1"

@@ -12,6 +12,7 @@ the others' commit.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -44,7 +45,7 @@ class GroupCommit(Generic[T]):
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             records = [r for r, _ in batch]
             try:
-                await self._db.call(lambda s, rs=records: self._write(s, rs))
+                await self._db.call(functools.partial(_apply, self._write, records))
             except Exception as exc:  # noqa: BLE001 - handed to every waiter of the batch
                 for _, done in batch:
                     if not done.done():
@@ -55,3 +56,7 @@ class GroupCommit(Generic[T]):
                 if not done.done():
                     done.set_result(None)
             await self._db.notify()
+
+
+def _apply(write: Callable[[Store, list[T]], None], records: list[T], store: Store) -> None:
+    write(store, records)

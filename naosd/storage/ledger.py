@@ -15,9 +15,19 @@ from typing import Any
 
 from actors.domain import budget as b
 from actors.domain.skill_manifest import SkillManifest, validate_manifest
-from naosd.broker.cost import Event
 from naosd.errors import Conflict, NotFound
 from naosd.storage.store import Store, Tx
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An audit row to write: type, the agent it concerns, its detail."""
+
+    type: str
+    agent: str | None
+    detail: dict[str, Any]
+    actor: str = "broker"
+
 
 # -- skills ------------------------------------------------------------------------
 
@@ -88,14 +98,44 @@ def list_budgets(store: Store) -> list[dict[str, Any]]:
         "period_start, spent_micro, alerted, paused FROM budgets ORDER BY scope")
     keys = ("scope", "limit_micro", "period", "alert_at", "action", "throttle_rate",
             "throttle_burst", "period_start", "spent_micro", "alerted", "paused")
+    marks = _latest_limit_rows(store) if rows else {}
     out = []
     for row in rows:
         item = dict(zip(keys, row, strict=True))
         item["alert_at"] = json.loads(item["alert_at"])
         item["alerted"] = json.loads(item["alerted"])
         item["period_start"] = datetime.fromisoformat(item["period_start"])
+        item.update(_limit_marks(marks.get(item["scope"], {}), item))
         out.append(item)
     return out
+
+
+def _latest_limit_rows(store: Store) -> dict[str, dict[str, tuple[str, dict[str, Any]]]]:
+    """The latest ``cost.paused`` and ``cost.throttled`` audit row of each scope: they
+    say since when and why (written in the same transaction as the budget row)."""
+    latest: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for type_, ts, detail in store.query(
+            "SELECT type, ts, detail FROM audit WHERE type IN ('cost.paused', "
+            "'cost.throttled') ORDER BY seq"):
+        data = json.loads(detail)
+        latest.setdefault(str(data.get("scope")), {})[type_] = (ts, data)
+    return latest
+
+
+def _limit_marks(rows: dict[str, tuple[str, dict[str, Any]]], budget: dict[str, Any]
+                 ) -> dict[str, Any]:
+    def since(type_: str) -> datetime | None:
+        ts, data = rows.get(type_, ("", {}))
+        text = data.get("since") or ts
+        return datetime.fromisoformat(text) if text else None
+
+    paused = since("cost.paused") if budget["paused"] else None
+    throttled = since("cost.throttled")
+    if throttled is not None and throttled < budget["period_start"]:
+        throttled = None  # an earlier period's
+    reason = rows.get("cost.paused", ("", {}))[1].get("reason") if paused else None
+    return {"paused_since": paused, "pause_reason": reason or ("paused" if paused else ""),
+            "throttled_since": throttled}
 
 
 def _write_budget(tx: Tx, scope: str, state: b.BudgetState, bucket: b.TokenBucket,
