@@ -38,9 +38,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import ClassVar, Final, TypeAlias, TypeVar
+from typing import Final, TypeAlias, TypeVar
 
-from naosd.errors import Conflict, InvalidRequest, NaosError
+from naosd.errors import BudgetExceeded, Conflict, InvalidRequest
 
 MICRO_PER_USD: Final = 1_000_000
 DEFAULT_ALERTS: Final = (50, 80, 100)
@@ -50,14 +50,6 @@ _BUDGET_RE: Final = re.compile(
     rf"\s*(?:\$\s*(?P<dollars>{_AMOUNT})|(?P<usd>{_AMOUNT})\s*usd)\s*/\s*(?P<period>\w+)\s*",
     re.IGNORECASE,
 )
-
-
-class BudgetExceeded(NaosError):
-    """A reservation would take a pausing budget past its limit, or the budget is paused.
-
-    Unlike ``Conflict`` (a misuse of the ledger), this is the budget doing its job."""
-
-    code: ClassVar[str] = "budget_exceeded"
 
 
 class Period(enum.StrEnum):

@@ -23,7 +23,8 @@ from actors.wasm.engine import (
     WasmEngine,
     denied_imports,
 )
-from actors.wasm.errors import (
+from actors.wasm.limits import Limits, price_micro_usd
+from naosd.errors.wasm import (
     WasmCacheUnsafe,
     WasmError,
     WasmExit,
@@ -38,7 +39,6 @@ from actors.wasm.errors import (
     WasmTimeout,
     WasmTrap,
 )
-from actors.wasm.limits import Limits, price_micro_usd
 
 __all__ = [
     "HOST_FUNCTIONS",

@@ -20,24 +20,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from actors.domain import budget as b
-from naosd.errors import NaosError, NotFound
+from naosd.errors import NotFound, Throttled
 
 log = logging.getLogger("naosd.broker.cost")
 
 GLOBAL: Final = "*"
 DEFAULT_RATE: Final = 1.0  # throttled tasks per second
 DEFAULT_BURST: Final = 1
-
-
-class Throttled(NaosError):
-    """A throttling budget is over its limit and its token bucket is empty: retry later.
-
-    Unlike ``budget_exceeded`` (pause), the task may run once a token is back."""
-
-    code: ClassVar[str] = "budget_throttled"
 
 
 @dataclass(slots=True)

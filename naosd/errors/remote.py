@@ -1,12 +1,11 @@
-"""Errors of the LLM client and the trust gate's AXIS client (a leaf module:
-stdlib only, so naosctl can import it and rebuild these errors from their
-wire codes)."""
+"""Errors of the remote services naosd calls: the LLM server and AXIS (a leaf
+module: stdlib only, collected by ``naosd.errors``)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from naosd.errors import NaosError
+from naosd.errors.core import NaosError, NotFound
 
 
 class LlmUnavailable(NaosError, ConnectionError):
@@ -55,3 +54,9 @@ class AxisUnavailable(NaosError, ConnectionError):
     """AXIS could not be reached or answered with an error or garbage."""
 
     code: ClassVar[str] = "axis_unavailable"
+
+
+class AxisUnknownAuid(NotFound):
+    """AXIS answered 404: it has no agent with this AUID."""
+
+    code = "axis_unknown_auid"
