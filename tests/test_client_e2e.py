@@ -38,13 +38,19 @@ async def test_async_client_names_the_socket_when_not_running(base: Path):
 
 
 async def test_events_stream_pushes_what_happens(daemon: Naosd):
+    async def first_created(stream):
+        async for event in stream:  # the daemon's own start may still be audited
+            if event["type"] == "agent.created":
+                return event
+        return None
+
     async with AsyncClient(daemon.socket) as c:
         stream = c.stream("events")
-        first = asyncio.ensure_future(stream.__anext__())
+        first = asyncio.ensure_future(first_created(stream))
         await asyncio.sleep(0.5)
         await c.call("agent.create", name="evt", template="echo", start=False)
         event = await asyncio.wait_for(first, 15)
-        assert event["type"] == "agent.created" and event["agent"] == "evt"
+        assert event["agent"] == "evt"
         await stream.aclose()
 
 

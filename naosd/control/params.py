@@ -3,7 +3,9 @@
 Each method declares ``{"name": Spec}``; :func:`check` turns the raw params
 of a request into validated values or raises InvalidRequest naming the
 method, the parameter and the reason.  Unknown parameters are refused, so a
-typo never silently does nothing."""
+typo never silently does nothing.  A binary value is accepted only by a
+parameter whose kind includes ``bytes`` (the server already refused binary
+anywhere deeper, see ``protocol.check_values``)."""
 
 from __future__ import annotations
 
@@ -32,9 +34,16 @@ class Spec:
     def required(self) -> bool:
         return self.default is _MISSING
 
+    @property
+    def takes_binary(self) -> bool:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        return bytes in kinds
+
     def convert(self, value: Any) -> Any:
         if value is None and not self.required and self.default is None:
             return None
+        if isinstance(value, bytes) and not self.takes_binary:
+            raise ValueError("binary values are not allowed (send text or JSON values)")
         if isinstance(value, bool) and self.kind is not bool:
             raise ValueError("expected a number or string, got a boolean")
         if not isinstance(value, self.kind):
