@@ -35,6 +35,26 @@ class Spec:
         return self.default is _MISSING
 
     @property
+    def type_name(self) -> str:
+        """``str``, ``int``, ``bool``, ``float``, ``dict`` (map), ``list``,
+        ``bytes`` (bin), ``object`` (any value); ``int|float`` for either."""
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        return "|".join(k.__name__ for k in kinds)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``methods`` says about the parameter."""
+        out: dict[str, Any] = {"required": self.required, "type": self.type_name}
+        if not self.required:
+            out["default"] = self.default
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if str in (self.kind if isinstance(self.kind, tuple) else (self.kind,)):
+            out["max_len"] = self.max_len
+        if self.lo is not None or self.hi is not None:
+            out["range"] = [self.lo, self.hi]
+        return out
+
+    @property
     def takes_binary(self) -> bool:
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
         return bytes in kinds

@@ -9,37 +9,42 @@ from naosd.errors.core import NaosError, NotFound
 
 
 class LlmUnavailable(NaosError, ConnectionError):
-    """The LLM server could not be reached or kept answering 5xx after every
-    retry; unlike LlmBadResponse, trying again later may work."""
+    """The LLM server could not be reached, or answered 5xx after every retry.
+
+    Unlike LlmBadResponse, trying again later may work."""
 
     code: ClassVar[str] = "llm_unavailable"
 
 
 class LlmRateLimited(NaosError):
-    """The LLM server answered 429 ``rate_limit_exceeded`` on every attempt
-    (or asked to wait longer than we may); unlike LlmQuotaExceeded it clears
-    with time."""
+    """The LLM server answered 429 rate_limit_exceeded on every attempt; retry later.
+
+    Also when it asked to wait longer than we may; unlike LlmQuotaExceeded it
+    clears with time."""
 
     code: ClassVar[str] = "llm_rate_limited"
 
 
 class LlmQuotaExceeded(NaosError):
-    """The LLM account is out of quota (429 ``insufficient_quota``): never
-    retried, because waiting does not help."""
+    """The LLM account is out of quota (429 insufficient_quota).
+
+    Never retried: waiting does not help."""
 
     code: ClassVar[str] = "llm_quota_exceeded"
 
 
 class LlmBadResponse(NaosError):
-    """The LLM server answered, but not with a usable chat completion
-    (malformed body, a 4xx other than 429, no choices)."""
+    """The LLM server answered, but not with a usable chat completion.
+
+    A malformed body, a 4xx other than 429, no choices."""
 
     code: ClassVar[str] = "llm_bad_response"
 
 
 class LlmTimeout(NaosError, TimeoutError):
-    """One LLM request took longer than ``llm.timeout`` (not retried: the
-    server may still be working on it)."""
+    """One LLM request took longer than llm.timeout (not retried).
+
+    The server may still be working on it."""
 
     code: ClassVar[str] = "llm_timeout"
 

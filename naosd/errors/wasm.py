@@ -66,8 +66,10 @@ class WasmCacheUnsafe(WasmError, ConfigError):
 
 
 class WasmRunError(WasmError):
-    """The guest started and was stopped. ``result`` carries the partial stdout and
-    stderr, the fuel charged and its cost (None only when rebuilt from the wire)."""
+    """The guest started and was stopped by a limit or a trap.
+
+    ``result`` carries the partial stdout and stderr, the fuel charged and its
+    cost (None only when rebuilt from the wire)."""
 
     code = "wasm_run_error"
 
