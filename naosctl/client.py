@@ -92,6 +92,12 @@ class Conversation:
     def feed(self, data: bytes) -> None:
         self._ready.extend(self.decoder.feed(data))
 
+    def received(self, data: bytes, path: str) -> None:
+        """What one read returned: b"" is naosd closing the connection."""
+        if not data:
+            raise not_running(path, "naosd closed the connection")
+        self.feed(data)
+
     def next_message(self) -> dict[str, Any] | None:
         return self._ready.pop(0) if self._ready else None
 
@@ -173,9 +179,7 @@ class Client:
                 raise RequestTimeout(f"no answer from naosd within {self.timeout:g}s") from None
             except ConnectionError as exc:
                 raise not_running(self.path, f"connection lost: {exc}") from None
-            if not data:
-                raise not_running(self.path, "naosd closed the connection")
-            self._conv.feed(data)
+            self._conv.received(data, self.path)
         return message
 
     def _send(self, method: str, params: dict[str, Any], *, stream: bool) -> int:
@@ -270,18 +274,14 @@ class AsyncClient:
                 data = await loop.sock_recv(sock, 1 << 16)
             except ConnectionError as exc:
                 raise not_running(self.path, f"connection lost: {exc}") from None
-            if not data:
-                raise not_running(self.path, "naosd closed the connection")
-            self._conv.feed(data)
+            self._conv.received(data, self.path)
         return message
 
     async def _read_one(self) -> dict[str, Any]:
         assert self._reader is not None
         while (message := self._conv.next_message()) is None:
             data = await self._reader.read(1 << 16)
-            if not data:
-                raise not_running(self.path, "naosd closed the connection")
-            self._conv.feed(data)
+            self._conv.received(data, self.path)
         return message
 
     async def _route(self) -> None:
