@@ -4,8 +4,10 @@ are the code's."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from doc_tables import DOC, errors_table, methods_table, notes_of, section
+from doc_tables import DOC, errors_table, local_methods, methods_table, notes_of, section
 from harness import Naosd
 
 from naosctl.client import Client
@@ -30,6 +32,11 @@ def test_the_error_table_is_generated_from_the_one_table():
 ])
 def test_the_limits_the_doc_states_are_the_codes(stated):
     assert stated in " ".join(DOC_TEXT.split())
+
+
+def test_the_methods_result_is_json_too():
+    """The dashboard serves it as /api/v1/methods (a bytes default broke it)."""
+    assert json.loads(json.dumps(local_methods()))
 
 
 @pytest.mark.e2e

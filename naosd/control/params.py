@@ -44,8 +44,9 @@ class Spec:
     def describe(self) -> dict[str, Any]:
         """What ``methods`` says about the parameter."""
         out: dict[str, Any] = {"required": self.required, "type": self.type_name}
-        if not self.required:
-            out["default"] = self.default
+        if not self.required:  # JSON-safe: the dashboard serves this list too
+            default = self.default
+            out["default"] = default.decode() if isinstance(default, bytes) else default
         if self.choices:
             out["choices"] = list(self.choices)
         if str in (self.kind if isinstance(self.kind, tuple) else (self.kind,)):
