@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from actors.domain import routing
 from actors.domain.skill_manifest import SkillManifest, parse_manifest
-from actors.domain.trust import Decision
-from naosd.broker.builtin_skills import BUILTIN, BUILTIN_BY_NAME
+from actors.domain.trust import Decision, TrustDenied
+from naosd.broker.builtin_skills import BUILTIN, BUILTIN_BY_NAME, SkillFailed
 from naosd.broker.cost import CostController, Event, Hold
 from naosd.broker.ledger_writer import LedgerWriter
-from naosd.errors import Conflict, InvalidRequest, NaosError, NoRoute, SkillFailed, TrustDenied
+from naosd.errors import Conflict, InvalidRequest, NaosError
 from naosd.storage import ledger as bs
 
 if TYPE_CHECKING:
@@ -159,10 +159,11 @@ class Broker:
         llm = self._llm_route(task) if self.llm is not None else None
         try:
             return routing.route(task, self.catalog(), self.thresholds, llm)
-        except NoRoute as exc:
+        except routing.NoRoute as exc:
             if not self._no_llm_reason:
                 raise
-            raise NoRoute(f"{exc.message} ({self._no_llm_reason})", exc.decision) from None
+            raise routing.NoRoute(f"{exc.message} ({self._no_llm_reason})",
+                                  exc.decision) from None
 
     def _llm_route(self, task: str) -> routing.LlmRoute:
         price_in, price_out = self.llm_prices
@@ -179,7 +180,7 @@ class Broker:
         task_id = uuid.uuid4().hex
         try:
             decision = self.route(task)
-        except NoRoute as exc:
+        except routing.NoRoute as exc:
             self._remember(task_id, task, exc.decision)
             await self._deny(task_id, agent, exc, None)
             raise
