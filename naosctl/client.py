@@ -29,8 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from naosd import __version__
-from naosd.control import protocol
+from naosd import __version__, protocol
 from naosd.errors import (
     DaemonNotRunning,
     NaosError,

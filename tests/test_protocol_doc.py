@@ -11,7 +11,8 @@ from doc_tables import DOC, errors_table, local_methods, methods_table, notes_of
 from harness import Naosd
 
 from naosctl.client import Client
-from naosd.control import protocol, server
+from naosd import protocol
+from naosd.control import server
 
 DOC_TEXT = DOC.read_text()
 

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 from harness import Naosd, clean_env, reap, start_naosd
 
-from naosd.control import protocol
+from naosd import protocol
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from naosd.control import protocol
+from naosd import protocol
 from naosd.errors import (
     InvalidRequest,
     MethodNotFound,
