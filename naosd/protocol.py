@@ -15,25 +15,21 @@ Every map has a ``"type"`` key:
 
 Decoding is bounded before anything is built: the announced length against
 the frame limit, array and map lengths, and the number of values in one
-frame.  Values that JSON cannot hold (msgpack extension types, timestamps)
-are decoded into an :class:`Ext` marker, never into objects, and
-:func:`check_values` refuses them, binary values outside top-level
-parameters, non-string map keys, NaN and nesting deeper than
-:data:`MAX_DEPTH`, naming the path of the bad value.
+frame.  msgpack extension values (timestamps too) are decoded into
+``naosd.values.Ext`` markers, never into objects; ``naosd.values`` says
+which values may cross the socket.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from naosd.errors import InvalidRequest, ProtocolError
+from naosd.errors import ProtocolError
+from naosd.values import Ext
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -41,19 +37,10 @@ DEFAULT_MAX_FRAME = 16 << 20
 HELLO_MAX_FRAME = 4096  # the largest frame a connection may send before its hello
 MAX_CONTAINER_LEN = 1 << 20  # entries in one array or map
 MAX_VALUES = 1 << 20  # arrays, maps, their elements, keys and values in one frame
-MAX_DEPTH = 64  # nested arrays and maps, the frame's own map being the first
 MAX_REQUEST_TIMEOUT = 86400.0  # seconds: the largest ``timeout`` a request may carry
 FRAME_TYPES = frozenset(
     {"hello", "request", "reply", "error", "event", "end", "cancel"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Ext:
-    """A msgpack extension value (``code`` -1 is a timestamp), decoded as a
-    marker so that check_values can name where it was; its data is dropped."""
-
-    code: int
 
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -81,7 +68,7 @@ def decode_body(body: bytes, *, max_values: int = MAX_VALUES) -> dict[str, Any]:
         raise ProtocolError(f"frame refused: {exc}") from None
     except msgpack.StackError:
         raise ProtocolError("frame is nested too deep to decode at all "
-                            f"(values may nest {MAX_DEPTH} levels)") from None
+                            "(over 1,024 levels)") from None
     except Exception as exc:  # noqa: BLE001 - msgpack raises many unrelated types
         raise ProtocolError(
             f"frame is not valid msgpack: {str(exc) or type(exc).__name__}") from None
@@ -169,85 +156,6 @@ class FrameDecoder:
             out.append(message)
         return out
 
-
-# -- values at the boundary ---------------------------------------------------
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-def check_values(message: dict[str, Any], *, binary_at: str = "") -> None:
-    """Refuse any value of ``message`` that JSON cannot hold, naming its path
-    (``params.input.a[3]: binary values are not allowed``).
-
-    Allowed: nil, booleans, integers, finite floats, strings, arrays, and maps
-    with string keys, nested at most MAX_DEPTH deep.  Binary values are
-    allowed only directly under the key ``binary_at`` (a request's
-    ``params``: each method declares which parameters take them).  Raises
-    InvalidRequest."""
-    for key, value in message.items():
-        if not isinstance(key, str):
-            raise InvalidRequest(f"{_key_problem(key)} at the top level of the frame")
-        path = _join("", key)
-        if binary_at and key == binary_at and isinstance(value, dict):
-            _check_map(value, path, depth=2, binary=True)
-        else:
-            _check(value, path, depth=2, binary=False)
-
-
-def _check(value: Any, path: str, *, depth: int, binary: bool) -> None:
-    if value is None or isinstance(value, (bool, int, str)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidRequest(f"{path}: NaN and infinite numbers are not allowed")
-        return
-    if isinstance(value, (bytes, bytearray)):
-        if not binary:
-            raise InvalidRequest(f"{path}: binary values are not allowed here "
-                                 "(only as a parameter that takes binary)")
-        return
-    if isinstance(value, Ext | msgpack.Timestamp):
-        raise InvalidRequest(f"{path}: {_ext_name(value)} values are not allowed")
-    if depth > MAX_DEPTH:
-        raise InvalidRequest(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check(item, f"{path}[{i}]", depth=depth + 1, binary=False)
-        return
-    if isinstance(value, dict):
-        _check_map(value, path, depth=depth, binary=False)
-        return
-    raise InvalidRequest(f"{path}: values of type {type(value).__name__} are not allowed")
-
-
-def _check_map(value: dict[Any, Any], path: str, *, depth: int, binary: bool) -> None:
-    if depth > MAX_DEPTH:
-        raise InvalidRequest(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise InvalidRequest(f"{path}: {_key_problem(key)}")
-        _check(item, _join(path, key), depth=depth + 1, binary=binary)
-
-
-def _join(path: str, key: str) -> str:
-    if _PLAIN_KEY.match(key):
-        return f"{path}.{key}" if path else key
-    shown = key if len(key) <= 40 else key[:40] + "..."
-    return f"{path}[{shown!r}]"
-
-
-def _key_problem(key: Any) -> str:
-    shown = repr(key if not isinstance(key, Ext | msgpack.Timestamp) else _ext_name(key))
-    return f"map keys must be strings, got {type(key).__name__} {shown[:40]}"
-
-
-def _ext_name(value: Any) -> str:
-    if isinstance(value, msgpack.Timestamp) or (isinstance(value, Ext) and value.code == -1):
-        return "msgpack timestamp"
-    return f"msgpack extension type {value.code}"
-
-
-# -- frames -------------------------------------------------------------------
 
 def hello(role: str, **extra: Any) -> dict[str, Any]:
     """The first frame each side sends."""

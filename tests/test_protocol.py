@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from naosd import protocol
 from naosd.errors import InvalidRequest, ProtocolError
+from naosd.values import Ext, check_values
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) \
     | st.binary(max_size=20) | st.floats(allow_nan=False)
@@ -116,9 +117,9 @@ def test_extension_values_decode_to_markers_not_objects():
     body = msgpack.packb({"type": "request", "a": msgpack.Timestamp(1, 0),
                           "b": msgpack.ExtType(5, b"x" * 1000)})
     message = protocol.decode_body(body)
-    assert message["b"] == protocol.Ext(5)
+    assert message["b"] == Ext(5)
     negative = b"\x82\xa4type\xa5event\xa1c\xd5\xfe\x00\x01"  # ext type -2 (reserved)
-    assert protocol.decode_body(negative)["c"] == protocol.Ext(-2)
+    assert protocol.decode_body(negative)["c"] == Ext(-2)
 
 
 @pytest.mark.parametrize(("message", "error"), [
@@ -128,7 +129,7 @@ def test_extension_values_decode_to_markers_not_objects():
                  "other: binary values are not allowed", id="binary-outside-params"),
     pytest.param({"params": {"when": msgpack.Timestamp(1, 0)}},
                  "params.when: msgpack timestamp values are not allowed", id="timestamp"),
-    pytest.param({"params": {"x": [protocol.Ext(7)]}},
+    pytest.param({"params": {"x": [Ext(7)]}},
                  r"params.x\[0\]: msgpack extension type 7 values", id="ext"),
     pytest.param({"params": {"input": {1: "a"}}},
                  "params.input: map keys must be strings, got int 1", id="int-key"),
@@ -145,7 +146,7 @@ def test_extension_values_decode_to_markers_not_objects():
 ])
 def test_values_json_cannot_hold_are_refused_by_path(message, error):
     with pytest.raises(InvalidRequest, match=error):
-        protocol.check_values(message, binary_at="params")
+        check_values(message, binary_at="params")
 
 
 @pytest.mark.parametrize("message", [
@@ -155,14 +156,14 @@ def test_values_json_cannot_hold_are_refused_by_path(message, error):
                  id="every-json-kind"),
 ])
 def test_json_values_and_binary_parameters_pass(message):
-    protocol.check_values(message, binary_at="params")
+    check_values(message, binary_at="params")
 
 
 def test_a_1000_level_input_is_decoded_then_refused_without_recursion_trouble():
     frame = protocol.encode_frame(protocol.request(1, "agent.run", {"input": nested(1000)}))
     [message] = protocol.FrameDecoder().feed(frame)
     with pytest.raises(InvalidRequest, match="deeper than 64"):
-        protocol.check_values(message, binary_at="params")
+        check_values(message, binary_at="params")
 
 
 def test_a_request_carries_its_timeout_only_when_given():

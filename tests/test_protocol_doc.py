@@ -11,7 +11,7 @@ from doc_tables import DOC, errors_table, local_methods, methods_table, notes_of
 from harness import Naosd
 
 from naosctl.client import Client
-from naosd import protocol
+from naosd import protocol, values
 from naosd.control import server
 
 DOC_TEXT = DOC.read_text()
@@ -25,7 +25,7 @@ def test_the_error_table_is_generated_from_the_one_table():
     pytest.param(f"hello is accepted | {protocol.HELLO_MAX_FRAME} bytes |", id="pre-hello"),
     pytest.param(f"in one array or map | {protocol.MAX_CONTAINER_LEN:,} |", id="container"),
     pytest.param(f"element, key and value) | {protocol.MAX_VALUES:,} |", id="values"),
-    pytest.param(f"most **{protocol.MAX_DEPTH}** levels deep", id="depth"),
+    pytest.param(f"most **{values.MAX_DEPTH}** levels deep", id="depth"),
     pytest.param(f"At most **{server.MAX_IN_FLIGHT}** requests", id="in-flight"),
     pytest.param(f"at most {protocol.MAX_REQUEST_TIMEOUT:g}", id="request-timeout"),
     pytest.param(f"for at most {server.LINGER_S:g} seconds and {server.LINGER_BYTES >> 20} MiB",

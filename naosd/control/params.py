@@ -5,7 +5,7 @@ of a request into validated values or raises InvalidRequest naming the
 method, the parameter and the reason.  Unknown parameters are refused, so a
 typo never silently does nothing.  A binary value is accepted only by a
 parameter whose kind includes ``bytes`` (the server already refused binary
-anywhere deeper, see ``protocol.check_values``)."""
+anywhere deeper, see ``naosd.values.check_values``)."""
 
 from __future__ import annotations
 
