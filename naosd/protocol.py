@@ -13,23 +13,19 @@ Every map has a ``"type"`` key:
     end      {"id": int}                       the stream is finished
     cancel   {"id": int}                       client stops a stream
 
-Decoding is bounded before anything is built: the announced length against
-the frame limit, array and map lengths, and the number of values in one
-frame.  msgpack extension values (timestamps too) are decoded into
-``naosd.values.Ext`` markers, never into objects; ``naosd.values`` says
-which values may cross the socket.
+Decoding is bounded before anything is built: the length against the frame
+limit, array and map lengths, the values in one frame (``naosd.values``).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from naosd.errors import ProtocolError
-from naosd.values import Ext
+from naosd.values import TooManyValues, decode_hooks
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -62,8 +58,8 @@ def decode_body(body: bytes, *, max_values: int = MAX_VALUES) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(
             body, raw=False, strict_map_key=False, timestamp=0,
-            ext_hook=_ext_marker, max_array_len=MAX_CONTAINER_LEN,
-            max_map_len=MAX_CONTAINER_LEN, **_counting_hooks(max_values))
+            max_array_len=MAX_CONTAINER_LEN, max_map_len=MAX_CONTAINER_LEN,
+            **decode_hooks(max_values))
     except TooManyValues as exc:
         raise ProtocolError(f"frame refused: {exc}") from None
     except msgpack.StackError:
@@ -80,29 +76,6 @@ def decode_body(body: bytes, *, max_values: int = MAX_VALUES) -> dict[str, Any]:
     if kind not in FRAME_TYPES:
         raise ProtocolError(f"unknown frame type {kind!r}")
     return message
-
-
-class TooManyValues(ValueError):
-    pass
-
-
-def _ext_marker(code: int, data: bytes) -> Ext:
-    return Ext(code)
-
-
-def _counting_hooks(limit: int) -> dict[str, Callable[[Any], Any]]:
-    """list_hook and object_hook that count values as containers are built
-    and stop the decoder once ``limit`` is passed (before the rest is built)."""
-    seen = [0]
-
-    def count(container: Any, weight: int) -> Any:
-        seen[0] += 1 + weight * len(container)  # itself, then its entries
-        if seen[0] > limit:
-            raise TooManyValues(f"more than {limit} values in one frame")
-        return container
-
-    return {"list_hook": lambda items: count(items, 1),
-            "object_hook": lambda mapping: count(mapping, 2)}
 
 
 class FrameDecoder:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,30 @@ class Ext:
     marker so that check_values can name where it was; its data is dropped."""
 
     code: int
+
+
+class TooManyValues(ValueError):
+    """A frame holds more values than its limit."""
+
+
+def _ext_marker(code: int, data: bytes) -> Ext:
+    return Ext(code)
+
+
+def decode_hooks(limit: int) -> dict[str, Callable[..., Any]]:
+    """msgpack hooks for one frame: extension values become :class:`Ext`
+    markers, and values are counted as containers are built, stopping the
+    decoder once ``limit`` is passed (before the rest is built)."""
+    seen = [0]
+
+    def count(container: Any, weight: int) -> Any:
+        seen[0] += 1 + weight * len(container)  # itself, then its entries
+        if seen[0] > limit:
+            raise TooManyValues(f"more than {limit} values in one frame")
+        return container
+
+    return {"ext_hook": _ext_marker, "list_hook": lambda items: count(items, 1),
+            "object_hook": lambda mapping: count(mapping, 2)}
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
