@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from naosd import protocol, values
+from naosd import protocol
 from naosd.errors import (
     InvalidRequest,
     MethodNotFound,
@@ -33,6 +33,7 @@ from naosd.errors import (
     ProtocolError,
     ShuttingDown,
 )
+from naosd.values import check_values
 
 log = logging.getLogger("naosd.control.server")
 
@@ -222,7 +223,7 @@ class Connection:
                 f"this naosd speaks {protocol.PROTOCOL_VERSION}"
             )
         try:
-            values.check_values(first)
+            check_values(first)
         except InvalidRequest as exc:
             raise ProtocolError(f"hello: {exc.message}") from None
         self.decoder.max_frame, self.decoder.limit_note = self.server.max_frame, ""
@@ -430,7 +431,7 @@ def _check_request(
 ) -> tuple[str, dict[str, Any], float | None]:
     """Method, params and timeout of a request, every value checked."""
     try:
-        values.check_values(message, binary_at="params")
+        check_values(message, binary_at="params")
     except InvalidRequest as exc:
         raise InvalidRequest(f"request {req_id}: {exc.message}") from None
     method = message.get("method")
