@@ -3,22 +3,20 @@ leaf module: stdlib only, collected by ``naosd.errors``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from naosd.errors.core import NaosError
-
-if TYPE_CHECKING:
-    from actors.domain.routing import RouteDecision
 
 
 class NoRoute(NaosError):
     """No skill clears its threshold and no LLM is configured: nothing can take the task.
 
-    ``decision`` (when known) holds the scored candidates for ``explain()``."""
+    ``decision`` (when known) is the ``actors.domain.routing.RouteDecision`` with the
+    scored candidates for ``explain()`` (typed Any: this leaf imports nothing of naos)."""
 
     code: ClassVar[str] = "no_route"
 
-    def __init__(self, message: str, decision: RouteDecision | None = None) -> None:
+    def __init__(self, message: str, decision: Any = None) -> None:
         super().__init__(message)
         self.decision = decision
 
@@ -34,9 +32,15 @@ class SkillFailed(NaosError):
 class BudgetExceeded(NaosError):
     """A pausing budget would pass its limit, or is paused.
 
-    Unlike ``Conflict`` (a misuse of the ledger), this is the budget doing its job."""
+    Unlike ``Conflict`` (a misuse of the ledger), this is the budget doing its job.
+    ``outcome`` (an ``actors.domain.budget.Outcome``, or None) is the budget's state
+    after the refusal and its events, for the caller to keep and persist."""
 
     code: ClassVar[str] = "budget_exceeded"
+
+    def __init__(self, message: str, outcome: Any = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class Throttled(NaosError):

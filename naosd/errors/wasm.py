@@ -21,12 +21,9 @@ A non-zero exit code is not an error of ``WasmEngine.run``: it returns a RunResu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from naosd.errors.core import ConfigError, InvalidRequest, NaosError
-
-if TYPE_CHECKING:
-    from actors.wasm.engine import RunResult
 
 
 class WasmError(NaosError):
@@ -68,12 +65,13 @@ class WasmCacheUnsafe(WasmError, ConfigError):
 class WasmRunError(WasmError):
     """The guest started and was stopped by a limit or a trap.
 
-    ``result`` carries the partial stdout and stderr, the fuel charged and its
-    cost (None only when rebuilt from the wire)."""
+    ``result`` (an ``actors.wasm.engine.RunResult``; typed Any: this leaf imports
+    nothing of naos) carries the partial stdout and stderr, the fuel charged and
+    its cost (None only when rebuilt from the wire)."""
 
     code = "wasm_run_error"
 
-    def __init__(self, message: str, result: RunResult | None = None) -> None:
+    def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
 
@@ -110,7 +108,7 @@ class WasmTrap(WasmRunError):
 
     code = "wasm_trap"
 
-    def __init__(self, message: str, result: RunResult | None = None,
+    def __init__(self, message: str, result: Any = None,
                  trap_code: str | None = None) -> None:
         super().__init__(message, result)
         self.trap_code = trap_code
