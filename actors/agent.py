@@ -28,7 +28,7 @@ from actors.messages import (
     Reply,
     RunAgent,
 )
-from naosd.errors import ActorGone, AgentCrashed, Conflict, NaosError
+from naosd.errors import ActorGone, AgentCrashed, Conflict, NaosError, WasmExit
 
 # How long a dying agent waits for its supervisor to note why (ExitNoted)
 # before it exits anyway (a supervisor that is gone never answers).
@@ -76,7 +76,7 @@ def wasm_handler(definition: Any, db_path: str) -> Handler:
         if summary["stderr"]:
             ctx.log(summary["stderr"].decode("utf-8", "replace")[:4096], level="warning")
         if summary["exit_code"] != 0:
-            raise WasmGuestFailed(
+            raise WasmExit(
                 f"guest exited with code {summary['exit_code']}: "
                 f"{summary['stderr'].decode('utf-8', 'replace')[:500]}")
         ctx.cost_micro_usd += summary["cost_micro_usd"]
@@ -92,10 +92,6 @@ def _decode(out: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-class WasmGuestFailed(NaosError):
-    code = "wasm_exit"
 
 
 class AgentActor(NaosActor):

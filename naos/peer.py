@@ -26,9 +26,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from naos.errors import Cancelled, ChannelClosed
 from naosd import protocol
-from naosd.errors import MethodNotFound, NaosError, ProtocolError, from_wire
+from naosd.errors import InvalidRequest, MethodNotFound, NaosError, ProtocolError, from_wire
+from naosd.errors.agents import Cancelled, ChannelClosed
+from naosd.values import check_values
 
 log = logging.getLogger("naos.peer")
 
@@ -118,6 +119,13 @@ class Peer:
 
     async def _route(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        try:
+            check_values(message)  # JSON values only, bounded depth: as on the control socket
+        except InvalidRequest as exc:
+            if kind == "request" and _id(message) is not None:
+                await self._send(protocol.error(_id(message), exc.code, exc.message))
+                return
+            raise ProtocolError(exc.message) from None
         if kind == "request":
             await self._serve(message)
         elif kind == "cancel":

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-import naosd.broker.llm.errors  # noqa: F401 - lets from_wire rebuild axis_* / llm_* errors
 from naosctl import render
 from naosctl import render_trust as show
 from naosctl.main import Ctx, cli, handle_errors, json_option, pass_ctx

@@ -12,8 +12,11 @@ This is the public "actor message API" for programs::
 
 Both shells share one sans-I/O core (:class:`Conversation`): it builds
 frames, parses what arrives and maps error frames to the exception classes
-of :mod:`naosd.errors` (each carries its LSB exit code).  Importing this
-module stays light: stdlib + msgpack, no thespian, no wasmtime.
+of :mod:`naosd.errors` (each carries its LSB exit code).  Every unary call
+tells naosd how long the client waits (the request's ``timeout``).  A
+refused client still reads why: a failed send (EPIPE, ECONNRESET) is
+followed by reading what naosd sent.  Importing this module stays light:
+stdlib + msgpack, no thespian, no wasmtime.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
     import asyncio  # imported where used: a blocking naosctl call never needs it
 
 DEFAULT_TIMEOUT = 60.0
+CLIENT_MAX_FRAME = 1 << 30  # naosd is trusted further than its clients are
+CLIENT_MAX_VALUES = 1 << 26
 
 
 def not_running(path: Path | str, why: str) -> DaemonNotRunning:
@@ -60,24 +65,37 @@ def connect_error(path: Path | str, exc: OSError) -> NaosError:
 class Conversation:
     """Sans-I/O client state: request ids, handshake, frame parsing."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
         self._ids = itertools.count(1)
-        self.decoder = protocol.FrameDecoder(max_frame=1 << 30)
+        self.timeout = timeout
+        self.decoder = protocol.FrameDecoder(max_frame=CLIENT_MAX_FRAME,
+                                             max_values=CLIENT_MAX_VALUES)
         self.server: dict[str, Any] = {}
         self._ready: list[dict[str, Any]] = []
 
     def hello_frame(self) -> bytes:
         return protocol.encode_frame(protocol.hello("client", client=f"naosctl/{__version__}"))
 
-    def request_frame(self, method: str, params: dict[str, Any]) -> tuple[int, bytes]:
+    def request_frame(self, method: str, params: dict[str, Any], *,
+                      stream: bool = False) -> tuple[int, bytes]:
+        """A unary request carries the client's timeout (naosd then knows how
+        long it is waited for); a stream does not (it is read item by item)."""
         req_id = next(self._ids)
-        return req_id, protocol.encode_frame(protocol.request(req_id, method, params))
+        timeout = None if stream else _wire_timeout(self.timeout)
+        return req_id, protocol.encode_frame(
+            protocol.request(req_id, method, params, timeout=timeout))
 
     def cancel_frame(self, req_id: int) -> bytes:
         return protocol.encode_frame({"type": "cancel", "id": req_id})
 
     def feed(self, data: bytes) -> None:
         self._ready.extend(self.decoder.feed(data))
+
+    def received(self, data: bytes, path: str) -> None:
+        """What one read returned: b"" is naosd closing the connection."""
+        if not data:
+            raise not_running(path, "naosd closed the connection")
+        self.feed(data)
 
     def next_message(self) -> dict[str, Any] | None:
         return self._ready.pop(0) if self._ready else None
@@ -107,13 +125,19 @@ class Conversation:
         raise ProtocolError(f"unexpected {kind!r} frame for request {req_id}")
 
 
+def _wire_timeout(timeout: float | None) -> float | None:
+    if timeout is None or timeout <= 0:
+        return None
+    return min(float(timeout), protocol.MAX_REQUEST_TIMEOUT)
+
+
 class Client:
     """Blocking client.  One request at a time per instance."""
 
     def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = str(socket_path)
         self.timeout = timeout
-        self._conv = Conversation()
+        self._conv = Conversation(timeout)
         self._sock: socket.socket | None = None
 
     def connect(self) -> Client:
@@ -125,9 +149,21 @@ class Client:
             sock.close()
             raise connect_error(self.path, exc) from None
         self._sock = sock
-        sock.sendall(self._conv.hello_frame())
-        self._conv.accept_hello(self._receive())
+        try:
+            self._sendall(self._conv.hello_frame())
+            self._conv.accept_hello(self._receive())
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    def _sendall(self, frame: bytes) -> None:
+        """Send; when naosd already closed its side (it refused us, or it is
+        stopping), what it sent before is still readable: the caller's next
+        _receive raises that error, or not_running."""
+        assert self._sock is not None, "not connected"
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(frame)
 
     @property
     def server(self) -> dict[str, Any]:
@@ -142,22 +178,20 @@ class Client:
                 raise RequestTimeout(f"no answer from naosd within {self.timeout:g}s") from None
             except ConnectionError as exc:
                 raise not_running(self.path, f"connection lost: {exc}") from None
-            if not data:
-                raise not_running(self.path, "naosd closed the connection")
-            self._conv.feed(data)
+            self._conv.received(data, self.path)
         return message
 
-    def _send(self, method: str, params: dict[str, Any]) -> int:
+    def _send(self, method: str, params: dict[str, Any], *, stream: bool) -> int:
         if self._sock is None:
             self.connect()
         assert self._sock is not None
-        req_id, frame = self._conv.request_frame(method, params)
-        self._sock.sendall(frame)
+        req_id, frame = self._conv.request_frame(method, params, stream=stream)
+        self._sendall(frame)
         return req_id
 
     def call(self, method: str, **params: Any) -> Any:
         """Send one request and return its result; raises NaosError."""
-        req_id = self._send(method, params)
+        req_id = self._send(method, params, stream=False)
         while True:
             kind, value = self._conv.outcome(req_id, self._receive())
             if kind == "reply":
@@ -167,7 +201,7 @@ class Client:
 
     def stream(self, method: str, **params: Any) -> Iterator[Any]:
         """Yield a streaming method's events until the server ends it."""
-        req_id = self._send(method, params)
+        req_id = self._send(method, params, stream=True)
         try:
             while True:
                 kind, value = self._conv.outcome(req_id, self._receive())
@@ -197,31 +231,56 @@ class AsyncClient:
     def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = str(socket_path)
         self.timeout = timeout
-        self._conv = Conversation()
+        self._conv = Conversation(timeout)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._waiters: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._pump: asyncio.Task[None] | None = None
 
     async def connect(self) -> AsyncClient:
+        """Handshake on the bare socket (a stream transport would drop what
+        naosd sent once our hello fails with EPIPE), then wrap it in streams."""
         import asyncio
 
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            self._reader, self._writer = await asyncio.open_unix_connection(self.path)
-        except OSError as exc:
-            raise connect_error(self.path, exc) from None
-        self._writer.write(self._conv.hello_frame())
-        self._conv.accept_hello(await asyncio.wait_for(self._read_one(), self.timeout))
-        self._pump = asyncio.get_running_loop().create_task(self._route())
+            try:
+                await loop.sock_connect(sock, self.path)
+            except OSError as exc:
+                raise connect_error(self.path, exc) from None
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await loop.sock_sendall(sock, self._conv.hello_frame())
+            try:
+                first = await asyncio.wait_for(self._read_hello(sock), self.timeout)
+            except TimeoutError:
+                raise RequestTimeout(f"no hello from naosd within {self.timeout:g}s") from None
+            self._conv.accept_hello(first)
+            self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._pump = loop.create_task(self._route())
         return self
+
+    async def _read_hello(self, sock: socket.socket) -> dict[str, Any]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        while (message := self._conv.next_message()) is None:
+            try:
+                data = await loop.sock_recv(sock, 1 << 16)
+            except ConnectionError as exc:
+                raise not_running(self.path, f"connection lost: {exc}") from None
+            self._conv.received(data, self.path)
+        return message
 
     async def _read_one(self) -> dict[str, Any]:
         assert self._reader is not None
         while (message := self._conv.next_message()) is None:
             data = await self._reader.read(1 << 16)
-            if not data:
-                raise not_running(self.path, "naosd closed the connection")
-            self._conv.feed(data)
+            self._conv.received(data, self.path)
         return message
 
     async def _route(self) -> None:
@@ -239,14 +298,14 @@ class AsyncClient:
                 queue.put_nowait(gone)
 
     async def _start(
-        self, method: str, params: dict[str, Any]
+        self, method: str, params: dict[str, Any], *, stream: bool
     ) -> tuple[int, asyncio.Queue[dict[str, Any]]]:
         import asyncio
 
         if self._writer is None:
             await self.connect()
         assert self._writer is not None
-        req_id, frame = self._conv.request_frame(method, params)
+        req_id, frame = self._conv.request_frame(method, params, stream=stream)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiters[req_id] = queue
         self._writer.write(frame)
@@ -256,7 +315,7 @@ class AsyncClient:
     async def call(self, method: str, **params: Any) -> Any:
         import asyncio
 
-        req_id, queue = await self._start(method, params)
+        req_id, queue = await self._start(method, params, stream=False)
         try:
             while True:
                 try:
@@ -271,7 +330,7 @@ class AsyncClient:
             self._waiters.pop(req_id, None)
 
     async def stream(self, method: str, **params: Any) -> AsyncIterator[Any]:
-        req_id, queue = await self._start(method, params)
+        req_id, queue = await self._start(method, params, stream=True)
         try:
             while True:
                 kind, value = self._conv.outcome(req_id, await queue.get())

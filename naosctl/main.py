@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from naosctl import render
+from naosctl import render, terminal
 from naosctl.client import Client
 from naosd import __version__
 from naosd.errors import ConfigError, DaemonNotRunning, NaosError
@@ -77,8 +77,8 @@ def handle_errors(*, not_running_code: int = DaemonNotRunning.exit_code) -> Call
             except DaemonNotRunning as exc:
                 click.echo(f"naosctl: {exc.message}", err=True)
                 sys.exit(not_running_code)
-            except NaosError as exc:
-                click.echo(f"naosctl: {exc.message}", err=True)
+            except NaosError as exc:  # its message may quote an agent's or a guest's text
+                click.echo(f"naosctl: {render.printable(exc.message, lines=True)}", err=True)
                 sys.exit(exc.exit_code)
             except KeyboardInterrupt:
                 sys.exit(130)
@@ -341,6 +341,7 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
+    terminal.guard_standard_streams()
     cli(prog_name=os.path.basename(sys.argv[0]) or "naosctl")
 
 

@@ -1,4 +1,12 @@
-"""Pure rendering: results from naosd -> text for people, JSON or CSV."""
+"""Pure rendering: results from naosd -> text for people, JSON or CSV.
+
+Text that comes from agents and guests (log lines, outputs, errors) may hold
+terminal control sequences: an OSC 52 clipboard write, CSI cursor moves, a
+carriage return that overwrites the line before it.  Text renderers show
+every control character as an escape (:func:`printable`); JSON keeps every
+value exact and escapes the characters JSON itself would leave raw (C1
+controls, DEL, bidirectional overrides) as ``\\uXXXX``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,39 @@ from typing import Any
 
 AUDIT_COLUMNS = ("seq", "ts", "actor", "agent", "type", "detail", "prev_hash", "hash")
 
+_NAMED = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0B: "\\v", 0x0C: "\\f",
+          0x0D: "\\r", 0x1B: "\\e"}
+_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0))  # C0, DEL, C1
+# Invisible characters that reorder or break what follows them on the line.
+_FORMAT = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+           0x2028, 0x2029)
+
+
+def _escapes(keep: str) -> dict[int, str]:
+    table = {c: _NAMED.get(c, f"\\x{c:02x}") for c in _CONTROLS}
+    table.update({c: f"\\u{c:04x}" for c in _FORMAT})
+    for ch in keep:
+        del table[ord(ch)]
+    return table
+
+
+_ONE_LINE = _escapes("")
+_LINES = _escapes("\n\t")
+_JSON_RAW = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *_FORMAT)}
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\e`` for
+    ESC, ``\\r``, ``\\a``, ``\\x9b`` for C1, ``\\u202e`` for a bidi override),
+    so nothing in it can reach a terminal as a command.  One line by default
+    (newlines and tabs escaped too); ``lines=True`` keeps them."""
+    return text.translate(_LINES if lines else _ONE_LINE)
+
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    """Indented JSON; every value exact, nothing a terminal would act on."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return text.translate(_JSON_RAW)
 
 
 def duration(seconds: float) -> str:
@@ -39,7 +77,8 @@ def tree(node: dict[str, Any], prefix: str = "", last: bool = True, root: bool =
         facts.append(str(node["strategy"]).replace("_", "-"))
     if node.get("error") or node.get("last_error"):
         facts.append(f"last error: {node.get('error') or node.get('last_error')}")
-    label = f"{node.get('name', '?')} ({node.get('kind', 'actor')}): {', '.join(facts)}"
+    label = printable(f"{node.get('name', '?')} ({node.get('kind', 'actor')}): "
+                      f"{', '.join(facts)}")
     lines = [label if root else f"{prefix}{'└── ' if last else '├── '}{label}"]
     children = node.get("children") or []
     child_prefix = "" if root else prefix + ("    " if last else "│   ")
@@ -98,8 +137,8 @@ def agent_row(a: dict[str, Any]) -> str:
     up = duration(a["uptime_s"]) if a.get("uptime_s") is not None else "-"
     err = f"  last error: {a['last_error']}" if a.get("last_error") else ""
     node = f" on {a['node']}" if a.get("node") else ""
-    return (f"{a['name']:<20} {a['state']:<10} pid {pid!s:<8} up {up:<10} "
-            f"restarts {a.get('restarts', 0):<4} {a['supervisor']}{node}{err}")
+    return printable(f"{a['name']:<20} {a['state']:<10} pid {pid!s:<8} up {up:<10} "
+                     f"restarts {a.get('restarts', 0):<4} {a['supervisor']}{node}{err}")
 
 
 def agent_status(a: dict[str, Any]) -> str:
@@ -110,7 +149,7 @@ def agent_detail(a: dict[str, Any]) -> str:
     lines = [f"agent {a['name']}"]
     keys = ("state", "pid", "uptime_s", "restarts", "last_error", "supervisor", "restart",
             "desired", "source_kind", "source", "created_at")
-    lines += [f"  {key + ':':<14}{a.get(key)}" for key in keys]
+    lines += [printable(f"  {key + ':':<14}{a.get(key)}") for key in keys]
     lines.append(f"  {'config:':<14}{to_json(a.get('config') or {})}")
     logs = a.get("logs") or []
     if logs:
@@ -120,13 +159,14 @@ def agent_detail(a: dict[str, Any]) -> str:
 
 
 def log_line(line: dict[str, Any]) -> str:
-    return f"{line['ts']} {line['agent']} {line['level']}: {line['text']}"
+    """One log line on one line, whatever the agent wrote into it."""
+    return printable(f"{line['ts']} {line['agent']} {line['level']}: {line['text']}")
 
 
 def audit_row(row: dict[str, Any]) -> str:
     who = row["actor"] + (f"/{row['agent']}" if row.get("agent") else "")
     detail = json.dumps(row.get("detail") or {}, sort_keys=True, ensure_ascii=False)
-    return f"#{row['seq']:<6} {row['ts']} {row['type']:<22} {who:<16} {detail}"
+    return printable(f"#{row['seq']:<6} {row['ts']} {row['type']:<22} {who:<16} {detail}")
 
 
 def verify(result: dict[str, Any]) -> str:
@@ -138,7 +178,8 @@ def verify(result: dict[str, Any]) -> str:
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False).translate(_JSON_RAW)
+                   + "\n" for r in rows)
 
 
 def csv_rows(rows: list[dict[str, Any]], *, header: bool) -> str:
@@ -148,7 +189,8 @@ def csv_rows(rows: list[dict[str, Any]], *, header: bool) -> str:
         writer.writerow(AUDIT_COLUMNS)
     for r in rows:
         values = [r.get(c) for c in AUDIT_COLUMNS]
-        values[5] = json.dumps(r.get("detail") or {}, sort_keys=True, ensure_ascii=False)
+        values[5] = json.dumps(r.get("detail") or {}, sort_keys=True,
+                               ensure_ascii=False).translate(_JSON_RAW)
         writer.writerow(["" if v is None else v for v in values])
     return out.getvalue()
 
@@ -164,4 +206,4 @@ def wasm_report(path: str, r: dict[str, Any]) -> str:
     if r.get("denied_imports"):
         lines.append(f"  denied:  {', '.join(r['denied_imports'])}")
     lines += [f"  problem: {p}" for p in r.get("problems") or []]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -52,9 +52,8 @@ def wasm_run(c: Ctx, module: str, input_: str, fuel: int | None, memory_mb: int 
         shown = {**result, "stdout": _text(result["stdout"]), "stderr": _text(result["stderr"])}
         click.echo(render.to_json(shown))
     else:
-        sys.stdout.buffer.write(result["stdout"])
-        sys.stdout.flush()
-        sys.stderr.buffer.write(result["stderr"])
+        _write_output(result["stdout"], sys.stdout)
+        _write_output(result["stderr"], sys.stderr)
     if result["exit_code"] != 0:
         if not as_json:
             click.echo(f"naosctl: guest exited with code {result['exit_code']}", err=True)
@@ -63,6 +62,18 @@ def wasm_run(c: Ctx, module: str, input_: str, fuel: int | None, memory_mb: int 
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+def _write_output(data: bytes, stream: TextIO) -> None:
+    """The guest's bytes, exactly, into a pipe or file; shown through
+    render.printable on a terminal."""
+    stream.flush()
+    if stream.isatty():
+        stream.write(render.printable(_text(data), lines=True))
+        stream.flush()
+    else:
+        stream.buffer.write(data)
+        stream.buffer.flush()
 
 
 @wasm.command("validate")

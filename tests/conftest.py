@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 from harness import Naosd, reap, short_tempdir, start_naosd
+from hypothesis import settings
+
+# Property tests check behaviour, never speed: the machines are shared and noisy,
+# so no example may fail for taking longer than hypothesis's 200 ms default.
+settings.register_profile("naos", deadline=None)
+settings.load_profile("naos")
 
 
 @pytest.fixture

@@ -10,14 +10,15 @@ import pytest
 from fake_openai import Step, chunk, error, ok, serve_fake_openai
 
 from naosd.broker.llm.client import LlmClient, LlmConfig, estimate_cost_micro, read_key_file
-from naosd.broker.llm.errors import (
+from naosd.errors import (
+    ConfigError,
+    InvalidRequest,
     LlmBadResponse,
     LlmQuotaExceeded,
     LlmRateLimited,
     LlmTimeout,
     LlmUnavailable,
 )
-from naosd.errors import ConfigError, InvalidRequest
 
 
 def config(url: str, **kw) -> LlmConfig:

@@ -4,16 +4,22 @@ from datetime import UTC, datetime
 
 import pytest
 
-from naosd.control.params import Bool, Int, Str, check, parse_since
+from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.errors import InvalidRequest
 
 SPECS = {"n": Int(20, lo=0, hi=100), "q": Str(), "follow": Bool(False),
-         "agent": Str(None)}
+         "agent": Str(None), "any": Spec(object, None)}
 
 
 def test_defaults_fill_in():
     assert check("m", SPECS, {"q": "x"}) == {"n": 20, "q": "x", "follow": False,
-                                              "agent": None}
+                                              "agent": None, "any": None}
+
+
+def test_binary_goes_only_to_a_parameter_that_takes_it():
+    specs = {"module": Spec(bytes), "input": Spec((bytes, str), b"")}
+    assert check("wasm.run", specs, {"module": b"\x00asm", "input": b"in"}) == {
+        "module": b"\x00asm", "input": b"in"}
 
 
 @pytest.mark.parametrize(("raw", "match"), [
@@ -23,6 +29,9 @@ def test_defaults_fill_in():
     pytest.param({"q": "x", "n": 101}, "'n': must be at most 100", id="range"),
     pytest.param({"q": "x", "n": True}, "'n': expected a number", id="bool-as-int"),
     pytest.param({"q": "x" * 5000}, "longer than", id="too-long"),
+    pytest.param({"q": "x", "any": b"\x00"}, "'any': binary values are not allowed",
+                 id="binary-for-any"),
+    pytest.param({"q": b"x"}, "'q': binary values are not allowed", id="binary-for-str"),
 ])
 def test_bad_params_are_named(raw, match):
     with pytest.raises(InvalidRequest, match=match):

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from naosd import protocol
-from naosd.errors import ProtocolError
+from naosd.errors import InvalidRequest, ProtocolError
+from naosd.values import Ext, check_values
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) \
     | st.binary(max_size=20) | st.floats(allow_nan=False)
@@ -64,3 +65,107 @@ def test_truncated_frame_waits_for_more():
     decoder = protocol.FrameDecoder()
     assert decoder.feed(frame[:-1]) == []
     assert decoder.feed(frame[-1:]) == [protocol.reply(7, "hello")]
+
+
+def frame_of(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_the_length_is_checked_against_the_current_limit_before_the_body():
+    decoder = protocol.FrameDecoder(max_frame=protocol.HELLO_MAX_FRAME)
+    decoder.limit_note = " before the hello"
+    with pytest.raises(ProtocolError, match=r"16777216-byte frame; the limit is 4096 before"):
+        decoder.feed(struct.pack(">I", 16 << 20) + b"\x90" * 100)
+
+
+def test_frames_come_out_one_by_one_so_the_limit_can_change_between_them():
+    big = protocol.request(1, "m", {"blob": "x" * 10_000})
+    decoder = protocol.FrameDecoder(max_frame=protocol.HELLO_MAX_FRAME)
+    decoder.push(protocol.encode_frame(protocol.hello("client")) + protocol.encode_frame(big))
+    assert decoder.next()["type"] == "hello"
+    decoder.max_frame = protocol.DEFAULT_MAX_FRAME
+    assert decoder.next() == big
+    assert decoder.next() is None
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    pytest.param(b"\xdd\x01\x00\x00\x00", "exceeds max_array_len", id="array-16M"),
+    pytest.param(b"\xdf\x01\x00\x00\x00", "exceeds max_map_len", id="map-16M"),
+    pytest.param(b"\x91" * 1100 + b"\xc0", "nested too deep to decode", id="depth-1100"),
+])
+def test_the_decoder_bounds_containers_before_building_them(body, why):
+    with pytest.raises(ProtocolError, match=why):
+        protocol.decode_body(body)
+
+
+def test_the_decoder_stops_once_a_frame_holds_too_many_values():
+    body = msgpack.packb({"type": "request", "params": {"x": [[] for _ in range(200)]}})
+    # 200 empty arrays, the array of them (1 + 200), params (1 + 2), the frame (1 + 4)
+    assert protocol.decode_body(body, max_values=409)["params"]["x"] == [[]] * 200
+    with pytest.raises(ProtocolError, match="more than 408 values in one frame"):
+        protocol.decode_body(body, max_values=408)
+
+
+def test_extension_values_decode_to_markers_not_objects():
+    body = msgpack.packb({"type": "request", "a": msgpack.Timestamp(1, 0),
+                          "b": msgpack.ExtType(5, b"x" * 1000)})
+    message = protocol.decode_body(body)
+    assert message["b"] == Ext(5)
+    negative = b"\x82\xa4type\xa5event\xa1c\xd5\xfe\x00\x01"  # ext type -2 (reserved)
+    assert protocol.decode_body(negative)["c"] == Ext(-2)
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    pytest.param({"params": {"input": {"a": [0, 1, 2, b"\x00"]}}},
+                 r"params.input.a\[3\]: binary values are not allowed", id="nested-binary"),
+    pytest.param({"params": {"input": b"x"}, "other": b"y"},
+                 "other: binary values are not allowed", id="binary-outside-params"),
+    pytest.param({"params": {"when": msgpack.Timestamp(1, 0)}},
+                 "params.when: msgpack timestamp values are not allowed", id="timestamp"),
+    pytest.param({"params": {"x": [Ext(7)]}},
+                 r"params.x\[0\]: msgpack extension type 7 values", id="ext"),
+    pytest.param({"params": {"input": {1: "a"}}},
+                 "params.input: map keys must be strings, got int 1", id="int-key"),
+    pytest.param({"params": {"input": {b"k": "a"}}},
+                 "params.input: map keys must be strings, got bytes", id="binary-key"),
+    pytest.param({"params": {"odd key": {"x": float("nan")}}},
+                 r"params\['odd key'\].x: NaN and infinite", id="nan"),
+    pytest.param({"params": {"x": float("-inf")}}, "params.x: NaN and infinite", id="inf"),
+    pytest.param({"params": {"input": nested(63)}},  # frame 1, params 2, lists 3..65
+                 "nested deeper than 64 levels", id="depth-65"),
+    pytest.param({"params": {"input": nested(1000)}},
+                 "nested deeper than 64 levels", id="depth-1000"),
+    pytest.param({5: 1}, "map keys must be strings, got int 5 at the top level", id="top-key"),
+])
+def test_values_json_cannot_hold_are_refused_by_path(message, error):
+    with pytest.raises(InvalidRequest, match=error):
+        check_values(message, binary_at="params")
+
+
+@pytest.mark.parametrize("message", [
+    pytest.param({"params": {"module": b"\x00asm", "input": "text"}}, id="binary-param"),
+    pytest.param({"params": {"input": nested(62)}}, id="depth-64"),
+    pytest.param({"params": {"x": [None, True, -(2**63), 2**64 - 1, 1.5, "s", {"k": []}]}},
+                 id="every-json-kind"),
+])
+def test_json_values_and_binary_parameters_pass(message):
+    check_values(message, binary_at="params")
+
+
+def test_a_1000_level_input_is_decoded_then_refused_without_recursion_trouble():
+    frame = protocol.encode_frame(protocol.request(1, "agent.run", {"input": nested(1000)}))
+    [message] = protocol.FrameDecoder().feed(frame)
+    with pytest.raises(InvalidRequest, match="deeper than 64"):
+        check_values(message, binary_at="params")
+
+
+def test_a_request_carries_its_timeout_only_when_given():
+    assert "timeout" not in protocol.request(1, "m")
+    assert protocol.request(1, "m", timeout=2.5)["timeout"] == 2.5

@@ -68,7 +68,7 @@ def test_limits_and_hostile_modules_get_clear_errors(daemon: Naosd, base: Path):
     garbage = base / "garbage.wasm"
     garbage.write_bytes(b"\0asm\x01\0\0\0garbage")
     bad = daemon.ctl("wasm", "run", str(garbage))
-    assert bad.returncode == 1 and bad.stderr
+    assert bad.returncode == 2 and "invalid module" in bad.stderr  # wasm_invalid_module
     report = json.loads(daemon.ctl("wasm", "validate", str(EXAMPLES / "kv-counter.wasm"),
                                    "--json").stdout)
     assert report["verdict"] == "denied" and not report["ok"]

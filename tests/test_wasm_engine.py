@@ -24,8 +24,15 @@ from actors.wasm import (
     NAOS_TOO_LARGE,
     Limits,
     RunResult,
-    WasmCacheUnsafe,
     WasmEngine,
+    price_micro_usd,
+)
+from naosd.errors import (
+    ConfigError,
+    InvalidRequest,
+    NaosError,
+    Unavailable,
+    WasmCacheUnsafe,
     WasmExit,
     WasmImportDenied,
     WasmInputTooLarge,
@@ -36,9 +43,7 @@ from actors.wasm import (
     WasmOutputTooLarge,
     WasmTimeout,
     WasmTrap,
-    price_micro_usd,
 )
-from naosd.errors import ConfigError, InvalidRequest, NaosError, Unavailable
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "wasm"
 ECHO = (EXAMPLES / "echo.wasm").read_bytes()

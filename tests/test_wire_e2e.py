@@ -3,6 +3,7 @@ credentials, and the dashboard's token wall."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -221,3 +222,113 @@ def test_dashboard_login_sets_a_strict_httponly_cookie(daemon: Naosd):
     assert redirect.value.code == 303
     cookie = redirect.value.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def nested(depth: int) -> object:
+    value: object = "deep"
+    for _ in range(depth):
+        value = {"a": value} if depth % 2 else [value]
+    return value
+
+
+def ask(s: socket.socket, message: dict) -> dict:
+    body = msgpack.packb(message, use_bin_type=True)
+    s.sendall(struct.pack(">I", len(body)) + body)
+    return read_frame(s)
+
+
+@pytest.mark.parametrize(("method", "value", "why"), [
+    pytest.param("agent.run", nested(1000), "nested deeper than 64 levels", id="run-deep"),
+    pytest.param("saga.run", nested(1000), "nested deeper than 64 levels", id="saga-deep"),
+    pytest.param("pool.submit", nested(1001), "nested deeper than 64 levels", id="pool-deep"),
+    pytest.param("agent.run", msgpack.Timestamp(1_700_000_000, 0),
+                 "params.input: msgpack timestamp values are not allowed", id="timestamp"),
+    pytest.param("agent.run", {"blob": b"\x00\x01"},
+                 "params.input.blob: binary values are not allowed", id="binary"),
+    pytest.param("agent.run", {"k": {7: "seven"}},
+                 "params.input.k: map keys must be strings, got int 7", id="int-key"),
+])
+def test_values_json_cannot_hold_never_reach_an_agent(daemon: Naosd, method, value, why):
+    assert daemon.ctl("create", "e", "--template", "echo").returncode == 0
+    s = connect(daemon)
+    answer = ask(s, {"type": "request", "id": 1, "method": method,
+                     "params": {"name": "e", "input": value}})
+    assert (answer["type"], answer["id"], answer["code"]) == ("error", 1, "invalid_request")
+    assert why in answer["message"]
+    run = ask(s, protocol.request(2, "agent.run", {"name": "e", "input": {"ok": [1, 2.5]}}))
+    assert run["result"]["output"] == {"ok": [1, 2.5]}
+    info = ask(s, protocol.request(3, "agent.inspect", {"name": "e"}))["result"]
+    assert info["restarts"] == 0 and not info["last_error"]
+
+
+def test_binary_is_refused_where_a_parameter_takes_none(daemon: Naosd):
+    s = connect(daemon)
+    answer = ask(s, {"type": "request", "id": 1, "method": "agent.run",
+                     "params": {"name": "e", "input": b"raw"}})
+    assert (answer["id"], answer["code"]) == (1, "invalid_request")
+    assert "parameter 'input': binary values are not allowed" in answer["message"]
+
+
+def test_ids_0_and_negative_streams_cancel_and_duplicates(daemon: Naosd):
+    s = connect(daemon)
+    follow = {"type": "request", "id": 0, "method": "audit.tail",
+              "params": {"n": 0, "follow": True}}
+    s.sendall(protocol.encode_frame(follow))
+    duplicate = ask(s, follow)
+    assert (duplicate["id"], duplicate["code"]) == (0, "invalid_request")
+    assert ask(s, protocol.request(-5, "ping"))["result"]["pong"] is True
+    s.sendall(protocol.encode_frame({"type": "cancel", "id": 0}))
+    assert read_frame(s) == {"type": "end", "id": 0}
+    bad = ask(s, {"type": "request", "id": 2.0, "method": "ping"})
+    assert (bad["id"], bad["code"]) == (None, "invalid_request") and "'id'" in bad["message"]
+
+
+def test_the_request_timeout_field_is_checked(daemon: Naosd):
+    s = connect(daemon)
+    assert ask(s, protocol.request(1, "ping", timeout=5))["type"] == "reply"
+    for bad in (0, 100_000, "soon"):
+        answer = ask(s, {**protocol.request(2, "ping"), "timeout": bad})
+        assert (answer["id"], answer["code"]) == (2, "invalid_request")
+        assert "'timeout' must be a number of seconds" in answer["message"]
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_16mib_frame_before_the_hello_is_refused_without_growing_naosd(daemon: Naosd):
+    """16 M empty arrays in one frame once cost naosd 1.2 GiB and 15 s."""
+    body = b"\xdd" + struct.pack(">I", (16 << 20) - 5) + b"\x90" * ((16 << 20) - 5)
+    before = vm_rss_kib(daemon.pid)
+    s = connect(daemon, hello=False)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        s.sendall(struct.pack(">I", len(body)) + body)  # naosd stops reading at 1 MiB
+    answer = read_frame(s)
+    assert (answer["code"], answer["id"]) == ("protocol_error", None)
+    assert "limit is 4096 before the hello" in answer["message"]
+    still_serving(daemon)
+    assert vm_rss_kib(daemon.pid) - before < 8 * 1024
+
+
+def test_every_refused_client_reads_why(base: Path):
+    env = clean_env(XDG_RUNTIME_DIR=str(base), NAOS_MAX_CONNECTIONS="1")
+    d = start_naosd(base, env=env)
+    try:
+        held = connect(d)  # the one connection allowed
+        for _ in range(20):
+            out = d.ctl("ping")
+            assert out.returncode == 4, out
+            assert "too many connections (limit 1)" in out.stderr
+        for _ in range(20):
+            s = connect(d, hello=False)
+            assert read_frame(s)["message"] == "too many connections (limit 1)"
+            assert closed(s)  # naosd's side is shut down...
+            s.sendall(protocol.encode_frame(protocol.hello("client")))  # ...not its reading
+            s.close()
+        assert ask(held, protocol.request(1, "ping"))["result"]["pong"] is True
+    finally:
+        d.stop()
+        assert not reap(d)

@@ -45,9 +45,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import ClassVar, Final, TypeAlias, TypeVar
+from typing import Final, TypeAlias, TypeVar
 
-from naosd.errors import Conflict, InvalidRequest, NaosError
+from naosd.errors import BudgetExceeded, Conflict, InvalidRequest
 
 MICRO_PER_USD: Final = 1_000_000
 DEFAULT_ALERTS: Final = (50, 80, 100)
@@ -57,21 +57,6 @@ _BUDGET_RE: Final = re.compile(
     rf"\s*(?:\$\s*(?P<dollars>{_AMOUNT})|(?P<usd>{_AMOUNT})\s*usd)\s*/\s*(?P<period>\w+)\s*",
     re.IGNORECASE,
 )
-
-
-class BudgetExceeded(NaosError):
-    """A reservation would take a pausing budget past its limit, or the budget is paused.
-
-    Unlike ``Conflict`` (a misuse of the ledger), this is the budget doing its job.
-    ``outcome`` is the budget's state after the refusal (paused by it, or rolled over
-    first) and its events: the caller keeps and persists them as after any operation;
-    None when nothing changed."""
-
-    code: ClassVar[str] = "budget_exceeded"
-
-    def __init__(self, message: str, outcome: Outcome | None = None) -> None:
-        super().__init__(message)
-        self.outcome = outcome
 
 
 class Period(enum.StrEnum):

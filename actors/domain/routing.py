@@ -29,10 +29,10 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Final
 
 from actors.domain.budget import format_usd
-from naosd.errors import InvalidRequest, NaosError
+from naosd.errors import InvalidRequest, NoRoute
 
 W_KEYWORDS: Final = 0.8
 W_REGEX: Final = 0.9
@@ -248,18 +248,6 @@ class RouteDecision:
     @property
     def near_misses(self) -> tuple[Candidate, ...]:
         return tuple(c for c in self.candidates if c.near_miss)
-
-
-class NoRoute(NaosError):
-    """No skill clears its threshold and no LLM is configured: nothing can take the task.
-
-    ``decision`` (when known) holds the scored candidates for ``explain()``."""
-
-    code: ClassVar[str] = "no_route"
-
-    def __init__(self, message: str, decision: RouteDecision | None = None) -> None:
-        super().__init__(message)
-        self.decision = decision
 
 
 def route(

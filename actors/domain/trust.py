@@ -25,19 +25,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from actors.domain.budget import MICRO_PER_USD, format_usd
-from naosd.errors import InvalidRequest, NaosError
+from naosd.errors import InvalidRequest, TrustDenied
 
 SCORE_MAX: Final = 1000
-
-
-class TrustDenied(NaosError):
-    """The trust gate refused a task (see the decision's reason); unlike ``PermissionDenied``
-    this is about the agent's AXIS standing, not the caller's credentials."""
-
-    code: ClassVar[str] = "trust_denied"
 
 
 class Tier(enum.IntEnum):

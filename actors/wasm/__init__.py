@@ -1,6 +1,7 @@
 """The WASM sandbox: compile, cache and run WASI command modules under limits.
 
-Only ``actors.wasm.engine`` imports wasmtime; the guest ABI is in docs/wasm-abi.md.
+Only ``actors.wasm.engine`` imports wasmtime; the guest ABI is in docs/wasm-abi.md; the
+errors are declared in ``naosd.errors.wasm`` (import them from ``naosd.errors``).
 """
 
 from __future__ import annotations
@@ -23,21 +24,6 @@ from actors.wasm.engine import (
     WasmEngine,
     denied_imports,
 )
-from actors.wasm.errors import (
-    WasmCacheUnsafe,
-    WasmError,
-    WasmExit,
-    WasmImportDenied,
-    WasmInputTooLarge,
-    WasmInvalidModule,
-    WasmMemoryLimit,
-    WasmModuleTooLarge,
-    WasmOutOfFuel,
-    WasmOutputTooLarge,
-    WasmRunError,
-    WasmTimeout,
-    WasmTrap,
-)
 from actors.wasm.limits import Limits, price_micro_usd
 
 __all__ = [
@@ -56,20 +42,7 @@ __all__ = [
     "Limits",
     "RunResult",
     "ValidationReport",
-    "WasmCacheUnsafe",
     "WasmEngine",
-    "WasmError",
-    "WasmExit",
-    "WasmImportDenied",
-    "WasmInputTooLarge",
-    "WasmInvalidModule",
-    "WasmMemoryLimit",
-    "WasmModuleTooLarge",
-    "WasmOutOfFuel",
-    "WasmOutputTooLarge",
-    "WasmRunError",
-    "WasmTimeout",
-    "WasmTrap",
     "denied_imports",
     "price_micro_usd",
 ]

@@ -51,7 +51,9 @@ from typing import Any, Protocol
 import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
-from actors.wasm.errors import (
+from actors.wasm.limits import WASM_PAGE, Limits, price_micro_usd
+from naosd.errors import InvalidRequest, Unavailable
+from naosd.errors.wasm import (
     WasmCacheUnsafe,
     WasmExit,
     WasmImportDenied,
@@ -65,8 +67,6 @@ from actors.wasm.errors import (
     WasmTimeout,
     WasmTrap,
 )
-from actors.wasm.limits import WASM_PAGE, Limits, price_micro_usd
-from naosd.errors import InvalidRequest, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from naos.errors import CallCycle, CallTooDeep, UnknownTool
 from naos.peer import Incoming, Method
 from naosd.agents.channels import AgentChannels, Channel, RunInfo
 from naosd.errors import InvalidRequest, NaosError, RequestTimeout
+from naosd.errors.agents import CallCycle, CallTooDeep, UnknownTool
+from naosd.values import check_values
 
 log = logging.getLogger("naosd.agents.api")
 
@@ -192,7 +193,7 @@ class AgentApi:
         if not isinstance(target, str) or not target:
             raise InvalidRequest("agent: the name of the agent to call is required")
         payload = call.params.get("input")
-        check_json(payload, "input")
+        check_values({"input": payload})
         return target, payload
 
     # -- the LLM, the broker, budgets, tools --------------------------------------
@@ -268,28 +269,6 @@ def _check_chain(caller: Caller, target: str) -> None:
                           f"{' -> '.join((*caller.chain, target))}")
     if caller.remaining() <= 0:
         raise RequestTimeout(f"no time left to call {target!r}")
-
-
-MAX_DEPTH = 64
-
-
-def check_json(value: Any, path: str, depth: int = 0) -> None:
-    """Refuse what is not a JSON value (binary, non-string keys, too deep)."""
-    if depth > MAX_DEPTH:
-        raise InvalidRequest(f"{path}: nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, bool | int | float | str):
-        return
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            check_json(item, f"{path}[{i}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidRequest(f"{path}: map keys must be strings, got {key!r}")
-            check_json(item, f"{path}.{key}", depth + 1)
-        return
-    raise InvalidRequest(f"{path}: {type(value).__name__} is not a JSON value")
 
 
 def _no(what: str) -> NaosError:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from naos.errors import Cancelled, ChannelClosed
 from naos.peer import Method, Peer
 from naosd import protocol
 from naosd.errors import (
@@ -45,6 +44,7 @@ from naosd.errors import (
     ProtocolError,
     RequestTimeout,
 )
+from naosd.errors.agents import Cancelled, ChannelClosed
 from naosd.runtime.agent_link import channel_token
 
 log = logging.getLogger("naosd.agents.channels")

@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.domain.trust import TrustDenied
-from naosd.agents.api import Caller, check_json
+from naosd.agents.api import Caller
 from naosd.agents.channels import AgentChannels, Channel, RunOutcome
-from naosd.errors import AgentCrashed, NaosError, NotFound, RequestTimeout
+from naosd.errors import AgentCrashed, NaosError, NotFound, RequestTimeout, TrustDenied
 from naosd.storage.agent_runs import RunRecord, check_change
 from naosd.storage.group_commit import GroupCommit
+from naosd.values import check_values
 
 OPERATOR = "operator"  # the caller of a run that no agent asked for
 
@@ -54,7 +54,7 @@ class AgentRuns:
     async def run_as(self, name: str, payload: Any, *, caller: Caller, key: str
                      ) -> dict[str, Any]:
         """Run ``payload`` on agent ``name`` for ``caller``; see the module docstring."""
-        check_json(payload, "input")
+        check_values({"input": payload})
         asking_agent = caller.agent if caller.agent != OPERATOR else None
         if asking_agent is not None and self._gate is not None:
             verdict, _ = await self._gate.evaluate(asking_agent, 0)

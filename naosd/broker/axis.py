@@ -18,19 +18,12 @@ from urllib.parse import quote
 import aiohttp
 
 from naosd.broker.llm.client import read_key_file
-from naosd.broker.llm.errors import AxisUnavailable
-from naosd.errors import ConfigError, NotFound
+from naosd.errors import AxisUnavailable, AxisUnknownAuid, ConfigError
 
 if TYPE_CHECKING:
     from naosd.config import Config
 
 MAX_ANSWER_BYTES = 64 * 1024
-
-
-class AxisUnknownAuid(NotFound):
-    """AXIS answered 404: it has no agent with this AUID."""
-
-    code = "axis_unknown_auid"
 
 
 @dataclass(frozen=True, slots=True)

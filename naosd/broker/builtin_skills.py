@@ -15,17 +15,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from actors.domain.routing import RouteKind, Skill
-from naosd.errors import NaosError
-
-
-class SkillFailed(NaosError):
-    """The chosen skill ran and could not do the task (bad input for it, or a WASM
-    skill that exited non-zero); unlike ``no_route``, a handler was found."""
-
-    code: ClassVar[str] = "skill_failed"
+from naosd.errors import SkillFailed
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from actors.domain import budget as b
-from naosd.errors import NaosError, NotFound
+from naosd.errors import BudgetExceeded, NotFound, Throttled
 from naosd.storage.ledger import Event  # the audit rows this controller accumulates
 
 __all__ = ["GLOBAL", "CostController", "Event", "Hold", "Throttled"]
@@ -33,14 +33,6 @@ log = logging.getLogger("naosd.broker.cost")
 GLOBAL: Final = "*"
 DEFAULT_RATE: Final = 1.0  # throttled tasks per second
 DEFAULT_BURST: Final = 1
-
-
-class Throttled(NaosError):
-    """A throttling budget is over its limit and its token bucket is empty: retry later.
-
-    Unlike ``budget_exceeded`` (pause), the task may run once a token is back."""
-
-    code: ClassVar[str] = "budget_throttled"
 
 
 @dataclass(slots=True)
@@ -135,7 +127,7 @@ class CostController:
         for scope in scopes:  # raises before any reservation is kept
             try:
                 state, events = b.reserve(self._scopes[scope].state, amount, now)
-            except b.BudgetExceeded as exc:
+            except BudgetExceeded as exc:
                 if exc.outcome is not None:  # paused by this refusal, or rolled over
                     self._scopes[scope].state, events = exc.outcome
                     self._pending.dirty.add(scope)

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from actors.domain import routing
 from actors.domain.skill_manifest import SkillManifest, parse_manifest
-from naosd.broker.builtin_skills import BUILTIN, BUILTIN_BY_NAME, SkillFailed
+from naosd.broker.builtin_skills import BUILTIN, BUILTIN_BY_NAME
 from naosd.broker.cost import CostController
 from naosd.broker.ledger_writer import LedgerWriter
 from naosd.broker.spend import Charge, Charged, Spender, Spent, TrustCheck
-from naosd.errors import Conflict, InvalidRequest, NaosError
+from naosd.errors import Conflict, InvalidRequest, NaosError, NoRoute, SkillFailed
 from naosd.storage import ledger as bs
 
 if TYPE_CHECKING:
@@ -155,10 +155,10 @@ class Broker:
         llm = self._llm_route(task) if self.llm is not None else None
         try:
             return routing.route(task, self.catalog(), self.thresholds, llm)
-        except routing.NoRoute as exc:
+        except NoRoute as exc:
             if not self._no_llm_reason:
                 raise
-            raise routing.NoRoute(f"{exc.message} ({self._no_llm_reason})",
+            raise NoRoute(f"{exc.message} ({self._no_llm_reason})",
                                   exc.decision) from None
 
     def _llm_route(self, task: str) -> routing.LlmRoute:
@@ -179,7 +179,7 @@ class Broker:
         task_id = uuid.uuid4().hex
         try:
             decision = self.route(task) if route is None else self.pinned(task, route)
-        except routing.NoRoute as exc:
+        except NoRoute as exc:
             self._remember(task_id, task, exc.decision)
             await self.spender.deny(agent, None, exc, task_id=task_id)
             raise

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from actors.domain.trust import Decision, TrustDenied
+from actors.domain.trust import Decision
 from naosd.broker.cost import CostController, Event, Hold
 from naosd.broker.ledger_writer import LedgerWriter
-from naosd.errors import NaosError
+from naosd.errors import NaosError, TrustDenied
 from naosd.storage import ledger as bs
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from actors.domain.trust import (
     Decision,
-    TrustDenied,
     TrustPolicy,
     TrustRecord,
     TrustSource,
@@ -34,9 +33,8 @@ from actors.domain.trust import (
     enforce,
     merge,
 )
-from naosd.broker.axis import AxisClient, AxisConfig, AxisUnknownAuid
-from naosd.broker.llm.errors import AxisUnavailable
-from naosd.errors import InvalidRequest
+from naosd.broker.axis import AxisClient, AxisConfig
+from naosd.errors import AxisUnavailable, AxisUnknownAuid, InvalidRequest, TrustDenied
 from naosd.storage import trust as ts
 from naosd.storage.db import AsyncStore
 

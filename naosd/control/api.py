@@ -149,18 +149,12 @@ async def dashboard_url(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 @method("methods")
 async def list_methods(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every method with its parameters."""
+    """Every method with its parameters: type, required, default."""
     return [
         {"name": m.name, "stream": m.stream, "doc": m.doc,
-         "params": {k: {"required": s.required, "type": _type_name(s)}
-                    for k, s in m.params.items()}}
+         "params": {k: s.describe() for k, s in m.params.items()}}
         for m in sorted(METHODS.values(), key=lambda m: m.name)
     ]
-
-
-def _type_name(spec: Spec) -> str:
-    kind = spec.kind if isinstance(spec.kind, type) else spec.kind[0]
-    return kind.__name__
 
 
 # ---------------------------------------------------------------------------

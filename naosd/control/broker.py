@@ -12,7 +12,7 @@ from naosd.broker.cost import DEFAULT_BURST, DEFAULT_RATE, GLOBAL
 from naosd.broker.service import MAX_TASK_CHARS, decision_json
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str, parse_since
-from naosd.errors import InvalidRequest
+from naosd.errors import InvalidRequest, NoRoute
 from naosd.storage import ledger as bs
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ async def broker_route(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Which handler would take a task, every candidate's score, ties and near misses."""
     try:
         return decision_json(d.broker.route(p["task"]))
-    except routing.NoRoute as exc:
+    except NoRoute as exc:
         if exc.decision is None:
             raise
         return {**decision_json(exc.decision), "error": {"code": exc.code,

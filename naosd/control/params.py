@@ -3,7 +3,9 @@
 Each method declares ``{"name": Spec}``; :func:`check` turns the raw params
 of a request into validated values or raises InvalidRequest naming the
 method, the parameter and the reason.  Unknown parameters are refused, so a
-typo never silently does nothing."""
+typo never silently does nothing.  A binary value is accepted only by a
+parameter whose kind includes ``bytes`` (the server already refused binary
+anywhere deeper, see ``naosd.values.check_values``)."""
 
 from __future__ import annotations
 
@@ -32,9 +34,37 @@ class Spec:
     def required(self) -> bool:
         return self.default is _MISSING
 
+    @property
+    def type_name(self) -> str:
+        """``str``, ``int``, ``bool``, ``float``, ``dict`` (map), ``list``,
+        ``bytes`` (bin), ``object`` (any value); ``int|float`` for either."""
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        return "|".join(k.__name__ for k in kinds)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``methods`` says about the parameter."""
+        out: dict[str, Any] = {"required": self.required, "type": self.type_name}
+        if not self.required:  # JSON-safe: the dashboard serves this list too
+            default = self.default
+            out["default"] = default.decode() if isinstance(default, bytes) else default
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if str in (self.kind if isinstance(self.kind, tuple) else (self.kind,)):
+            out["max_len"] = self.max_len
+        if self.lo is not None or self.hi is not None:
+            out["range"] = [self.lo, self.hi]
+        return out
+
+    @property
+    def takes_binary(self) -> bool:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        return bytes in kinds
+
     def convert(self, value: Any) -> Any:
         if value is None and not self.required and self.default is None:
             return None
+        if isinstance(value, bytes) and not self.takes_binary:
+            raise ValueError("binary values are not allowed (send text or JSON values)")
         if isinstance(value, bool) and self.kind is not bool:
             raise ValueError("expected a number or string, got a boolean")
         if not isinstance(value, self.kind):

@@ -1,11 +1,13 @@
 """The asyncio Unix-socket server: frames in -> dispatch -> frames out.
 
 One ``Connection`` per client.  A client must be allowed by its peer
-credentials (``SO_PEERCRED``), must send its ``hello`` within the handshake
-timeout, and may then pipeline requests; each runs in its own task, so a slow
-request or a long stream never blocks the others.  Any malformed frame gets
-an error frame and the connection is closed; the server keeps serving
-everyone else.
+credentials (``SO_PEERCRED``), must send its ``hello`` (one small frame)
+within the handshake timeout, and may then pipeline requests; each runs in
+its own task, so a slow request or a long stream never blocks the others.
+A request with bad contents (its id, method, params, timeout or any value
+JSON cannot hold) gets an error frame and the connection goes on; a frame
+that cannot be decoded gets an error frame and the connection is closed
+once the client could read it.  The server keeps serving everyone else.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,19 @@ from naosd.errors import (
     InvalidRequest,
     MethodNotFound,
     NaosError,
+    PermissionDenied,
     ProtocolError,
     ShuttingDown,
 )
+from naosd.values import check_values
 
 log = logging.getLogger("naosd.control.server")
 
-MAX_IN_FLIGHT = 128  # concurrent requests per connection
+MAX_IN_FLIGHT = 128  # concurrent requests per connection, streams included
 READ_CHUNK = 1 << 16
+LINGER_S = 2.0  # a refused client has this long to read why before the close
+LINGER_BYTES = 1 << 20  # ... and may send this much meanwhile (read and dropped)
+MAX_LINGERING = 64  # refused connections held at once; past this, closed at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,15 @@ class Call:
     method: str
     params: dict[str, Any]
     peer: Peer
+    # time.monotonic() after which the client no longer waits (from the
+    # request's ``timeout``); None when the client did not say.
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    task: asyncio.Task[None]
+    stream: bool
 
 
 Unary = Callable[[Call], Awaitable[Any]]
@@ -98,6 +115,7 @@ class ControlServer:
         self.connections: set[Connection] = set()
         self.requests_served = 0
         self.closing = False
+        self.lingering = 0  # refused connections waiting for their client to read why
 
     async def start(self) -> None:
         """Bind and listen.  The socket gets its mode before anyone can
@@ -158,11 +176,16 @@ class Connection:
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.decoder = protocol.FrameDecoder(max_frame=server.max_frame)
-        self.tasks: dict[asyncio.Task[None], int] = {}
-        self._streams: dict[int, asyncio.Task[None]] = {}
+        self.decoder = protocol.FrameDecoder(max_frame=protocol.HELLO_MAX_FRAME)
+        self.decoder.limit_note = " before the hello"
+        self._in_flight: dict[int, InFlight] = {}
+        self._finished = False  # the last frame (a refusal) is sent: nothing may follow
         self.peer = Peer(-1, -1, -1)
-        self._backlog: list[dict[str, Any]] = []
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks of every request in flight (unary and streams)."""
+        return [f.task for f in self._in_flight.values()]
 
     # -- lifecycle -------------------------------------------------------
     async def serve(self) -> None:
@@ -173,14 +196,13 @@ class Connection:
             reason = f"too many connections (limit {self.server.max_connections})"
         if reason is not None:
             self.server._on_refused(self.peer, reason)
-            await self.send(protocol.error(None, "permission_denied", reason))
+            await self._refuse(protocol.error(None, PermissionDenied.code, reason))
             return
         try:
-            if not await self._handshake():
-                return
-            await self._read_loop()
+            if await self._handshake():
+                await self._read_loop()
         except ProtocolError as exc:
-            await self.send(protocol.error(None, exc.code, exc.message))
+            await self._refuse(protocol.error(None, exc.code, exc.message))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
 
@@ -188,10 +210,8 @@ class Connection:
         try:
             first = await asyncio.wait_for(self._next_message(), self.server.handshake_timeout)
         except TimeoutError:
-            await self.send(protocol.error(
-                None, "protocol_error",
-                f"no hello within {self.server.handshake_timeout:g}s"))
-            return False
+            raise ProtocolError(
+                f"no hello within {self.server.handshake_timeout:g}s") from None
         if first is None:
             return False
         if first.get("type") != "hello":
@@ -202,71 +222,112 @@ class Connection:
                 f"unsupported protocol version {version!r}; "
                 f"this naosd speaks {protocol.PROTOCOL_VERSION}"
             )
+        try:
+            check_values(first)
+        except InvalidRequest as exc:
+            raise ProtocolError(f"hello: {exc.message}") from None
+        self.decoder.max_frame, self.decoder.limit_note = self.server.max_frame, ""
         await self.send(protocol.hello("server", **self.server.server_info,
                                        max_frame=self.server.max_frame))
         return True
 
     async def _next_message(self) -> dict[str, Any] | None:
-        while not self._backlog:
+        """The next frame; reads only when none is buffered, so at most one
+        chunk is buffered past a frame whose length is refused."""
+        while (message := self.decoder.next()) is None:
             data = await self.reader.read(READ_CHUNK)
             if not data:
                 return None
-            self._backlog.extend(self.decoder.feed(data))
-        return self._backlog.pop(0)
+            self.decoder.push(data)
+        return message
+
+    async def _refuse(self, frame: dict[str, Any]) -> None:
+        """Send ``frame`` (the last) and let the client read it: shut down our
+        side, then read and drop what the client still sends (its hello, the
+        rest of a refused frame) until it closes, for at most LINGER_S.
+        Closing at once would make the client's own send fail (EPIPE) before
+        it read why."""
+        for entry in self._in_flight.values():
+            entry.task.cancel()  # what they still send is dropped (_finished)
+        if not self._finished and not self.writer.is_closing():
+            self.writer.write(protocol.encode_frame(frame, max_frame=self.server.max_frame))
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+        self._finished = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.writer.drain()
+        if self.server.lingering >= MAX_LINGERING:
+            return  # a flood of refused clients: do not hold their sockets
+        self.server.lingering += 1
+        try:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(self._drop_input(LINGER_BYTES), LINGER_S)
+        finally:
+            self.server.lingering -= 1
+
+    async def _drop_input(self, limit: int) -> None:
+        while limit > 0 and (data := await self.reader.read(min(READ_CHUNK, limit))):
+            limit -= len(data)
 
     async def _read_loop(self) -> None:
         while (message := await self._next_message()) is not None:
-            if self.server.closing:
-                await self._refuse_while_closing(message)
-                continue
             await self._handle(message)
-
-    async def _refuse_while_closing(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "request":
-            await self.send(protocol.error(
-                _id_of(message), ShuttingDown.code, "naosd is shutting down"))
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind == "cancel":
-            task = self._streams.get(_id_of(message) or -1)
-            if task is not None:
-                task.cancel()
-            return
-        if kind != "request":
+        if kind not in ("request", "cancel"):
             raise ProtocolError(f"clients may not send {kind!r} frames")
-        req_id = _id_of(message)
-        if req_id is None:
-            raise ProtocolError("a request needs an integer 'id'")
         try:
-            method, params = _check_request(req_id, message)
+            req_id = _id_of(message)
+        except InvalidRequest as exc:
+            await self.send(protocol.error(None, exc.code, exc.message))
+            return
+        if kind == "cancel":
+            self._cancel(req_id)
+        elif self.server.closing:
+            await self.send(protocol.error(req_id, ShuttingDown.code, "naosd is shutting down"))
+        else:
+            await self._request(req_id, message)
+
+    def _cancel(self, req_id: int) -> None:
+        """Cancel a stream in flight.  A unary request, a finished or an
+        unknown id: nothing to do (its answer, if any, is sent as usual)."""
+        entry = self._in_flight.get(req_id)
+        if entry is not None and entry.stream:
+            entry.task.cancel()
+
+    async def _request(self, req_id: int, message: dict[str, Any]) -> None:
+        try:
+            if req_id in self._in_flight:
+                raise InvalidRequest(
+                    f"request {req_id}: id {req_id} is already in flight on this "
+                    "connection (the first request goes on)")
+            method, params, timeout = _check_request(req_id, message)
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                raise InvalidRequest(f"request {req_id}: too many requests in flight "
+                                     f"(limit {MAX_IN_FLIGHT}, streams included)")
         except InvalidRequest as exc:
             await self.send(protocol.error(req_id, exc.code, exc.message))
             return
-        if len(self.tasks) >= MAX_IN_FLIGHT:
-            await self.send(protocol.error(
-                req_id, "invalid_request",
-                f"too many requests in flight (limit {MAX_IN_FLIGHT})"))
-            return
-        self._spawn(req_id, method, params)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._spawn(req_id, Call(method, params, self.peer, deadline))
 
-    def _spawn(self, req_id: int, method: str, params: dict[str, Any]) -> None:
-        unary, streaming = self.server.dispatcher.lookup(method)
-        call = Call(method, params, self.peer)
+    def _spawn(self, req_id: int, call: Call) -> None:
+        unary, streaming = self.server.dispatcher.lookup(call.method)
         if streaming is not None:
             coro = self._run_stream(req_id, streaming, call)
         else:
             coro = self._run_unary(req_id, unary, call)
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks[task] = req_id
-        if streaming is not None:
-            self._streams[req_id] = task
-        task.add_done_callback(self._forget)
+        task = asyncio.get_running_loop().create_task(self._tracked(req_id, coro))
+        self._in_flight[req_id] = InFlight(task, streaming is not None)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        req_id = self.tasks.pop(task, None)
-        if req_id is not None and self._streams.get(req_id) is task:
-            del self._streams[req_id]
+    async def _tracked(self, req_id: int, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one request; its id is free again as soon as its last frame is
+        written (in the same step, before the client can reuse it)."""
+        try:
+            await coro
+        finally:
+            self._in_flight.pop(req_id, None)
 
     # -- running requests --------------------------------------------------
     async def _run_unary(self, req_id: int, fn: Unary | None, call: Call) -> None:
@@ -297,7 +358,8 @@ class Connection:
         except ProtocolError as exc:
             frame = protocol.encode_frame(protocol.error(
                 req_id, "internal", f"{method}: reply cannot be sent: {exc.message}"))
-        await self._write(frame)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
+            await self._write(frame)
 
     async def _run_stream(self, req_id: int, fn: Streaming, call: Call) -> None:
         try:
@@ -318,8 +380,9 @@ class Connection:
 
     def end_streams(self) -> None:
         """Finish every open stream (they send their ``end`` frame)."""
-        for task in list(self._streams.values()):
-            task.cancel()
+        for entry in list(self._in_flight.values()):
+            if entry.stream:
+                entry.task.cancel()
 
     async def abort(self) -> None:
         """Cancel every request in flight; each sends its own shutting_down
@@ -338,8 +401,8 @@ class Connection:
             await self.send(message)
 
     async def _write(self, frame: bytes) -> None:
-        if self.writer.is_closing():
-            raise ConnectionResetError("client went away")
+        if self._finished or self.writer.is_closing():
+            raise ConnectionResetError("client went away, or was refused")
         self.writer.write(frame)
         await self.writer.drain()
 
@@ -351,18 +414,44 @@ class Connection:
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
 
 
-def _id_of(message: dict[str, Any]) -> int | None:
-    value = message.get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _id_of(message: dict[str, Any]) -> int:
+    """A request's or cancel's id: any integer, 0 and negatives included."""
+    kind = message["type"]
+    if "id" not in message:
+        raise InvalidRequest(f"{kind}: 'id' is missing (an integer is required)")
+    value = message["id"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = " (send ids as msgpack integers)" if isinstance(value, float) else ""
+        raise InvalidRequest(f"{kind}: 'id' must be an integer, got {_shown(value)}{hint}")
+    return value
 
 
-def _check_request(req_id: int, message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _check_request(
+    req_id: int, message: dict[str, Any]
+) -> tuple[str, dict[str, Any], float | None]:
+    """Method, params and timeout of a request, every value checked."""
+    try:
+        check_values(message, binary_at="params")
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"request {req_id}: {exc.message}") from None
     method = message.get("method")
     if not isinstance(method, str) or not method:
         raise InvalidRequest(f"request {req_id}: 'method' must be a non-empty string")
     params = message.get("params", {})
     if params is None:
         params = {}
-    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+    if not isinstance(params, dict):
         raise InvalidRequest(f"request {req_id}: 'params' must be a map with string keys")
-    return method, params
+    timeout = message.get("timeout")
+    if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not 0 < timeout <= protocol.MAX_REQUEST_TIMEOUT):
+        raise InvalidRequest(
+            f"request {req_id}: 'timeout' must be a number of seconds above 0 and at most "
+            f"{protocol.MAX_REQUEST_TIMEOUT:g}, got {_shown(timeout)}")
+    return method, params, None if timeout is None else float(timeout)
+
+
+def _shown(value: Any) -> str:
+    name = "nil" if value is None else type(value).__name__
+    return name if value is None else f"{name} {repr(value)[:40]}"

@@ -7,12 +7,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from actors.domain.trust import Rating, TrustPolicy, TrustRecord, TrustSource, merge
-from naosd.broker.axis import AxisUnknownAuid
-from naosd.broker.llm.errors import AxisUnavailable
 from naosd.broker.trust_gate import TrustGate, from_cache, policy_doc, policy_from
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
-from naosd.errors import InvalidRequest, NotFound
+from naosd.errors import AxisUnavailable, AxisUnknownAuid, InvalidRequest, NotFound
 from naosd.storage import trust as ts
 
 if TYPE_CHECKING:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from naosd.broker.llm.errors import LlmBadResponse, LlmRateLimited, LlmTimeout, LlmUnavailable
 from naosd.broker.llm.wire import (
     DEFAULT_MAX_TOKENS,
     MAX_PROMPT_BYTES,
@@ -39,7 +38,14 @@ from naosd.broker.llm.wire import (
     retry_after_s,
     token_bound,
 )
-from naosd.errors import ConfigError, InvalidRequest
+from naosd.errors import (
+    ConfigError,
+    InvalidRequest,
+    LlmBadResponse,
+    LlmRateLimited,
+    LlmTimeout,
+    LlmUnavailable,
+)
 
 if TYPE_CHECKING:
     from naosd.config import Config

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from naosd.broker.llm.errors import LlmUnavailable
+from naosd.errors import LlmUnavailable
 from naosd.runtime.procs import PR_SET_PDEATHSIG, prctl
 
 log = logging.getLogger("naosd.llm.local")

@@ -16,9 +16,8 @@ from naosd.broker.llm.client import (
     check_request,
     estimate_cost_micro,
 )
-from naosd.broker.llm.errors import NoLlm
 from naosd.broker.llm.local import MODEL_ALIAS, LocalLlm, find_model, server_installed
-from naosd.errors import NaosError
+from naosd.errors import NaosError, NoLlm
 
 if TYPE_CHECKING:
     from naosd.config import Config

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
-from naosd.broker.llm.errors import (
+from naosd.errors import (
     LlmBadResponse,
     LlmQuotaExceeded,
     LlmRateLimited,

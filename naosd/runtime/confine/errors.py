@@ -1,4 +1,4 @@
-"""Errors of agent confinement, under ``naosd.errors.NaosError``::
+"""Errors of agent confinement (declared in the leaf ``naosd.errors.agents``)::
 
     ConfinementError (confinement_error, 1)
     ├── ConfinementUnavailable (confinement_unavailable, 1)  the kernel lacks a mechanism
@@ -12,28 +12,14 @@ environment variable) is an ``InvalidRequest``, not one of these.
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import Final
 
-from naosd.errors import NaosError
+from naosd.errors.agents import ConfinementError, ConfinementFailed, ConfinementUnavailable
 
 # A confined child whose bootstrap could not apply its confinement exits with
 # this status before any agent code runs (and says why on its stderr).
 EXIT_CONFINEMENT_FAILED: Final = 121
 
 
-class ConfinementError(NaosError):
-    code: ClassVar[str] = "confinement_error"
-
-
-class ConfinementUnavailable(ConfinementError):
-    """Raised before a child starts: this kernel or platform has no such
-    mechanism (unlike ConfinementFailed, nothing was tried)."""
-
-    code = "confinement_unavailable"
-
-
-class ConfinementFailed(ConfinementError):
-    """Raised inside the child when a mechanism the kernel has refused the
-    policy (unlike ConfinementUnavailable, the probe said it was there)."""
-
-    code = "confinement_failed"
+__all__ = ["EXIT_CONFINEMENT_FAILED", "ConfinementError", "ConfinementFailed",
+           "ConfinementUnavailable"]

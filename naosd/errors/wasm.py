@@ -1,4 +1,5 @@
-"""Errors of the WASM sandbox, all under ``naosd.errors.NaosError``::
+"""Errors of the WASM sandbox (a leaf module: stdlib only), collected by
+``naosd.errors``::
 
     WasmError (wasm_error, 1)
     ├── WasmInvalidModule (wasm_invalid_module, 2)      not wasm, fails validation, not a command
@@ -20,45 +21,57 @@ A non-zero exit code is not an error of ``WasmEngine.run``: it returns a RunResu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from naosd.errors import ConfigError, InvalidRequest, NaosError
-
-if TYPE_CHECKING:
-    from actors.wasm.engine import RunResult
+from naosd.errors.core import ConfigError, InvalidRequest, NaosError
 
 
 class WasmError(NaosError):
+    """A WASM module or guest failed."""
+
     code: ClassVar[str] = "wasm_error"
 
 
 class WasmInvalidModule(WasmError, InvalidRequest):
+    """Not WebAssembly, fails validation, or not a WASI command (see docs/wasm-abi.md)."""
+
     code, exit_code = "wasm_invalid_module", 2
 
 
 class WasmModuleTooLarge(WasmInvalidModule):
+    """The module is larger than its limit."""
+
     code = "wasm_module_too_large"
 
 
 class WasmImportDenied(WasmInvalidModule):
+    """The module imports a host function it was not granted."""
+
     code = "wasm_import_denied"
 
 
 class WasmInputTooLarge(WasmError, InvalidRequest):
+    """The guest's input is larger than its limit."""
+
     code, exit_code = "wasm_input_too_large", 2
 
 
 class WasmCacheUnsafe(WasmError, ConfigError):
+    """The compiled-module cache directory is not naosd's own, or not 0700."""
+
     code, exit_code = "wasm_cache_unsafe", 6
 
 
 class WasmRunError(WasmError):
-    """The guest started and was stopped. ``result`` carries the partial stdout and
-    stderr, the fuel charged and its cost (None only when rebuilt from the wire)."""
+    """The guest started and was stopped by a limit or a trap.
+
+    ``result`` (an ``actors.wasm.engine.RunResult``; typed Any: this leaf imports
+    nothing of naos) carries the partial stdout and stderr, the fuel charged and
+    its cost (None only when rebuilt from the wire)."""
 
     code = "wasm_run_error"
 
-    def __init__(self, message: str, result: RunResult | None = None) -> None:
+    def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
 
@@ -67,25 +80,35 @@ class WasmRunError(WasmError):
 
 
 class WasmOutOfFuel(WasmRunError):
+    """The guest used up its fuel (instruction budget)."""
+
     code = "wasm_out_of_fuel"
 
 
 class WasmTimeout(WasmRunError, TimeoutError):
+    """The guest ran longer than its time limit."""
+
     code = "wasm_timeout"
 
 
 class WasmMemoryLimit(WasmRunError):
+    """The guest needed more memory than its limit."""
+
     code = "wasm_memory_limit"
 
 
 class WasmOutputTooLarge(WasmRunError):
+    """The guest's output passed its limit."""
+
     code = "wasm_output_too_large"
 
 
 class WasmTrap(WasmRunError):
+    """The guest trapped (unreachable, bad memory access, ...)."""
+
     code = "wasm_trap"
 
-    def __init__(self, message: str, result: RunResult | None = None,
+    def __init__(self, message: str, result: Any = None,
                  trap_code: str | None = None) -> None:
         super().__init__(message, result)
         self.trap_code = trap_code
@@ -95,4 +118,6 @@ class WasmTrap(WasmRunError):
 
 
 class WasmExit(WasmRunError):
+    """A WASM agent or skill exited with a non-zero code."""
+
     code = "wasm_exit"
