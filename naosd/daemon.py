@@ -72,6 +72,7 @@ class Daemon:
         self.llm: Any = None  # naosd.broker.llm.service.LlmService
         self.trust_gate: Any = None  # naosd.broker.trust_gate.TrustGate
         self.port: Any = None  # naosd.runtime.port.ActorPort
+        self.services: Any = None  # naosd.services.Services, once every service is built
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -104,6 +105,7 @@ class Daemon:
         from naosd.runtime.bridge import Bridge
         from naosd.runtime.port import ActorPort
         from naosd.runtime.sandbox import Sandbox
+        from naosd.services import Services
 
         self.bridge = Bridge(self.runtime, timeout_s=self.config.actors_ask_timeout,
                              max_workers=self.config.actors_bridge_threads)
@@ -123,6 +125,10 @@ class Daemon:
         self.broker = build_broker(self.db, self.sandbox, self._thresholds,
                                    gate=self.trust_gate, llm=self.llm)
         await self.broker.start()
+        self.services = Services(
+            daemon=self, db=self.db, bridge=self.bridge, sandbox=self.sandbox,
+            agents=self.agents, orch=self.orch, pools=self.pools, broker=self.broker,
+            llm=self.llm, trust_gate=self.trust_gate)
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()
@@ -344,7 +350,7 @@ class Daemon:
     def _make_server(self) -> ControlServer:
         gid = self._socket_gid()
         return ControlServer(
-            self.config.socket, Api(self), authorize=self.authorize,
+            self.config.socket, Api(self.services), authorize=self.authorize,
             on_refused=self.on_refused, max_frame=self.config.max_frame_bytes,
             max_connections=self.config.max_connections,
             handshake_timeout=self.config.handshake_timeout,
@@ -359,7 +365,7 @@ class Daemon:
         from naosd.dashboard import DashboardServer
 
         token = _load_or_create_token(self.config.dashboard_token_file)
-        self.dashboard = DashboardServer(self, token)
+        self.dashboard = DashboardServer(self.services, token)
         await self.dashboard.start(self.config.dashboard_host, self.config.dashboard_port)
 
     def dashboard_info(self, *, with_token: bool) -> dict[str, Any]:

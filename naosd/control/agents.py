@@ -21,7 +21,7 @@ from naosd.errors import InvalidRequest
 from naosd.storage import definitions as defs_store
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 NAME = Str(max_len=64)
 TIMEOUT = Spec((int, float), 30.0)
@@ -74,7 +74,7 @@ def _source_kind(source: str) -> tuple[str, str]:
         config=Spec(dict, None), supervisor=Str(None, max_len=64),
         restart=Str("permanent"), start=Bool(False), timeout=TIMEOUT,
         requires=Spec(list, None))
-async def agent_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Register an agent from a template or a handler file (optionally start it)."""
     definition = agent_def(p)
     if definition.source_kind == "wasm":
@@ -82,7 +82,7 @@ async def agent_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.create(definition, start=p["start"], wait_s=_timeout(p))
 
 
-async def _check_wasm_agent(d: Daemon, definition: AgentDef) -> None:
+async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:
     """Refuse a WASM agent whose module cannot run with its grants."""
 
     grants = definition.config.get("grants", [])
@@ -103,13 +103,13 @@ async def _check_wasm_agent(d: Daemon, definition: AgentDef) -> None:
 
 
 @method("agent.list")
-async def agent_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def agent_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every registered agent with its runtime state."""
     return await d.agents.list()
 
 
 @method("agent.inspect", name=NAME, logs=Int(20, lo=0, hi=1000))
-async def agent_inspect(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_inspect(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Definition, runtime state and the last log lines of one agent."""
     view = await d.agents.describe(p["name"])
     view["logs"] = await d.db.call(
@@ -118,40 +118,40 @@ async def agent_inspect(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("agent.start", name=NAME, timeout=TIMEOUT)
-async def agent_start(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_start(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Start an agent (and keep it running: its desired state becomes running)."""
     return await d.agents.start(p["name"], wait_s=_timeout(p))
 
 
 @method("agent.stop", name=NAME, timeout=TIMEOUT)
-async def agent_stop(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop an agent gracefully (killed after its shutdown timeout)."""
     return await d.agents.stop(p["name"], wait_s=_timeout(p))
 
 
 @method("agent.delete", name=NAME, timeout=TIMEOUT)
-async def agent_delete(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop and forget an agent (its logs and audit rows stay)."""
     return await d.agents.delete(p["name"], wait_s=_timeout(p))
 
 
 @method("agent.run", name=NAME, input=Spec(object, None), timeout=TIMEOUT,
         idempotency_key=Str(""))
-async def agent_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Send one message to an agent and return its reply."""
     return await d.agents.run(p["name"], p["input"], wait_s=_timeout(p),
                               key=p["idempotency_key"])
 
 
 @method("agent.kill", name=NAME)
-async def agent_kill(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def agent_kill(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """SIGKILL the agent's process (to test crash recovery)."""
     return await d.agents.kill(p["name"])
 
 
 @method("agent.logs", stream=True, name=Str(None, max_len=64), n=Int(50, lo=0, hi=100_000),
         follow=Bool(False))
-async def agent_logs(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def agent_logs(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """An agent's log lines (all agents when name is omitted); follow streams."""
     name = p["name"]
     if name:
@@ -176,7 +176,7 @@ async def agent_logs(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, An
         max_restarts=Int(3, lo=0, hi=1_000_000), window=Spec((int, float), 5.0),
         backoff_initial=Spec((int, float), 0.0), backoff_max=Spec((int, float), 0.0),
         parent=Str(None, max_len=64))
-async def supervisor_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def supervisor_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Define a supervisor (OTP strategy, restart intensity, optional backoff)."""
     sup = SupervisorDef(p["name"], normalise_choice(p["strategy"], STRATEGIES, "strategy"),
                         p["max_restarts"], float(p["window"]), float(p["backoff_initial"]),
@@ -185,32 +185,32 @@ async def supervisor_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("supervisor.add", supervisor=NAME, child=NAME, restart=Str("permanent"))
-async def supervisor_add(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def supervisor_add(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Put an agent or supervisor under a supervisor."""
     restart = normalise_choice(p["restart"], RESTART_TYPES, "restart type")
     return await d.agents.add_child(p["supervisor"], p["child"], restart)
 
 
 @method("supervisor.start", name=NAME, timeout=TIMEOUT)
-async def supervisor_start(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def supervisor_start(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Start a supervisor and its whole subtree."""
     return await d.agents.start_supervisor(p["name"], wait_s=_timeout(p))
 
 
 @method("supervisor.stop", name=NAME, timeout=TIMEOUT)
-async def supervisor_stop(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def supervisor_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop a supervisor and everything under it."""
     return await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
 
 
 @method("supervisor.status", name=Str(None, max_len=64))
-async def supervisor_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def supervisor_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The supervision tree (of one supervisor when a name is given)."""
     return await d.agents.supervisor_tree(p["name"])
 
 
 @method("supervisor.list")
-async def supervisor_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def supervisor_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every defined supervisor."""
     sups = await d.db.call(lambda s: defs_store.list_supervisors(s))
     return [s.to_dict() for s in sups]
@@ -218,7 +218,7 @@ async def supervisor_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
 
 @method("project.apply", text=Str(max_len=1 << 20), base=Str(max_len=4096),
         origin=Str("naos.toml", max_len=4096), timeout=TIMEOUT)
-async def project_apply(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def project_apply(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Create the agents, supervisors, sagas, workflows and pools a naos.toml
     defines, and start the agents."""
     import tomllib

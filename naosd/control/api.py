@@ -1,6 +1,6 @@
 """The method table: ``"audit.tail"`` -> handler, with declared parameters.
 
-Handlers are small: validate (declaratively), call the daemon's parts,
+Handlers are small: validate (declaratively), call the services (``Services``),
 return plain msgpack-able data.  Streaming handlers are async generators.
 ``methods`` lists everything, so clients in other languages can discover it.
 """
@@ -19,11 +19,11 @@ from naosd.control.server import Call, Dispatcher, Streaming, Unary
 from naosd.errors import InvalidRequest, RequestTimeout
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
     from naosd.storage.audit import AuditRow
     from naosd.storage.store import Store
 
-Handler = Callable[["Daemon", dict[str, Any]], Any]
+Handler = Callable[["Services", dict[str, Any]], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +49,18 @@ def method(
     return register
 
 
-async def invoke(daemon: Daemon, name: str, given: Mapping[str, Any]) -> Any:
+async def invoke(services: Services, name: str, given: Mapping[str, Any]) -> Any:
     """Run unary method ``name`` in process, its parameters checked by its
     Spec as on the socket (the dashboard's resources and views use this)."""
     entry = METHODS[name]
-    return await entry.handler(daemon, check(name, entry.params, dict(given)))
+    return await entry.handler(services, check(name, entry.params, dict(given)))
 
 
 class Api(Dispatcher):
-    """Binds the method table to one daemon for the server."""
+    """Binds the method table to the services for the server."""
 
-    def __init__(self, daemon: Daemon, methods: Mapping[str, Method] = METHODS) -> None:
-        self._daemon = daemon
+    def __init__(self, services: Services, methods: Mapping[str, Method] = METHODS) -> None:
+        self._services = services
         self._methods = methods
 
     def lookup(self, name: str) -> tuple[Unary | None, Streaming | None]:
@@ -74,8 +74,8 @@ class Api(Dispatcher):
     def _unary(self, entry: Method) -> Unary:
         async def run(call: Call) -> Any:
             params = check(entry.name, entry.params, call.params)
-            timeout = self._daemon.config.request_timeout
-            result: Awaitable[Any] = entry.handler(self._daemon, params)
+            timeout = self._services.config.request_timeout
+            result: Awaitable[Any] = entry.handler(self._services, params)
             scope = asyncio.timeout(timeout)
             try:
                 async with scope:
@@ -91,7 +91,7 @@ class Api(Dispatcher):
     def _streamer(self, entry: Method) -> Streaming:
         async def run(call: Call) -> AsyncIterator[Any]:
             params = check(entry.name, entry.params, call.params)
-            agen: AsyncIterator[Any] = entry.handler(self._daemon, params)
+            agen: AsyncIterator[Any] = entry.handler(self._services, params)
             async for item in agen:
                 yield item
 
@@ -104,51 +104,51 @@ class Api(Dispatcher):
 
 
 @method("ping")
-async def ping(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def ping(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Answer at once: proves the daemon's control loop is alive."""
     return {"pong": True, "pid": os.getpid(), "time": _now_iso()}
 
 
 @method("actors.ping")
-async def actors_ping(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def actors_ping(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Round trip through the root supervisor actor."""
-    return await d.actors_ping()
+    return await d.daemon.actors_ping()
 
 
 @method("status")
-async def status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Daemon version, uptime, pid, paths and the actor tree with states."""
-    return await d.status()
+    return await d.daemon.status()
 
 
 @method("shutdown")
-async def shutdown(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def shutdown(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop gracefully (same as SIGTERM)."""
-    d.request_stop("naosctl shutdown")
+    d.daemon.request_stop("naosctl shutdown")
     return {"stopping": True, "pid": os.getpid()}
 
 
 @method("config.reload")
-async def config_reload(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def config_reload(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Re-read the configuration file (same as SIGHUP)."""
-    return await d.reload_config("naosctl")
+    return await d.daemon.reload_config("naosctl")
 
 
 @method("config.show")
-async def config_show(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def config_show(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The effective configuration and where each value came from."""
     return {"config": d.config.to_toml_dict(), "sources": dict(d.config.sources),
             "file": str(d.config.config_file), "loaded": d.config.config_file_loaded}
 
 
 @method("dashboard.url")
-async def dashboard_url(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def dashboard_url(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The dashboard's address with its login token."""
-    return d.dashboard_info(with_token=True)
+    return d.daemon.dashboard_info(with_token=True)
 
 
 @method("methods")
-async def list_methods(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def list_methods(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every method with its parameters: type, required, default."""
     return [
         {"name": m.name, "stream": m.stream, "doc": m.doc,
@@ -172,7 +172,7 @@ def _filters(p: dict[str, Any]) -> dict[str, Any]:
 
 @method("audit.tail", stream=True, n=Int(20, lo=0, hi=100_000),
         follow=Bool(False), **_FILTERS)
-async def audit_tail(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def audit_tail(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """The last n audit rows; with follow, keep streaming new ones."""
     filters = _filters(p)
     rows = await d.db.call(lambda s: s.audit_tail(p["n"], **filters))
@@ -197,20 +197,20 @@ async def audit_tail(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, An
 
 
 @method("events", stream=True, **_FILTERS)
-async def events(d: Daemon, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def events(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Everything that happens from now on, as audit rows, until cancelled."""
     async for row in audit_tail(d, {**p, "n": 0, "follow": True}):
         yield row
 
 
-async def _head_seq(d: Daemon) -> int:
+async def _head_seq(d: Services) -> int:
     head = await d.db.call(lambda s: s.audit_head())
     return head.seq if head else 0
 
 
 @method("audit.search", query=Str(max_len=1024), limit=Int(100, lo=1, hi=100_000),
         **_FILTERS)
-async def audit_search(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def audit_search(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows whose type, actor, agent or detail contain the query."""
     if not p["query"].strip():
         raise InvalidRequest("audit.search: the query is empty")
@@ -221,7 +221,7 @@ async def audit_search(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @method("audit.verify")
-async def audit_verify(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def audit_verify(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Walk the whole hash chain and check it against the head checkpoint."""
     result = await d.db.call(lambda s: s.verify_audit())
     return {"ok": result.ok, "checked": result.checked,
@@ -230,7 +230,7 @@ async def audit_verify(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("audit.export", stream=True, batch=Int(500, lo=1, hi=10_000), **_FILTERS)
-async def audit_export(d: Daemon, p: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+async def audit_export(d: Services, p: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
     """Every matching row, in batches (a list per event), oldest first."""
     filters = _filters(p)
     last = 0

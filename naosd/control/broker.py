@@ -16,7 +16,7 @@ from naosd.errors import InvalidRequest, NoRoute
 from naosd.storage import ledger as bs
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 TASK = Str(max_len=MAX_TASK_CHARS)
 AGENT = Str(None, max_len=64)
@@ -27,7 +27,7 @@ def _agent(p: dict[str, Any]) -> str | None:
 
 
 @method("broker.skills")
-async def broker_skills(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def broker_skills(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Every skill (built-in and installed) with its patterns, route kind and price."""
     broker = d.broker
     return {"skills": broker.skills(),
@@ -36,7 +36,7 @@ async def broker_skills(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("broker.route", task=TASK)
-async def broker_route(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def broker_route(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Which handler would take a task, every candidate's score, ties and near misses."""
     try:
         return decision_json(d.broker.route(p["task"]))
@@ -48,14 +48,14 @@ async def broker_route(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("broker.execute", task=TASK, agent=AGENT, route=Str(None, max_len=200))
-async def broker_execute(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def broker_execute(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Route and run a task: trust check, reserve, execute, settle, audit.  ``route``
     (skill:NAME, wasm:NAME or llm) pins the handler: the task's text cannot move it."""
     return await d.broker.execute(p["task"], _agent(p), route=p["route"])
 
 
 @method("broker.stats", since=Str("1d", max_len=64), agent=AGENT)
-async def broker_stats(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def broker_stats(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Tasks and cost by route kind since a time, and the saving against all-LLM."""
     since = parse_since(p["since"], datetime.now(UTC))
     agent = _agent(p)
@@ -79,7 +79,7 @@ async def broker_stats(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 @method("skill.install", manifest=Spec((bytes, str), max_len=64 * 1024),
         module=Spec(bytes), sha256=Str(None, max_len=64), replace=Bool(False))
-async def skill_install(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def skill_install(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Install a WASM skill: strict manifest, sha256 check, module check, one transaction."""
     manifest = p["manifest"]
     raw = manifest if isinstance(manifest, bytes) else manifest.encode()
@@ -87,7 +87,7 @@ async def skill_install(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("skill.remove", name=Str(max_len=64))
-async def skill_remove(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def skill_remove(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Remove an installed skill."""
     await d.broker.remove(p["name"])
     return {"removed": p["name"]}
@@ -103,7 +103,7 @@ def _scope(p: dict[str, Any]) -> str:
         action=Str("pause", choices=("alert", "throttle", "pause")),
         throttle_rate=Spec((int, float), DEFAULT_RATE), throttle_burst=Int(DEFAULT_BURST, lo=1,
                                                                            hi=1_000_000))
-async def cost_set(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def cost_set(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Set a budget for an agent (or "*": global): "$10/day", alert levels, action."""
     scope = _scope(p)
     limit, period = b.parse_budget(p["budget"])
@@ -120,7 +120,7 @@ async def cost_set(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("cost.status", scope=Str(None, max_len=64))
-async def cost_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def cost_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Every budget (or one): limit, spent, reserved, remaining, alerts, paused."""
     if p["scope"] is not None:
         return {"budgets": [_one_status(d, _scope(p))]}
@@ -128,7 +128,7 @@ async def cost_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("cost.reset", scope=Str(max_len=64))
-async def cost_reset(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def cost_reset(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Start a fresh period for a budget now and lift a pause."""
     scope = _scope(p)
     d.broker.cost.reset(scope, datetime.now(UTC))
@@ -137,7 +137,7 @@ async def cost_reset(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("cost.history", days=Int(7, lo=1, hi=3660), agent=AGENT, limit=Int(100, lo=0, hi=10_000))
-async def cost_history(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def cost_history(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The ledger: per day, agent and route kind, and the latest entries."""
     since = (datetime.now(UTC) - timedelta(days=p["days"])).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     agent = _agent(p)
@@ -147,5 +147,5 @@ async def cost_history(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
             "total_micro": sum(r["cost_micro"] or 0 for r in days)}
 
 
-def _one_status(d: Daemon, scope: str) -> dict[str, Any]:
+def _one_status(d: Services, scope: str) -> dict[str, Any]:
     return d.broker.cost.status_of(scope, datetime.now(UTC))

@@ -8,15 +8,15 @@ from naosd.control.api import method
 from naosd.errors import Conflict
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 
 @method("cluster.nodes")
-async def cluster_nodes(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def cluster_nodes(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The nodes of the convention as this node sees them (name, address,
     capabilities, state, last heartbeat, agents placed) and where each agent
     runs."""
-    view = await d.cluster_view()
+    view = await d.daemon.cluster_view()
     if view is None:
         raise Conflict("cluster mode is off (set cluster.enabled; see docs/cluster.md)")
     agents = await d.agents.list()

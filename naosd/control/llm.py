@@ -8,19 +8,19 @@ from naosd.control.api import method
 from naosd.control.params import Int, Str
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 
 @method("llm.complete", prompt=Str(max_len=1 << 20), max_tokens=Int(None, lo=1, hi=1_000_000),
         agent=Str(None, max_len=64))
-async def llm_complete(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def llm_complete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Send one prompt to the configured LLM (or the local one): text, tokens, cost."""
     result = await d.llm.complete(p["prompt"], max_tokens=p["max_tokens"], agent=p["agent"])
     return result.to_dict()
 
 
 @method("llm.status")
-async def llm_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def llm_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Which LLM naosd would use, and the local server's state."""
     status: dict[str, Any] = d.llm.status()
     return status

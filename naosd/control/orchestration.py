@@ -19,7 +19,7 @@ from naosd.errors import Conflict, InvalidRequest
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 NAME = Str(max_len=64)
 RUN = Str(max_len=64)
@@ -28,7 +28,7 @@ PICK = pool_m.PICK_STRATEGIES
 WAIT_MAX_S = defs.MAX_WAIT_S  # below the default request timeout: clients wait again
 
 
-async def _db(d: Daemon, fn: Any) -> Any:
+async def _db(d: Services, fn: Any) -> Any:
     result = await d.db.call(fn)
     await d.db.notify()
     return result
@@ -41,7 +41,7 @@ async def _db(d: Daemon, fn: Any) -> Any:
         recovery=Str("forward", choices=saga_m.RECOVERY_MODES),
         compensation_attempts=Int(3, lo=1, hi=100), compensation_delay=Spec(NUM, 1.0),
         compensate_in_doubt=Bool(True))
-async def saga_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def saga_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Define an empty saga; add its steps with saga.add_step."""
     draft = defs.saga_draft(p["name"], timeout=p["timeout"], step_timeout=p["step_timeout"],
                             recovery=p["recovery"],
@@ -54,7 +54,7 @@ async def saga_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("saga.add_step", saga=NAME, step=NAME, agent=NAME, compensate=Str(None, max_len=64),
         timeout=Spec(NUM, None), attempts=Int(1, lo=1, hi=100), retry_delay=Spec(NUM, 1.0),
         backoff=Spec(NUM, 2.0), max_delay=Spec(NUM, 30.0), non_retryable=Spec(list, None))
-async def saga_add_step(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def saga_add_step(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Append a step (agent, optional compensation agent, retry policy) to a saga."""
     def change(store: Any) -> dict[str, Any]:
         draft = defs.saga_add_step(
@@ -68,12 +68,12 @@ async def saga_add_step(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("saga.list")
-async def saga_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def saga_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every saga definition."""
     return await d.db.call(lambda s: orch_store.list_defs(s, "saga"))
 
 
-async def _runs(d: Daemon, kind: str, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def _runs(d: Services, kind: str, p: dict[str, Any]) -> list[dict[str, Any]]:
     from naosd.orchestration.coordinators import run_view
 
     rows = await d.db.call(lambda s: orch_store.list_runs(
@@ -81,7 +81,7 @@ async def _runs(d: Daemon, kind: str, p: dict[str, Any]) -> list[dict[str, Any]]
     return [run_view(r) for r in rows]
 
 
-async def _status(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
+async def _status(d: Services, kind: str, run_id: str) -> dict[str, Any]:
     view = await d.orch.describe(run_id)
     if view["kind"] != kind:
         raise InvalidRequest(f"{run_id!r} is a {view['kind']} run, not a {kind} run")
@@ -89,13 +89,13 @@ async def _status(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
     return view
 
 
-async def _history(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
+async def _history(d: Services, kind: str, run_id: str) -> dict[str, Any]:
     view = await _status(d, kind, run_id)
     view["timeline"] = await d.db.call(lambda s: orch_store.timeline(s, run_id))
     return view
 
 
-async def _resume(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
+async def _resume(d: Services, kind: str, run_id: str) -> dict[str, Any]:
     from actors.domain.run_events import Recover
 
     if run_id in d.orch.live:
@@ -112,22 +112,22 @@ def _register_runs(kind: str) -> None:
     """The run methods sagas and workflows share: run, wait, runs, status,
     history, resume (``saga.run``, ``workflow.run``, ...)."""
 
-    async def run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    async def run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await d.orch.start(kind, p["name"], p["input"])
 
-    async def wait(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    async def wait(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await d.orch.wait(p["run"], min(defs.seconds(p["timeout"], "timeout"), WAIT_MAX_S))
 
-    async def runs(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+    async def runs(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
         return await _runs(d, kind, p)
 
-    async def status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    async def status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await _status(d, kind, p["run"])
 
-    async def history(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    async def history(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await _history(d, kind, p["run"])
 
-    async def resume(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+    async def resume(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await _resume(d, kind, p["run"])
 
     run.__doc__ = f"Start a run of a {kind}; returns its run id at once (see {kind}.wait)."
@@ -148,13 +148,13 @@ def _register_runs(kind: str) -> None:
 
 
 @method("saga.retry_compensation", run=RUN)
-async def saga_retry_compensation(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def saga_retry_compensation(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Retry the failed compensations of a compensation_failed run."""
     return await d.orch.command(p["run"], saga_m.RetryCompensation(time.time()), "saga")
 
 
 @method("saga.resolve", run=RUN, note=Str(max_len=4096))
-async def saga_resolve(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def saga_resolve(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Close a compensation_failed run by hand, with a note (stays compensation_failed)."""
     return await d.orch.command(p["run"], saga_m.Resolve(p["note"], time.time()), "saga")
 
@@ -164,7 +164,7 @@ async def saga_resolve(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 @method("workflow.create", name=NAME, on_error=Str("stop", choices=wf_m.ON_ERROR),
         retries=Int(0, lo=0, hi=100), retry_delay=Spec(NUM, 0.0), step_timeout=Spec(NUM, 60.0))
-async def workflow_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def workflow_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Define an empty workflow; add its steps with workflow.add_step."""
     draft = defs.workflow_draft(p["name"], on_error=p["on_error"], retries=p["retries"],
                                 retry_delay=p["retry_delay"], step_timeout=p["step_timeout"])
@@ -174,7 +174,7 @@ async def workflow_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("workflow.add_step", workflow=NAME, step=NAME, agent=NAME, timeout=Spec(NUM, None),
         on_error=Str(None, choices=wf_m.ON_ERROR), retries=Int(None, lo=0, hi=100),
         retry_delay=Spec(NUM, None))
-async def workflow_add_step(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def workflow_add_step(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Append a step (agent, optional own on_error and retry) to a workflow."""
     def change(store: Any) -> dict[str, Any]:
         draft = defs.workflow_add_step(
@@ -187,7 +187,7 @@ async def workflow_add_step(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("workflow.list")
-async def workflow_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
+async def workflow_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every workflow definition."""
     return await d.db.call(lambda s: orch_store.list_defs(s, "workflow"))
 
@@ -203,14 +203,14 @@ _register_runs("workflow")
         size=Int(None, lo=1, hi=256), merge=Str("all", max_len=32),
         reducer=Str(None, max_len=64), pick=Str("round-robin", choices=PICK),
         concurrency=Int(0, lo=0, hi=1024), timeout=Spec(NUM, 30.0))
-async def pool_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Define a pool of agents (a list, or N clones of one agent) and its merge."""
     return await d.pools.create(defs.pool_def(**p))
 
 
 @method("pool.run", name=NAME, input=Spec(object, None), concurrency=Int(None, lo=1, hi=1024),
         timeout=Spec(NUM, None))
-async def pool_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Fan one input out to every member and merge the replies."""
     timeout = None if p["timeout"] is None else defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)
     return await d.pools.run(p["name"], p["input"], concurrency=p["concurrency"],
@@ -218,43 +218,43 @@ async def pool_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("pool.submit", name=NAME, input=Spec(object, None))
-async def pool_submit(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_submit(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Queue one task; a member is picked round-robin or least-busy."""
     return await d.pools.submit(p["name"], p["input"])
 
 
 @method("pool.task", name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
-async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_task(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """A queued task's state and output (waiting up to wait seconds for it)."""
     wait = defs.seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
     return await d.pools.task(p["name"], p["task"], wait)
 
 
 @method("pool.cancel", name=NAME, task=Str(max_len=64))
-async def pool_cancel(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_cancel(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Cancel a queued task: it is never sent and ends cancelled."""
     return await d.pools.cancel(p["name"], p["task"])
 
 
 @method("pool.run_status", run=Str(max_len=64))
-async def pool_run_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_run_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """A fan-out's record: status, value, failed and cancelled members, reason."""
     return await d.pools.run_status(p["run"])
 
 
 @method("pool.status", name=Str(None, max_len=64))
-async def pool_status(d: Daemon, p: dict[str, Any]) -> Any:
+async def pool_status(d: Services, p: dict[str, Any]) -> Any:
     """Members with their load, queue depth, counts and throughput (one pool or all)."""
     return await d.pools.status(p["name"])
 
 
 @method("pool.scale", name=NAME, size=Int(lo=1, hi=256))
-async def pool_scale(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_scale(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Change the number of clones while tasks run."""
     return await d.pools.scale(p["name"], p["size"])
 
 
 @method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))
-async def pool_drain(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def pool_drain(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop taking tasks and wait until the queued and running ones are done."""
     return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S))

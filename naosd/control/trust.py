@@ -14,13 +14,13 @@ from naosd.errors import AxisUnavailable, AxisUnknownAuid, InvalidRequest, NotFo
 from naosd.storage import trust as ts
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 SCORE = {"lo": 0, "hi": 1000}
 AGENT = Str(max_len=64)
 
 
-def gate(d: Daemon) -> TrustGate:
+def gate(d: Services) -> TrustGate:
     g: TrustGate = d.trust_gate
     return g
 
@@ -37,7 +37,7 @@ def record_dict(record: TrustRecord | None, policy: TrustPolicy) -> dict[str, An
 
 @method("axis.register", agent=AGENT, auid=Str(None, max_len=128),
         t_score=Int(None, **SCORE), c_score=Int(None, **SCORE))
-async def axis_register(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def axis_register(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Register an agent in the local registry (AUID and/or local scores)."""
     if (p["t_score"] is None) != (p["c_score"] is None):
         raise InvalidRequest("axis.register: give both t_score and c_score, or neither")
@@ -48,7 +48,7 @@ async def axis_register(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("axis.status", agent=AGENT)
-async def axis_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def axis_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """An agent's registration, scores in use, effective policy and a preview."""
     g = gate(d)
     reg = await d.db.call(lambda s: ts.get_registration(s, p["agent"]))
@@ -69,7 +69,7 @@ async def axis_status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("axis.verify", auid=Str(max_len=128))
-async def axis_verify(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def axis_verify(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Ask AXIS about an AUID now (falls back to the cache and the registry)."""
     g = gate(d)
     auid = ts.check_auid(p["auid"])
@@ -100,7 +100,7 @@ def _fallback(cached: ts.Cached | None, local: ts.Registration | None) -> TrustR
 
 
 @method("axis.cache", clear=Bool(False))
-async def axis_cache(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def axis_cache(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The cached AXIS answers with their age; with clear, drop them all."""
     if p["clear"]:
         cleared = await d.db.call(ts.cache_clear)
@@ -119,7 +119,7 @@ async def axis_cache(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("axis.policy_set", agent=Str(None, max_len=64), min_tier=Str(None, max_len=8),
         min_t_score=Int(None, **SCORE), min_rating=Str(None, max_len=8),
         caps=Spec(dict, None), reset=Bool(False))
-async def axis_policy_set(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def axis_policy_set(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Change the global policy (or an agent's override); reset drops it."""
     scope = p["agent"] or ts.GLOBAL
     if p["reset"]:
@@ -140,7 +140,7 @@ async def axis_policy_set(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("axis.policy_show", agent=Str(None, max_len=64))
-async def axis_policy_show(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def axis_policy_show(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The global policy, an agent's override and the effective (stricter) one."""
     base = policy_from(await d.db.call(lambda s: ts.get_policy(s, ts.GLOBAL)))
     override_doc = (await d.db.call(lambda s: ts.get_policy(s, p["agent"]))
@@ -153,7 +153,7 @@ async def axis_policy_show(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("trust.check", agent=Str(None, max_len=64), cost_micro=Int(0, lo=0, hi=2**62))
-async def trust_check(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def trust_check(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Run the gate for a task of ``agent`` costing ``cost_micro`` (audited);
     raises trust_denied when it denies."""
     decision = await gate(d).check(p["agent"], p["cost_micro"])

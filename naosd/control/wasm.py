@@ -9,7 +9,7 @@ from naosd.control.params import Int, Spec, Str
 from naosd.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+    from naosd.services import Services
 
 MIB = 1024 * 1024
 LIMITS = {"fuel": Int(None, lo=1, hi=10**15), "memory_mb": Int(None, lo=1, hi=65536),
@@ -36,7 +36,7 @@ def _module(p: dict[str, Any]) -> bytes:
 
 @method("wasm.run", module=Spec(bytes), input=Spec((bytes, str), b""),
         grants=Spec(list, None), **LIMITS)
-async def wasm_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def wasm_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Run a WASI command module in a sandbox worker; input on stdin."""
     stdin = p["input"].encode() if isinstance(p["input"], str) else bytes(p["input"])
     grants = tuple(str(g) for g in (p["grants"] or ()))
@@ -48,7 +48,7 @@ async def wasm_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 @method("wasm.validate", module=Spec(bytes), grants=Spec(list, None),
         max_bytes=Int(None, lo=1, hi=1 << 30))
-async def wasm_validate(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def wasm_validate(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Imports, exports, size and a verdict for a module."""
     limits = {"module_bytes": p["max_bytes"]} if p["max_bytes"] else {}
     grants = tuple(str(g) for g in (p["grants"] or ()))
@@ -57,6 +57,6 @@ async def wasm_validate(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("wasm.kill_worker", name=Str("*", max_len=64))
-async def wasm_kill_worker(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
+async def wasm_kill_worker(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """SIGKILL a sandbox worker (the busiest for "*"), to test recovery."""
     return {"killed": p["name"], "pid": await d.sandbox.kill_worker(p["name"])}

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hmac
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 COOKIE = "naos_session"
 CSRF_HEADER = "X-Naos-CSRF"
+if TYPE_CHECKING:
+    from naosd.services import Services
+
 STATUS = web.AppKey("status", Any)
 TOKEN = web.AppKey("token", str)
 HOSTS = web.AppKey("hosts", set)
@@ -100,32 +103,32 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True})
 
 
-def make_app(status: StatusSource, token: str, hosts: set[str]) -> web.Application:
+def make_app(services: Services, token: str, hosts: set[str]) -> web.Application:
     app = web.Application(middlewares=[guard])
-    app[STATUS] = status
+    app[STATUS] = services.daemon
     app[TOKEN] = token
     app[HOSTS] = hosts
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", api_status)
     app.router.add_get("/api/v1/session", session)
-    from naosd.dashboard.api import DAEMON, add_routes
+    from naosd.dashboard.api import SERVICES, add_routes
 
-    app[DAEMON] = status
+    app[SERVICES] = services
     add_routes(app)
     return app
 
 
 class DashboardServer:
-    def __init__(self, status: StatusSource, token: str) -> None:
-        self._status = status
+    def __init__(self, services: Services, token: str) -> None:
+        self._services = services
         self.token = token
         self._runner: web.AppRunner | None = None
         self.url = ""
         self._hosts: set[str] = set()
 
     async def start(self, host: str, port: int) -> None:
-        app = make_app(self._status, self.token, self._hosts)
+        app = make_app(self._services, self.token, self._hosts)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)

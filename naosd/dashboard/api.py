@@ -25,11 +25,12 @@ from aiohttp import web
 from naosd.control.params import parse_since
 from naosd.dashboard import queries
 from naosd.errors import NaosError
+from naosd.services import Services
 from naosd.storage import definitions as defs_store
 
 log = logging.getLogger("naosd.dashboard")
 
-DAEMON = web.AppKey("daemon", Any)
+SERVICES = web.AppKey("services", Services)
 STREAMS = web.AppKey("streams", set)
 HEARTBEAT_S = 15.0
 POLL_S = 0.5
@@ -63,7 +64,7 @@ def _error(exc: NaosError) -> web.HTTPException:
 
 
 async def agents(request: web.Request) -> web.StreamResponse:
-    d = request.app[DAEMON]
+    d = request.app[SERVICES]
     views = await d.agents.list()
     stats = await d.db.call(defs_store.run_stats)
     spend = await d.db.call(queries.ledger_spend)
@@ -75,7 +76,7 @@ async def agents(request: web.Request) -> web.StreamResponse:
 
 
 async def agent(request: web.Request) -> web.StreamResponse:
-    d = request.app[DAEMON]
+    d = request.app[SERVICES]
     name = request.match_info["name"]
     try:
         view = await d.agents.describe(name)
@@ -92,17 +93,17 @@ async def logs(request: web.Request) -> web.StreamResponse:
     n = _int(request, "n", 200, 1, 5_000)
     after = _int(request, "after", 0, 0, 2**62)
     name = request.query.get("agent") or None
-    lines = await request.app[DAEMON].db.call(
+    lines = await request.app[SERVICES].db.call(
         lambda s: defs_store.read_logs(s, name, n=n, after=after))
     return web.json_response(lines)
 
 
 async def tree(request: web.Request) -> web.StreamResponse:
-    return web.json_response(await request.app[DAEMON].agents.tree())
+    return web.json_response(await request.app[SERVICES].agents.tree())
 
 
 async def audit(request: web.Request) -> web.StreamResponse:
-    d = request.app[DAEMON]
+    d = request.app[SERVICES]
     n = _int(request, "n", 100, 1, 10_000)
     agent_name = request.query.get("agent") or None
     type_ = request.query.get("type") or None
@@ -122,7 +123,7 @@ async def audit(request: web.Request) -> web.StreamResponse:
 
 
 async def audit_verify(request: web.Request) -> web.StreamResponse:
-    result = await request.app[DAEMON].db.call(lambda s: s.verify_audit())
+    result = await request.app[SERVICES].db.call(lambda s: s.verify_audit())
     return web.json_response({"ok": result.ok, "checked": result.checked,
                               "first_bad_seq": result.first_bad_seq, "reason": result.reason,
                               "head_seq": result.head_seq})
@@ -136,7 +137,7 @@ def _now() -> Any:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """SSE: every audit row from ``Last-Event-ID`` (or from now) on."""
-    d = request.app[DAEMON]
+    d = request.app[SERVICES]
     task = asyncio.current_task()
     request.app[STREAMS].add(task)
     try:  # cancelled by _end_streams when the dashboard stops
@@ -209,12 +210,12 @@ def _last_event_id(request: web.Request) -> tuple[int | None, int | None]:
 async def metrics(request: web.Request) -> web.StreamResponse:
     from naosd.dashboard.metrics import render
 
-    body, content_type = render(await _snapshot(request.app[DAEMON]))
+    body, content_type = render(await _snapshot(request.app[SERVICES]))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def _snapshot(d: Any) -> dict[str, Any]:
-    status = await d.status()
+    status = await d.daemon.status()
     agent_views = await d.agents.list()
     budgets = d.broker.cost.status(datetime.now(UTC)) if d.broker is not None else []
     return {"status": status, "agents": agent_views, "budgets": budgets}
@@ -263,7 +264,7 @@ def _resource(method_name: str) -> Any:
             given = {k: _query_value(v) for k, v in request.query.items()}
         given.update(request.match_info)
         try:
-            result = await invoke(request.app[DAEMON], method_name, given)
+            result = await invoke(request.app[SERVICES], method_name, given)
         except NaosError as exc:
             raise _error(exc) from None
         return web.json_response(result)
@@ -308,6 +309,6 @@ def add_routes(app: web.Application) -> None:
         add_resource(app, path, method_name, "POST")
     from naosd.dashboard.features import add_views
 
-    add_views(app, DAEMON, _error)
+    add_views(app, SERVICES, _error)
     app.router.add_get("/metrics", metrics)
 
