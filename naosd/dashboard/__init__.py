@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from naosd.dashboard.mcp import MCP_PATH, add_mcp, check_access
+
 COOKIE = "naos_session"
 CSRF_HEADER = "X-Naos-CSRF"
 STATUS = web.AppKey("status", Any)
@@ -49,6 +51,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     hosts = request.app[HOSTS]
     if hosts and request.host not in hosts:
         raise web.HTTPForbidden(text=f"unexpected Host header {request.host!r}\n")
+    if request.path == MCP_PATH:  # MCP clients: bearer token only, no cookie, no CSRF header
+        check_access(request, request.app[TOKEN], hosts)
+        return await handler(request)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("Origin", "")
         if origin.split("://", 1)[-1] not in hosts:
@@ -113,6 +118,9 @@ def make_app(status: StatusSource, token: str, hosts: set[str]) -> web.Applicati
 
     app[DAEMON] = status
     add_routes(app)
+    from naosd.mcp.methods import gateway_for
+
+    add_mcp(app, lambda: gateway_for(status))
     return app
 
 
