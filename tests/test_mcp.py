@@ -243,6 +243,8 @@ async def test_audit_rows_name_the_mcp_identity(daemon: Naosd):
     assert plain.returncode == 0, plain.stderr
     cli_run = [r for r in audit(daemon, "agent.run") if r["agent"] == "greeter"][-1]
     assert "via" not in cli_run["detail"] and "as" not in cli_run["detail"]
+    found = ok(daemon, "audit", "search", '"as":"auditor"')  # as docs/interop.md says
+    assert {r["type"] for r in found} >= {"mcp.call", "agent.run"}
     assert ok(daemon, "audit", "verify")["ok"] is True
 
 
@@ -279,6 +281,25 @@ async def test_http_lists_calls_and_reads_with_the_token(daemon: Naosd):
         assert not (await client.call_tool("agent_greeter", {"name": "old"})).is_error
     call = [r for r in audit(daemon, "mcp.call") if r["detail"]["transport"] == "http"][-1]
     assert call["actor"] == "mcp:mcp-client" and call["detail"]["as"] == "mcp-client"
+
+
+async def test_config_picks_the_identity_and_the_exposed_tools(daemon: Naosd, base: Path):
+    config = base / "xdg-config" / "naos" / "naosd.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[mcp]\nidentity = "ide"\ntools = ["agent_gr*", "skill_sha256"]\n')
+    try:
+        assert "mcp.identity" in ok(daemon, "reload")["changed"]
+        async with http(daemon) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert names == {"agent_greeter", "skill_sha256"}
+            assert not (await client.call_tool("agent_greeter", {"name": "x"})).is_error
+            with pytest.raises(MCPError):
+                await client.call_tool("agent_boom", {})  # defined, but not exposed
+        call = [r for r in audit(daemon, "mcp.call") if r["detail"]["tool"] == "agent_boom"][-1]
+        assert call["actor"] == "mcp:ide" and call["detail"]["error"] == "unknown_tool"
+    finally:
+        config.unlink()
+        ok(daemon, "reload")
 
 
 def post(url: str, headers: dict[str, str]) -> tuple[int, str]:
