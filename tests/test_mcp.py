@@ -34,7 +34,7 @@ GREETER_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}},
                   "required": ["name"], "additionalProperties": False}
 
 
-def project(base: Path, lab: Lab) -> str:
+def project(base: Path) -> str:
     return f'''
 [agents.greeter]
 template = "echo"
@@ -47,21 +47,19 @@ additionalProperties = false
 
 [agents.boom]
 source = "{base / 'boom.py'}"
-
-[agents.inventory]
-source = "{lab.handler.name}"
-config = {{ db = "{lab.db}", control = "{lab.control}" }}
-[agents.inventory-release]
-source = "{lab.handler.name}"
-config = {{ db = "{lab.db}", control = "{lab.control}", undo = true }}
-
-[sagas.order]
-step_timeout = 20
-steps = [{{ name = "reserve", agent = "inventory", compensate = "inventory-release" }}]
-
-[workflows.etl]
-steps = [{{ name = "one", agent = "inventory" }}]
 '''
+
+
+def define_runs(d: Naosd, lab: Lab) -> None:
+    """A one-step saga and workflow over the ledger agent (tests/orch_agents.py)."""
+    ok(d, "create", "inventory", "--source", str(lab.handler), "--config", lab.config())
+    ok(d, "create", "inventory-release", "--source", str(lab.handler),
+       "--config", lab.config(True))
+    ok(d, "saga", "create", "order", "--step-timeout", "20")
+    ok(d, "saga", "add-step", "order", "reserve", "--agent", "inventory",
+       "--compensate", "inventory-release")
+    ok(d, "workflow", "create", "etl")
+    ok(d, "workflow", "add-step", "etl", "one", "--agent", "inventory")
 
 
 def ok(d: Naosd, *args: str) -> Any:
@@ -82,10 +80,10 @@ def daemon(base: Path) -> Iterator[Naosd]:
     identity registered with the trust gate (local scores)."""
     d = start_naosd(base)
     try:
-        lab = Lab(base)
         (base / "boom.py").write_text(BOOM)
-        (base / "naos.toml").write_text(project(base, lab))
+        (base / "naos.toml").write_text(project(base))
         ok(d, "apply", str(base / "naos.toml"))
+        define_runs(d, Lab(base))
         ok(d, "axis", "register", "mcp-client", "--t-score", "700", "--c-score", "700")
         yield d
     finally:
