@@ -86,6 +86,9 @@ def daemon(base: Path) -> Iterator[Naosd]:
         define_runs(d, Lab(base))
         ok(d, "axis", "register", "mcp-client", "--t-score", "700", "--c-score", "700")
         yield d
+        # a graceful stop ends the /mcp transport the tests started
+        assert d.stop() == 0, d.log()[-3000:]
+        assert "Traceback" not in d.log(), d.log()[-3000:]
     finally:
         survivors = reap(d)
         assert not survivors, f"processes outlived naosd: {survivors}\n{d.log()}"

@@ -103,6 +103,9 @@ def test_run_results_by_status():
 def test_results_are_mcp_call_tool_results():
     shaped = catalog.agent_result({"agent": "e", "output": "plain text"})
     assert shaped["content"] == [{"type": "text", "text": "plain text"}]
+    raw = catalog.agent_result({"agent": "e", "output": {"blob": b"\x00\xff"}})
+    assert raw["structuredContent"]["output"] == {"blob": "b'\\x00\\xff'"}
+    assert raw["content"][0]["text"] == '{"blob": "b\'\\\\x00\\\\xff\'"}'
     failed = catalog.failed("trust_denied", "no")
     assert failed["isError"] and failed["content"][0]["text"] == "trust_denied: no"
 

@@ -109,8 +109,8 @@ class Transport:
         self._stop.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, STOP_S)
-            except (TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, STOP_S)  # cancelled past it
+            except TimeoutError:
                 log.warning("the MCP transport did not stop within %gs", STOP_S)
 
 

@@ -145,7 +145,7 @@ def skill_route(skill: dict[str, Any]) -> str:
 
 
 def succeeded(structured: dict[str, Any], text: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": text}], "structuredContent": structured,
+    return {"content": [{"type": "text", "text": text}], "structuredContent": jsonable(structured),
             "isError": False}
 
 
@@ -182,7 +182,14 @@ def run_result(view: dict[str, Any], waited_s: float) -> dict[str, Any]:
 
 
 def as_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                           default=str)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can carry it: an agent may answer with what msgpack allows
+    and JSON does not (bytes become their ``str()``)."""
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def resource_contents(uri: str, data: Any) -> dict[str, Any]:
