@@ -303,8 +303,8 @@ async def test_config_picks_the_identity_and_the_exposed_tools(daemon: Naosd, ba
         ok(daemon, "reload")
 
 
-def post(url: str, headers: dict[str, str]) -> tuple[int, str]:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+def post(url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, str]:
+    body = body or json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
         **headers})
@@ -326,6 +326,16 @@ def test_http_refuses_requests_without_the_token(daemon: Naosd):
     host = url.split("/")[2]
     assert post(url, {**bearer, "Host": f"evil.example:{host.split(':')[1]}"})[0] == 403
     assert post(url, {**bearer, "Origin": f"http://{host}"})[0] == 200
+
+
+def test_http_bounds_the_request_body(daemon: Naosd):
+    url, token = dashboard(daemon)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "agent_greeter", "arguments": {"name": "x" * (2 << 20)}}}
+    before = len(audit(daemon, "mcp.call", 10_000))
+    status, _ = post(url, {"Authorization": f"Bearer {token}"}, json.dumps(call).encode())
+    assert status == 413  # aiohttp's client_max_size (1 MiB), before the SDK sees it
+    assert len(audit(daemon, "mcp.call", 10_000)) == before
 
 
 # -- without the SDK -----------------------------------------------------------------

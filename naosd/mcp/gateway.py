@@ -24,6 +24,8 @@ audit row (tool, transport, outcome).  Built from narrow parts: a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -143,6 +145,7 @@ class Gateway:
             raise UnknownTool(f"unknown tool 'agent_{name}': no agent named {name!r}") from None
         schema = (agent.get("config") or {}).get("input_schema")
         if schema is not None:
+            await asyncio.to_thread(_preload_jsonschema)  # its first import blocks ~0.1-0.3 s
             check_arguments(arguments, schema, f"agent {name!r}")
         return catalog.agent_result(await self._api.call("agent.run", name=name,
                                                          input=arguments))
@@ -186,6 +189,11 @@ class Gateway:
         listed = await self._api.call("broker.skills")
         skills: list[dict[str, Any]] = listed["skills"]
         return skills
+
+
+def _preload_jsonschema() -> None:
+    with contextlib.suppress(ImportError):  # check_arguments says what is missing
+        import jsonschema.validators  # noqa: F401
 
 
 def check_arguments(arguments: dict[str, Any], schema: dict[str, Any], what: str) -> None:
