@@ -53,7 +53,8 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         raise web.HTTPForbidden(text=f"unexpected Host header {request.host!r}\n")
     if request.path == MCP_PATH:  # MCP clients: bearer token only, no cookie, no CSRF header
         check_access(request, request.app[TOKEN], hosts)
-        return await handler(request)
+        served: web.StreamResponse = await handler(request)
+        return served
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("Origin", "")
         if origin.split("://", 1)[-1] not in hosts:
@@ -120,7 +121,8 @@ def make_app(status: StatusSource, token: str, hosts: set[str]) -> web.Applicati
     add_routes(app)
     from naosd.mcp.methods import gateway_for
 
-    add_mcp(app, lambda: gateway_for(status))
+    daemon: Any = status  # the Daemon: the gateway calls its control methods in process
+    add_mcp(app, lambda: gateway_for(daemon))
     return app
 
 

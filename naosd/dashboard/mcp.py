@@ -39,7 +39,6 @@ from naosd.mcp.gateway import Gateway
 log = logging.getLogger("naosd.dashboard.mcp")
 
 MCP_PATH = "/mcp"
-MCP = web.AppKey("mcp", Any)  # the Mount
 STOP_S = 5.0
 
 
@@ -161,6 +160,9 @@ class Mount:
         return transport
 
 
+MCP = web.AppKey("mcp", Mount)
+
+
 def _load_sdk() -> tuple[Any, Any, Any]:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from mcp.server.transport_security import TransportSecuritySettings
@@ -176,7 +178,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    mount: Mount = request.app[MCP]
+    mount = request.app[MCP]
     transport = await mount.get()
     if transport is None:
         raise _json_error(web.HTTPNotFound, "mcp_unavailable",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -43,9 +44,9 @@ WAIT_STEP_S = 50.0  # one saga.wait at most (the method caps its timeout there)
 class ControlApi(Protocol):
     """Control methods by name, checked by their own parameter specs."""
 
-    async def call(self, method: str, **params: Any) -> Any: ...
+    async def call(self, method: str, /, **params: Any) -> Any: ...
 
-    def stream(self, method: str, **params: Any) -> AsyncIterator[Any]: ...
+    def stream(self, method: str, /, **params: Any) -> AsyncIterator[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,7 @@ class Gateway:
 
 def _preload_jsonschema() -> None:
     with contextlib.suppress(ImportError):  # check_arguments says what is missing
-        import jsonschema.validators  # noqa: F401
+        importlib.import_module("jsonschema.validators")
 
 
 def check_arguments(arguments: dict[str, Any], schema: dict[str, Any], what: str) -> None:
@@ -204,8 +205,9 @@ def check_arguments(arguments: dict[str, Any], schema: dict[str, Any], what: str
             schema itself is not a valid JSON Schema.
         ConfigError: ``jsonschema`` (part of the ``mcp`` extra) is missing.
     """
-    try:
-        from jsonschema import exceptions, validators
+    try:  # untyped (no stubs): through importlib, so it is Any to the type checker
+        exceptions = importlib.import_module("jsonschema.exceptions")
+        validators = importlib.import_module("jsonschema.validators")
     except ImportError:
         from naosd.errors import ConfigError
 

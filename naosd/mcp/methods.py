@@ -8,14 +8,15 @@ Nothing here imports the MCP SDK: these methods work on any naosd.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from naosd.control.api import METHODS, invoke, method
 from naosd.control.params import Spec, Str, check
 from naosd.mcp.gateway import Gateway, Settings
 
-if TYPE_CHECKING:
-    from naosd.daemon import Daemon
+# The daemon is typed Any here: naosd.dashboard imports this module, and the layers
+# forbid the dashboard to reach naosd.daemon (not even for a type annotation).
+Daemon = Any
 
 
 class InProcessApi:
@@ -25,10 +26,10 @@ class InProcessApi:
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
 
-    async def call(self, method_name: str, **params: Any) -> Any:
+    async def call(self, method_name: str, /, **params: Any) -> Any:
         return await invoke(self._daemon, method_name, params)
 
-    async def stream(self, method_name: str, **params: Any) -> AsyncIterator[Any]:
+    async def stream(self, method_name: str, /, **params: Any) -> AsyncIterator[Any]:
         entry = METHODS[method_name]
         items: AsyncIterator[Any] = entry.handler(
             self._daemon, check(method_name, entry.params, params))
