@@ -175,7 +175,7 @@ async def test_a_failing_agent_is_a_tool_error_and_an_unknown_tool_a_protocol_er
         skill = await client.call_tool("skill_sha256", {"text": "not a task"})
         assert skill.is_error and skill.structured_content["error"]["code"] == "invalid_request"
     refused = [r for r in audit(daemon, "mcp.call") if r["detail"]["tool"] == "agent_ghost"]
-    assert refused and refused[-1]["detail"]["error"] == "unknown_tool"
+    assert refused and refused[-1]["detail"]["error"] == "not_found"
 
 
 async def test_skill_tool_goes_through_the_trust_gate_for_the_identity(daemon: Naosd):
@@ -297,7 +297,7 @@ async def test_config_picks_the_identity_and_the_exposed_tools(daemon: Naosd, ba
             with pytest.raises(MCPError):
                 await client.call_tool("agent_boom", {})  # defined, but not exposed
         call = [r for r in audit(daemon, "mcp.call") if r["detail"]["tool"] == "agent_boom"][-1]
-        assert call["actor"] == "mcp:ide" and call["detail"]["error"] == "unknown_tool"
+        assert call["actor"] == "mcp:ide" and call["detail"]["error"] == "not_found"
     finally:
         config.unlink()
         ok(daemon, "reload")

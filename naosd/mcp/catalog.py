@@ -1,5 +1,4 @@
-"""What MCP clients see of naos, as plain MCP wire data (pure: stdlib and
-:mod:`naosd.errors` only, so naosctl may import it).
+"""What MCP clients see of naos, as plain MCP wire data (pure: stdlib only).
 
 Tools, one per definition: ``agent_NAME`` (run the agent once),
 ``saga_NAME`` and ``workflow_NAME`` (run it and wait for its outcome),
@@ -14,6 +13,8 @@ Resources: ``naos://status`` and ``naos://audit/recent``.
 Results are ``CallToolResult`` objects: a text block for the model and
 ``structuredContent`` for programs; a run that failed has ``isError: true``
 and ``structuredContent.error = {code, message}`` with the naos error code.
+A tool or resource that does not exist is not a result: the gateway raises
+``not_found`` and the transports answer with a protocol error.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, ClassVar, Final
-
-from naosd.errors import NotFound
+from typing import Any, Final
 
 KINDS: Final = ("agent", "saga", "workflow", "skill")
 NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,63}")  # actors.domain.definitions.NAME_RE
@@ -50,20 +49,6 @@ RESOURCES: Final[tuple[dict[str, Any], ...]] = (
 )
 
 
-class UnknownTool(NotFound):
-    """A tools/call named a tool that naos does not offer this client (no such
-    definition, or not exposed by ``mcp.tools``); a protocol error, unlike a run
-    that failed, which is a tool result with ``isError``."""
-
-    code: ClassVar[str] = "unknown_tool"
-
-
-class UnknownResource(NotFound):
-    """A resources/read named a URI that is not one of :data:`RESOURCES`."""
-
-    code: ClassVar[str] = "unknown_resource"
-
-
 @dataclass(frozen=True, slots=True)
 class ToolRef:
     kind: str  # one of KINDS
@@ -78,16 +63,13 @@ def tool_name(kind: str, name: str) -> str:
     return f"{kind}_{name}"
 
 
-def parse_tool(tool: str, patterns: tuple[str, ...]) -> ToolRef:
-    """The definition behind ``tool`` if it is well formed and exposed.
-
-    Raises:
-        UnknownTool: not ``KIND_NAME`` with a known kind and a naos name, or not
-            exposed.
-    """
+def parse_tool(tool: str, patterns: tuple[str, ...]) -> ToolRef | None:
+    """What ``tool`` names, if it is ``KIND_NAME`` with a known kind and a naos
+    name and is exposed (``mcp.tools``); None otherwise.  Whether that
+    definition exists is for the caller to find out."""
     kind, _, name = tool.partition("_")
     if kind not in KINDS or not NAME_RE.fullmatch(name) or not exposed(tool, patterns):
-        raise UnknownTool(f"unknown tool {tool[:200]!r}")
+        return None
     return ToolRef(kind, name)
 
 

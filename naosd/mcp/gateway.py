@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from actors.domain.definitions import validate_name
 from naosd.errors import InvalidRequest, NaosError, NotFound, RequestTimeout
 from naosd.mcp import catalog
-from naosd.mcp.catalog import ToolRef, UnknownResource, UnknownTool
+from naosd.mcp.catalog import ToolRef
 from naosd.storage.origin import acting_for
 
 WAIT_STEP_S = 50.0  # one saga.wait at most (the method caps its timeout there)
@@ -87,14 +87,14 @@ class Gateway:
         return [dict(r) for r in catalog.RESOURCES]
 
     async def read(self, uri: str) -> dict[str, Any]:
-        """A resource's contents.  Raises UnknownResource."""
+        """A resource's contents.  Raises NotFound for any other URI."""
         if uri == "naos://status":
             return catalog.resource_contents(uri, await self._api.call("status"))
         if uri == "naos://audit/recent":
             rows = [row async for row in self._api.stream(
                 "audit.tail", n=catalog.AUDIT_RECENT_ROWS)]
             return catalog.resource_contents(uri, rows)
-        raise UnknownResource(f"unknown resource {uri[:200]!r}")
+        raise NotFound(f"unknown resource {uri[:200]!r}")
 
     # -- calling -------------------------------------------------------------------
     async def call(self, tool: str, arguments: dict[str, Any] | None, *,
@@ -103,20 +103,22 @@ class Gateway:
         is a result with ``isError``.
 
         Raises:
-            UnknownTool: no such tool for this client (audited first).
+            NotFound: no such tool for this client (audited first): the one error
+                a call raises, so transports can answer it with a protocol error.
             InvalidRequest: ``identity`` is not a valid agent name.
         """
         settings = self._settings()
         who = validate_name(identity or settings.identity, "MCP identity")
         with acting_for("mcp", who):
             started = self._clock()
-            ref: ToolRef | None = None
+            ref = catalog.parse_tool(tool, settings.tools)
+            target = None if ref is None else await self._find(ref)
+            if ref is None or target is None:
+                await self._record(tool, who, transport, None, NotFound.code, {})
+                raise NotFound(f"unknown tool {tool[:200]!r}")
             try:
-                ref = catalog.parse_tool(tool, settings.tools)
-                result, related = await self._run(ref, arguments or {}, who, settings)
-            except UnknownTool as exc:
-                await self._record(tool, who, transport, None, exc.code, {})
-                raise
+                result, related = await self._run(ref, target, arguments or {}, who,
+                                                  settings.run_wait_s)
             except NaosError as exc:
                 result, related = catalog.failed(exc.code, exc.message), {}
             error = result["structuredContent"]["error"]["code"] if result["isError"] else None
@@ -131,19 +133,30 @@ class Gateway:
                           tool=tool[:200], transport=transport, ok=error is None, error=error,
                           **detail)
 
-    async def _run(self, ref: ToolRef, arguments: dict[str, Any], who: str,
-                   settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _find(self, ref: ToolRef) -> dict[str, Any] | None:
+        """The definition behind ``ref`` as it is now, or None."""
         if ref.kind == "agent":
-            return await self._run_agent(ref.name, arguments), {}
-        if ref.kind == "skill":
-            return await self._run_skill(ref.name, arguments, who)
-        return await self._run_flow(ref, arguments, settings.run_wait_s)
+            try:
+                agent: dict[str, Any] = await self._api.call("agent.inspect", name=ref.name,
+                                                             logs=0)
+                return agent
+            except NotFound:
+                return None
+        found = await self._skills() if ref.kind == "skill" else await self._api.call(
+            f"{ref.kind}.list")
+        return next((d for d in found if d["name"] == ref.name), None)
 
-    async def _run_agent(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        try:
-            agent = await self._api.call("agent.inspect", name=name, logs=0)
-        except NotFound:
-            raise UnknownTool(f"unknown tool 'agent_{name}': no agent named {name!r}") from None
+    async def _run(self, ref: ToolRef, target: dict[str, Any], arguments: dict[str, Any],
+                   who: str, wait_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run a tool whose definition exists; a failure raises its NaosError."""
+        if ref.kind == "agent":
+            return await self._run_agent(ref.name, target, arguments), {}
+        if ref.kind == "skill":
+            return await self._run_skill(target, arguments, who)
+        return await self._run_flow(ref, arguments, wait_s)
+
+    async def _run_agent(self, name: str, agent: dict[str, Any], arguments: dict[str, Any]
+                         ) -> dict[str, Any]:
         schema = (agent.get("config") or {}).get("input_schema")
         if schema is not None:
             await asyncio.to_thread(_preload_jsonschema)  # its first import blocks ~0.1-0.3 s
@@ -151,11 +164,8 @@ class Gateway:
         return catalog.agent_result(await self._api.call("agent.run", name=name,
                                                          input=arguments))
 
-    async def _run_skill(self, name: str, arguments: dict[str, Any], who: str
+    async def _run_skill(self, skill: dict[str, Any], arguments: dict[str, Any], who: str
                          ) -> tuple[dict[str, Any], dict[str, Any]]:
-        skill = next((s for s in await self._skills() if s["name"] == name), None)
-        if skill is None:
-            raise UnknownTool(f"unknown tool 'skill_{name}': no skill named {name!r}")
         task = arguments.get("task")
         if set(arguments) != {"task"} or not isinstance(task, str):
             raise InvalidRequest('a skill tool takes exactly {"task": "<text>"}')
@@ -165,9 +175,6 @@ class Gateway:
 
     async def _run_flow(self, ref: ToolRef, arguments: dict[str, Any], wait_s: float
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
-        specs = await self._api.call(f"{ref.kind}.list")
-        if not any(s["name"] == ref.name for s in specs):
-            raise UnknownTool(f"unknown tool {ref.tool!r}: no {ref.kind} named {ref.name!r}")
         started = await self._api.call(f"{ref.kind}.run", name=ref.name, input=arguments)
         run_id = started["run_id"]
         view = await self._wait(ref.kind, run_id, wait_s)

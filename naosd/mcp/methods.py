@@ -59,7 +59,7 @@ async def mcp_tools(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("mcp.call", tool=Str(max_len=200), arguments=Spec(dict, None), identity=IDENTITY)
 async def mcp_call(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Call an MCP tool for an identity: its CallToolResult (``isError`` when the run
-    failed); unknown_tool when there is no such tool."""
+    failed); not_found when there is no such tool."""
     return await gateway_for(d).call(p["tool"], p["arguments"], identity=p["identity"],
                                      transport="stdio")
 

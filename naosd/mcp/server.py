@@ -6,10 +6,11 @@ the gateway in process) share it.
 
 The only module that imports ``mcp``; import it only where MCP is served.
 
-Errors: an unknown tool or resource is a protocol error (INVALID_PARAMS); a
-naos error that is not about the run (naosd gone, shutting down) is an
-INTERNAL_ERROR naming its code; a run that failed is not an error here at all
-but a tool result with ``isError`` (the gateway makes it).
+Errors: an unknown tool or resource (``not_found``, the only error the gateway
+raises for a call) is a protocol error (INVALID_PARAMS); any other naos error
+(naosd gone, shutting down) is an INTERNAL_ERROR naming its code; a run that
+failed is not an error here at all but a tool result with ``isError`` (the
+gateway makes it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
 from naosd import __version__
-from naosd.errors import NaosError
-from naosd.mcp.catalog import UnknownResource, UnknownTool
+from naosd.errors import NaosError, NotFound
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ async def _mapped(pending: Awaitable[T]) -> T:
     """Await ``pending``; naos errors become the protocol's."""
     try:
         return await pending
-    except (UnknownTool, UnknownResource) as exc:
+    except NotFound as exc:  # the gateway's one raised error: no such tool or resource
         raise MCPError(types.INVALID_PARAMS, exc.message) from None
     except NaosError as exc:
         raise MCPError(types.INTERNAL_ERROR, f"{exc.code}: {exc.message}") from None
