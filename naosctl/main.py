@@ -350,6 +350,7 @@ import naosctl.axis_commands  # noqa: E402
 import naosctl.broker_commands  # noqa: E402
 import naosctl.cluster_commands  # noqa: E402
 import naosctl.llm_commands  # noqa: E402
+import naosctl.mcp_commands  # noqa: E402
 import naosctl.orch_commands  # noqa: E402
 import naosctl.project_commands  # noqa: E402
 import naosctl.service_commands  # noqa: E402

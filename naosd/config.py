@@ -149,6 +149,28 @@ def _node_name(value: Any) -> str:
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")  # actors.domain.definitions.NAME_RE
+_TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,140}$")
+
+
+def _agent_name(value: Any) -> str:
+    text = _str(value)
+    if not _AGENT_NAME.match(text):
+        raise ValueError(f"{text!r} is not a valid agent name (lower-case letters, digits "
+                         "and hyphens, starting with a letter, at most 64 characters)")
+    return text
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    """Glob patterns over tool names, from a TOML list or a comma-separated string."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of patterns, got {type(value).__name__}")
+    for item in items:
+        if not isinstance(item, str) or not _TOOL_PATTERN.match(item):
+            raise ValueError(f"{item!r} is not a tool name pattern (letters, digits, "
+                             "'_', '.', '-' and the globs * ? [])")
+    return tuple(items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +284,14 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds an AXIS answer stays fresh in the cache"),
     Setting("axis.fail_open", _bool, False,
             "allow tasks when AXIS is unreachable and nothing fresh is cached"),
+    # MCP server (naosd.mcp, docs/interop.md): who MCP clients act as, what they may call.
+    Setting("mcp.identity", _agent_name, "mcp-client",
+            "the identity MCP clients act as: the trust gate, budgets and audit rows name it"),
+    Setting("mcp.tools", _patterns, ("*",),
+            "tools MCP clients may list and call (glob patterns, e.g. agent_*, skill_sha256)"),
+    Setting("mcp.run_wait", _number(1, 3600), 50.0,
+            "seconds a saga or workflow tool waits for its run's outcome "
+            "(keep it below daemon.request_timeout for naosctl mcp serve)"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -326,6 +356,9 @@ class Config:
     axis_timeout: float = 5.0
     axis_cache_ttl: float = 3600.0
     axis_fail_open: bool = False
+    mcp_identity: str = "mcp-client"
+    mcp_tools: tuple[str, ...] = ("*",)
+    mcp_run_wait: float = 50.0
 
     @property
     def lock_file(self) -> Path:

@@ -96,7 +96,8 @@ class Daemon:
         import naosd.control.llm
         import naosd.control.orchestration
         import naosd.control.trust
-        import naosd.control.wasm  # noqa: F401
+        import naosd.control.wasm
+        import naosd.mcp.methods  # noqa: F401
         from actors.messages import InitRoot, PortEcho
         from naosd.agents.service import Agents
         from naosd.broker.service import build_broker

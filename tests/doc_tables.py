@@ -94,7 +94,8 @@ def local_methods() -> list[dict[str, Any]]:
     import naosd.control.llm
     import naosd.control.orchestration
     import naosd.control.trust
-    import naosd.control.wasm  # noqa: F401 - each registers its methods
+    import naosd.control.wasm
+    import naosd.mcp.methods  # noqa: F401 - each registers its methods
     from naosd.control.api import list_methods
 
     result: list[dict[str, Any]] = asyncio.run(list_methods(None, {}))  # type: ignore[arg-type]

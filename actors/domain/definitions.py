@@ -7,9 +7,10 @@ start, so a restarted supervisor always runs the current tree.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from naosd.errors import InvalidRequest
 
@@ -66,6 +67,7 @@ class AgentDef:
         normalise_choice(self.restart, RESTART_TYPES, "restart type")
         if not 0 < self.shutdown_timeout_s <= 3600:
             raise InvalidRequest("shutdown timeout must be between 0 and 3600 seconds")
+        check_tool_config(self.config)
         return self
 
     @property
@@ -124,3 +126,59 @@ def implicit_supervisor() -> SupervisorDef:
     each one on its own and gives up only on a storm of crashes."""
     return SupervisorDef(IMPLICIT_SUPERVISOR, "one_for_one", max_restarts=50, window_s=60.0,
                          desired="running")
+
+
+MAX_DESCRIPTION: Final = 1024
+MAX_SCHEMA_BYTES: Final = 64 * 1024
+_MAX_DEPTH: Final = 32
+
+
+def check_tool_config(config: dict[str, Any]) -> None:
+    """Check the config keys that describe an agent to MCP clients (docs/interop.md):
+    ``description`` (text) and ``input_schema`` (a JSON Schema for an object).
+
+    Raises:
+        InvalidRequest: naming the key and the rule it breaks.
+    """
+    text = config.get("description")
+    if text is not None and (not isinstance(text, str) or len(text) > MAX_DESCRIPTION):
+        raise InvalidRequest(f"config.description: expected text of at most "
+                             f"{MAX_DESCRIPTION} characters")
+    if "input_schema" in config:
+        check_input_schema(config["input_schema"])
+
+
+def check_input_schema(schema: object) -> dict[str, Any]:
+    """``schema`` if it can be a tool's input schema: a JSON Schema object whose
+    ``type`` is ``"object"`` (an MCP tool takes a JSON object), made of JSON
+    values only, at most 64 KiB.  Whether it is a *valid* JSON Schema is checked
+    when it is used (``jsonschema``, with the ``mcp`` extra)."""
+    where = "config.input_schema"
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{where}: expected a JSON Schema object (a table)")
+    if schema.get("type") != "object":
+        raise InvalidRequest(f'{where}.type: must be "object" (MCP tools take a JSON object)')
+    _json_only(schema, where, 0)
+    if not isinstance(schema.get("properties", {}), dict):
+        raise InvalidRequest(f"{where}.properties: expected a table of schemas")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise InvalidRequest(f"{where}.required: expected a list of property names")
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise InvalidRequest(f"{where}: larger than {MAX_SCHEMA_BYTES // 1024} KiB")
+    return schema
+
+
+def _json_only(value: object, where: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidRequest(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(f"{where}: keys must be strings, got {key!r}")
+            _json_only(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_only(item, f"{where}[{i}]", depth + 1)
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise InvalidRequest(f"{where}: {type(value).__name__} is not a JSON value")

@@ -6,6 +6,9 @@
     template = "echo"              # or: source = "agents/researcher.py" (or .wasm)
     config = { topic = "cats" }    # optional, any table
     shutdown_timeout = 5           # optional, seconds
+    description = "Finds papers"   # optional: what MCP clients are told (docs/interop.md)
+    input_schema = { type = "object", properties = { topic = { type = "string" } } }
+                                   # optional: the JSON Schema of its input, for MCP clients
 
     [supervisors.main]
     strategy = "one-for-one"       # one-for-all, rest-for-one
@@ -40,7 +43,9 @@ from actors.domain.definitions import (
 from actors.domain.orch_defs import parse_sections
 from naosd.errors import ConfigError, InvalidRequest
 
-AGENT_KEYS = {"template", "source", "config", "shutdown_timeout", "requires"}
+AGENT_KEYS = {"template", "source", "config", "shutdown_timeout", "requires", "description",
+              "input_schema"}
+TOOL_KEYS = ("description", "input_schema")  # carried in the agent's config
 SECTIONS = {"agents", "supervisors", "sagas", "workflows", "pools"}
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "window", "backoff", "backoff_max", "children"}
 
@@ -94,6 +99,11 @@ def _agent(name: str, t: dict[str, Any], base: Path, origin: str) -> AgentDef:
     config = t.get("config", {})
     if not isinstance(config, dict):
         raise ConfigError(f"{origin}: {key}.config: expected a table")
+    for tool_key in TOOL_KEYS:
+        if tool_key in t:
+            if tool_key in config:
+                raise ConfigError(f"{origin}: {key}.{tool_key}: given twice (also in config)")
+            config = {**config, tool_key: t[tool_key]}
     stop = _number(t.get("shutdown_timeout", 5.0), f"{key}.shutdown_timeout", origin)
     if "template" in t:
         kind, source = "template", _text(t["template"], f"{key}.template", origin)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from naosd.broker.cost import CostController, Event, Hold
 from naosd.broker.ledger_writer import LedgerWriter
 from naosd.errors import NaosError, TrustDenied
 from naosd.storage import ledger as bs
+from naosd.storage.origin import stamp
 
 
 class TrustCheck(Protocol):
@@ -177,8 +178,9 @@ class Spender:
     async def write(self, entry: bs.LedgerEntry | None, audit: Event | None,
                     trust: Event | None = None, extra: tuple[Event, ...] = ()) -> None:
         """Persist ``entry``, ``audit`` and whatever the cost controller changed."""
-        events, budgets = self.cost.drain()
-        first = (trust,) if trust is not None else ()
+        events, budgets = self.cost.drain()  # not stamped: they may be other calls' events
+        audit = None if audit is None else replace(audit, detail=stamp(audit.detail))
+        first = (replace(trust, detail=stamp(trust.detail)),) if trust is not None else ()
         await self.writer.write(bs.Record((*first, *extra, *events), tuple(budgets), entry,
                                           audit))
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from naosd.dashboard.mcp import MCP_PATH, add_mcp, check_access
+
 COOKIE = "naos_session"
 CSRF_HEADER = "X-Naos-CSRF"
 if TYPE_CHECKING:
@@ -52,6 +54,10 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     hosts = request.app[HOSTS]
     if hosts and request.host not in hosts:
         raise web.HTTPForbidden(text=f"unexpected Host header {request.host!r}\n")
+    if request.path == MCP_PATH:  # MCP clients: bearer token only, no cookie, no CSRF header
+        check_access(request, request.app[TOKEN], hosts)
+        served: web.StreamResponse = await handler(request)
+        return served
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("Origin", "")
         if origin.split("://", 1)[-1] not in hosts:
@@ -116,6 +122,9 @@ def make_app(services: Services, token: str, hosts: set[str]) -> web.Application
 
     app[SERVICES] = services
     add_routes(app)
+    from naosd.mcp.methods import gateway_for
+
+    add_mcp(app, lambda: gateway_for(services))  # the control methods, in process
     return app
 
 

@@ -57,6 +57,7 @@ from actors.domain.run_events import (
 from naosd.errors import Conflict, InvalidRequest, NaosError, NotFound, RequestTimeout
 from naosd.storage import definitions as defs_store
 from naosd.storage import runs as orch_store
+from naosd.storage.origin import stamp
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
@@ -156,7 +157,7 @@ class Coordinator:
             if isinstance(effect, Persist):
                 record = effect.record
             elif isinstance(effect, Audit):
-                audits.append((effect.type, effect.detail))
+                audits.append((effect.type, stamp(effect.detail)))  # run started via MCP
         if record is not None or audits:
             await self.orch.d.db.call(
                 lambda s: orch_store.save_run(s, self.run_id, record, audits))

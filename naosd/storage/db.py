@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from naosd.storage.audit import AuditRow
+from naosd.storage.origin import stamp
 from naosd.storage.store import Store
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class AsyncStore:
         self, type_: str, *, actor: str = "naosd", agent: str | None = None,
         **detail: Any,
     ) -> AuditRow:
+        detail = stamp(detail)  # on the loop: the caller's origin (naosd.storage.origin)
         row = await self.call(
             lambda s: s.append_audit(type_, actor=actor, agent=agent, detail=detail)
         )
