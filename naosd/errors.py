@@ -5,7 +5,8 @@ Every error carries a stable wire ``code`` (sent in error frames) and an LSB
 
     NaosError (internal, 1)
     ├── InvalidRequest (invalid_request, 2)     bad frame, bad params, unknown method
-    │   └── ProtocolError (protocol_error, 2)   framing / handshake violation
+    │   ├── ProtocolError (protocol_error, 2)   framing / handshake violation
+    │   └── FrameTooLarge (frame_too_large, 2)  a message over the actor frame limit
     ├── ConfigError (config_error, 6)           bad configuration file or value
     ├── NotFound (not_found, 4)                 unknown agent, method target, row
     ├── Conflict (conflict, 1)                  state does not allow the operation
@@ -42,6 +43,12 @@ class InvalidRequest(NaosError, ValueError):
 
 class ProtocolError(InvalidRequest):
     code = "protocol_error"
+
+
+class FrameTooLarge(InvalidRequest):
+    """A message too large for the actor transport (refused where it is sent)."""
+
+    code = "frame_too_large"
 
 
 class MethodNotFound(InvalidRequest):

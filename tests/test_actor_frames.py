@@ -28,6 +28,7 @@ from thespian.system.messages.status import Thespian_StatusReq
 from thespian.system.transport.streamBuffer import toSendBuffer
 
 from actors.messages import Ping, Reply, new_request_id
+from naosd.errors import FrameTooLarge
 from naosd.runtime.actorsys import ActorRuntime
 from naosd.runtime.frames import (
     MAC_SIZE,
@@ -37,7 +38,6 @@ from naosd.runtime.frames import (
     TAG_SIZE,
     AuthenticatedPickle,
     FrameBuffer,
-    FrameTooLarge,
 )
 
 MIB = 1 << 20

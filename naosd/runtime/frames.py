@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from naosd.errors import InvalidRequest
+from naosd.errors import FrameTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,6 @@ _LENGTH_KEY_LABEL = b"naos actor frame length"
 
 class FrameRejected(ValueError):
     """A transport frame that failed a check; it was never unpickled."""
-
-
-class FrameTooLarge(InvalidRequest):
-    """A message whose frame would exceed MAX_ACTOR_FRAME (refused at send)."""
-
-    code = "frame_too_large"
 
 
 class AuthenticatedPickle:
