@@ -111,6 +111,8 @@ def start_naosd(base: Path, *extra: str, env: dict[str, str] | None = None,
     log_path = base / f"naosd-{time.monotonic_ns()}.log"
     env = env or clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
                            XDG_CONFIG_HOME=str(base / "xdg-config"))
+    if "XDG_CONFIG_HOME" not in env:  # the audit key goes beside the config: not in $HOME
+        env = {"NAOS_AUDIT_KEY_FILE": str(base / "audit.key"), **env}
     cmd = [sys.executable, "-m", "naosd", "--socket", str(sock), "--state-dir", str(state),
            "--dashboard-port", "0", *extra]
     with open(log_path, "wb") as log:
