@@ -13,13 +13,13 @@ import os
 import secrets
 import signal
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import alive, wait_for
 from wasm_modules import many_functions
 
 from actors.messages import ChildPid, InitSandbox, Ping, Reply, RunWasm
@@ -35,24 +35,6 @@ pytestmark = [
 
 ECHO = (Path(__file__).resolve().parent.parent / "examples" / "wasm" / "echo.wasm").read_bytes()
 SLOW = many_functions(20_000)  # under the function limit, seconds to compile
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture
