@@ -13,6 +13,7 @@ Every error carries a stable wire ``code`` (sent in error frames) and an LSB
     ├── PermissionDenied (permission_denied, 4) peer credentials refused
     ├── StorageError (storage_error, 1)         SQLite failure (translated from apsw)
     ├── AuditError (audit_error, 1)             audit chain cannot be written/read
+    │   └── CheckpointGarbled (audit_checkpoint_garbled, 1)  head checkpoint untrustworthy
     ├── Unavailable (unavailable, 7)            daemon not running / shutting down
     │   ├── DaemonNotRunning (not_running, 7)
     │   ├── ShuttingDown (shutting_down, 7)
@@ -77,6 +78,13 @@ class StorageError(NaosError):
 
 class AuditError(NaosError):
     code = "audit_error"
+
+
+class CheckpointGarbled(AuditError):
+    """The audit head checkpoint exists but cannot be trusted: unreadable,
+    malformed, or not signed with the audit key (forged, or another key)."""
+
+    code = "audit_checkpoint_garbled"
 
 
 class Unavailable(NaosError, ConnectionError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from naosd.errors import AuditError
+from naosd.errors import AuditError, CheckpointGarbled
 from naosd.storage.audit import (
     ALERT_TYPES,
     GENESIS,
@@ -35,7 +35,6 @@ from naosd.storage.audit import (
     sign_head,
 )
 from naosd.storage.checkpoint import (
-    CheckpointGarbled,
     read_unsigned,
     replace_checkpoint,
     set_aside,

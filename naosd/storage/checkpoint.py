@@ -29,18 +29,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from naosd.errors import AuditError
+from naosd.errors import CheckpointGarbled
 from naosd.storage.audit import CHECKPOINT_LABEL, Checkpoint, sign
 
 log = logging.getLogger("naosd.storage.store")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY: list[bytes] = []  # this process's audit key (inherited by forked actors)
-
-
-class CheckpointGarbled(AuditError):
-    """The checkpoint file exists but cannot be trusted: unreadable, malformed,
-    or not signed with the audit key (forged, or written with another key)."""
 
 
 def install_process_key(key: bytes | None) -> None:

@@ -55,7 +55,7 @@ from typing import Any, Final
 
 import apsw
 
-from naosd.errors import AuditError, ConfigError, NotFound, StorageError
+from naosd.errors import AuditError, CheckpointGarbled, ConfigError, NotFound, StorageError
 from naosd.storage.audit import (
     GENESIS,
     AuditRow,
@@ -69,7 +69,6 @@ from naosd.storage.audit import (
     verify_rows,
 )
 from naosd.storage.checkpoint import (
-    CheckpointGarbled,
     advance_checkpoint,
     create_checkpoint,
     process_key,
