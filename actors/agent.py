@@ -59,8 +59,9 @@ def wasm_handler(definition: Any, db_path: str) -> Handler:
 
     from actors.sandbox import StoreHost, open_store, run_module
     from actors.wasm import WasmEngine
+    from actors.wasm.files import read_module
 
-    module = Path(definition.source).read_bytes()
+    module = read_module(Path(definition.source))
     engine = WasmEngine(Path(db_path).parent / "wasm-cache")
     engine.compile(module)
     grants = tuple(definition.config.get("grants", ()))

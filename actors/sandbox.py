@@ -5,9 +5,12 @@ that spreads runs over them.
 run goes naosd -> pool -> worker -> pool -> naosd; the pool remembers who
 asked, so when a worker dies mid-run (SIGKILL, a wasmtime crash) the caller
 gets a ``sandbox_crashed`` error at once, the worker is restarted, and the
-next run works.  Each worker has one ``WasmEngine`` (compiled-module cache in
-memory and in the daemon's 0700 cache directory); every run gets a fresh
-Store and instance.
+next run works.  A compile that passes its deadline is answered with
+``wasm_compile_timeout`` and its worker replaced (see ``SandboxWorker``); a
+worker that stops answering altogether is killed by the pool's watchdog.
+Each worker has one ``WasmEngine`` (compiled-module cache in memory and in
+the daemon's 0700 cache directory); every run gets a fresh Store and
+instance.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import asdict
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.base import NaosActor, error_reply
 from actors.messages import (
@@ -30,7 +36,8 @@ from actors.messages import (
     RunWasm,
     ValidateWasm,
 )
-from naosd.errors import NaosError, SandboxCrashed, Unavailable
+from actors.wasm.limits import job_budget_s
+from naosd.errors import NaosError, SandboxCrashed, Unavailable, WasmCompileTimeout
 
 
 class StoreHost:
@@ -100,11 +107,19 @@ def open_store(db_path: str) -> Any:
 
 
 class SandboxWorker(NaosActor):
+    """Runs one job at a time in its WasmEngine.
+
+    After a compile passed its deadline (``WasmCompileTimeout``, answered like
+    any error) the abandoned compile still runs on a thread: the worker then
+    *retires*: it drops every later job unanswered and unstarted, so the pool
+    can hand them to another worker while it kills this one."""
+
     def __init__(self) -> None:
         super().__init__()
         self._engine: Any = None
         self._store: Any = None
         self._db_path = ""
+        self._retiring = False
 
     def receiveMsg_InitSandbox(self, msg: InitSandbox, sender: Any) -> None:
         from actors.wasm import WasmEngine
@@ -115,28 +130,60 @@ class SandboxWorker(NaosActor):
         self.send(sender, ChildPid(msg.name, os.getpid()))
 
     def receiveMsg_RunWasm(self, msg: RunWasm, sender: Any) -> None:
+        if self._retiring:
+            return
         host = None
         if msg.grants:
             if self._store is None:
                 self._store = open_store(self._db_path)
             host = StoreHost(self._store, msg.agent or "wasm")
-        summary = run_module(self._engine, msg.module, msg.stdin, msg.limits, msg.grants, host)
+        with self._retire_on_compile_timeout():
+            summary = run_module(self._engine, msg.module, msg.stdin, msg.limits, msg.grants,
+                                 host)
         self.reply(sender, msg, summary)
 
     def receiveMsg_ValidateWasm(self, msg: ValidateWasm, sender: Any) -> None:
-        report = self._engine.validate(msg.module, limits_from(msg.limits),
-                                       grants=frozenset(msg.grants))
+        if self._retiring:
+            return
+        with self._retire_on_compile_timeout():
+            report = self._engine.validate(msg.module, limits_from(msg.limits),
+                                           grants=frozenset(msg.grants))
         info = asdict(report)
         info["ok"] = report.ok
         self.reply(sender, msg, info)
 
+    @contextlib.contextmanager
+    def _retire_on_compile_timeout(self) -> Iterator[None]:
+        try:
+            yield
+        except WasmCompileTimeout:
+            self._retiring = True
+            raise
+
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
-        if self._engine is not None:
+        if self._engine is not None and not self._retiring:
             self._engine.close()
 
 
+@dataclass(slots=True)
+class _Job:
+    asker: Any
+    worker: str
+    msg: Any  # RunWasm or ValidateWasm: kept to hand it to another worker
+    deadline: float  # time.monotonic()
+
+
+BACKSTOP_SLACK_S = 5.0  # past a job's own budget: the worker is hung, not slow
+
+
 class SandboxPool(NaosActor):
-    """Spreads runs over its workers (least busy first) and restarts them."""
+    """Spreads runs over its workers (least busy first) and replaces them.
+
+    A worker is replaced (SIGKILL, then a new one under the same name) when it
+    dies, when it reports a compile timeout (its unstarted jobs go to other
+    workers), and when a job has no answer ``BACKSTOP_SLACK_S`` after its own
+    budget (compile deadline + run timeout): then its jobs fail with
+    ``sandbox_crashed``, as after a crash."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,8 +191,9 @@ class SandboxPool(NaosActor):
         self._workers: dict[str, Any] = {}  # name -> address
         self._pids: dict[str, int] = {}
         self._busy: dict[str, int] = {}
-        self._pending: dict[str, tuple[Any, str]] = {}  # request id -> (asker, worker)
+        self._pending: dict[str, _Job] = {}  # request id -> job
         self._restarts = 0
+        self._sweep_at: float | None = None
 
     def receiveMsg_InitSandbox(self, msg: InitSandbox, sender: Any) -> None:
         self.name = msg.name
@@ -176,15 +224,59 @@ class SandboxPool(NaosActor):
             raise Unavailable("no sandbox worker is running")
         name = min(self._workers, key=lambda n: self._busy[n])
         self._busy[name] += 1
-        self._pending[msg.request_id] = (sender, name)
+        budget = job_budget_s(msg.limits, run=isinstance(msg, RunWasm))
+        deadline = time.monotonic() + budget + BACKSTOP_SLACK_S
+        self._pending[msg.request_id] = _Job(sender, name, msg, deadline)
         self.send(self._workers[name], msg)
+        self._arm_sweep(deadline)
 
     def receiveMsg_Reply(self, msg: Reply, sender: Any) -> None:
-        asker, name = self._pending.pop(msg.request_id, (None, ""))
-        if asker is None:
+        job = self._pending.pop(msg.request_id, None)
+        if job is None:
             return
-        self._busy[name] = max(0, self._busy.get(name, 1) - 1)
-        self.send(asker, msg)
+        self._busy[job.worker] = max(0, self._busy.get(job.worker, 1) - 1)
+        self.send(job.asker, msg)
+        if msg.error_code == WasmCompileTimeout.code and self._workers.get(job.worker) == sender:
+            self._replace(job.worker, requeue=True)
+
+    def _arm_sweep(self, deadline: float) -> None:
+        if self._sweep_at is None or deadline < self._sweep_at:
+            self._sweep_at = deadline
+            self.wakeupAfter(timedelta(seconds=max(0.0, deadline - time.monotonic())),
+                             payload="sweep")
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if msg.payload != "sweep":
+            return
+        self._sweep_at = None
+        now = time.monotonic()
+        hung = {job.worker for job in self._pending.values() if job.deadline <= now}
+        for name in sorted(hung):
+            self._replace(name, requeue=False)
+        if self._pending:
+            self._arm_sweep(min(job.deadline for job in self._pending.values()))
+
+    def _replace(self, name: str, *, requeue: bool) -> None:
+        """Kill worker ``name`` and start another under its name. Its jobs go
+        to other workers (``requeue``: none of them started) or fail."""
+        addr = self._workers.pop(name, None)
+        pid = self._pids.pop(name, None)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        elif addr is not None:
+            self.send(addr, ActorExitRequest())
+        self._restarts += 1
+        self._spawn(name)
+        for rid, job in [(r, j) for r, j in self._pending.items() if j.worker == name]:
+            del self._pending[rid]
+            if requeue:
+                self._dispatch(job.msg, job.asker)
+            else:
+                self.send(job.asker, error_reply(job.msg, SandboxCrashed(
+                    f"sandbox worker {name} gave no answer in time (hung); it was killed "
+                    "and replaced")))
+        self._busy[name] = sum(1 for j in self._pending.values() if j.worker == name)
 
     def receiveMsg_KillChild(self, msg: KillChild, sender: Any) -> None:
         """Test aid: SIGKILL worker ``msg.name`` (or the busiest one for "*")."""
@@ -202,12 +294,12 @@ class SandboxPool(NaosActor):
             return
         del self._workers[name]
         self._pids.pop(name, None)
-        for rid, (asker, worker) in list(self._pending.items()):
-            if worker == name:
+        for rid, job in list(self._pending.items()):
+            if job.worker == name:
                 del self._pending[rid]
                 crashed = SandboxCrashed(f"sandbox worker {name} died during the run; "
                                          "it has been restarted")
-                self.send(asker, error_reply(_Rid(rid), crashed))
+                self.send(job.asker, error_reply(job.msg, crashed))
         self._restarts += 1
         self._spawn(name)
 
@@ -216,10 +308,3 @@ class SandboxPool(NaosActor):
         info.update(workers=sorted(self._workers), busy=dict(self._busy),
                     restarts=self._restarts, pids=dict(self._pids))
         return info
-
-
-class _Rid:
-    """Just enough of a Request for error_reply."""
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id

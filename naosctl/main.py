@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import webbrowser
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -225,109 +225,6 @@ def dashboard(c: Ctx, open_browser: bool, as_json: bool) -> None:
         webbrowser.open(info["login_url"])
 
 
-# ---------------------------------------------------------------------------
-# audit
-# ---------------------------------------------------------------------------
-
-
-@cli.group()
-def audit() -> None:
-    """Read, search, verify and export the tamper-evident audit log."""
-
-
-def audit_filters(fn: F) -> F:
-    fn = click.option("--agent", help="only rows about this agent")(fn)
-    fn = click.option("--type", "type_", metavar="TYPE", help="only this event type")(fn)
-    fn = click.option("--since", help="15m, 2h, 1d or an ISO-8601 time")(fn)
-    return fn
-
-
-def _filters(agent: str | None, type_: str | None, since: str | None) -> dict[str, Any]:
-    return {k: v for k, v in {"agent": agent, "type": type_, "since": since}.items() if v}
-
-
-@audit.command("tail")
-@click.option("-n", "count", type=click.IntRange(0, 100_000), default=20, show_default=True)
-@click.option("-f", "--follow", is_flag=True, help="keep printing new rows")
-@audit_filters
-@json_option
-@pass_ctx
-@handle_errors()
-def audit_tail(c: Ctx, count: int, follow: bool, agent: str | None, type_: str | None,
-               since: str | None, as_json: bool) -> None:
-    """The last rows of the audit log (-f to follow)."""
-    rows = c.client.stream("audit.tail", n=count, follow=follow,
-                           **_filters(agent, type_, since))
-    _print_rows(rows, as_json=as_json, lines=follow)
-
-
-def _print_rows(rows: Iterator[dict[str, Any]], *, as_json: bool, lines: bool) -> None:
-    if as_json and not lines:
-        click.echo(render.to_json(list(rows)))
-        return
-    for row in rows:
-        text = render.jsonl([row]).rstrip("\n") if as_json else render.audit_row(row)
-        click.echo(text)
-
-
-@audit.command("search")
-@click.argument("query")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@audit_filters
-@json_option
-@pass_ctx
-@handle_errors()
-def audit_search(c: Ctx, query: str, limit: int, agent: str | None, type_: str | None,
-                 since: str | None, as_json: bool) -> None:
-    """Rows whose type, actor, agent or detail contain QUERY."""
-    rows = c.client.call("audit.search", query=query, limit=limit,
-                         **_filters(agent, type_, since))
-    _print_rows(iter(rows), as_json=as_json, lines=False)
-    if not rows and not as_json:
-        click.echo("no matching audit rows", err=True)
-
-
-@audit.command("verify")
-@json_option
-@pass_ctx
-@handle_errors()
-def audit_verify(c: Ctx, as_json: bool) -> None:
-    """Check the hash chain; exit 1 and name the first bad row if broken."""
-    result = c.client.call("audit.verify")
-    click.echo(render.to_json(result) if as_json else render.verify(result))
-    if not result["ok"]:
-        sys.exit(1)
-
-
-@audit.command("export")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
-              show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="write to this file instead of stdout")
-@audit_filters
-@pass_ctx
-@handle_errors()
-def audit_export(c: Ctx, fmt: str, output: str | None, agent: str | None,
-                 type_: str | None, since: str | None) -> None:
-    """Export audit rows, oldest first, as JSON lines or CSV."""
-    batches = c.client.stream("audit.export", **_filters(agent, type_, since))
-    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout  # noqa: SIM115
-    count = 0
-    try:
-        for i, batch in enumerate(batches):
-            text = render.jsonl(batch) if fmt == "jsonl" else render.csv_rows(
-                batch, header=i == 0)
-            out.write(text)
-            count += len(batch)
-        if fmt == "csv" and count == 0:
-            out.write(render.csv_rows([], header=True))
-    finally:
-        if output:
-            out.close()
-    if output:
-        click.echo(f"exported {count} rows to {output}", err=True)
-
-
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
@@ -346,6 +243,7 @@ def main() -> None:
 
 
 import naosctl.agent_commands  # noqa: E402 - registers its commands on cli
+import naosctl.audit_commands  # noqa: E402
 import naosctl.axis_commands  # noqa: E402
 import naosctl.broker_commands  # noqa: E402
 import naosctl.cluster_commands  # noqa: E402

@@ -170,9 +170,14 @@ def audit_row(row: dict[str, Any]) -> str:
 
 
 def verify(result: dict[str, Any]) -> str:
+    anchor = result.get("anchor")
+    against = f"; matches the anchor at #{anchor['seq']}" if anchor else ""
     if result["ok"]:
         return (f"audit chain OK: {result['checked']} rows verified, head "
-                f"#{result['head_seq']} {str(result['head_hash'])[:16]}")
+                f"#{result['head_seq']} {str(result['head_hash'])[:16]}{against}")
+    if result["first_bad_seq"] is None:
+        return (f"audit chain NOT VERIFIED: {result['reason']} "
+                f"({result['checked']} rows checked)")
     return (f"audit chain BROKEN at #{result['first_bad_seq']}: {result['reason']} "
             f"({result['checked']} rows checked)")
 

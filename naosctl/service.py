@@ -79,6 +79,12 @@ StateDirectory=naos
 StateDirectoryMode=0700
 ConfigurationDirectory=naos
 UMask=0077
+# The audit key (docs/security.md) lives beside the config, outside the state
+# dir. /etc/naos belongs to root, so the key is made here, with full privileges
+# ("+"), the first time; naosd refuses to start without it.
+ExecStartPre=+/bin/sh -c 'test -s /etc/naos/audit.key || (umask 077 && \\
+    od -An -vtx1 -N32 /dev/urandom | tr -d "[:space:]" > /etc/naos/audit.key && \\
+    chown naos:naos /etc/naos/audit.key)'
 Environment=PYTHONUNBUFFERED=1
 # naosd pings at half this interval; a hung event loop gets restarted.
 WatchdogSec=30

@@ -16,6 +16,7 @@ state      $XDG_STATE_HOME/naos             /var/lib/naos ($STATE_DIRECTORY)
            (~/.local/state)
 socket     $XDG_RUNTIME_DIR/naos/naosd.sock /run/naos/naosd.sock
            (/tmp/naos-$UID when unset)      ($RUNTIME_DIRECTORY)
+audit key  audit.key beside the config file (``audit.key_file``), outside the state dir
 =========  ===============================  ================================
 """
 
@@ -214,6 +215,9 @@ SETTINGS: tuple[Setting, ...] = (
             "SQLite synchronous pragma (full: acknowledged = on disk)"),
     Setting("storage.busy_timeout_ms", _number(0, 600_000, int), 5000,
             "wait this long for a locked database"),
+    Setting("audit.key_file", _path, None,
+            "HMAC key signing the audit head checkpoint and exported heads; keep it out of "
+            "the state dir (default: audit.key beside the config file, created 0600)"),
     Setting("dashboard.enabled", _bool, True, "serve the dashboard"),
     Setting("dashboard.host", _str, "127.0.0.1", "dashboard bind address"),
     Setting("dashboard.port", _number(0, 65535, int), 7733,
@@ -359,6 +363,7 @@ class Config:
     mcp_identity: str = "mcp-client"
     mcp_tools: tuple[str, ...] = ("*",)
     mcp_run_wait: float = 50.0
+    audit_key_file: Path | None = None
 
     @property
     def lock_file(self) -> Path:
@@ -576,7 +581,8 @@ def _build(
     socket = values.get("daemon.socket") or paths.runtime_dir / "naosd.sock"
     db = values.get("storage.db") or state_dir / "naos.db"
     kwargs: dict[str, Any] = {s.attr: values.get(s.key) for s in SETTINGS}
-    kwargs.update(socket=socket, state_dir=state_dir, storage_db=db)
+    kwargs.update(socket=socket, state_dir=state_dir, storage_db=db,
+                  audit_key_file=values.get("audit.key_file") or path.parent / "audit.key")
     _check_socket_length(socket, sources.get("daemon.socket", "default"))
     if values.get("cluster.enabled"):
         check_cluster(values, sources)

@@ -36,8 +36,9 @@ log = logging.getLogger("naosd")
 # change to them but keeps the running value until the next start.
 RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
                 "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
-                "storage.busy_timeout_ms", "dashboard.enabled", "dashboard.host",
-                "dashboard.port", "actors.bridge_threads", "actors.sandbox_workers",
+                "storage.busy_timeout_ms", "audit.key_file", "dashboard.enabled",
+                "dashboard.host", "dashboard.port", "actors.bridge_threads",
+                "actors.sandbox_workers",
                 *(k for k in SETTINGS_BY_KEY if k.startswith(("cluster.", "llm.", "axis."))))
 SETTINGS_ATTR = {k: SETTINGS_BY_KEY[k].attr for k in RESTART_ONLY}
 
@@ -50,8 +51,10 @@ class Daemon:
         *,
         reload: Callable[[], Config],
         notifier: SdNotifier,
+        audit_key: Any = None,
     ) -> None:
         self.config = config
+        self.audit_key = audit_key  # naosd.storage.audit_key.AuditKey
         self.runtime = runtime
         self._reload = reload
         self.notifier = notifier
@@ -83,11 +86,21 @@ class Daemon:
             busy_timeout_ms=self.config.storage_busy_timeout_ms,
         )
         try:
+            await self._check_audit_checkpoint()
             await self._start_parts()
             await self.stop_event.wait()
         finally:
             await self._stop_parts()
         return 0
+
+    async def _check_audit_checkpoint(self) -> None:
+        """Before anything else writes: a missing or garbled checkpoint becomes
+        an alert row (see naosd.storage.anchor), never a quiet new file."""
+        from naosd.storage.anchor import startup_check
+
+        created = bool(self.audit_key and self.audit_key.created)
+        if await self.db.call(lambda s: startup_check(s, key_created=created)):
+            await self.db.notify()
 
     async def _start_parts(self) -> None:
         import naosd.control.agents

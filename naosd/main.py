@@ -133,13 +133,15 @@ def run(config: Config, reload: Any) -> int:
     socket_created = False
     try:
         clear_stale_socket(config.socket)
+        audit_key = _load_audit_key(config)
         runtime = _start_actors(config)
         socket_created = True
         from naosd.daemon import Daemon
 
         notifier = SdNotifier(os.environ.get("NOTIFY_SOCKET"),
                               os.environ.get("WATCHDOG_USEC"))
-        daemon = Daemon(config, runtime, reload=reload, notifier=notifier)
+        daemon = Daemon(config, runtime, reload=reload, notifier=notifier,
+                        audit_key=audit_key)
         return asyncio.run(daemon.run())
     finally:
         if runtime is not None:
@@ -149,6 +151,21 @@ def run(config: Config, reload: Any) -> int:
                 config.socket.unlink()
         lock.release()
         log.info("stopped")
+
+
+def _load_audit_key(config: Config) -> Any:
+    """Load (or create) the audit key and install it for this process and the
+    actors forked from it: every Store then signs the checkpoint with it."""
+    from naosd.storage.audit_key import load_or_create
+    from naosd.storage.checkpoint import install_process_key
+
+    assert config.audit_key_file is not None
+    key = load_or_create(config.audit_key_file)
+    install_process_key(key.key)
+    if key.created:
+        log.warning("created the audit key %s (key id %s); back it up with the config, "
+                    "not with the state dir", key.path, key.key_id)
+    return key
 
 
 def _start_actors(config: Config) -> Any:

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from naosd.runtime.procs import descendants, sigterm_with_parent
 from naosd.runtime.procs import process_alive as alive
@@ -30,6 +31,17 @@ def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
             return []
         time.sleep(0.05)
     return [p for p in pids if alive(p)]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll ``predicate`` until it is truthy (its value) or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def kill_all(pids: Sequence[int]) -> None:
@@ -111,6 +123,8 @@ def start_naosd(base: Path, *extra: str, env: dict[str, str] | None = None,
     log_path = base / f"naosd-{time.monotonic_ns()}.log"
     env = env or clean_env(XDG_RUNTIME_DIR=str(base), XDG_STATE_HOME=str(base / "xdg-state"),
                            XDG_CONFIG_HOME=str(base / "xdg-config"))
+    if "XDG_CONFIG_HOME" not in env:  # the audit key goes beside the config: not in $HOME
+        env = {"NAOS_AUDIT_KEY_FILE": str(base / "audit.key"), **env}
     cmd = [sys.executable, "-m", "naosd", "--socket", str(sock), "--state-dir", str(state),
            "--dashboard-port", "0", *extra]
     with open(log_path, "wb") as log:

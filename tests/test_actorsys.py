@@ -46,8 +46,9 @@ from naosd.errors import (
     ShuttingDown,
     Unavailable,
 )
-from naosd.runtime.actorsys import ActorRuntime, AuthenticatedPickle, FrameRejected, free_port
+from naosd.runtime.actorsys import ActorRuntime, free_port
 from naosd.runtime.bridge import Bridge
+from naosd.runtime.frames import AuthenticatedPickle, FrameRejected
 
 pytestmark = [
     pytest.mark.multiproc,

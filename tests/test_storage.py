@@ -26,10 +26,11 @@ from typing import Any
 import pytest
 
 from naosd.errors import AuditError, ConfigError, NotFound, StorageError
+from naosd.storage import checkpoint as ckpt
 from naosd.storage import store as storage
 from naosd.storage.audit import Checkpoint as Cp
 from naosd.storage.audit import VerifyResult, chain_hash, make_row
-from naosd.storage.store import CHECKPOINT_FLAG, MALFORMED_DETAIL, SCHEMA_VERSION, Store
+from naosd.storage.store import MALFORMED_DETAIL, SCHEMA_VERSION, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,10 +377,11 @@ def test_checkpoint_file_tracks_head_and_is_private(store: Store, cp_path: Path)
     assert head is not None
     assert json.loads(cp_path.read_text()) == {"seq": head.seq, "hash": head.hash}
     assert cp_path.stat().st_mode & 0o777 == 0o600
-    assert store.get_meta(CHECKPOINT_FLAG) == "1"
 
 
 def test_checkpoint_never_moves_backwards(cp_path: Path) -> None:
+    assert not storage.advance_checkpoint(cp_path, Cp(5, "a" * 64))  # never creates it
+    assert ckpt.create_checkpoint(cp_path, Cp(0, "0" * 64))
     assert storage.advance_checkpoint(cp_path, Cp(5, "a" * 64))
     assert not storage.advance_checkpoint(cp_path, Cp(4, "b" * 64))
     assert storage.read_checkpoint(cp_path) == Cp(5, "a" * 64)
@@ -394,7 +396,7 @@ def test_checkpoint_write_failure_does_not_fail_the_commit(
     monkeypatch.setattr(storage, "advance_checkpoint", broken)
     assert store.append_audit("x").seq == 1
     assert "checkpoint" in caplog.text
-    assert store.verify_audit().ok  # no file was ever written, so none is missing
+    assert store.verify_audit().ok  # the file from the chain's start lags, which is fine
 
 
 def test_lagging_checkpoint_verifies(store: Store, cp_path: Path) -> None:
@@ -411,19 +413,30 @@ def test_missing_checkpoint_after_one_was_written_is_not_ok(store: Store, cp_pat
     assert "missing" in store.verify_audit().reason
 
 
-def test_checkpoint_never_written_is_fine(db_path: Path, cp_path: Path) -> None:
+def test_a_log_without_its_checkpoint_is_not_ok(db_path: Path, cp_path: Path) -> None:
     with Store.open(db_path) as s:
         append_n(s, 2)
     with Store.open(db_path, checkpoint_path=cp_path) as s:
-        assert s.verify_audit().ok
+        assert_bad_at(s, None)
+        assert "missing" in s.verify_audit().reason
+        s.append_audit("more")  # writers never create it (naosd's start check does)
+    assert not cp_path.exists()
 
 
-def test_corrupt_checkpoint_is_not_ok(store: Store, cp_path: Path) -> None:
+def test_an_empty_log_starts_its_checkpoint_at_genesis(db_path: Path, cp_path: Path) -> None:
+    with Store.open(db_path, checkpoint_path=cp_path) as s:
+        assert storage.read_checkpoint(cp_path) == Cp(0, "0" * 64)
+        append_n(s, 2)
+        assert storage.read_checkpoint(cp_path) == s.audit_head()
+
+
+def test_corrupt_checkpoint_is_not_ok_and_is_kept(store: Store, cp_path: Path) -> None:
     append_n(store, 2)
     cp_path.write_text("{not json")
     assert_bad_at(store, None)
-    store.append_audit("heals")  # the next append rewrites the file
-    assert store.verify_audit().ok
+    store.append_audit("does not heal")  # a garbled file is evidence: never overwritten
+    assert cp_path.read_text() == "{not json"
+    assert "not JSON" in store.verify_audit().reason
 
 
 # -- tampering with the file --------------------------------------------------------------

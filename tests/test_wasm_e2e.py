@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 from harness import Naosd, reap, start_naosd
+from wasm_modules import many_functions
 
 from naosctl.client import Client
 from naosd.errors import NaosError
@@ -68,7 +69,7 @@ def test_limits_and_hostile_modules_get_clear_errors(daemon: Naosd, base: Path):
     garbage = base / "garbage.wasm"
     garbage.write_bytes(b"\0asm\x01\0\0\0garbage")
     bad = daemon.ctl("wasm", "run", str(garbage))
-    assert bad.returncode == 2 and "invalid module" in bad.stderr  # wasm_invalid_module
+    assert bad.returncode == 2 and "malformed module" in bad.stderr  # wasm_invalid_module
     report = json.loads(daemon.ctl("wasm", "validate", str(EXAMPLES / "kv-counter.wasm"),
                                    "--json").stdout)
     assert report["verdict"] == "denied" and not report["ok"]
@@ -125,6 +126,23 @@ def test_killing_a_sandbox_worker_mid_run_fails_that_run_only(daemon: Naosd, bas
     assert outcome[0].code == "sandbox_crashed"
     out = daemon.ctl("wasm", "run", str(EXAMPLES / "echo.wasm"), "--input", "again")
     assert out.returncode == 0 and out.stdout == "again"
+
+
+def test_modules_that_compile_for_too_long_get_clear_errors(daemon: Naosd):
+    """Issue 15 (5e): a 500,000-function module kept a worker compiling for a minute."""
+    with Client(daemon.socket) as c:
+        with pytest.raises(NaosError) as refused:
+            c.call("wasm.run", module=many_functions(500_000))
+        assert refused.value.code == "wasm_module_too_complex"
+        with pytest.raises(NaosError) as slow:
+            c.call("wasm.run", module=many_functions(20_000), compile_timeout_ms=200)
+        assert slow.value.code == "wasm_compile_timeout"
+        with pytest.raises(NaosError) as too_big:
+            c.call("wasm.validate", module=many_functions(1), max_bytes=(16 << 20) + 1)
+        assert too_big.value.code == "invalid_request"
+        for _ in range(3):  # both workers serve again
+            assert c.call("wasm.run", module=(EXAMPLES / "echo.wasm").read_bytes(),
+                          input=b"next")["stdout"] == b"next"
 
 
 def test_concurrent_runs_on_different_agents(daemon: Naosd):

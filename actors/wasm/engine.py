@@ -52,9 +52,11 @@ import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
 from actors.wasm.limits import WASM_PAGE, Limits, price_micro_usd
+from actors.wasm.shape import check_shape
 from naosd.errors import InvalidRequest, Unavailable
 from naosd.errors.wasm import (
     WasmCacheUnsafe,
+    WasmCompileTimeout,
     WasmExit,
     WasmImportDenied,
     WasmInputTooLarge,
@@ -204,6 +206,7 @@ class CacheStats:
     memory_hits: int = 0
     disk_hits: int = 0
     disk_rejected: int = 0
+    abandoned: int = 0  # compiles still running past their deadline
 
 
 # --------------------------------------------------------------------------- imports
@@ -717,20 +720,26 @@ class WasmEngine:
     def compile(self, module_bytes: bytes | bytearray | memoryview, *,
                 limits: Limits | None = None) -> CompiledModule:
         """The compiled module for these bytes, from the memory cache, the disk cache or
-        a fresh compile. Raises WasmModuleTooLarge over ``limits.module_bytes`` and
-        WasmInvalidModule for anything that is not a valid core wasm binary."""
+        a fresh compile. Raises, before compiling, WasmModuleTooLarge over
+        ``limits.module_bytes``, WasmModuleTooComplex over ``limits.functions`` and
+        WasmInvalidModule for malformed section headers; WasmInvalidModule for
+        anything wasmtime does not accept; WasmCompileTimeout when the compile takes
+        longer than ``limits.compile_timeout_ms`` (it is abandoned on a thread that
+        keeps running: the caller's process should be replaced)."""
         self._check_open()
+        limits = limits or DEFAULT_LIMITS
         data = bytes(module_bytes)
-        max_bytes = (limits or DEFAULT_LIMITS).module_bytes
-        if len(data) > max_bytes:
-            raise WasmModuleTooLarge(f"module is {len(data)} bytes; the limit is {max_bytes}")
+        if len(data) > limits.module_bytes:
+            raise WasmModuleTooLarge(f"module is {len(data)} bytes; the limit is "
+                                     f"{limits.module_bytes}")
         if not data.startswith(WASM_MAGIC):
             raise WasmInvalidModule("not a WebAssembly core module (bad magic or version)")
+        check_shape(data, limits.functions)
         digest = hashlib.sha256(data).hexdigest()
         hit = self._memory_get(digest)
         if hit is not None:
             return hit
-        module, origin = self._load_or_compile(digest, data)
+        module, origin = self._load_or_compile(digest, data, limits.compile_timeout_ms)
         compiled = _describe(module, digest, len(data), origin, self._token)
         self._memory_put(compiled)
         return compiled
@@ -752,19 +761,43 @@ class WasmEngine:
             while len(self._modules) > self._memory_cache_size:
                 self._modules.popitem(last=False)
 
-    def _load_or_compile(self, digest: str, data: bytes) -> tuple[Any, str]:
+    def _load_or_compile(self, digest: str, data: bytes, timeout_ms: int) -> tuple[Any, str]:
         module = self._disk_load(digest)
         if module is not None:
             self._count(disk_hits=1)
             return module, "disk"
-        try:
-            module = wasmtime.Module(self._engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise WasmInvalidModule(f"invalid module: {_cause(str(exc))}") from exc
+        module = self._compile_within(data, timeout_ms)
         self._count(compiled=1)
         if self._disk is not None:
             self._disk.store(digest, bytes(module.serialize()))
         return module, "compiled"
+
+    def _compile_within(self, data: bytes, timeout_ms: int) -> Any:
+        """``wasmtime.Module(data)`` on a thread, waited for ``timeout_ms``.
+
+        wasmtime cannot cancel a compile; past the deadline the thread is left
+        to finish on its own (a daemon thread: the process may exit) and
+        WasmCompileTimeout is raised."""
+        done: list[Any] = []
+
+        def work() -> None:
+            try:
+                done.append(wasmtime.Module(self._engine, data))
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting thread
+                done.append(exc)
+
+        worker = threading.Thread(target=work, name="naos-wasm-compile", daemon=True)
+        worker.start()
+        worker.join(timeout_ms / 1000)
+        if not done:
+            self._count(abandoned=1)
+            raise WasmCompileTimeout(f"compiling the {len(data)}-byte module took longer "
+                                     f"than {timeout_ms} ms; abandoned")
+        if isinstance(done[0], wasmtime.WasmtimeError):
+            raise WasmInvalidModule(f"invalid module: {_cause(str(done[0]))}") from done[0]
+        if isinstance(done[0], Exception):
+            raise done[0]
+        return done[0]
 
     def _disk_load(self, digest: str) -> Any:
         if self._disk is None:

@@ -6,7 +6,9 @@ run; :func:`price_micro_usd` is the whole cost model. Money is integer micro-dol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from naosd.errors import ConfigError
 
@@ -20,6 +22,16 @@ MFUEL = 1_000_000
 # every trapped run is charged its whole budget; size ``fuel`` accordingly.
 MAX_FUEL = 2**63 - 1
 
+# Ceilings: a limit may be lowered, never raised past these. Module and input
+# travel in one actor frame (naosd.runtime.frames.MAX_ACTOR_FRAME, 32 MiB) and the
+# output in its reply; compile time grows with the function count (~0.05-0.2 ms per
+# tiny function here: 500,000 of them compiled for a minute).
+MAX_MODULE_BYTES = 16 * MIB
+MAX_STDIN_BYTES = 8 * MIB
+MAX_OUTPUT_BYTES = 8 * MIB
+MAX_FUNCTIONS = 50_000
+MAX_COMPILE_TIMEOUT_MS = 120_000
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -30,6 +42,10 @@ class Limits:
     8e9 fuel per second here). ``memory_bytes`` caps each linear memory; C and Zig
     guests start with 16 MiB, so keep it at 32 MiB or more for them.
     ``price_micro_usd_per_mfuel`` is the tariff: integer micro-dollars per million fuel.
+    ``functions`` caps the functions a module defines (checked from its section
+    headers before compiling) and ``compile_timeout_ms`` the time a compile may
+    take (then it is abandoned, see ``WasmCompileTimeout``). Size and compile
+    limits have ceilings (``_MAXIMUM``): a caller may lower them, not raise them.
     """
 
     fuel: int = 2_000_000_000
@@ -37,7 +53,9 @@ class Limits:
     tables: int = 4
     table_elements: int = 100_000
     timeout_ms: int = 10_000
-    module_bytes: int = 16 * MIB
+    module_bytes: int = MAX_MODULE_BYTES
+    functions: int = MAX_FUNCTIONS
+    compile_timeout_ms: int = 10_000
     stdin_bytes: int = 4 * MIB
     stdout_bytes: int = 4 * MIB
     stderr_bytes: int = 256 * KIB
@@ -57,6 +75,9 @@ class Limits:
 
 _MINIMUM = {"price_micro_usd_per_mfuel": 0, "host_call_fuel": 0, "stdin_bytes": 0,
             "stdout_bytes": 0, "stderr_bytes": 0, "table_elements": 0, "tables": 0}
+_MAXIMUM = {"fuel": MAX_FUEL, "module_bytes": MAX_MODULE_BYTES, "functions": MAX_FUNCTIONS,
+            "compile_timeout_ms": MAX_COMPILE_TIMEOUT_MS, "stdin_bytes": MAX_STDIN_BYTES,
+            "stdout_bytes": MAX_OUTPUT_BYTES, "stderr_bytes": MAX_OUTPUT_BYTES}
 
 
 def _check_field(name: str, value: object) -> None:
@@ -65,8 +86,9 @@ def _check_field(name: str, value: object) -> None:
     low = _MINIMUM.get(name, 1)
     if value < low:
         raise ConfigError(f"limit {name} must be >= {low}, got {value}")
-    if name == "fuel" and value > MAX_FUEL:
-        raise ConfigError(f"limit fuel must be <= {MAX_FUEL}")
+    high = _MAXIMUM.get(name)
+    if high is not None and value > high:
+        raise ConfigError(f"limit {name} must be <= {high}, got {value}")
 
 
 def price_micro_usd(fuel: int, price_per_mfuel: int) -> int:
@@ -78,3 +100,14 @@ def price_micro_usd(fuel: int, price_per_mfuel: int) -> int:
     if fuel < 0 or price_per_mfuel < 0:
         raise ValueError(f"fuel and price must be >= 0, got {fuel}, {price_per_mfuel}")
     return -(-fuel * price_per_mfuel // MFUEL)
+
+
+def job_budget_s(spec: Mapping[str, Any], *, run: bool) -> float:
+    """Seconds a sandbox job under the limits ``spec`` may take: its compile
+    deadline, plus the run's timeout for a run. A spec that does not make valid
+    Limits counts as the defaults (the job then fails at once anyway)."""
+    try:
+        limits = Limits(**spec)
+    except (TypeError, ConfigError):
+        limits = Limits()
+    return (limits.compile_timeout_ms + (limits.timeout_ms if run else 0)) / 1000

@@ -88,8 +88,10 @@ async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:
     grants = definition.config.get("grants", [])
     if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
         raise InvalidRequest("config.grants must be a list of host function names")
-    module = await asyncio.to_thread(Path(definition.source).read_bytes)
     from actors.agent import wasm_limits
+    from actors.wasm.files import read_module
+
+    module = await asyncio.to_thread(read_module, Path(definition.source))
 
     try:
         limits = wasm_limits(definition.config)

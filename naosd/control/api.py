@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
-from naosd.errors import InvalidRequest, RequestTimeout
+from naosd.errors import AuditError, InvalidRequest, RequestTimeout
 
 if TYPE_CHECKING:
     from naosd.services import Services
@@ -220,13 +220,51 @@ async def audit_search(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     return [r.to_dict() for r in rows]
 
 
-@method("audit.verify")
+@method("audit.verify", anchor=Spec(dict, None))
 async def audit_verify(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Walk the whole hash chain and check it against the head checkpoint."""
-    result = await d.db.call(lambda s: s.verify_audit())
+    """Walk the whole hash chain and check it against the head checkpoint and,
+    given an exported head (anchor, from audit.head export), against that."""
+    from naosd.storage.anchor import checkpoint_state
+    from naosd.storage.audit import parse_head
+
+    try:
+        anchor = parse_head(p["anchor"]) if p["anchor"] is not None else None
+    except AuditError as exc:
+        raise InvalidRequest(f"anchor: {exc.message}") from None
+
+    def verify(store: Store) -> tuple[Any, dict[str, Any]]:
+        return store.verify_audit(anchor), checkpoint_state(store)
+
+    result, checkpoint = await d.db.call(verify)
     return {"ok": result.ok, "checked": result.checked,
             "first_bad_seq": result.first_bad_seq, "reason": result.reason,
-            "head_seq": result.head_seq, "head_hash": result.head_hash}
+            "head_seq": result.head_seq, "head_hash": result.head_hash,
+            "alert_seq": result.alert_seq, "checkpoint": checkpoint,
+            "anchor": anchor.to_dict() if anchor else None}
+
+
+@method("audit.head", export=Bool(False))
+async def audit_head(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """The log's head (seq, hash, ts); with export, signed with the audit key
+    (HMAC-SHA256) to be kept outside the machine and given to verify later."""
+    from naosd.storage.anchor import export_head
+
+    head = await d.db.call(export_head)
+    return head.to_dict() if p["export"] else {"seq": head.seq, "hash": head.hash,
+                                                "ts": head.ts}
+
+
+@method("audit.reanchor", confirm=Bool(False))
+async def audit_reanchor(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Accept the log as it is now and restart the checkpoint from its head,
+    after investigating a verify failure (audited with the old and new head)."""
+    from naosd.storage.anchor import reanchor
+
+    if not p["confirm"]:
+        raise InvalidRequest("audit.reanchor accepts the log as it is: pass confirm=true")
+    row = await d.db.call(lambda s: reanchor(s, actor="naosctl"))
+    await d.db.notify()
+    return {"row": row.to_dict(), "checkpoint": {"seq": row.seq, "hash": row.hash}}
 
 
 @method("audit.export", stream=True, batch=Int(500, lo=1, hi=10_000), **_FILTERS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from actors.wasm.limits import MAX_COMPILE_TIMEOUT_MS, MAX_MODULE_BYTES
 from naosd.control.api import method
 from naosd.control.params import Int, Spec, Str
 from naosd.errors import InvalidRequest
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 LIMITS = {"fuel": Int(None, lo=1, hi=10**15), "memory_mb": Int(None, lo=1, hi=65536),
-          "timeout_ms": Int(None, lo=1, hi=3_600_000)}
+          "timeout_ms": Int(None, lo=1, hi=3_600_000),
+          "compile_timeout_ms": Int(None, lo=1, hi=MAX_COMPILE_TIMEOUT_MS)}
 
 
 def limits_of(p: dict[str, Any]) -> dict[str, int]:
@@ -22,8 +24,9 @@ def limits_of(p: dict[str, Any]) -> dict[str, int]:
         limits["fuel"] = p["fuel"]
     if p["memory_mb"] is not None:
         limits["memory_bytes"] = p["memory_mb"] * MIB
-    if p["timeout_ms"] is not None:
-        limits["timeout_ms"] = p["timeout_ms"]
+    for key in ("timeout_ms", "compile_timeout_ms"):
+        if p[key] is not None:
+            limits[key] = p[key]
     return limits
 
 
@@ -47,7 +50,7 @@ async def wasm_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @method("wasm.validate", module=Spec(bytes), grants=Spec(list, None),
-        max_bytes=Int(None, lo=1, hi=1 << 30))
+        max_bytes=Int(None, lo=1, hi=MAX_MODULE_BYTES))
 async def wasm_validate(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Imports, exports, size and a verdict for a module."""
     limits = {"module_bytes": p["max_bytes"]} if p["max_bytes"] else {}

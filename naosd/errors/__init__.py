@@ -14,13 +14,15 @@ error a peer sent and docs/protocol.md's error table is generated::
     NaosError (internal, 1)
     ├── InvalidRequest (invalid_request, 2)     bad frame, bad params, unknown method
     │   ├── ProtocolError (protocol_error, 2)   framing / handshake violation
-    │   └── MethodNotFound (method_not_found, 2)
+    │   ├── MethodNotFound (method_not_found, 2)
+    │   └── FrameTooLarge (frame_too_large, 2)  a message over the actor frame limit
     ├── ConfigError (config_error, 6)           bad configuration file or value
     ├── NotFound (not_found, 4)                 unknown agent, method target, row
     ├── Conflict (conflict, 1)                  state does not allow the operation
     ├── PermissionDenied (permission_denied, 4) peer credentials refused
     ├── StorageError (storage_error, 1)         SQLite failure (translated from apsw)
     ├── AuditError (audit_error, 1)             audit chain cannot be written/read
+    │   └── CheckpointGarbled (audit_checkpoint_garbled, 1)  head checkpoint untrustworthy
     ├── Unavailable (unavailable, 7)            daemon not running / shutting down
     │   ├── DaemonNotRunning (not_running, 7)
     │   ├── ShuttingDown (shutting_down, 7)
@@ -48,9 +50,11 @@ from naosd.errors.core import (
     AgentCrashed,
     AlreadyRunning,
     AuditError,
+    CheckpointGarbled,
     ConfigError,
     Conflict,
     DaemonNotRunning,
+    FrameTooLarge,
     InvalidRequest,
     MethodNotFound,
     NaosError,
@@ -76,12 +80,14 @@ from naosd.errors.remote import (
 )
 from naosd.errors.wasm import (
     WasmCacheUnsafe,
+    WasmCompileTimeout,
     WasmError,
     WasmExit,
     WasmImportDenied,
     WasmInputTooLarge,
     WasmInvalidModule,
     WasmMemoryLimit,
+    WasmModuleTooComplex,
     WasmModuleTooLarge,
     WasmOutOfFuel,
     WasmOutputTooLarge,
@@ -141,9 +147,11 @@ __all__ = [
     "CallTooDeep",
     "Cancelled",
     "ChannelClosed",
+    "CheckpointGarbled",
     "ConfigError",
     "Conflict",
     "DaemonNotRunning",
+    "FrameTooLarge",
     "InvalidRequest",
     "LlmBadResponse",
     "LlmQuotaExceeded",
@@ -168,12 +176,14 @@ __all__ = [
     "Unavailable",
     "UnknownTool",
     "WasmCacheUnsafe",
+    "WasmCompileTimeout",
     "WasmError",
     "WasmExit",
     "WasmImportDenied",
     "WasmInputTooLarge",
     "WasmInvalidModule",
     "WasmMemoryLimit",
+    "WasmModuleTooComplex",
     "WasmModuleTooLarge",
     "WasmOutOfFuel",
     "WasmOutputTooLarge",

@@ -34,6 +34,12 @@ class ProtocolError(InvalidRequest):
     code = "protocol_error"
 
 
+class FrameTooLarge(InvalidRequest):
+    """A message too large for the actor transport (refused where it is sent)."""
+
+    code: ClassVar[str] = "frame_too_large"
+
+
 class MethodNotFound(InvalidRequest):
     """No method has this name."""
 
@@ -74,6 +80,13 @@ class AuditError(NaosError):
     """The audit chain cannot be written or read."""
 
     code = "audit_error"
+
+
+class CheckpointGarbled(AuditError):
+    """The audit head checkpoint exists but cannot be trusted: unreadable,
+    malformed, or not signed with the audit key (forged, or another key)."""
+
+    code: ClassVar[str] = "audit_checkpoint_garbled"
 
 
 class Unavailable(NaosError, ConnectionError):

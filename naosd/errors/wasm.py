@@ -4,9 +4,13 @@
     WasmError (wasm_error, 1)
     ├── WasmInvalidModule (wasm_invalid_module, 2)      not wasm, fails validation, not a command
     │   ├── WasmModuleTooLarge (wasm_module_too_large, 2)
+    │   │   └── WasmModuleTooComplex (wasm_module_too_complex, 2)  over Limits.functions
     │   └── WasmImportDenied (wasm_import_denied, 2)    imports something not granted
     ├── WasmInputTooLarge (wasm_input_too_large, 2)     stdin over Limits.stdin_bytes
     ├── WasmCacheUnsafe (wasm_cache_unsafe, 6)          cache dir not ours or not 0700
+    ├── WasmCompileTimeout (wasm_compile_timeout)       compiling took over
+    │                                                   Limits.compile_timeout_ms (abandoned;
+    │                                                   a sandbox worker is replaced)
     └── WasmRunError (wasm_run_error, 1)                the guest ran and was stopped;
         │                                               ``.result`` says what it used
         ├── WasmOutOfFuel (wasm_out_of_fuel)
@@ -44,6 +48,12 @@ class WasmModuleTooLarge(WasmInvalidModule):
     code = "wasm_module_too_large"
 
 
+class WasmModuleTooComplex(WasmModuleTooLarge):
+    """More functions than ``Limits.functions``: refused before compiling."""
+
+    code = "wasm_module_too_complex"
+
+
 class WasmImportDenied(WasmInvalidModule):
     """The module imports a host function it was not granted."""
 
@@ -60,6 +70,13 @@ class WasmCacheUnsafe(WasmError, ConfigError):
     """The compiled-module cache directory is not naosd's own, or not 0700."""
 
     code, exit_code = "wasm_cache_unsafe", 6
+
+
+class WasmCompileTimeout(WasmError, TimeoutError):
+    """Compiling took longer than ``Limits.compile_timeout_ms``. The compile is
+    abandoned, not stopped: the process that ran it must be replaced."""
+
+    code = "wasm_compile_timeout"
 
 
 class WasmRunError(WasmError):

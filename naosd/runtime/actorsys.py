@@ -14,14 +14,18 @@ so anyone who reaches a port runs code as the daemon's user.
 * bind: ``IPActorAddress.bindArgs`` maps ``''``/``0.0.0.0`` to ``bind_host``
   (127.0.0.1) and ``THESPIAN_BASE_IPADDR`` makes the advertised address match.
   No socket of the tree accepts connections from another host.
-* authenticate: ``TCPTransport.serializer`` (the module global used as
-  ``serializer.dumps``/``serializer.loads`` at call time) becomes
-  :class:`AuthenticatedPickle`: ``HMAC-SHA256(secret, pickle) || pickle``,
-  verified with ``hmac.compare_digest`` *before* ``pickle.loads``. The ACK
+* authenticate and bound: ``TCPTransport.serializer`` (the module global used
+  as ``serializer.dumps``/``serializer.loads`` at call time) becomes
+  :class:`~naosd.runtime.frames.AuthenticatedPickle` and its ``ReceiveBuffer``
+  a :class:`~naosd.runtime.frames.FrameBuffer` (see ``naosd.runtime.frames``):
+  the announced length is bounded and authenticated by a tag checked after
+  32 bytes, the pickle by an HMAC checked *before* ``pickle.loads``. The ACK
   frames (pre-pickled module constants) are re-made with the same codec. A
-  frame with a bad MAC raises inside Thespian's receive path, which logs it,
-  answers ACK+DATAERR and closes the connection; the actor keeps running.
-  Other local users can still connect to the loopback ports (a DoS, no code).
+  refused frame makes Thespian answer ACK+DATAERR and close the connection;
+  the actor keeps running. At most ``MAX_PENDING_CONNECTIONS`` accepted
+  connections per process may wait for their first frame (the oldest is
+  closed). Other local users can still connect to the loopback ports (a
+  DoS, no code, bounded memory).
   The MAC gives integrity, not secrecy or replay protection: a local user who
   binds the freed port of a dead actor could read frames still sent to it and
   replay them elsewhere. A private network namespace would close that too.
@@ -67,12 +71,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import threading
 import time
@@ -97,6 +98,7 @@ from thespian.system.transport.streamBuffer import (
 from actors.messages import Ping, Reply, new_request_id
 from naosd.errors import ConfigError, Unavailable
 from naosd.runtime.admin_port import free_port, hold_admin_port
+from naosd.runtime.frames import AuthenticatedPickle, FrameRejected, bound_pending_connections
 from naosd.runtime.leftovers import SessionRecord, kill_stale
 from naosd.runtime.procs import PR_SET_CHILD_SUBREAPER, prctl, set_pdeathsig
 from naosd.runtime.proctable import (
@@ -115,7 +117,6 @@ __all__ = ["ActorRuntime", "AuthenticatedPickle", "FrameRejected", "free_port",
 
 log = logging.getLogger(__name__)
 
-MAC_SIZE = 32  # HMAC-SHA256
 MIN_SECRET_SIZE = 32
 REPARENT_WAIT_S = 5.0
 ADMIN_ATTEMPTS = 4
@@ -130,36 +131,6 @@ DEFAULT_LOG_DEFS: dict[str, Any] = {
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
 }
-
-
-# --------------------------------------------------------------------------
-# Frame authentication
-
-
-class FrameRejected(ValueError):
-    """A transport frame whose MAC did not verify; it was never unpickled."""
-
-
-class AuthenticatedPickle:
-    """Stands in for the ``pickle`` module inside Thespian's TCP transport."""
-
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
-
-    def _mac(self, data: bytes) -> bytes:
-        return hmac.new(self._secret, data, hashlib.sha256).digest()
-
-    def dumps(self, obj: Any) -> bytes:
-        """Pickle ``obj`` and prefix the MAC of the pickle."""
-        data = pickle.dumps(obj)
-        return self._mac(data) + data
-
-    def loads(self, frame: bytes) -> Any:
-        """Verify the MAC, then unpickle; raise FrameRejected on a bad MAC."""
-        mac, data = bytes(frame[:MAC_SIZE]), bytes(frame[MAC_SIZE:])
-        if len(mac) != MAC_SIZE or not hmac.compare_digest(mac, self._mac(data)):
-            raise FrameRejected(f"dropped an unauthenticated {len(frame)}-byte frame")
-        return pickle.loads(data)
 
 
 # --------------------------------------------------------------------------
@@ -262,8 +233,12 @@ def harden_thespian(secret: bytes, bind_host: str = "127.0.0.1") -> None:
     IPBase.IPActorAddress.bindArgs = property(_loopback_bind_args)
     codec = AuthenticatedPickle(secret)
     tcp_transport.serializer = codec
+    tcp_transport.ReceiveBuffer = codec.receive_buffer  # bounded before the MAC
     tcp_transport.ackMsg = toSendBuffer(ackPacket, codec.dumps)
     tcp_transport.ackDataErrMsg = toSendBuffer(ackDataErrPacket, codec.dumps)
+    accept = tcp_transport.TCPTransport._acceptNewIncoming
+    if not getattr(accept, "__naos_hook__", False):
+        tcp_transport.TCPTransport._acceptNewIncoming = bound_pending_connections(accept)
     # Loopback only: a refused or reset connection is known at once, so the
     # first retry need not wait 20 ms (Thespian's default, tuned for LANs).
     # A message to a just-killed actor is then reported undeliverable in a

@@ -12,11 +12,14 @@ import uuid
 from typing import Any
 
 from actors.messages import KillChild, RunWasm, ValidateWasm, WhereIs
-from naosd.errors import ActorGone
+from actors.wasm.limits import MAX_MODULE_BYTES, MAX_STDIN_BYTES, job_budget_s
+from naosd.errors import ActorGone, WasmInputTooLarge, WasmModuleTooLarge
 from naosd.runtime.bridge import Bridge
 
-DEFAULT_WAIT_S = 10.0
-SLACK_S = 10.0  # beyond a run's own timeout: the worker answers with wasm_timeout first
+# Beyond a job's own budget (compile deadline + run timeout): the worker answers
+# wasm_compile_timeout or wasm_timeout first, and the pool's watchdog (5 s past
+# the budget) answers for a hung worker.
+SLACK_S = 10.0
 
 
 class Sandbox:
@@ -28,7 +31,8 @@ class Sandbox:
                   grants: tuple[str, ...] = (), agent: str = "") -> dict[str, Any]:
         """One run in a fresh instance; the worker's summary (exit code,
         stdout, stderr, fuel, cost, memory, wall time, logs)."""
-        wait = limits.get("timeout_ms", DEFAULT_WAIT_S * 1000) / 1000 + SLACK_S
+        _check_sizes(module, stdin)
+        wait = job_budget_s(limits, run=True) + SLACK_S
         msg = RunWasm(uuid.uuid4().hex, module, stdin, limits, grants, agent)
         result: dict[str, Any] = (await self._ask(msg, wait)).result
         return result
@@ -36,8 +40,10 @@ class Sandbox:
     async def validate(self, module: bytes, grants: tuple[str, ...] = (),
                        limits: dict[str, int] | None = None) -> dict[str, Any]:
         """Imports, exports, size and a verdict (``ok``, ``reason``)."""
+        _check_sizes(module, b"")
         msg = ValidateWasm(uuid.uuid4().hex, module, limits or {}, grants)
-        result: dict[str, Any] = (await self._ask(msg, None)).result
+        wait = job_budget_s(limits or {}, run=False) + SLACK_S
+        result: dict[str, Any] = (await self._ask(msg, wait)).result
         return result
 
     async def kill_worker(self, name: str) -> int:
@@ -56,3 +62,12 @@ class Sandbox:
         except ActorGone:  # the pool was restarted: not delivered, so resend
             return await self._bridge.ask_to(await self._address(fresh=True), msg,
                                              timeout_s=wait)
+
+
+def _check_sizes(module: bytes, stdin: bytes) -> None:
+    """Refuse here what no worker would take: nothing that large is shipped."""
+    if len(module) > MAX_MODULE_BYTES:
+        raise WasmModuleTooLarge(f"module is {len(module)} bytes; the limit is "
+                                 f"{MAX_MODULE_BYTES}")
+    if len(stdin) > MAX_STDIN_BYTES:
+        raise WasmInputTooLarge(f"input is {len(stdin)} bytes; the limit is {MAX_STDIN_BYTES}")

@@ -7,8 +7,12 @@ Every audit row links to the one before it::
 where ``fields_n`` are the row's ``seq``, ``ts``, ``actor``, ``agent``, ``type``
 and ``detail`` and the first row links to :data:`GENESIS`. This module owns the
 encoding, the row type and :func:`verify_rows`, which walks a chain and names
-the first row that breaks it. It does no I/O and reads no clock (timestamps
-come in as arguments), so it imports only the standard library and
+the first row that breaks it, checks it against the head checkpoint and an
+optional outside anchor, and reports an alert row (a checkpoint found missing
+or garbled at start) that no ``audit.reanchor`` row has acknowledged since.
+It also signs heads: :func:`sign` is ``HMAC-SHA256(key, label || canonical)``
+over a checkpoint or an exported head. It does no I/O and reads no clock
+(timestamps come in as arguments), so it imports only the standard library and
 ``naosd.errors``; ``naosd.storage.store`` is the shell that persists rows.
 """
 
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -28,6 +34,15 @@ GENESIS: Final = "0" * 64
 """The ``prev_hash`` of the first row (seq 1)."""
 
 _TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+ALERT_TYPES: Final = ("audit.checkpoint_missing", "audit.checkpoint_garbled")
+"""Rows naosd writes when it starts without a trustworthy checkpoint."""
+REANCHOR_TYPE: Final = "audit.reanchor"
+"""The row that acknowledges every alert before it (``naosctl audit reanchor``)."""
+CHECKPOINT_LABEL: Final = "naos audit checkpoint v1"
+HEAD_LABEL: Final = "naos audit head v1"
+HEAD_FORMAT: Final = "naos-audit-head-v1"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical(event: dict[str, Any]) -> bytes:
@@ -147,6 +162,7 @@ class VerifyResult:
     the last of them (0 and :data:`GENESIS` when none did), i.e. the end of
     the trusted prefix. ``first_bad_seq`` is None when ``ok``, and also when a
     problem cannot be pinned to a row (e.g. a missing checkpoint file).
+    ``alert_seq`` is the unacknowledged alert row, if that is the problem.
     """
 
     ok: bool
@@ -155,6 +171,75 @@ class VerifyResult:
     reason: str
     head_seq: int
     head_hash: str
+    alert_seq: int | None = None
+
+
+# --------------------------------------------------------------------------
+# Signed heads
+
+
+def sign(key: bytes, label: str, fields: dict[str, Any]) -> str:
+    """Hex ``HMAC-SHA256(key, label || 0x00 || canonical(fields))``."""
+    return hmac.new(key, label.encode() + b"\0" + canonical(fields), hashlib.sha256).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """A short public name for ``key`` (which key signed a head)."""
+    return sign(key, "naos audit key id", {})[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """An exported chain head: ``seq``, ``hash`` and ``ts`` of the last row,
+    signed with the audit key. It proves integrity only to holders of the key."""
+
+    seq: int
+    hash: str
+    ts: str
+    key_id: str
+    mac: str
+
+    def fields(self) -> dict[str, Any]:
+        return {"format": HEAD_FORMAT, "seq": self.seq, "hash": self.hash, "ts": self.ts,
+                "key_id": self.key_id}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.fields(), "mac": self.mac}
+
+
+def sign_head(key: bytes, seq: int, hash: str, ts: str) -> SignedHead:
+    unsigned = SignedHead(seq, hash, ts, key_id(key), "")
+    return replace(unsigned, mac=sign(key, HEAD_LABEL, unsigned.fields()))
+
+
+def parse_head(data: object) -> SignedHead:
+    """A SignedHead from its exported dict.
+
+    Raises:
+        AuditError: naming what is missing or malformed.
+    """
+    if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
+        raise AuditError(f"not an exported audit head (format {HEAD_FORMAT!r} expected)")
+    seq, digest, ts = data.get("seq"), data.get("hash"), data.get("ts")
+    kid, mac = data.get("key_id"), data.get("mac")
+    if type(seq) is not int or seq < 0:
+        raise AuditError(f"exported head: seq must be an integer >= 0, got {seq!r}")
+    for name, value in (("hash", digest), ("mac", mac)):
+        if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            raise AuditError(f"exported head: {name} must be 64 hex digits, got {value!r}")
+    if not isinstance(ts, str) or not isinstance(kid, str):
+        raise AuditError("exported head: ts and key_id must be strings")
+    return SignedHead(seq, str(digest), ts, kid, str(mac))
+
+
+def head_problem(key: bytes, head: SignedHead) -> str | None:
+    """Why ``head`` was not signed with ``key``, or None when it was."""
+    if head.key_id != key_id(key):
+        return (f"the anchor was signed with key {head.key_id}, this daemon's audit key is "
+                f"{key_id(key)}")
+    if not hmac.compare_digest(head.mac, sign(key, HEAD_LABEL, head.fields())):
+        return "the anchor's signature does not verify (edited or forged)"
+    return None
 
 
 def make_row(
@@ -196,14 +281,16 @@ def _check_fields(
 
 
 class _Walk:
-    """The running state of :func:`verify_rows`: the last row that verified."""
+    """The running state of :func:`verify_rows`: the last row that verified,
+    and the last alert row not acknowledged since."""
 
-    __slots__ = ("checked", "head_hash", "head_seq")
+    __slots__ = ("alert", "checked", "head_hash", "head_seq")
 
     def __init__(self) -> None:
         self.checked = 0
         self.head_seq = 0
         self.head_hash = GENESIS
+        self.alert: AuditRow | None = None
 
     def bad(self, seq: int | None, reason: str) -> VerifyResult:
         return VerifyResult(False, self.checked, seq, reason, self.head_seq, self.head_hash)
@@ -211,8 +298,17 @@ class _Walk:
     def good(self, reason: str) -> VerifyResult:
         return VerifyResult(True, self.checked, None, reason, self.head_seq, self.head_hash)
 
+    def take(self, row: AuditRow) -> None:
+        self.checked += 1
+        self.head_seq, self.head_hash = row.seq, row.hash
+        if row.type in ALERT_TYPES:
+            self.alert = row
+        elif row.type == REANCHOR_TYPE:
+            self.alert = None
 
-def verify_rows(rows: Iterable[AuditRow], *, checkpoint: Checkpoint | None) -> VerifyResult:
+
+def verify_rows(rows: Iterable[AuditRow], *, checkpoint: Checkpoint | None,
+                anchor: Checkpoint | None = None) -> VerifyResult:
     """Walk ``rows`` (expected in seq order from 1) and check every link.
 
     Detects an edited row (stored hash differs from the recomputed one), a
@@ -221,6 +317,9 @@ def verify_rows(rows: Iterable[AuditRow], *, checkpoint: Checkpoint | None) -> V
     before), and deleted last rows (``checkpoint`` beyond the last row, or the
     row at ``checkpoint.seq`` with another hash). A checkpoint behind the last
     row is fine: the process may have died between commit and checkpoint.
+    ``anchor`` (an exported head kept outside) is checked the same way.
+    Finally, an alert row with no ``audit.reanchor`` after it fails the check
+    (``alert_seq``), though every row verified.
 
     Stops at the first problem and names its seq: for a missing row, the first
     missing seq. Never raises for bad data; that is what the result reports.
@@ -229,12 +328,24 @@ def verify_rows(rows: Iterable[AuditRow], *, checkpoint: Checkpoint | None) -> V
     for row in rows:
         problem = _check_row(row, walk)
         if problem is None:
-            problem = _check_against(row, checkpoint)
+            problem = _check_against(row, checkpoint, "the checkpoint")
+        if problem is None:
+            problem = _check_against(row, anchor, "the anchor")
         if problem is not None:
             return walk.bad(*problem)
-        walk.checked += 1
-        walk.head_seq, walk.head_hash = row.seq, row.hash
-    return _check_tail(walk, checkpoint)
+        walk.take(row)
+    result = _check_tail(walk, checkpoint)
+    if result.ok and anchor is not None and anchor.seq > walk.head_seq:
+        return walk.bad(walk.head_seq + 1, f"the anchor records seq {anchor.seq} but the log "
+                                           f"ends at seq {walk.head_seq} (rows deleted)")
+    if result.ok and walk.alert is not None:
+        alert = walk.alert
+        why = alert.detail.get("reason", "")
+        return replace(walk.bad(None, (
+            f"unacknowledged alert at #{alert.seq} ({alert.type}"
+            f"{': ' + str(why) if why else ''}); investigate, then run "
+            "`naosctl audit reanchor --yes`")), alert_seq=alert.seq)
+    return result
 
 
 def _check_row(row: AuditRow, walk: _Walk) -> tuple[int, str] | None:
@@ -267,10 +378,10 @@ def _check_row(row: AuditRow, walk: _Walk) -> tuple[int, str] | None:
     return None
 
 
-def _check_against(row: AuditRow, checkpoint: Checkpoint | None) -> tuple[int, str] | None:
-    if checkpoint is None or row.seq != checkpoint.seq or row.hash == checkpoint.hash:
+def _check_against(row: AuditRow, mark: Checkpoint | None, what: str) -> tuple[int, str] | None:
+    if mark is None or row.seq != mark.seq or row.hash == mark.hash:
         return None
-    return row.seq, f"row {row.seq} differs from the checkpoint (the log was rewritten from here)"
+    return row.seq, f"row {row.seq} differs from {what} (the log was rewritten from here)"
 
 
 def _check_tail(walk: _Walk, checkpoint: Checkpoint | None) -> VerifyResult:

@@ -21,13 +21,16 @@ where fsync reaches the disk (macOS would also need ``F_FULLFSYNC``).
 
 Audit checkpoint. Deleting the *last* rows of a hash chain leaves a valid
 chain, so after each commit that appended audit rows the new head
-``{"seq": N, "hash": "..."}`` is written to a separate file (tmp file 0600,
-fsync, ``os.replace``) under an ``flock`` on a sidecar
-``.lock`` file, and only if it is ahead of what the file holds (several
-processes may append to the same database). A crash between COMMIT and that
-write leaves the file one step behind, which verification accepts. Keep the
-file somewhere the database's writers cannot quietly rewrite, or it only
-protects against accidents.
+``{"seq": N, "hash": "...", "mac": "..."}`` is written to a separate file (tmp
+file 0600, fsync, ``os.replace``) under an ``flock`` on a sidecar ``.lock``
+file, and only if it is ahead of what the file holds (several processes may
+append to the same database). A crash between COMMIT and that write leaves the
+file one step behind, which verification accepts. With an audit key (see
+``naosd.storage.audit_key``) the file is signed, so whoever can write the state
+dir but not read the key cannot forge it. The file is created when a chain
+starts (a Store opened on an empty log) and otherwise only by
+:meth:`Store.append_anchored` (naosd's start check, ``audit reanchor``, see
+``naosd.storage.anchor``): a missing or garbled file is never recreated quietly.
 
 Threads. A Store is used from ONE thread at a time (naosd runs every call on a
 single-thread executor); apsw raises ``ThreadingViolation`` for concurrent use
@@ -52,17 +55,26 @@ from typing import Any, Final
 
 import apsw
 
-from naosd.errors import AuditError, ConfigError, NotFound, StorageError
+from naosd.errors import AuditError, CheckpointGarbled, ConfigError, NotFound, StorageError
 from naosd.storage.audit import (
+    GENESIS,
     AuditRow,
     Checkpoint,
+    SignedHead,
     VerifyResult,
     canonical,
     format_ts,
+    head_problem,
     make_row,
     verify_rows,
 )
-from naosd.storage.checkpoint import advance_checkpoint, read_checkpoint
+from naosd.storage.checkpoint import (
+    advance_checkpoint,
+    create_checkpoint,
+    process_key,
+    read_checkpoint,
+    replace_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +276,6 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
-CHECKPOINT_FLAG: Final = "audit.checkpoint_written"
-"""``meta`` key set once a checkpoint file has been written for this DB."""
 MALFORMED_DETAIL: Final = "_malformed_detail"
 """Key under which reads return a stored detail that is not canonical JSON."""
 
@@ -380,13 +390,14 @@ class Store:
         db_path: Path,
         checkpoint_path: Path | None,
         clock: Callable[[], datetime],
+        head_key: bytes | None = None,
     ) -> None:
         """Wrap an already configured and migrated connection (see :meth:`open`)."""
         self._db: apsw.Connection | None = conn
         self._where = str(db_path)
         self._checkpoint_path = checkpoint_path
         self._clock = clock
-        self._checkpoint_flagged = _meta_value(conn, CHECKPOINT_FLAG) is not None
+        self._key = head_key
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -399,6 +410,7 @@ class Store:
         synchronous: str = "full",
         busy_timeout_ms: int = 5000,
         clock: Callable[[], datetime] = utcnow,
+        head_key: bytes | None = None,
     ) -> Store:
         """Open (creating if needed) and migrate the database at ``db_path``.
 
@@ -408,6 +420,8 @@ class Store:
             synchronous: "full" (durable on power loss) or "normal".
             busy_timeout_ms: how long to wait for another writer's lock.
             clock: returns the aware datetime stamped on audit rows.
+            head_key: the audit key that signs and checks the checkpoint
+                (None: the key naosd installed in this process, if any).
 
         Raises:
             ConfigError: if ``synchronous`` is not "full" or "normal".
@@ -427,7 +441,15 @@ class Store:
             with _translate_errors(where):
                 _configure(conn, where, mode, busy_timeout_ms)
                 _migrate(conn, where)
-                return cls(conn, db_path, checkpoint_path, clock)
+                key = head_key if head_key is not None else process_key()
+                store = cls(conn, db_path, checkpoint_path, clock, key)
+                empty = _head(conn) is None
+            if checkpoint_path is not None and empty:  # a new chain: anchor it at genesis
+                try:
+                    create_checkpoint(checkpoint_path, Checkpoint(0, GENESIS), key=key)
+                except OSError as exc:
+                    raise StorageError(f"audit checkpoint {checkpoint_path}: {exc}") from exc
+            return store
         except BaseException:
             conn.close()
             raise
@@ -466,6 +488,14 @@ class Store:
                 on it, the write lock is not obtained within the busy timeout,
                 or COMMIT fails (the transaction is then rolled back).
         """
+        with self._committed() as tx:
+            yield tx
+        if tx.last_audit is not None:
+            self._publish_head(Checkpoint(tx.last_audit.seq, tx.last_audit.hash))
+
+    @contextlib.contextmanager
+    def _committed(self) -> Iterator[Tx]:
+        """The transaction itself, without touching the checkpoint file."""
         db = self._conn()
         if _in_transaction(db):
             raise StorageError(f"{self._where}: transactions cannot be nested")
@@ -483,8 +513,6 @@ class Store:
             raise
         finally:
             tx._finish()
-        if tx.last_audit is not None:
-            self._publish_head(Checkpoint(tx.last_audit.seq, tx.last_audit.hash))
 
     def _rollback(self, db: apsw.Connection) -> None:
         if not _in_transaction(db):
@@ -522,6 +550,41 @@ class Store:
         """Append one audit row in its own transaction (see :meth:`Tx.audit`)."""
         with self.transaction() as tx:
             return tx.audit(type, actor=actor, agent=agent, detail=detail)
+
+    def append_anchored(self, type: str, *, actor: str = "naosd",
+                        detail: dict[str, Any] | None = None) -> AuditRow:
+        """Append one row, then write the checkpoint at it whatever the file
+        held: the row says why (an alert, a reanchor). Without a checkpoint
+        path this is :meth:`append_audit`.
+
+        Raises:
+            OSError: if the checkpoint file cannot be written (the row is in).
+        """
+        with self._committed() as tx:
+            row = tx.audit(type, actor=actor, detail=detail)
+        if self._checkpoint_path is not None:
+            replace_checkpoint(self._checkpoint_path, Checkpoint(row.seq, row.hash),
+                               key=self._key)
+        return row
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self._checkpoint_path
+
+    @property
+    def audit_key(self) -> bytes | None:
+        """The key that signs the checkpoint (never shown, audited or logged)."""
+        return self._key
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint file's head (None: no path, or no file).
+
+        Raises:
+            CheckpointGarbled: see :func:`naosd.storage.checkpoint.read_checkpoint`.
+        """
+        if self._checkpoint_path is None:
+            return None
+        return read_checkpoint(self._checkpoint_path, self._key)
 
     def audit_head(self) -> Checkpoint | None:
         """The last row's (seq, hash) in the database, or None if it is empty."""
@@ -601,36 +664,40 @@ class Store:
                 return
             last = rows[-1].seq
 
-    def verify_audit(self) -> VerifyResult:
-        """Check the whole hash chain against the checkpoint file.
+    def verify_audit(self, anchor: SignedHead | None = None) -> VerifyResult:
+        """Check the whole hash chain against the checkpoint file and, if
+        given, an exported head kept outside (``anchor``).
 
-        Not ok also when the checkpoint file is missing although ``meta``
-        records that one was written, or cannot be parsed (``first_bad_seq``
-        is then None unless a row problem comes first).
+        Not ok also when the log has rows but the checkpoint file is missing,
+        when the file cannot be parsed or is not signed with the audit key
+        (``first_bad_seq`` is then None unless a row problem comes first),
+        when an alert row has not been acknowledged (``alert_seq``), and when
+        ``anchor`` was not signed with this store's key.
 
         Raises:
             StorageError: if the database cannot be read.
         """
+        if anchor is not None:
+            problem = "no audit key" if self._key is None else head_problem(self._key, anchor)
+            if problem is not None:
+                return VerifyResult(False, 0, None, f"anchor: {problem}", 0, GENESIS)
         # Read the checkpoint before the rows: rows only grow, so a concurrent
         # appender can only make the checkpoint lag, never overtake the rows.
         checkpoint, problem = self._checkpoint_for_verify()
         rows = (_row_for_verify(t) for t in self._iter_raw())
-        result = verify_rows(rows, checkpoint=checkpoint)
+        mark = Checkpoint(anchor.seq, anchor.hash) if anchor is not None else None
+        result = verify_rows(rows, checkpoint=checkpoint, anchor=mark)
         if result.ok and problem is not None:
             return replace(result, ok=False, reason=problem)
         return result
 
     def _checkpoint_for_verify(self) -> tuple[Checkpoint | None, str | None]:
-        path = self._checkpoint_path
-        if path is None:
-            return None, None
-        flagged = self.get_meta_or_none(CHECKPOINT_FLAG) is not None
         try:
-            checkpoint = read_checkpoint(path)
-        except AuditError as exc:
+            checkpoint = self.read_checkpoint()
+        except CheckpointGarbled as exc:
             return None, str(exc)
-        if checkpoint is None and flagged:
-            return None, f"audit checkpoint {path} is missing but was written before"
+        if checkpoint is None and self._checkpoint_path is not None and self.audit_head():
+            return None, f"audit checkpoint {self._checkpoint_path} is missing"
         return checkpoint, None
 
     def _iter_raw(self, batch: int = 1000) -> Iterator[Any]:
@@ -668,8 +735,7 @@ class Store:
         if path is None:
             return
         try:
-            advance_checkpoint(path, head, matches=self._holds)
-            self._flag_checkpoint_written()
+            advance_checkpoint(path, head, key=self._key, matches=self._holds)
         except (OSError, StorageError) as exc:
             log.warning(
                 "audit row %d committed but checkpoint %s not updated: %s", head.seq, path, exc
@@ -677,23 +743,13 @@ class Store:
 
     def _holds(self, checkpoint: Checkpoint) -> bool:
         """True if the database still has the row ``checkpoint`` names."""
+        if checkpoint.seq == 0:
+            return checkpoint.hash == GENESIS
         with _translate_errors(self._where):
             rows = self._conn().execute(
                 "SELECT hash FROM audit WHERE seq = ?", (checkpoint.seq,)
             ).fetchall()
         return bool(rows) and rows[0][0] == checkpoint.hash
-
-    def _flag_checkpoint_written(self) -> None:
-        # Written after the file exists, never before: a crash in between
-        # leaves a file without a flag, which verification accepts.
-        if self._checkpoint_flagged:
-            return
-        with _translate_errors(self._where):
-            self._conn().execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES (?, '1')",
-                (CHECKPOINT_FLAG,),
-            )
-        self._checkpoint_flagged = True
 
     # -- meta and kv -------------------------------------------------------
 
