@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from naosd.control.api import method
 from naosd.control.params import Int, Spec, Str
+from naosd.control.roles import OPERATE
 from naosd.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _module(p: dict[str, Any]) -> bytes:
 
 
 @method("wasm.run", module=Spec(bytes), input=Spec((bytes, str), b""),
-        grants=Spec(list, None), **LIMITS)
+        grants=Spec(list, None), **LIMITS, role=OPERATE)
 async def wasm_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Run a WASI command module in a sandbox worker; input on stdin."""
     stdin = p["input"].encode() if isinstance(p["input"], str) else bytes(p["input"])
