@@ -196,7 +196,12 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("daemon.socket", _path, None, "control socket path"),
     Setting("daemon.state_dir", _path, None, "database, tokens, caches"),
-    Setting("daemon.socket_group", _str, "", "group allowed to connect (system)"),
+    Setting("daemon.operator_group", _str, "",
+            "group whose members are operators: every method (naosd's uid and root always are)"),
+    Setting("daemon.reader_group", _str, "",
+            "group whose members are readers: the read-only methods"),
+    Setting("daemon.socket_group", _str, "",
+            "deprecated: the old name of daemon.operator_group (still honoured)"),
     Setting("daemon.log_level", _choice("debug", "info", "warning", "error"),
             "info", "log level"),
     Setting("daemon.log_format", _choice("text", "json"), "text", "log format"),
@@ -204,12 +209,14 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a graceful stop may take before stragglers are killed"),
     Setting("daemon.request_timeout", _number(0.1, 86400), 60.0,
             "seconds one request may run"),
-    Setting("daemon.handshake_timeout", _number(0.1, 600), 5.0,
-            "seconds a new client has to send its hello"),
+    Setting("daemon.handshake_timeout", _number(0.1, 600), 2.0,
+            "seconds a new client has to send its hello (then it is closed)"),
     Setting("daemon.max_frame_bytes", _number(1024, 1 << 30, int), 16 << 20,
             "largest frame accepted or sent"),
     Setting("daemon.max_connections", _number(1, 100_000, int), 256,
-            "simultaneous client connections"),
+            "simultaneous client connections (the last 2 only for naosd's uid and root)"),
+    Setting("daemon.max_connections_per_uid", _number(1, 100_000, int), 32,
+            "simultaneous connections of one uid (naosd's own uid and root: no cap)"),
     Setting("storage.db", _path, None, "SQLite database file"),
     Setting("storage.synchronous", _choice("full", "normal"), "full",
             "SQLite synchronous pragma (full: acknowledged = on disk)"),
@@ -364,6 +371,9 @@ class Config:
     mcp_tools: tuple[str, ...] = ("*",)
     mcp_run_wait: float = 50.0
     audit_key_file: Path | None = None
+    operator_group: str = ""
+    reader_group: str = ""
+    max_connections_per_uid: int = 32
 
     @property
     def lock_file(self) -> Path:
@@ -584,6 +594,7 @@ def _build(
     kwargs.update(socket=socket, state_dir=state_dir, storage_db=db,
                   audit_key_file=values.get("audit.key_file") or path.parent / "audit.key")
     _check_socket_length(socket, sources.get("daemon.socket", "default"))
+    _alias_socket_group(kwargs, sources)
     if values.get("cluster.enabled"):
         check_cluster(values, sources)
     return Config(
@@ -594,6 +605,22 @@ def _build(
         sources=sources,
         **kwargs,
     )
+
+
+def _alias_socket_group(kwargs: dict[str, Any], sources: dict[str, str]) -> None:
+    """``daemon.socket_group`` (deprecated) names the operator group when
+    ``daemon.operator_group`` is not set; both set to different groups is an error."""
+    old, new = kwargs.get("socket_group") or "", kwargs.get("operator_group") or ""
+    if not old:
+        return
+    if new and new != old:
+        raise ConfigError(
+            f"{sources['daemon.socket_group']}: daemon.socket_group: it is the old name of "
+            f"daemon.operator_group, which says {new!r} ({sources['daemon.operator_group']}), "
+            f"not {old!r}; keep only daemon.operator_group")
+    kwargs["operator_group"] = old
+    sources["daemon.operator_group"] = (f"{sources['daemon.socket_group']} "
+                                        "(as daemon.socket_group, deprecated)")
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import logging
 import os
 import secrets
@@ -24,9 +23,13 @@ from typing import Any
 
 from naosd import __version__
 from naosd.config import SETTINGS, SETTINGS_BY_KEY, Config
+from naosd.control.access import access_of
 from naosd.control.api import Api
-from naosd.control.server import ControlServer, Peer
-from naosd.errors import ConfigError, NaosError
+from naosd.control.peers import Peer
+from naosd.control.refusals import AuditedRefusals
+from naosd.control.roles import Access
+from naosd.control.server import ControlServer
+from naosd.errors import ConfigError, NaosError, PermissionDenied
 from naosd.runtime.lifecycle import SdNotifier
 from naosd.storage.db import AsyncStore
 
@@ -35,6 +38,7 @@ log = logging.getLogger("naosd")
 # Settings bound at start (sockets, files, thread pools): a reload reports a
 # change to them but keeps the running value until the next start.
 RESTART_ONLY = ("daemon.socket", "daemon.state_dir", "daemon.socket_group",
+                "daemon.operator_group", "daemon.reader_group",
                 "daemon.max_frame_bytes", "storage.db", "storage.synchronous",
                 "storage.busy_timeout_ms", "audit.key_file", "dashboard.enabled",
                 "dashboard.host", "dashboard.port", "actors.bridge_threads",
@@ -307,6 +311,7 @@ class Daemon:
         set_level_and_format(self.config.log_level, self.config.log_format)
         if self.server is not None:
             self.server.max_connections = self.config.max_connections
+            self.server.max_connections_per_uid = self.config.max_connections_per_uid
             self.server.handshake_timeout = self.config.handshake_timeout
         for key in needs_restart:
             log.warning("config %s changed; it takes effect after a restart", key)
@@ -337,39 +342,27 @@ class Daemon:
             await asyncio.sleep(interval)
 
     # -- peers -------------------------------------------------------------------
-    def authorize(self, peer: Peer) -> str | None:
-        """None if ``peer`` may use the socket, else the reason it may not."""
-        if peer.uid in (os.getuid(), 0):
-            return None
-        gid = self._socket_gid()
-        if gid is not None and (peer.gid == gid or gid in _proc_groups(peer.pid)):
-            return None
-        return f"uid {peer.uid} is not allowed to use this naosd"
-
-    def on_refused(self, peer: Peer, reason: str) -> None:
-        log.warning("refused client pid %d uid %d: %s", peer.pid, peer.uid, reason)
-        asyncio.get_running_loop().create_task(self.db.audit(
-            "client.refused", pid=peer.pid, uid=peer.uid, gid=peer.gid, reason=reason))
-
-    def _socket_gid(self) -> int | None:
-        if not self.config.socket_group:
-            return None
-        try:
-            return grp.getgrnam(self.config.socket_group).gr_gid
-        except KeyError:
-            raise ConfigError(
-                f"daemon.socket_group: no group named {self.config.socket_group!r}"
-            ) from None
+    def authorize(self, peer: Peer) -> str:
+        """``peer``'s role (operator or reader); raises PermissionDenied."""
+        role = self.access.role(peer.uid, peer.gid, peer.groups)
+        if role is None:
+            raise PermissionDenied(self.access.refusal(peer.uid))
+        return role
 
     def _make_server(self) -> ControlServer:
-        gid = self._socket_gid()
+        self.access: Access = access_of(self.config)
+        if self.config.sources.get("daemon.operator_group", "").endswith("deprecated)"):
+            log.warning("daemon.socket_group is deprecated: call it daemon.operator_group")
+        group = self.access.socket_group
         return ControlServer(
             self.config.socket, Api(self.services), authorize=self.authorize,
-            on_refused=self.on_refused, max_frame=self.config.max_frame_bytes,
+            refusals=AuditedRefusals(self.db.audit), max_frame=self.config.max_frame_bytes,
             max_connections=self.config.max_connections,
+            max_connections_per_uid=self.config.max_connections_per_uid,
             handshake_timeout=self.config.handshake_timeout,
             server_info={"server": f"naosd/{__version__}", "pid": os.getpid()},
-            socket_mode=0o660 if gid is not None else 0o600, socket_gid=gid,
+            socket_mode=0o660 if group is not None else 0o600,
+            socket_gid=None if group is None else group.gid,
         )
 
     # -- dashboard ---------------------------------------------------------------
@@ -436,17 +429,6 @@ class Daemon:
 
 async def _echo(request: Any) -> Any:
     return request.payload
-
-
-def _proc_groups(pid: int) -> set[int]:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except OSError:
-        pass
-    return set()
 
 
 def _load_or_create_token(path: Any) -> str:

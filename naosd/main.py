@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Any
 
 from naosd import __version__
 from naosd.config import Config, load, render_default_config
+from naosd.control.access import access_of
 from naosd.errors import AlreadyRunning, ConfigError, NaosError
 from naosd.runtime.lifecycle import (
     InstanceLock,
     SdNotifier,
+    check_runtime_dir,
     clear_stale_socket,
     ensure_private_dir,
 )
@@ -112,15 +115,27 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def prepare_dirs(config: Config) -> None:
+    """The state directory, and the socket's directory checked even as root
+    (lifecycle.check_runtime_dir): naosd's own default one is created and
+    given its mode (and the group that may reach the socket); one named by
+    daemon.socket is only checked."""
     ensure_private_dir(config.state_dir, 0o700)
     config.storage_db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    runtime_mode = 0o750 if config.mode == "system" else 0o700
-    if not config.runtime_dir.exists() or "daemon.socket" not in config.sources:
-        ensure_private_dir(config.runtime_dir, runtime_mode)
-    elif config.runtime_dir.stat().st_mode & 0o002:
-        raise ConfigError(
-            f"daemon.socket: {config.runtime_dir} is world-writable; "
-            "put the socket in a private directory")
+    group = access_of(config).socket_group
+    managed = not config.runtime_dir.exists() or "daemon.socket" not in config.sources
+    if managed:
+        ensure_private_dir(config.runtime_dir, 0o750 if config.mode == "system" or group
+                           else 0o700, None if group is None else group.gid)
+    check_runtime_dir(config.runtime_dir, managed=managed)
+    if group is not None and not managed and not _reachable(config.runtime_dir, group.gid):
+        log.warning("group %s cannot reach %s (mode %04o): give the directory to the group "
+                    "(chgrp, chmod g+x) or its members cannot connect", group.name,
+                    config.runtime_dir, stat.S_IMODE(config.runtime_dir.stat().st_mode))
+
+
+def _reachable(directory: Path, gid: int) -> bool:
+    st = directory.stat()
+    return bool(st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010))
 
 
 def run(config: Config, reload: Any) -> int:

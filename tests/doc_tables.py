@@ -1,7 +1,8 @@
 """The generated tables of docs/protocol.md: the error codes (from
 ``naosd.errors.ERRORS_BY_CODE``) and the methods (from the ``methods``
-result; the last column, what each method returns, is written by hand and
-kept).  tests/test_protocol_doc.py checks that the doc holds exactly these;
+result: kind, the role a connection needs, parameters; the last column,
+what each method returns, is written by hand and kept).
+tests/test_protocol_doc.py checks that the doc holds exactly these;
 
     python tests/doc_tables.py
 
@@ -55,11 +56,12 @@ def notes_of(doc: str) -> dict[str, str]:
 
 
 def methods_table(methods: list[dict[str, Any]], notes: dict[str, str]) -> str:
-    rows = ["| method | kind | params | result and notes |", "|---|---|---|---|"]
+    rows = ["| method | kind | role | params | result and notes |", "|---|---|---|---|---|"]
     for m in methods:
         params = ", ".join(_param(name, p) for name, p in m["params"].items()) or "none"
         kind = "stream" if m["stream"] else "unary"
-        rows.append(f"| `{m['name']}` | {kind} | {params} | {notes.get(m['name'], 'TODO')} |")
+        rows.append(f"| `{m['name']}` | {kind} | {m['role']} | {params} | "
+                    f"{notes.get(m['name'], 'TODO')} |")
     return "\n".join(rows)
 
 

@@ -12,7 +12,8 @@ from harness import Naosd
 
 from naosctl.client import Client
 from naosd import protocol, values
-from naosd.control import server
+from naosd.config import SETTINGS_BY_KEY
+from naosd.control import admission, refusals, server
 
 DOC_TEXT = DOC.read_text()
 
@@ -30,6 +31,15 @@ def test_the_error_table_is_generated_from_the_one_table():
     pytest.param(f"at most {protocol.MAX_REQUEST_TIMEOUT:g}", id="request-timeout"),
     pytest.param(f"for at most {server.LINGER_S:g} seconds and {server.LINGER_BYTES >> 20} MiB",
                  id="linger"),
+    pytest.param(f"the last {admission.OWNER_SLOTS} are kept for naosd's own uid and root",
+                 id="owner-slots"),
+    pytest.param(f"`daemon.max_connections_per_uid` ({server.MAX_PER_UID})", id="per-uid"),
+    pytest.param("`daemon.max_connections_per_uid` "
+                 f"({SETTINGS_BY_KEY['daemon.max_connections_per_uid'].default})",
+                 id="per-uid-setting"),
+    pytest.param("`daemon.handshake_timeout` "
+                 f"({SETTINGS_BY_KEY['daemon.handshake_timeout'].default:g} s)", id="handshake"),
+    pytest.param(f"per {refusals.INTERVAL_S:g} seconds", id="refusal-interval"),
 ])
 def test_the_limits_the_doc_states_are_the_codes(stated):
     assert stated in " ".join(DOC_TEXT.split())

@@ -20,7 +20,9 @@ import msgpack
 import pytest
 from harness import short_tempdir
 
-from naosd.control.server import Call, ControlServer, Dispatcher, Peer, Streaming, Unary
+from naosd.control.peers import Peer
+from naosd.control.roles import OPERATOR
+from naosd.control.server import Call, ControlServer, Dispatcher, Streaming, Unary
 
 MAX_FRAME = 1 << 20
 OPEN: list[asyncio.StreamWriter] = []
@@ -83,9 +85,8 @@ def sock_path() -> Iterator[Path]:
 @pytest.fixture
 async def served(sock_path: Path) -> AsyncIterator[tuple[ControlServer, Methods]]:
     methods = Methods()
-    server = ControlServer(sock_path, methods, authorize=lambda peer: None,
-                           on_refused=lambda peer, why: None, max_frame=MAX_FRAME,
-                           max_connections=2, handshake_timeout=5.0,
+    server = ControlServer(sock_path, methods, authorize=lambda peer: OPERATOR,
+                           max_frame=MAX_FRAME, max_connections=2, handshake_timeout=5.0,
                            server_info={"server": "test"})
     await server.start()
     try:
@@ -281,4 +282,4 @@ async def test_peer_credentials_are_those_of_the_test(served):
     server, _ = served
     await connect(server)
     [conn] = server.connections
-    assert conn.peer == Peer(os.getpid(), os.getuid(), os.getgid())
+    assert conn.peer == Peer(os.getpid(), os.getuid(), os.getgid(), tuple(os.getgroups()))

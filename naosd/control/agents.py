@@ -17,6 +17,7 @@ from actors.domain.definitions import (
 )
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
+from naosd.control.roles import READ
 from naosd.errors import InvalidRequest
 from naosd.storage import definitions as defs_store
 
@@ -151,8 +152,8 @@ async def agent_kill(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.kill(p["name"])
 
 
-@method("agent.logs", stream=True, name=Str(None, max_len=64), n=Int(50, lo=0, hi=100_000),
-        follow=Bool(False))
+@method("agent.logs", stream=True, role=READ, name=Str(None, max_len=64),
+        n=Int(50, lo=0, hi=100_000), follow=Bool(False))
 async def agent_logs(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """An agent's log lines (all agents when name is omitted); follow streams."""
     name = p["name"]
@@ -205,13 +206,13 @@ async def supervisor_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
 
 
-@method("supervisor.status", name=Str(None, max_len=64))
+@method("supervisor.status", role=READ, name=Str(None, max_len=64))
 async def supervisor_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The supervision tree (of one supervisor when a name is given)."""
     return await d.agents.supervisor_tree(p["name"])
 
 
-@method("supervisor.list")
+@method("supervisor.list", role=READ)
 async def supervisor_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every defined supervisor."""
     sups = await d.db.call(lambda s: defs_store.list_supervisors(s))

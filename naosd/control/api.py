@@ -3,6 +3,11 @@
 Handlers are small: validate (declaratively), call the services (``Services``),
 return plain msgpack-able data.  Streaming handlers are async generators.
 ``methods`` lists everything, so clients in other languages can discover it.
+
+Each method declares, where it is declared, the role it needs
+(``role="read"`` or ``"operate"``, naosd.control.roles): ``read`` only for
+what changes nothing, spends nothing, runs no code and reveals no secret.
+The default is ``operate``: a forgotten declaration fails closed.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
+from naosd.control.roles import NEEDS, OPERATE, READ
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
 from naosd.errors import AuditError, InvalidRequest, RequestTimeout
 
@@ -33,17 +39,21 @@ class Method:
     params: Mapping[str, Spec] = field(default_factory=dict)
     stream: bool = False
     doc: str = ""
+    role: str = OPERATE  # what a connection needs to call it: read or operate
 
 
 METHODS: dict[str, Method] = {}
 
 
 def method(
-    method_name: str, /, *, stream: bool = False, **params: Spec
+    method_name: str, /, *, stream: bool = False, role: str = OPERATE, **params: Spec
 ) -> Callable[[Handler], Handler]:
+    if role not in NEEDS:
+        raise ValueError(f"{method_name}: role must be one of {', '.join(NEEDS)}, got {role!r}")
+
     def register(fn: Handler) -> Handler:
         METHODS[method_name] = Method(method_name, fn, params, stream,
-                                      (fn.__doc__ or "").strip())
+                                      (fn.__doc__ or "").strip(), role)
         return fn
 
     return register
@@ -70,6 +80,10 @@ class Api(Dispatcher):
         if entry.stream:
             return None, self._streamer(entry)
         return self._unary(entry), None
+
+    def role_of(self, name: str) -> str | None:
+        entry = self._methods.get(name)
+        return None if entry is None else entry.role
 
     def _unary(self, entry: Method) -> Unary:
         async def run(call: Call) -> Any:
@@ -103,19 +117,19 @@ class Api(Dispatcher):
 # ---------------------------------------------------------------------------
 
 
-@method("ping")
+@method("ping", role=READ)
 async def ping(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Answer at once: proves the daemon's control loop is alive."""
     return {"pong": True, "pid": os.getpid(), "time": _now_iso()}
 
 
-@method("actors.ping")
+@method("actors.ping", role=READ)
 async def actors_ping(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Round trip through the root supervisor actor."""
     return await d.daemon.actors_ping()
 
 
-@method("status")
+@method("status", role=READ)
 async def status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Daemon version, uptime, pid, paths and the actor tree with states."""
     return await d.daemon.status()
@@ -147,11 +161,11 @@ async def dashboard_url(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return d.daemon.dashboard_info(with_token=True)
 
 
-@method("methods")
+@method("methods", role=READ)
 async def list_methods(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every method with its parameters: type, required, default."""
+    """Every method with the role it needs and its parameters: type, required, default."""
     return [
-        {"name": m.name, "stream": m.stream, "doc": m.doc,
+        {"name": m.name, "stream": m.stream, "role": m.role, "doc": m.doc,
          "params": {k: s.describe() for k, s in m.params.items()}}
         for m in sorted(METHODS.values(), key=lambda m: m.name)
     ]
@@ -161,8 +175,14 @@ async def list_methods(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
 # audit
 # ---------------------------------------------------------------------------
 
-_FILTERS = {"agent": Str(None, max_len=64), "type": Str(None, max_len=128),
-            "since": Str(None, max_len=64)}
+class _Filters(TypedDict):  # typed keys: a ** of it cannot pass for stream or role
+    agent: Spec
+    type: Spec
+    since: Spec
+
+
+_FILTERS = _Filters(agent=Str(None, max_len=64), type=Str(None, max_len=128),
+                    since=Str(None, max_len=64))
 
 
 def _filters(p: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +190,7 @@ def _filters(p: dict[str, Any]) -> dict[str, Any]:
     return {"agent": p["agent"], "type": p["type"], "since": since}
 
 
-@method("audit.tail", stream=True, n=Int(20, lo=0, hi=100_000),
+@method("audit.tail", stream=True, role=READ, n=Int(20, lo=0, hi=100_000),
         follow=Bool(False), **_FILTERS)
 async def audit_tail(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """The last n audit rows; with follow, keep streaming new ones."""
@@ -196,7 +216,7 @@ async def audit_tail(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, 
             yield row.to_dict()
 
 
-@method("events", stream=True, **_FILTERS)
+@method("events", stream=True, role=READ, **_FILTERS)
 async def events(d: Services, p: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Everything that happens from now on, as audit rows, until cancelled."""
     async for row in audit_tail(d, {**p, "n": 0, "follow": True}):
@@ -208,7 +228,7 @@ async def _head_seq(d: Services) -> int:
     return head.seq if head else 0
 
 
-@method("audit.search", query=Str(max_len=1024), limit=Int(100, lo=1, hi=100_000),
+@method("audit.search", role=READ, query=Str(max_len=1024), limit=Int(100, lo=1, hi=100_000),
         **_FILTERS)
 async def audit_search(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows whose type, actor, agent or detail contain the query."""
@@ -220,7 +240,7 @@ async def audit_search(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     return [r.to_dict() for r in rows]
 
 
-@method("audit.verify", anchor=Spec(dict, None))
+@method("audit.verify", role=READ, anchor=Spec(dict, None))
 async def audit_verify(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Walk the whole hash chain and check it against the head checkpoint and,
     given an exported head (anchor, from audit.head export), against that."""
@@ -243,7 +263,7 @@ async def audit_verify(d: Services, p: dict[str, Any]) -> dict[str, Any]:
             "anchor": anchor.to_dict() if anchor else None}
 
 
-@method("audit.head", export=Bool(False))
+@method("audit.head", role=READ, export=Bool(False))
 async def audit_head(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The log's head (seq, hash, ts); with export, signed with the audit key
     (HMAC-SHA256) to be kept outside the machine and given to verify later."""
@@ -267,7 +287,7 @@ async def audit_reanchor(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return {"row": row.to_dict(), "checkpoint": {"seq": row.seq, "hash": row.hash}}
 
 
-@method("audit.export", stream=True, batch=Int(500, lo=1, hi=10_000), **_FILTERS)
+@method("audit.export", stream=True, role=READ, batch=Int(500, lo=1, hi=10_000), **_FILTERS)
 async def audit_export(d: Services, p: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
     """Every matching row, in batches (a list per event), oldest first."""
     filters = _filters(p)

@@ -12,6 +12,7 @@ from naosd.broker.cost import DEFAULT_BURST, DEFAULT_RATE, GLOBAL
 from naosd.broker.service import MAX_TASK_CHARS, decision_json
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str, parse_since
+from naosd.control.roles import READ
 from naosd.errors import InvalidRequest, NoRoute
 from naosd.storage import ledger as bs
 
@@ -26,7 +27,7 @@ def _agent(p: dict[str, Any]) -> str | None:
     return None if p["agent"] is None else validate_name(p["agent"])
 
 
-@method("broker.skills")
+@method("broker.skills", role=READ)
 async def broker_skills(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Every skill (built-in and installed) with its patterns, route kind and price."""
     broker = d.broker
@@ -35,7 +36,7 @@ async def broker_skills(d: Services, p: dict[str, Any]) -> dict[str, Any]:
             "llm": broker.llm is not None}
 
 
-@method("broker.route", task=TASK)
+@method("broker.route", role=READ, task=TASK)
 async def broker_route(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Which handler would take a task, every candidate's score, ties and near misses."""
     try:
@@ -54,7 +55,7 @@ async def broker_execute(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.broker.execute(p["task"], _agent(p), route=p["route"])
 
 
-@method("broker.stats", since=Str("1d", max_len=64), agent=AGENT)
+@method("broker.stats", role=READ, since=Str("1d", max_len=64), agent=AGENT)
 async def broker_stats(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Tasks and cost by route kind since a time, and the saving against all-LLM."""
     since = parse_since(p["since"], datetime.now(UTC))
@@ -119,7 +120,7 @@ async def cost_set(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return _one_status(d, scope)
 
 
-@method("cost.status", scope=Str(None, max_len=64))
+@method("cost.status", role=READ, scope=Str(None, max_len=64))
 async def cost_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Every budget (or one): limit, spent, reserved, remaining, alerts, paused."""
     if p["scope"] is not None:
@@ -136,7 +137,8 @@ async def cost_reset(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return _one_status(d, scope)
 
 
-@method("cost.history", days=Int(7, lo=1, hi=3660), agent=AGENT, limit=Int(100, lo=0, hi=10_000))
+@method("cost.history", role=READ, days=Int(7, lo=1, hi=3660), agent=AGENT,
+        limit=Int(100, lo=0, hi=10_000))
 async def cost_history(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The ledger: per day, agent and route kind, and the latest entries."""
     since = (datetime.now(UTC) - timedelta(days=p["days"])).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

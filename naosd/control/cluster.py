@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from naosd.control.api import method
+from naosd.control.roles import READ
 from naosd.errors import Conflict
 
 if TYPE_CHECKING:
     from naosd.services import Services
 
 
-@method("cluster.nodes")
+@method("cluster.nodes", role=READ)
 async def cluster_nodes(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The nodes of the convention as this node sees them (name, address,
     capabilities, state, last heartbeat, agents placed) and where each agent

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from naosd.control.api import method
 from naosd.control.params import Int, Str
+from naosd.control.roles import READ
 
 if TYPE_CHECKING:
     from naosd.services import Services
@@ -19,7 +20,7 @@ async def llm_complete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return result.to_dict()
 
 
-@method("llm.status")
+@method("llm.status", role=READ)
 async def llm_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Which LLM naosd would use, and the local server's state."""
     status: dict[str, Any] = d.llm.status()

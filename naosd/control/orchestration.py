@@ -15,6 +15,7 @@ from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
+from naosd.control.roles import READ
 from naosd.errors import Conflict, InvalidRequest
 from naosd.storage import runs as orch_store
 
@@ -67,7 +68,7 @@ async def saga_add_step(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await _db(d, change)
 
 
-@method("saga.list")
+@method("saga.list", role=READ)
 async def saga_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every saga definition."""
     return await d.db.call(lambda s: orch_store.list_defs(s, "saga"))
@@ -139,11 +140,11 @@ def _register_runs(kind: str) -> None:
                       + (" or re-run a failed run from its failed step." if kind == "workflow"
                          else "."))
     method(f"{kind}.run", name=NAME, input=Spec(object, None))(run)
-    method(f"{kind}.wait", run=RUN, timeout=Spec(NUM, 30.0))(wait)
-    method(f"{kind}.runs", name=Str(None, max_len=64), status=Str(None, max_len=32),
+    method(f"{kind}.wait", role=READ, run=RUN, timeout=Spec(NUM, 30.0))(wait)
+    method(f"{kind}.runs", role=READ, name=Str(None, max_len=64), status=Str(None, max_len=32),
            limit=Int(100, lo=1, hi=10_000))(runs)
-    method(f"{kind}.status", run=RUN)(status)
-    method(f"{kind}.history", run=RUN)(history)
+    method(f"{kind}.status", role=READ, run=RUN)(status)
+    method(f"{kind}.history", role=READ, run=RUN)(history)
     method(f"{kind}.resume", run=RUN)(resume)
 
 
@@ -186,7 +187,7 @@ async def workflow_add_step(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await _db(d, change)
 
 
-@method("workflow.list")
+@method("workflow.list", role=READ)
 async def workflow_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every workflow definition."""
     return await d.db.call(lambda s: orch_store.list_defs(s, "workflow"))
@@ -223,7 +224,7 @@ async def pool_submit(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.pools.submit(p["name"], p["input"])
 
 
-@method("pool.task", name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
+@method("pool.task", role=READ, name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
 async def pool_task(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """A queued task's state and output (waiting up to wait seconds for it)."""
     wait = defs.seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
@@ -236,13 +237,13 @@ async def pool_cancel(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.pools.cancel(p["name"], p["task"])
 
 
-@method("pool.run_status", run=Str(max_len=64))
+@method("pool.run_status", role=READ, run=Str(max_len=64))
 async def pool_run_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """A fan-out's record: status, value, failed and cancelled members, reason."""
     return await d.pools.run_status(p["run"])
 
 
-@method("pool.status", name=Str(None, max_len=64))
+@method("pool.status", role=READ, name=Str(None, max_len=64))
 async def pool_status(d: Services, p: dict[str, Any]) -> Any:
     """Members with their load, queue depth, counts and throughput (one pool or all)."""
     return await d.pools.status(p["name"])

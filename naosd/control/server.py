@@ -1,9 +1,14 @@
 """The asyncio Unix-socket server: frames in -> dispatch -> frames out.
 
-One ``Connection`` per client.  A client must be allowed by its peer
-credentials (``SO_PEERCRED``), must send its ``hello`` (one small frame)
-within the handshake timeout, and may then pipeline requests; each runs in
-its own task, so a slow request or a long stream never blocks the others.
+One ``Connection`` per client.  At accept, once, the client gets its role
+(operator or reader, see ``naosd.control.roles``) from the credentials the
+kernel captured at its ``connect()`` (``SO_PEERCRED``, ``SO_PEERGROUPS``),
+or is refused: a process of this naosd (an agent's handler), a uid with no
+role, or one connection too many (``naosd.control.admission``).  It must
+then send its ``hello`` (one small frame) within the handshake timeout, and
+may pipeline requests; each runs in its own task, so a slow request or a
+long stream never blocks the others.  A request for a method the role may
+not call gets ``permission_denied`` and the connection goes on.
 A request with bad contents (its id, method, params, timeout or any value
 JSON cannot hold) gets an error frame and the connection goes on; a frame
 that cannot be decoded gets an error frame and the connection is closed
@@ -17,15 +22,19 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from naosd import protocol
+from naosd.control.admission import Limits
+from naosd.control.peers import Peer, no_agent_handler, peer_credentials, process_refusal
+from naosd.control.roles import OPERATE, denial, may_call
 from naosd.errors import (
+    ConfigError,
     InvalidRequest,
     MethodNotFound,
     NaosError,
@@ -42,13 +51,7 @@ READ_CHUNK = 1 << 16
 LINGER_S = 2.0  # a refused client has this long to read why before the close
 LINGER_BYTES = 1 << 20  # ... and may send this much meanwhile (read and dropped)
 MAX_LINGERING = 64  # refused connections held at once; past this, closed at once
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
+MAX_PER_UID = 32  # daemon.max_connections_per_uid's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +82,23 @@ class Dispatcher:
     def lookup(self, method: str) -> tuple[Unary | None, Streaming | None]:
         raise NotImplementedError
 
+    def role_of(self, method: str) -> str | None:
+        """What ``method`` needs (``read`` or ``operate``); None: no such method."""
+        return OPERATE
 
-def peer_credentials(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
+
+class Refusals:
+    """Told of every refused connection and denied call (naosd audits them,
+    in aggregate: naosd.control.refusals); closed with the server."""
+
+    def refused(self, peer: Peer, reason: str) -> None:
+        log.warning("refused client pid %d uid %d: %s", peer.pid, peer.uid, reason)
+
+    def denied(self, peer: Peer, method: str, need: str, role: str) -> None:
+        log.warning("denied %s to uid %d (%s)", method, peer.uid, role)
+
+    async def close(self) -> None:
+        return None
 
 
 class ControlServer:
@@ -92,21 +107,30 @@ class ControlServer:
         path: Path,
         dispatcher: Dispatcher,
         *,
-        authorize: Callable[[Peer], str | None],
-        on_refused: Callable[[Peer, str], None],
+        authorize: Callable[[Peer], str],
         max_frame: int,
         max_connections: int,
         handshake_timeout: float,
         server_info: dict[str, Any],
+        refusals: Refusals | None = None,
+        max_connections_per_uid: int = MAX_PER_UID,
         socket_mode: int = 0o600,
         socket_gid: int | None = None,
+        is_agent_handler: Callable[[int], bool] = no_agent_handler,
     ) -> None:
+        """``authorize(peer)`` is the peer's role, or raises PermissionDenied
+        saying why not; ``is_agent_handler(pid)`` is true for the handler
+        processes of agents (refused even though they share naosd's uid)."""
         self.path = path
         self.dispatcher = dispatcher
         self._authorize = authorize
-        self._on_refused = on_refused
+        self.refusals = refusals or Refusals()
+        self._is_agent_handler = is_agent_handler
         self.max_frame = max_frame
         self.max_connections = max_connections
+        self.max_connections_per_uid = max_connections_per_uid
+        self.owner_uid = os.getuid()
+        self.held: Counter[int] = Counter()  # uid -> connections served (refused ones aside)
         self.handshake_timeout = handshake_timeout
         self.server_info = server_info
         self._socket_mode = socket_mode
@@ -128,8 +152,35 @@ class ControlServer:
         finally:
             os.umask(old)
         if self._socket_gid is not None:
-            os.chown(self.path, -1, self._socket_gid)
+            try:
+                os.chown(self.path, -1, self._socket_gid)
+            except PermissionError:
+                raise ConfigError(
+                    f"cannot give {self.path} to gid {self._socket_gid}: naosd's user "
+                    "must be a member of the group that may reach the socket") from None
         os.chmod(self.path, self._socket_mode)
+
+    def admit(self, conn: Connection, sock: socket.socket) -> str:
+        """The new connection's role; raises PermissionDenied saying why not."""
+        peer = conn.peer
+        reason = process_refusal(sock, peer, self._is_agent_handler)
+        if reason is not None:
+            raise PermissionDenied(reason)
+        role = self._authorize(peer)
+        limits = Limits(self.max_connections, self.max_connections_per_uid, self.owner_uid)
+        reason = limits.refusal(peer.uid, self.held)
+        if reason is not None:
+            raise PermissionDenied(reason)
+        self.held[peer.uid] += 1
+        conn.admitted = True
+        return role
+
+    def release(self, conn: Connection) -> None:
+        if conn.admitted:
+            conn.admitted = False
+            self.held[conn.peer.uid] -= 1
+            if self.held[conn.peer.uid] <= 0:
+                del self.held[conn.peer.uid]
 
     async def close(self, drain_timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to
@@ -151,6 +202,7 @@ class ControlServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        await self.refusals.close()
 
     async def _on_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -163,6 +215,7 @@ class ControlServer:
             pass  # shutting down: the connection is closed below
         finally:
             self.connections.discard(conn)
+            self.release(conn)
             await conn.close()
 
 
@@ -181,6 +234,8 @@ class Connection:
         self._in_flight: dict[int, InFlight] = {}
         self._finished = False  # the last frame (a refusal) is sent: nothing may follow
         self.peer = Peer(-1, -1, -1)
+        self.role = ""  # decided at accept (naosd.control.roles)
+        self.admitted = False  # holds one of its uid's slots
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -191,12 +246,11 @@ class Connection:
     async def serve(self) -> None:
         sock = self.writer.get_extra_info("socket")
         self.peer = peer_credentials(sock)
-        reason = self.server._authorize(self.peer)
-        if reason is None and len(self.server.connections) > self.server.max_connections:
-            reason = f"too many connections (limit {self.server.max_connections})"
-        if reason is not None:
-            self.server._on_refused(self.peer, reason)
-            await self._refuse(protocol.error(None, PermissionDenied.code, reason))
+        try:
+            self.role = self.server.admit(self, sock)
+        except PermissionDenied as exc:
+            self.server.refusals.refused(self.peer, exc.message)
+            await self._refuse(protocol.error(None, exc.code, exc.message))
             return
         try:
             if await self._handshake():
@@ -303,14 +357,21 @@ class Connection:
                     f"request {req_id}: id {req_id} is already in flight on this "
                     "connection (the first request goes on)")
             method, params, timeout = _check_request(req_id, message)
+            self._check_role(method)
             if len(self._in_flight) >= MAX_IN_FLIGHT:
                 raise InvalidRequest(f"request {req_id}: too many requests in flight "
                                      f"(limit {MAX_IN_FLIGHT}, streams included)")
-        except InvalidRequest as exc:
+        except (InvalidRequest, PermissionDenied) as exc:
             await self.send(protocol.error(req_id, exc.code, exc.message))
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         self._spawn(req_id, Call(method, params, self.peer, deadline))
+
+    def _check_role(self, method: str) -> None:
+        need = self.server.dispatcher.role_of(method)
+        if need is not None and not may_call(self.role, need):
+            self.server.refusals.denied(self.peer, method, need, self.role)
+            raise PermissionDenied(denial(method, need, self.role))
 
     def _spawn(self, req_id: int, call: Call) -> None:
         unary, streaming = self.server.dispatcher.lookup(call.method)

@@ -10,6 +10,7 @@ from actors.domain.trust import Rating, TrustPolicy, TrustRecord, TrustSource, m
 from naosd.broker.trust_gate import TrustGate, from_cache, policy_doc, policy_from
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
+from naosd.control.roles import READ
 from naosd.errors import AxisUnavailable, AxisUnknownAuid, InvalidRequest, NotFound
 from naosd.storage import trust as ts
 
@@ -47,7 +48,7 @@ async def axis_register(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return reg.to_dict()
 
 
-@method("axis.status", agent=AGENT)
+@method("axis.status", role=READ, agent=AGENT)
 async def axis_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """An agent's registration, scores in use, effective policy and a preview."""
     g = gate(d)
@@ -139,7 +140,7 @@ async def axis_policy_set(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await axis_policy_show(d, {"agent": p["agent"]})
 
 
-@method("axis.policy_show", agent=Str(None, max_len=64))
+@method("axis.policy_show", role=READ, agent=Str(None, max_len=64))
 async def axis_policy_show(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The global policy, an agent's override and the effective (stricter) one."""
     base = policy_from(await d.db.call(lambda s: ts.get_policy(s, ts.GLOBAL)))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from actors.wasm.limits import MAX_COMPILE_TIMEOUT_MS, MAX_MODULE_BYTES
 from naosd.control.api import method
 from naosd.control.params import Int, Spec, Str
+from naosd.control.roles import OPERATE
 from naosd.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def _module(p: dict[str, Any]) -> bytes:
 
 
 @method("wasm.run", module=Spec(bytes), input=Spec((bytes, str), b""),
-        grants=Spec(list, None), **LIMITS)
+        grants=Spec(list, None), **LIMITS, role=OPERATE)
 async def wasm_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Run a WASI command module in a sandbox worker; input on stdin."""
     stdin = p["input"].encode() if isinstance(p["input"], str) else bytes(p["input"])

@@ -65,7 +65,7 @@ class Conflict(NaosError):
 
 
 class PermissionDenied(NaosError, PermissionError):
-    """Peer credentials refused, or too many connections; the connection is closed."""
+    """Refused at accept (who, or too many; closed), or a method the role may not call."""
 
     code, exit_code = "permission_denied", 4
 

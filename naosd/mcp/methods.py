@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from naosd.control.api import METHODS, invoke, method
 from naosd.control.params import Spec, Str, check
+from naosd.control.roles import READ
 from naosd.mcp.gateway import Gateway, Settings
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def gateway_for(services: Services) -> Gateway:
 IDENTITY = Str(None, max_len=64, doc="act as this identity instead of mcp.identity")
 
 
-@method("mcp.tools")
+@method("mcp.tools", role=READ)
 async def mcp_tools(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The tools MCP clients see (one per agent, saga, workflow and skill) and the
     identity they act as."""
@@ -63,13 +64,13 @@ async def mcp_call(d: Services, p: dict[str, Any]) -> dict[str, Any]:
                                      transport="stdio")
 
 
-@method("mcp.resources")
+@method("mcp.resources", role=READ)
 async def mcp_resources(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The resources MCP clients can read."""
     return {"resources": Gateway.resources()}
 
 
-@method("mcp.read", uri=Str(max_len=200))
+@method("mcp.read", role=READ, uri=Str(max_len=200))
 async def mcp_read(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """A resource's contents (naos://status, naos://audit/recent)."""
     return await gateway_for(d).read(p["uri"])

@@ -1,5 +1,6 @@
-"""Process lifecycle helpers: private directories, the single-instance lock,
-stale-socket detection and ``sd_notify`` (written by hand, no package)."""
+"""Process lifecycle helpers: private directories (and the socket's), the
+single-instance lock, stale-socket detection and ``sd_notify`` (written by
+hand, no package)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import socket
 import stat
 from pathlib import Path
@@ -14,22 +16,72 @@ from pathlib import Path
 from naosd.errors import AlreadyRunning, ConfigError
 
 
-def ensure_private_dir(path: Path, mode: int) -> None:
-    """Create ``path`` (and parents) and make sure it has exactly ``mode``.
+def ensure_private_dir(path: Path, mode: int, gid: int | None = None) -> None:
+    """Create ``path`` (and parents) and make sure it has exactly ``mode``
+    (and group ``gid`` when given).
 
     Raises ConfigError if it exists but is not a directory or is owned by
-    another user (someone could swap our socket or database)."""
+    another user, even when naosd runs as root: its owner could swap our
+    socket or database."""
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{path}: exists and is not a directory")
-    if st.st_uid != os.getuid() and os.getuid() != 0:
-        raise ConfigError(
-            f"{path}: owned by uid {st.st_uid}, not by us ({os.getuid()}); "
-            "refusing to use it"
-        )
+    if st.st_uid != os.getuid():
+        raise ConfigError(_not_ours(path, st.st_uid))
     if stat.S_IMODE(st.st_mode) != mode:
         os.chmod(path, mode)
+    if gid is not None and st.st_gid != gid:
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            raise ConfigError(f"cannot give {path} to gid {gid}: naosd's user must be a "
+                              "member of the group that may reach the socket") from None
+
+
+def check_runtime_dir(path: Path, *, managed: bool) -> None:
+    """Refuse a socket directory that someone else could swap the socket in.
+
+    The directory must be a directory (not a symlink) owned by naosd's uid,
+    root included; one naosd does not manage (``daemon.socket`` names it) must
+    not be writable by its group or everyone.  Its parent must not be
+    writable by everyone unless sticky, nor owned by another user than us
+    or root.  Raises ConfigError with one line: the path, the owner, what to do."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path}: exists and is not a directory; refusing to put the "
+                          "socket there (point daemon.socket at a directory of naosd's user)")
+    if st.st_uid != os.getuid():
+        raise ConfigError(_not_ours(path, st.st_uid))
+    if not managed and stat.S_IMODE(st.st_mode) & 0o022:
+        raise ConfigError(f"{path}: writable by {_writers(st.st_mode)} (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}), who could replace the socket; "
+                          f"run chmod go-w {path} or point daemon.socket at a private directory")
+    parent = path.parent.stat()
+    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        raise ConfigError(f"{path.parent}: writable by everyone and not sticky, so anyone "
+                          f"could replace {path}; put the socket in a private directory")
+    if parent.st_uid not in (os.getuid(), 0):
+        raise ConfigError(f"{path.parent}: owned by {_who(parent.st_uid)}, who could replace "
+                          f"{path}; put the socket under a directory of naosd's user or root")
+
+
+def _not_ours(path: Path, owner: int) -> str:
+    return (f"{path}: owned by {_who(owner)}, not by naosd's {_who(os.getuid())}: its owner "
+            "could replace the socket or files in it; remove it (after checking what it "
+            "holds) or point naosd at another directory")
+
+
+def _who(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _writers(mode: int) -> str:
+    return "its group and everyone" if mode & 0o022 == 0o022 else (
+        "everyone" if mode & 0o002 else "its group")
 
 
 class InstanceLock:
