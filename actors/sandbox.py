@@ -36,7 +36,7 @@ from actors.messages import (
     RunWasm,
     ValidateWasm,
 )
-from actors.wasm.limits import job_budget_s
+from actors.wasm.limits import job_budget_s, limits_from
 from naosd.errors import NaosError, SandboxCrashed, Unavailable, WasmCompileTimeout
 
 
@@ -66,19 +66,6 @@ class StoreHost:
 
 
 LEVELS = {0: "debug", 1: "info", 2: "warning", 3: "error"}
-
-
-def limits_from(spec: dict[str, Any]) -> Any:
-    """``actors.wasm.Limits`` from a dict; InvalidRequest names a bad field."""
-    from actors.wasm.limits import Limits
-    from naosd.errors import ConfigError, InvalidRequest
-
-    try:
-        return Limits(**spec)
-    except TypeError as exc:
-        raise InvalidRequest(f"unknown WASM limit: {exc}") from None
-    except ConfigError as exc:
-        raise InvalidRequest(f"bad WASM limit: {exc.message}") from None
 
 
 def run_module(engine: Any, module: bytes, stdin: bytes, limits: dict[str, Any],

@@ -38,6 +38,7 @@ from typing import Any
 
 from naos.context import AsyncContext, Context, RunScope, State, wait_for_loop
 from naos.peer import Incoming, Method, Peer
+from naos.wasm_agent import GuestFailed
 
 EXIT_CRASHED = 70  # the handler raised: naosd was told why on the channel
 EXIT_LOAD_FAILED = 71
@@ -87,14 +88,23 @@ class Host:
             self._slots = asyncio.Semaphore(concurrency)
             self._threads = ThreadPoolExecutor(max_workers=concurrency,
                                                thread_name_prefix="naos-handler")
-            module = load(spec)
-            self._handle, self._is_async = self._pick(module)
+            if spec["kind"] == "wasm":
+                self._handle, self._is_async = self._wasm(spec), False
+            else:
+                self._handle, self._is_async = self._pick(load(spec))
         except BaseException as exc:  # noqa: BLE001 - any failure to load is reported
             reason = _describe(exc)
             with contextlib.suppress(Exception):
                 await self.peer.call("agent.loaded", {"ok": False, "error": reason})
             raise SystemExit(EXIT_LOAD_FAILED) from None
         await self.peer.call("agent.loaded", {"ok": True, "pid": os.getpid()})
+
+    def _wasm(self, spec: dict[str, Any]) -> Callable[..., Any]:
+        from naos.wasm_agent import WasmAgent, submitter
+
+        agent = WasmAgent(str(spec["source"]), self.config,
+                          submitter(asyncio.get_running_loop()), self.peer.call)
+        return agent.handle
 
     def _pick(self, module: ModuleType) -> tuple[Callable[..., Any], bool]:
         cls = getattr(module, "Agent", None)
@@ -132,6 +142,10 @@ class Host:
                 json.dumps(output)
             except asyncio.CancelledError:
                 raise
+            except GuestFailed as failed:  # a WASM guest's error: not a crash
+                scope.log((failed.error.message,), "error")
+                return {"error": {"code": failed.error.code, "message": failed.error.message},
+                        "logs": scope.lines, "output": None, "ms": 0.0}
             except BaseException as exc:  # noqa: BLE001 - let it crash, but say why
                 return self._crash(exc, scope)
         ms = (time.perf_counter() - started) * 1e3

@@ -23,7 +23,7 @@ import pytest
 from naosd.agents.api import AgentApi, Caller
 from naosd.agents.channels import AgentChannels, Channel
 from naosd.agents.runs import AgentRuns
-from naosd.errors import AgentCrashed, PermissionDenied, RequestTimeout
+from naosd.errors import AgentCrashed, NaosError, NotFound, PermissionDenied, RequestTimeout
 from naosd.runtime.agent_link import channel_key, open_channel
 from naosd.storage import agent_runs
 from naosd.storage.db import AsyncStore
@@ -44,6 +44,18 @@ class States:
 
     async def values(self, agent: str) -> dict[str, Any]:
         return await self.load_state(agent)
+
+    async def kv_get(self, agent: str, key: str) -> bytes | None:
+        def get(store: Any) -> bytes | None:
+            try:
+                return bytes(store.kv_get(agent, key))
+            except NotFound:
+                return None
+
+        return await self.db.call(get)
+
+    async def kv_set(self, agent: str, key: str, value: bytes) -> None:
+        await self.db.call(lambda s: s.kv_set(agent, key, value))
 
 
 async def never_activate(agent: str, deadline: float) -> None:
@@ -374,3 +386,44 @@ async def test_a_confined_handler_serves_and_cannot_reach_around_its_channel(wor
     assert out["env"] == [] or set(out["env"]) <= {"LC_CTYPE"}
     assert len(out["fds"]) <= 8  # 0-2, the channel, the event loop's own
     assert handler.confined
+
+
+# -- WASM agents in the host: the guest's host calls go over the channel --------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "wasm"
+
+
+async def spawn_wasm(world: World, name: str, module: str, config: dict[str, Any]) -> None:
+    world.concurrency[name] = 1
+    world.definitions.specs[name] = {"kind": "wasm", "source": str(EXAMPLES / module),
+                                     "config": config, "max_concurrency": 1}
+    sock = await asyncio.to_thread(open_channel, world.channels.path, name, world.key)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-m", "naos.host", "--fd", str(sock.fileno()),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env={}, pass_fds=(sock.fileno(),))
+    finally:
+        sock.close()
+    world.procs.append(proc)
+
+
+async def test_a_wasm_agent_keeps_its_kv_through_the_channel(world: World) -> None:
+    await spawn_wasm(world, "counter", "kv-counter.wasm",
+                     {"grants": ["log", "kv_get", "kv_set"]})
+    await world.ready("counter")
+    assert [await world.run("counter", {}) for _ in range(3)] == [1, 2, 3]
+    rows = await world.db.call(lambda s: s.query("SELECT key FROM kv WHERE agent = 'counter'"))
+    assert rows  # the guest's key is in naosd's store, written over the channel
+    logs = await world.db.call(lambda s: s.query("SELECT text FROM agent_logs"))
+    assert any("counter=3" in row[0] for row in logs)
+
+
+async def test_a_wasm_guest_that_fails_is_an_error_not_a_crash(world: World) -> None:
+    await spawn_wasm(world, "summer", "sum.wasm", {})
+    await world.ready("summer")
+    ok = await world.run("summer", {"records": [{"id": "a", "amount_cents": 5}]})
+    assert ok == {"total_cents": 5, "count": 1}
+    with pytest.raises(NaosError):
+        await world.run("summer", "not records")
+    assert world.channels.get("summer") is not None  # still serving

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from naosd.errors import ConfigError
+from naosd.errors import ConfigError, InvalidRequest
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -111,3 +111,13 @@ def job_budget_s(spec: Mapping[str, Any], *, run: bool) -> float:
     except (TypeError, ConfigError):
         limits = Limits()
     return (limits.compile_timeout_ms + (limits.timeout_ms if run else 0)) / 1000
+
+
+def limits_from(spec: dict[str, Any]) -> Limits:
+    """``Limits`` from a dict; InvalidRequest names a bad field."""
+    try:
+        return Limits(**spec)
+    except TypeError as exc:
+        raise InvalidRequest(f"unknown WASM limit: {exc}") from None
+    except ConfigError as exc:
+        raise InvalidRequest(f"bad WASM limit: {exc.message}") from None

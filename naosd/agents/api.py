@@ -15,6 +15,7 @@ The services it calls are passed in narrow, typed (:class:`Runner`,
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -56,6 +57,10 @@ class Runner(Protocol):
 
 class StateStore(Protocol):
     async def load_state(self, agent: str) -> dict[str, Any]: ...
+
+    async def kv_get(self, agent: str, key: str) -> bytes | None: ...
+
+    async def kv_set(self, agent: str, key: str, value: bytes) -> None: ...
 
 
 class Definitions(Protocol):
@@ -128,6 +133,8 @@ class AgentApi:
             "budget.get": bind(self._budget),
             "tools.call": bind(self._tool_call),
             "tools.list": bind(self._tool_list),
+            "kv.get": bind(self._kv_get),
+            "kv.set": bind(self._kv_set),
         }
 
     # -- the caller -------------------------------------------------------------
@@ -156,6 +163,24 @@ class AgentApi:
             self._channels.mark_ready(channel, pid)
         else:
             channel.load_error = str(call.params.get("error") or "unknown load error")[:2000]
+        return {}
+
+    # -- a WASM agent's raw key/value store (naos.kv_get / naos.kv_set) ----------
+    async def _kv_get(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        value = await self._states.kv_get(channel.agent, _kv_key(call.params))
+        return {"value": None if value is None else base64.b64encode(value).decode()}
+
+    async def _kv_set(self, channel: Channel, call: Incoming) -> dict[str, Any]:
+        raw = call.params.get("value")
+        if not isinstance(raw, str):
+            raise InvalidRequest("value: base64 text is required")
+        try:
+            value = base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise InvalidRequest("value: not base64") from None
+        if len(value) > KV_VALUE_LIMIT:
+            raise InvalidRequest(f"value: {len(value)} bytes (limit {KV_VALUE_LIMIT})")
+        await self._states.kv_set(channel.agent, _kv_key(call.params), value)
         return {}
 
     # -- other agents -----------------------------------------------------------
@@ -269,6 +294,17 @@ def _check_chain(caller: Caller, target: str) -> None:
                           f"{' -> '.join((*caller.chain, target))}")
     if caller.remaining() <= 0:
         raise RequestTimeout(f"no time left to call {target!r}")
+
+
+KV_KEY_LIMIT = 1024
+KV_VALUE_LIMIT = 1 << 20
+
+
+def _kv_key(params: dict[str, Any]) -> str:
+    key = params.get("key")
+    if not isinstance(key, str) or not key or len(key.encode()) > KV_KEY_LIMIT:
+        raise InvalidRequest(f"key: a string of 1 to {KV_KEY_LIMIT} bytes is required")
+    return key
 
 
 def _no(what: str) -> NaosError:

@@ -43,6 +43,7 @@ from naosd.errors import (
     PermissionDenied,
     ProtocolError,
     RequestTimeout,
+    from_wire,
 )
 from naosd.errors.agents import Cancelled, ChannelClosed
 from naosd.runtime.agent_link import channel_token
@@ -77,6 +78,7 @@ class RunOutcome:
     state: dict[str, Any] | None
     crashed: str | None
     stop: bool
+    error: NaosError | None = None  # the handler answered with an error (a WASM guest's)
 
 
 class Channel:
@@ -136,9 +138,12 @@ class Channel:
         crashed = result.get("crashed")
         if crashed:
             self.crash_reason = str(crashed)
+        error = result.get("error")
         return RunOutcome(result.get("output"), float(result.get("ms") or 0.0),
                           list(result.get("logs") or []), result.get("state"),
-                          str(crashed) if crashed else None, bool(result.get("stop")))
+                          str(crashed) if crashed else None, bool(result.get("stop")),
+                          from_wire(str(error.get("code")), str(error.get("message")))
+                          if isinstance(error, dict) else None)
 
     def run_info(self, run_id: Any) -> RunInfo | None:
         """The run a call was made for (only runs of this channel)."""

@@ -71,6 +71,8 @@ class AgentRuns:
                 chain=caller.chain, trace=dict(caller.trace))
             if run.outcome.crashed:
                 run.error = AgentCrashed(f"agent {name!r} crashed: {run.outcome.crashed}")
+            elif run.outcome.error is not None:
+                run.error = run.outcome.error
             else:
                 run.sets, run.deletes = check_change(run.outcome.state)
         except NaosError as exc:
