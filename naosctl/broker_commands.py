@@ -69,7 +69,7 @@ def broker_route(c: Ctx, task: str, explain: bool, as_json: bool) -> None:
 @handle_errors()
 def broker_execute(c: Ctx, task: str, agent: str | None, as_json: bool) -> None:
     """Route TASK (- reads stdin) and run it: trust, reserve, execute, settle, audit."""
-    params: dict[str, Any] = {"task": _task(task)}
+    params: dict[str, Any] = {"task": _task(task), "timeout": c.timeout}  # our deadline
     if agent:
         params["agent"] = agent
     result = c.client.call("broker.execute", **params)

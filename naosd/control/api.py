@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from naosd import deadline
 from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
 from naosd.errors import InvalidRequest, RequestTimeout
@@ -33,17 +34,21 @@ class Method:
     params: Mapping[str, Spec] = field(default_factory=dict)
     stream: bool = False
     doc: str = ""
+    deadline: str | None = None  # the parameter holding the caller's own timeout (s)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def method(
-    method_name: str, /, *, stream: bool = False, **params: Spec
+    method_name: str, /, *, stream: bool = False, deadline: str | None = None, **params: Spec
 ) -> Callable[[Handler], Handler]:
+    """Register a handler.  ``deadline`` names a parameter in which the client
+    sends how long it waits (seconds): given, it replaces ``daemon.request_timeout``
+    for that request, so a caller that waits longer is not cut at the default."""
     def register(fn: Handler) -> Handler:
         METHODS[method_name] = Method(method_name, fn, params, stream,
-                                      (fn.__doc__ or "").strip())
+                                      (fn.__doc__ or "").strip(), deadline)
         return fn
 
     return register
@@ -74,12 +79,13 @@ class Api(Dispatcher):
     def _unary(self, entry: Method) -> Unary:
         async def run(call: Call) -> Any:
             params = check(entry.name, entry.params, call.params)
-            timeout = self._daemon.config.request_timeout
+            timeout = _timeout(entry, params, self._daemon.config.request_timeout)
             result: Awaitable[Any] = entry.handler(self._daemon, params)
             scope = asyncio.timeout(timeout)
             try:
-                async with scope:
-                    return await result
+                with deadline.scope(timeout):
+                    async with scope:
+                        return await result
             except TimeoutError:
                 if not scope.expired():
                     raise  # the handler's own timeout error, with its own message
@@ -96,6 +102,20 @@ class Api(Dispatcher):
                 yield item
 
         return run
+
+
+MAX_DEADLINE_S = 86400.0
+
+
+def _timeout(entry: Method, params: dict[str, Any], default: float) -> float:
+    """The request's timeout: the client's own if the method takes one, else ``default``."""
+    given = params.get(entry.deadline) if entry.deadline is not None else None
+    if given is None:
+        return default
+    if not 0 < given <= MAX_DEADLINE_S:
+        raise InvalidRequest(f"{entry.name}: parameter {entry.deadline!r} must be more than 0 "
+                             f"and at most {MAX_DEADLINE_S:g} seconds, got {given!r}")
+    return float(given)
 
 
 # ---------------------------------------------------------------------------

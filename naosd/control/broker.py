@@ -47,7 +47,8 @@ async def broker_route(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
                                                           "message": exc.message}}
 
 
-@method("broker.execute", task=TASK, agent=AGENT)
+@method("broker.execute", deadline="timeout", task=TASK, agent=AGENT,
+        timeout=Spec((int, float), None))
 async def broker_execute(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Route and run a task: trust check, reserve, execute, settle, audit."""
     return await d.broker.execute(p["task"], _agent(p))
