@@ -23,7 +23,8 @@ def llm() -> None:
 @handle_errors()
 def llm_ask(c: Ctx, prompt: str, max_tokens: int | None, as_json: bool) -> None:
     """Send PROMPT to the LLM; print the answer, tokens and cost."""
-    result = c.client.call("llm.complete", prompt=prompt, max_tokens=max_tokens)
+    result = c.client.call("llm.complete", prompt=prompt, max_tokens=max_tokens,
+                           timeout=c.timeout)  # naosd waits for the local LLM as long as we do
     click.echo(render.to_json(result) if as_json else show.llm_result(result))
 
 
@@ -34,4 +35,14 @@ def llm_ask(c: Ctx, prompt: str, max_tokens: int | None, as_json: bool) -> None:
 def llm_status(c: Ctx, as_json: bool) -> None:
     """Which LLM naosd uses and whether the local server runs."""
     result = c.client.call("llm.status")
+    click.echo(render.to_json(result) if as_json else show.llm_status(result))
+
+
+@llm.command("restart")
+@json_option
+@pass_ctx
+@handle_errors()
+def llm_restart(c: Ctx, as_json: bool) -> None:
+    """Restart the local LLM server: forget its crashes, start it again."""
+    result = c.client.call("llm.restart")
     click.echo(render.to_json(result) if as_json else show.llm_status(result))
