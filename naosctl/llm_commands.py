@@ -33,9 +33,8 @@ def llm_ask(c: Ctx, prompt: str, max_tokens: int | None, as_json: bool) -> None:
 @pass_ctx
 @handle_errors()
 def llm_status(c: Ctx, as_json: bool) -> None:
-    """Which LLM naosd uses and whether the local server runs."""
-    result = c.client.call("llm.status")
-    click.echo(render.to_json(result) if as_json else show.llm_status(result))
+    """Which LLM naosd uses and the local server's state (crashes, log)."""
+    _status(c, "llm.status", as_json)
 
 
 @llm.command("restart")
@@ -44,5 +43,9 @@ def llm_status(c: Ctx, as_json: bool) -> None:
 @handle_errors()
 def llm_restart(c: Ctx, as_json: bool) -> None:
     """Restart the local LLM server: forget its crashes, start it again."""
-    result = c.client.call("llm.restart")
+    _status(c, "llm.restart", as_json)
+
+
+def _status(c: Ctx, method: str, as_json: bool) -> None:
+    result = c.client.call(method)
     click.echo(render.to_json(result) if as_json else show.llm_status(result))

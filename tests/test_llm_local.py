@@ -1,12 +1,15 @@
-"""The embedded local LLM's life through the real daemon and the real naosctl,
-with a stand-in server process (tests/local_llm_stand_in.py, set as
-``llm.local_command``): slow starts waited for within each caller's own
-deadline, crashes named as crashes, backoff, giving up, ``llm restart``."""
+"""The embedded local LLM's life with a stand-in server process
+(tests/local_llm_stand_in.py, set as ``llm.local_command``): through the real
+daemon and the real naosctl, slow starts waited for within each caller's own
+deadline, crashes named as crashes, backoff, giving up, ``llm restart``; and
+``LocalLlm`` itself for a restart or a stop while callers wait."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +17,11 @@ import pytest
 from harness import Naosd, clean_env, reap, start_naosd
 
 from naosctl.client import Client
+from naosd.broker.llm.errors import LlmUnavailable
+from naosd.broker.llm.health import Phase
+from naosd.broker.llm.local import LocalLlm
 from naosd.errors import InvalidRequest
+from naosd.runtime.procs import process_alive
 
 pytestmark = pytest.mark.e2e
 STAND_IN = Path(__file__).with_name("local_llm_stand_in.py")
@@ -68,7 +75,7 @@ def test_first_calls_share_one_slow_start_within_their_own_deadlines(base, folde
             patient = [pool.submit(ask, d) for _ in range(2)]
             broker = pool.submit(d.ctl, "--timeout", "60", "broker", "execute",
                                  "write a haiku about rust", "--json", timeout=90)
-            hasty = ask(d, timeout=3)  # gives up, with the reason, while the gate holds
+            hasty = ask(d, timeout=10)  # gives up, with the reason, while the gate holds
             waiting = status(d)
             (folder / "gate").unlink()
             served = [f.result() for f in patient]
@@ -145,8 +152,7 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(base, folder):
         finish(d)
     assert code == 1 and "the local LLM died while starting (exit code 3)" in err, err
     assert "cannot load the model (told to fail)" in err
-    assert (after["state"], after["last_exit"], after["retry_in_s"] > 0) \
-        == ("backoff", "exit code 3", True)
+    assert (after["state"], after["last_exit"], after["crashes"]) == ("backoff", "exit code 3", 1)
     assert remote.returncode == 0  # restart of a local LLM in backoff: allowed
 
 
@@ -159,3 +165,45 @@ def test_restart_is_refused_for_a_remote_llm(base):
     finally:
         finish(d)
     assert out.returncode == 1 and "remote" in out.stderr, out.stderr
+
+
+# -- LocalLlm in this process, with the same stand-in -------------------------------------
+
+
+def local_llm(folder: Path, base: Path) -> LocalLlm:
+    return LocalLlm(folder / "model.gguf", base / "local-llm.log",
+                    command=(sys.executable, str(STAND_IN)))
+
+
+async def wait_for_start(folder: Path, count: int) -> None:
+    while len(starts(folder)) < count:  # noqa: ASYNC110 - another process writes the file
+        await asyncio.sleep(0.05)
+
+
+async def test_a_restart_while_callers_wait_serves_them_from_the_new_start(base, folder):
+    (folder / "gate").touch()
+    llm = local_llm(folder, base)
+    try:
+        waiting = asyncio.create_task(llm.ensure(time.monotonic() + 60))
+        await wait_for_start(folder, 1)
+        await llm.restart()  # cancels the first start; the caller must not see that
+        await wait_for_start(folder, 2)
+        (folder / "gate").unlink()
+        server = await waiting
+        assert llm.health.phase is Phase.READY and llm.health.starts == 2
+        assert server is llm.server and llm.running
+    finally:
+        await llm.aclose()
+    assert not process_alive(server.pid) and llm.health.crashes_total == 0
+
+
+async def test_callers_still_waiting_when_naosd_stops_are_refused(base, folder):
+    (folder / "gate").touch()
+    llm = local_llm(folder, base)
+    waiting = asyncio.create_task(llm.ensure(time.monotonic() + 60))
+    await wait_for_start(folder, 1)
+    pid = int((folder / "starts").read_text().split()[1])
+    await llm.aclose()
+    with pytest.raises(LlmUnavailable, match="naosd is stopping"):
+        await waiting
+    assert not process_alive(pid) and len(starts(folder)) == 1

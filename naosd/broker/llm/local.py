@@ -32,7 +32,7 @@ from typing import Any, Final
 import aiohttp
 
 from naosd.broker.llm import health as hl
-from naosd.broker.llm.errors import LlmCrashed, LlmStarting
+from naosd.broker.llm.errors import LlmCrashed, LlmStarting, LlmUnavailable
 from naosd.broker.llm.health import CrashPolicy, Phase
 from naosd.runtime.procs import PR_SET_PDEATHSIG, prctl
 
@@ -119,6 +119,7 @@ class LocalLlm:
         self.server: Server | None = None
         self._starting: asyncio.Task[Server] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @property
     def running(self) -> bool:
@@ -135,6 +136,8 @@ class LocalLlm:
                 too often and stays down until :meth:`restart`.
         """
         while True:
+            if self._closed:
+                raise LlmUnavailable("the local LLM is stopped: naosd is stopping")
             phase = self.health.phase
             if phase is Phase.READY and self.server is not None:
                 return self.server
@@ -160,6 +163,11 @@ class LocalLlm:
         self.health = hl.reset(self.health, self._clock())
         log.info("local LLM restart requested: crash history cleared")
         self._start_task()
+
+    async def aclose(self) -> None:
+        """Stop for good (naosd stops): callers still waiting are refused."""
+        self._closed = True
+        await self.stop()
 
     async def stop(self) -> None:
         """Cancel a start in progress; SIGTERM the server, SIGKILL after STOP_TIMEOUT_S."""
@@ -197,6 +205,11 @@ class LocalLlm:
             so_far = self._clock() - self.health.since
             raise LlmStarting(f"the local LLM is still starting ({so_far:.0f} s so far; "
                               f"see {self.log_path})") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # this caller was cancelled, not (only) the start
+            # stop() or restart() cancelled the start: the caller looks again
 
     def _start_task(self) -> asyncio.Task[Server]:
         if self._starting is None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("naosd.llm")
 WAIT_OUTSIDE_REQUESTS_S: Final = 300.0  # in-process callers with no request deadline
-CRASH_GRACE_S: Final = 2.0  # a connection cut by a crash can come before its exit is seen
+CRASH_GRACE_S: Final = 5.0  # a connection cut by a crash can come before its exit is seen
 
 
 def reply_margin(seconds_left: float) -> float:
@@ -180,4 +180,4 @@ class LlmService:
         if self._client is not None:
             await self._client.aclose()
         if self.local is not None:
-            await self.local.stop()
+            await self.local.aclose()
