@@ -6,7 +6,8 @@ its API.  Stdlib only; steered by files in the directory of ``--model``:
 - ``gate``: while it exists, ``GET /v1/models`` is not answered (a slow start);
 - ``fail``: exit with code 3 at once, after a line on stderr (a broken install);
 - ``crash``: a completion sends its headers and half a body, then the process
-  kills itself with SIGSEGV (llama.cpp's AMX path did that, mid-response).
+  kills itself with SIGSEGV (llama.cpp's AMX path did that, mid-response);
+- ``slow``: a completion takes 2 s (a busy machine).
 
 Otherwise a completion answers ``"stand-in says hi"`` with usage 11 + 5 tokens.
 """
@@ -43,6 +44,8 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if (self.folder / "crash").exists():
             self._die_mid_response()
+        if (self.folder / "slow").exists():
+            time.sleep(2.0)
         self._json({"id": "c1", "object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant",

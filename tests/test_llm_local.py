@@ -66,10 +66,12 @@ def ask(d: Naosd, *, timeout: float = 60) -> tuple[int, str, str]:
 
 
 def test_first_calls_share_one_slow_start_within_their_own_deadlines(base, folder):
-    """daemon.request_timeout is 2 s; the callers wait up to 60 s, and the start
-    takes longer than 2 s: they are served, by one start."""
+    """daemon.request_timeout is 2 s and llm.timeout 1 s; the callers wait up to
+    60 s, the start takes longer than 2 s and each completion 2 s: they are
+    served, by one start."""
     (folder / "gate").touch()
-    d = start(base, folder, NAOS_REQUEST_TIMEOUT="2")
+    (folder / "slow").touch()
+    d = start(base, folder, NAOS_REQUEST_TIMEOUT="2", NAOS_LLM_TIMEOUT="1")
     try:
         with ThreadPoolExecutor(4) as pool:
             patient = [pool.submit(ask, d) for _ in range(2)]

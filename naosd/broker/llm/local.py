@@ -237,8 +237,10 @@ class LocalLlm:
         except BaseException:
             await self._stop_server(server)  # cancelled (naosd stops); a dead one is left
             raise
+        started = self.health.since
         self.health = hl.ready(self.health, self._clock())
-        log.info("local LLM ready: pid %d, %s", server.pid, server.base_url)
+        log.info("local LLM ready after %.1f s: pid %d, %s", self.health.since - started,
+                 server.pid, server.base_url)
         return server
 
     def _argv(self, port: int) -> list[str]:

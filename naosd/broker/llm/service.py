@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("naosd.llm")
 WAIT_OUTSIDE_REQUESTS_S: Final = 300.0  # in-process callers with no request deadline
+LOCAL_TIMEOUT_S: Final = 86400.0  # the caller's deadline is always shorter
 CRASH_GRACE_S: Final = 5.0  # a connection cut by a crash can come before its exit is seen
 
 
@@ -96,9 +97,12 @@ class LlmService:
     def _local_config(self, url: str) -> LlmConfig:
         # Not streamed: llama-cpp-python's server ignores stream_options, so only a
         # whole answer carries the usage the call is charged on.  No retries: the
-        # server is ours, and a request that crashed it would crash it again.
+        # server is ours, and a request that crashed it would crash it again.  Only
+        # the caller's deadline bounds it, not llm.timeout: on a busy machine a
+        # completion can take minutes, naosd sees the server die, and the caller
+        # said how long it waits.
         s = self._settings
-        return LlmConfig(url, MODEL_ALIAS, timeout_s=s.llm_timeout, max_retries=0,
+        return LlmConfig(url, MODEL_ALIAS, timeout_s=LOCAL_TIMEOUT_S, max_retries=0,
                          backoff=s.llm_backoff, price_input_per_1k=s.llm_price_input_per_1k,
                          price_output_per_1k=s.llm_price_output_per_1k, stream=False, local=True)
 
