@@ -12,6 +12,7 @@ from naosd.errors import NaosError, _all_subclasses, from_wire
 CODES = {le.LlmUnavailable: "llm_unavailable", le.LlmRateLimited: "llm_rate_limited",
          le.LlmQuotaExceeded: "llm_quota_exceeded", le.LlmBadResponse: "llm_bad_response",
          le.LlmTimeout: "llm_timeout", le.NoLlm: "llm_not_configured",
+         le.LlmStarting: "llm_starting", le.LlmCrashed: "llm_crashed",
          le.AxisUnavailable: "axis_unavailable",
          naosd.broker.axis.AxisUnknownAuid: "axis_unknown_auid", trust.TrustDenied: "trust_denied"}
 
