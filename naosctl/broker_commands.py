@@ -71,7 +71,7 @@ def broker_route(c: Ctx, task: str, explain: bool, as_json: bool) -> None:
 def broker_execute(c: Ctx, task: str, agent: str | None, route: str | None,
                    as_json: bool) -> None:
     """Route TASK (- reads stdin) and run it: trust, reserve, execute, settle, audit."""
-    params: dict[str, Any] = {"task": _task(task)}
+    params: dict[str, Any] = {"task": _task(task), "timeout": c.timeout}  # our deadline
     if agent:
         params["agent"] = agent
     if route:

@@ -22,7 +22,8 @@ def llm() -> None:
 @handle_errors()
 def llm_ask(c: Ctx, prompt: str, max_tokens: int | None, as_json: bool) -> None:
     """Send PROMPT to the LLM; print the answer, tokens and cost."""
-    result = c.client.call("llm.complete", prompt=prompt, max_tokens=max_tokens)
+    result = c.client.call("llm.complete", prompt=prompt, max_tokens=max_tokens,
+                           timeout=c.timeout)  # naosd waits for the local LLM as long as we do
     click.echo(render.to_json(result) if as_json else show.llm_result(result))
 
 
@@ -31,6 +32,19 @@ def llm_ask(c: Ctx, prompt: str, max_tokens: int | None, as_json: bool) -> None:
 @pass_ctx
 @handle_errors()
 def llm_status(c: Ctx, as_json: bool) -> None:
-    """Which LLM naosd uses and whether the local server runs."""
-    result = c.client.call("llm.status")
+    """Which LLM naosd uses and the local server's state (crashes, log)."""
+    _status(c, "llm.status", as_json)
+
+
+@llm.command("restart")
+@json_option
+@pass_ctx
+@handle_errors()
+def llm_restart(c: Ctx, as_json: bool) -> None:
+    """Restart the local LLM server: forget its crashes, start it again."""
+    _status(c, "llm.restart", as_json)
+
+
+def _status(c: Ctx, method: str, as_json: bool) -> None:
+    result = c.client.call(method)
     click.echo(render.to_json(result) if as_json else show.llm_status(result))

@@ -85,6 +85,21 @@ def llm_status(s: dict[str, Any]) -> str:
                 f"key {'set' if s['api_key_set'] else 'not set'}; timeout {s['timeout_s']}s, "
                 f"{s['max_retries']} retries; price {s['price_input_per_1k_micro']}/"
                 f"{s['price_output_per_1k_micro']} micro-$ per 1K in/out tokens")
-    state = f"running (pid {s['pid']}, {s['base_url']})" if s["running"] else "not running"
-    return (f"local LLM {s['model']}: {state}; starts on first use; "
-            f"started {s['starts']} time(s); log {s['log']}")
+    crashes = f"; {s['crashes']} crash(es) within {s['window_s']:g} s" if s["crashes"] else ""
+    return (f"local LLM {s['model']}: {_local_state(s)}; started {s['starts']} time(s)"
+            f"{crashes}; log {s['log']}")
+
+
+def _local_state(s: dict[str, Any]) -> str:
+    match s["state"]:
+        case "ready":
+            return f"ready (pid {s['pid']}, {s['base_url']})"
+        case "starting":
+            return f"starting (pid {s['pid']}, {s['in_state_s']:g} s so far)"
+        case "backoff":
+            return (f"exited ({s['last_exit']}); starts again on the next call, not before "
+                    f"{s['retry_in_s']:g} s")
+        case "crashed":
+            return (f"crashed ({s['last_exit']}); not restarted until `naosctl llm restart`")
+        case _:
+            return "not running; starts on first use"

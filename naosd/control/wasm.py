@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from actors.wasm.limits import MAX_COMPILE_TIMEOUT_MS, MAX_MODULE_BYTES
 from naosd.control.api import method
@@ -14,9 +14,16 @@ if TYPE_CHECKING:
     from naosd.services import Services
 
 MIB = 1024 * 1024
-LIMITS = {"fuel": Int(None, lo=1, hi=10**15), "memory_mb": Int(None, lo=1, hi=65536),
-          "timeout_ms": Int(None, lo=1, hi=3_600_000),
-          "compile_timeout_ms": Int(None, lo=1, hi=MAX_COMPILE_TIMEOUT_MS)}
+class _Limits(TypedDict):  # typed keys: a ** of it cannot pass for stream, role, deadline
+    fuel: Spec
+    memory_mb: Spec
+    timeout_ms: Spec
+    compile_timeout_ms: Spec
+
+
+LIMITS = _Limits(fuel=Int(None, lo=1, hi=10**15), memory_mb=Int(None, lo=1, hi=65536),
+                 timeout_ms=Int(None, lo=1, hi=3_600_000),
+                 compile_timeout_ms=Int(None, lo=1, hi=MAX_COMPILE_TIMEOUT_MS))
 
 
 def limits_of(p: dict[str, Any]) -> dict[str, int]:

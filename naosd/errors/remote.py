@@ -16,6 +16,22 @@ class LlmUnavailable(NaosError, ConnectionError):
     code: ClassVar[str] = "llm_unavailable"
 
 
+class LlmStarting(LlmUnavailable):
+    """The embedded local LLM was still starting (or waiting out its backoff
+    after a crash) when the caller's deadline came; unlike LlmCrashed, the
+    start goes on and a later call finds it ready."""
+
+    code: ClassVar[str] = "llm_starting"
+
+
+class LlmCrashed(LlmUnavailable):
+    """The embedded local LLM's process died (a signal, an exit, or no answer
+    while starting) during this call, or crashed so often that naosd stopped
+    restarting it until ``naosctl llm restart``."""
+
+    code: ClassVar[str] = "llm_crashed"
+
+
 class LlmRateLimited(NaosError):
     """The LLM server answered 429 rate_limit_exceeded on every attempt; retry later.
 

