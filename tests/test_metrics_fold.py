@@ -223,6 +223,16 @@ def test_labels_are_bounded_names_never_free_text():
     assert out == [up("naos_agent_runs_total", "echo", "other")]
 
 
+@pytest.mark.parametrize("code", ["my_own_code", "x1", "agent-crashed"])
+def test_error_codes_outside_naos_table_are_other(code: str):
+    """Only codes naos defines become labels: a code that varied per run
+    (whatever wrote it) would grow a series per run."""
+    assert updates(row("agent.run", "echo", ok=False, error=code)) == [
+        up("naos_agent_runs_total", "echo", "other")]
+    assert updates(row("broker.denied", route="skill", handler="sha256", error=code)) == [
+        up("naos_broker_tasks_total", "skill", "sha256", "other")]
+
+
 @pytest.mark.parametrize("detail", [
     {"ok": True, "ms": "12"}, {"ok": True, "ms": -1}, {"ok": True, "ms": float("nan")},
     {"ok": True, "ms": float("inf")}, {"ok": True, "ms": True}, {"ok": "yes", "ms": 3},

@@ -16,10 +16,11 @@ Every family is declared once, in :data:`FAMILIES`.  Label values come from
 bounded sets only: registered names (agents, supervisors, sagas, workflows,
 steps, pools, skills, models), error codes and fixed words; never a run id,
 a task id or free text.  A field that does not have the shape its row type
-promises gives no update (or the label ``other``), and a row of a type not
-listed here gives none: :func:`fold` never raises.
+promises gives no update (or the label ``other``; so does an error code that
+is not in naos' error table), and a row of a type not listed here gives
+none: :func:`fold` never raises.
 
-Stdlib only: no prometheus-client, no I/O, no clock (a duration comes from
+Stdlib and naos' error table only: no prometheus-client, no I/O, no clock (a duration comes from
 the rows' own times).
 """
 
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
+
+from naosd.errors import ERRORS_BY_CODE
 
 COUNTER: Final = "counter"
 HISTOGRAM: Final = "histogram"
@@ -202,8 +205,16 @@ def _seconds(ms: Any) -> float | None:
     return None if number is None else number / 1000.0
 
 
+def error_code(value: Any) -> str:
+    """A code of naos' error table; ``error`` when absent, ``other`` for anything
+    else (a code that varied per run would grow a series per run)."""
+    if value is None:
+        return "error"
+    return value if isinstance(value, str) and value in ERRORS_BY_CODE else OTHER
+
+
 def _outcome(ok: bool, error: Any) -> str:
-    return "ok" if ok else label(error, "error")
+    return "ok" if ok else error_code(error)
 
 
 def _epoch(ts: Any) -> float | None:
@@ -271,7 +282,7 @@ def _charged(row: Row, d: dict[str, Any]) -> list[Update]:
 
 def _denied(row: Row, d: dict[str, Any]) -> list[Update]:
     return [_up("naos_broker_tasks_total", label(d.get("route"), "none"),
-                label(d.get("handler"), "none"), label(d.get("error"), "error"))]
+                label(d.get("handler"), "none"), error_code(d.get("error")))]
 
 
 def _trust(row: Row, d: dict[str, Any]) -> list[Update]:
