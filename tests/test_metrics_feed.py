@@ -80,10 +80,10 @@ async def test_a_scrape_folds_a_bounded_backlog_the_follower_the_rest(db: AsyncS
     with other.transaction() as tx:
         for _ in range(BATCH * 2 + 10):
             tx.audit("wasm.run", detail={"exit_code": 0, "fuel": 2, "wall_ms": 1.0})
-    await feed.catch_up(max_batches=1)
+    assert await feed.catch_up(max_batches=1) is False
     assert feed.seq == BATCH
     assert feed.registry.get_sample_value("naos_wasm_runs_total", {"outcome": "ok"}) == BATCH
-    await feed.catch_up(None)
+    assert await feed.catch_up() is True
     assert feed.seq == BATCH * 2 + 10
     assert feed.registry.get_sample_value(
         "naos_wasm_fuel_total", {"source": "run", "skill": ""}) == (BATCH * 2 + 10) * 2

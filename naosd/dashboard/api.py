@@ -222,7 +222,10 @@ async def _snapshot(d: Any) -> dict[str, Any]:
     status = await d.daemon.status()
     agent_views = await d.agents.list()
     budgets = d.broker.cost.status(datetime.now(UTC)) if d.broker is not None else []
-    pools = await d.pools.status() if d.pools is not None else []
+    try:
+        pools = await d.pools.status() if d.pools is not None else []
+    except NaosError:  # a pool deleted while it was read: the next scrape has it right
+        pools = []
     return {"status": status, "agents": agent_views, "budgets": budgets, "pools": pools}
 
 

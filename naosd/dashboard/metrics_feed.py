@@ -114,21 +114,22 @@ class MetricsFeed:
                     child.observe(update.value)
             self.seq = row.seq
 
-    async def catch_up(self, max_batches: int | None = SCRAPE_BATCHES) -> None:
-        """Fold what is committed (``max_batches`` of BATCH rows at most; None: all)."""
+    async def catch_up(self, max_batches: int = SCRAPE_BATCHES) -> bool:
+        """Fold what is committed, ``max_batches`` of BATCH rows at most; True
+        when nothing committed is left."""
         async with self._lock:
-            batches = 0
-            while max_batches is None or batches < max_batches:
+            for _ in range(max_batches):
                 rows = await self._db.call(functools.partial(_rows_after, self.seq))
                 self.apply(rows)
-                batches += 1
                 if len(rows) < BATCH:
-                    return
+                    return True
+            return False
 
     async def _follow(self) -> None:
         while True:
             try:
-                await self.catch_up(None)
+                while not await self.catch_up():  # the lock is let go between bounded
+                    pass  # catch-ups: a scrape waits for one at most
             except NaosError as exc:  # the store refused (busy, closing): next poll
                 log.warning("metrics: reading the audit log failed: %s", exc.message)
             await self._db.wait_changed(POLL_S)
