@@ -196,7 +196,10 @@ def _number(value: Any) -> float | None:
     """A finite number >= 0 (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range (JSON has no limit)
+        return None
     return number if math.isfinite(number) and number >= 0 else None
 
 
@@ -222,7 +225,7 @@ def _epoch(ts: Any) -> float | None:
         return None
     try:
         return datetime.fromisoformat(ts).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):  # not a time, or one out of range
         return None
 
 
