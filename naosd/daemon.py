@@ -80,6 +80,7 @@ class Daemon:
         self.trust_gate: Any = None  # naosd.broker.trust_gate.TrustGate
         self.port: Any = None  # naosd.runtime.port.ActorPort
         self.services: Any = None  # naosd.services.Services, once every service is built
+        self.metrics: Any = None  # naosd.dashboard.metrics_feed.MetricsFeed (dashboard on)
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -91,6 +92,11 @@ class Daemon:
         )
         try:
             await self._check_audit_checkpoint()
+            if self.config.dashboard_enabled:
+                # /metrics' counters: a fold over the audit log from its head now
+                from naosd.dashboard.metrics_feed import MetricsFeed
+
+                self.metrics = await MetricsFeed.open(self.db)
             await self._start_parts()
             await self.stop_event.wait()
         finally:
@@ -146,7 +152,7 @@ class Daemon:
         self.services = Services(
             daemon=self, db=self.db, bridge=self.bridge, sandbox=self.sandbox,
             agents=self.agents, orch=self.orch, pools=self.pools, broker=self.broker,
-            llm=self.llm, trust_gate=self.trust_gate)
+            llm=self.llm, trust_gate=self.trust_gate, metrics=self.metrics)
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()
@@ -249,6 +255,8 @@ class Daemon:
             await self.server.close(drain_timeout=budget / 2)
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.metrics is not None:
+            await self.metrics.aclose()
         if self.orch is not None:
             await self.orch.close()  # runs stay in SQLite and recover at the next start
         if self.pools is not None:

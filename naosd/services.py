@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from naosd.agents.service import Agents
     from naosd.broker.llm.service import LlmService
     from naosd.broker.service import Broker
@@ -44,6 +46,16 @@ class DaemonControl(Protocol):
     async def actors_ping(self) -> dict[str, Any]: ...
 
 
+class FoldedMetrics(Protocol):
+    """The counters and histograms folded from the audit log
+    (:class:`naosd.dashboard.metrics_feed.MetricsFeed`)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    async def catch_up(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     daemon: DaemonControl
@@ -56,6 +68,7 @@ class Services:
     broker: Broker
     llm: LlmService
     trust_gate: TrustGate
+    metrics: FoldedMetrics | None = None  # with the dashboard: /metrics' counters
 
     @property
     def config(self) -> Config:

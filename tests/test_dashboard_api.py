@@ -62,7 +62,7 @@ def test_metrics_parse_with_prometheus_client(daemon: Naosd):
     status, body, ctype = get(url + "metrics", token)
     assert status == 200 and ctype.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    assert all(name.startswith("naos_") for name in families)
+    assert all(name.startswith(("naos_", "process_", "python_")) for name in families)
     running = [s for s in families["naos_agents"].samples if s.labels["state"] == "running"]
     assert running[0].value == 1
     assert families["naos_uptime_seconds"].samples[0].value > 0

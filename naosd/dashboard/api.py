@@ -210,7 +210,11 @@ def _last_event_id(request: web.Request) -> tuple[int | None, int | None]:
 async def metrics(request: web.Request) -> web.StreamResponse:
     from naosd.dashboard.metrics import render
 
-    body, content_type = render(await _snapshot(request.app[SERVICES]))
+    d = request.app[SERVICES]
+    if d.metrics is not None:
+        await d.metrics.catch_up()  # what was committed before this scrape
+    body, content_type = render(await _snapshot(d),
+                                d.metrics.registry if d.metrics is not None else None)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -218,7 +222,11 @@ async def _snapshot(d: Any) -> dict[str, Any]:
     status = await d.daemon.status()
     agent_views = await d.agents.list()
     budgets = d.broker.cost.status(datetime.now(UTC)) if d.broker is not None else []
-    return {"status": status, "agents": agent_views, "budgets": budgets}
+    try:
+        pools = await d.pools.status() if d.pools is not None else []
+    except NaosError:  # a pool deleted while it was read: the next scrape has it right
+        pools = []
+    return {"status": status, "agents": agent_views, "budgets": budgets, "pools": pools}
 
 
 async def _end_streams(app: web.Application) -> None:
