@@ -125,9 +125,12 @@ def test_run_actions_resolve_note_legend_and_colours(daemon: Naosd, browser: Bro
         page.screenshot(path=str(tmp_path / "run-actions.png"), full_page=True)
 
 
-def visible_runs(page: Page) -> list[str]:
-    return page.eval_on_selector_all('[data-testid="runs-table"] tr[data-run]',
-                                     "rows => rows.map(r => r.dataset.run).sort()")
+def shows(page: Page, expected: list[str]) -> None:
+    """Wait until the runs table lists exactly these run ids."""
+    page.wait_for_function("ids => JSON.stringify([...document.querySelectorAll("
+                           "'[data-testid=\"runs-table\"] tr[data-run]')]"
+                           ".map(r => r.dataset.run).sort()) === JSON.stringify(ids)",
+                           arg=sorted(expected))
 
 
 @pytest.mark.timeout(240)
@@ -137,47 +140,39 @@ def test_runs_filter_by_status_name_kind_and_since(daemon: Naosd, browser: Brows
     failed, done = run_saga(daemon, "order"), run_saga(daemon, "refund")
     _, login_url = dashboard(daemon)
     with opened(browser, login_url) as (_, page, _):
-        both = sorted([failed["run_id"], done["run_id"]])
-        page.wait_for_function("n => document.querySelectorAll("
-                               "'[data-testid=\"runs-table\"] tr[data-run]').length === n", arg=2)
+        both = [failed["run_id"], done["run_id"]]
+        shows(page, both)
         status, name = page.get_by_test_id("runs-status"), page.get_by_test_id("runs-name")
         kind, since = page.get_by_test_id("runs-kind"), page.get_by_test_id("runs-since")
         error = page.get_by_test_id("runs-filter-error")
 
-        def shows(expected: list[str]) -> None:
-            page.wait_for_function("ids => JSON.stringify([...document.querySelectorAll("
-                                   "'[data-testid=\"runs-table\"] tr[data-run]')]"
-                                   ".map(r => r.dataset.run).sort()) === JSON.stringify(ids)",
-                                   arg=expected)
-
         status.select_option("completed")
-        shows([done["run_id"]])
+        shows(page, [done["run_id"]])
         status.select_option("")
         name.select_option("order")
-        shows([failed["run_id"]])
+        shows(page, [failed["run_id"]])
         name.select_option("")
         kind.select_option("workflow")
-        shows([])
+        shows(page, [])
         expect(page.locator('[data-testid="runs-table"] tbody')).to_contain_text(
             "no run matches the filters")
         kind.select_option("saga")
-        shows(both)
+        shows(page, both)
 
         since.fill("yesterday")
         since.press("Enter")
         expect(error).to_contain_text("since: 'yesterday' is neither a duration")
-        shows([])
+        shows(page, [])
         since.fill("2999-01-01T00:00:00Z")
         since.press("Enter")
         expect(error).to_have_text("")
-        shows([])
+        shows(page, [])
         since.fill("1h")
         since.press("Enter")
-        shows(both)
-        assert visible_runs(page) == both
+        shows(page, both)
         # the overview card counts every run, whatever the table's filters
         status.select_option("completed")
-        shows([done["run_id"]])
+        shows(page, [done["run_id"]])
         expect(page.locator("#ov-runs-sub")).to_have_text("2 recent, 1 need attention")
 
 
