@@ -221,4 +221,9 @@ def test_every_time_in_one_format_and_money_in_one_rule(daemon: Naosd, browser: 
                        "$12.35", "$1,234.57", "-$0.0025", NONE]
         expect(row(page, "clerk").locator('td[data-col="cost"]')).to_have_text("$0.000001")
         expect(page.get_by_test_id("broker-spent")).to_contain_text("$0.000001")
+        spend = page.locator('#cost-by-agent g[data-agent="clerk"] text.sub')
+        expect(spend).to_have_text("$0.000001")  # and the whole amount is drawn in its chart
+        drawn, chart = rect(page, '#cost-by-agent g[data-agent="clerk"] text.sub'), \
+            rect(page, "#cost-by-agent")
+        assert drawn["right"] <= chart["right"], (drawn, chart)
         page.screenshot(path=str(tmp_path / "formats.png"), full_page=True)
