@@ -309,3 +309,53 @@ def test_cost_broker_and_trust_views(daemon: Naosd):
         ("T5", "AAA", "local")
     assert (rows["bob"]["tier"], rows["bob"]["rating"]) == ("T1", "D")
     assert [x["agent"] for x in trust["denials"]] == ["bob"] and trust["denials"][0]["reason"]
+
+
+FAILING = "def handle(message, ctx):\n    raise RuntimeError('offline')\n"
+
+
+def test_runs_filters_and_run_actions_over_http(daemon: Naosd, tmp_path):
+    url, token = login(daemon)
+    (tmp_path / "failing.py").write_text(FAILING)
+    daemon.ctl("create", "stock", "--template", "echo", check=True)
+    daemon.ctl("create", "undo", "--source", str(tmp_path / "failing.py"), check=True)
+    daemon.ctl("saga", "create", "order", "--compensation-attempts", "1",
+               "--compensation-delay", "0.1", check=True)
+    daemon.ctl("saga", "add-step", "order", "reserve", "--agent", "stock", "--compensate",
+               "undo", check=True)
+    daemon.ctl("saga", "add-step", "order", "charge", "--agent", "undo", check=True)
+    run = json.loads(daemon.ctl("saga", "run", "order", "--input", "{}", "--json").stdout)
+    assert run["status"] == "compensation_failed", run
+
+    view = json.loads(get(url + "api/v1/runs", token)[1])
+    assert view["names"] == ["order"]
+    assert set(view["actions"]["saga"]) >= {"retry_compensation", "resolve"}
+    assert view["actions"]["saga"]["resolve"]["params"]["note"]["required"] is True
+    for query, found in (("status=compensation_failed", 1), ("status=completed", 0),
+                         ("name=order", 1), ("name=other", 0), ("kind=workflow", 0),
+                         ("since=1h", 1), ("since=2999-01-01T00:00:00Z", 0)):
+        runs = json.loads(get(url + "api/v1/runs?" + query, token)[1])["runs"]
+        assert len(runs) == found, query
+    for query, named in (("since=yesterday", "since: 'yesterday'"), ("kind=pool", "kind"),
+                         ("limit=lots", "limit")):
+        status, body, _ = get(url + "api/v1/runs?" + query, token)
+        assert status == 400 and named in json.loads(body)["message"], (query, body)
+
+    origin, csrf = url.rstrip("/"), json.loads(get(url + "api/v1/session", token)[1])["csrf_token"]
+    resolve = url + f"api/v1/runs/saga/{run['run_id']}/resolve"
+    note = json.dumps({"note": "done by hand"}).encode()
+    assert post(resolve, token, origin=origin, csrf=None, body=note)[0] == 403
+    for path in ("explode", "../resolve"):
+        assert post(url + f"api/v1/runs/saga/{run['run_id']}/{path}", token, origin=origin,
+                    csrf=csrf, body=note)[0] == 404, path
+    assert post(url + f"api/v1/runs/workflow/{run['run_id']}/resolve", token, origin=origin,
+                csrf=csrf, body=note)[0] == 404  # a workflow cannot be resolved
+    status, body = post(resolve, token, origin=origin, csrf=csrf, body=b"{}")
+    assert status == 400 and b"note" in body  # the method's own Spec speaks
+    status, body = post(resolve, token, origin=origin, csrf=csrf,
+                        body=json.dumps({"note": "done", "run": "s-other"}).encode())
+    assert status == 200, body  # the path names the run, whatever the body says
+    got = json.loads(daemon.ctl("saga", "status", run["run_id"], "--json", check=True).stdout)
+    assert got["resolution"] == "done"
+    [summary] = json.loads(get(url + "api/v1/runs", token)[1])["runs"]
+    assert summary["resolution"] == "done"

@@ -5,33 +5,18 @@ data without the token."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dash_browser import TIMEOUT_MS, browser, dashboard, needs_chromium, opened, row
 from harness import Naosd
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    Page,
-    Response,
-    expect,
-    sync_playwright,
-)
+from playwright.sync_api import Browser, Page, expect
 
-CHROMIUM = "/usr/bin/chromium"
-TIMEOUT_MS = 20_000
-expect.set_options(timeout=TIMEOUT_MS)  # a loaded CI machine is slow, never wrong
 HOSTILE = "<img src=x onerror=window.__pwned=1></pre><b>x</b>"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason=f"{CHROMIUM} missing (apt-get install chromium chromium-driver)"),
-]
+pytestmark = [pytest.mark.e2e, needs_chromium]
+__all__ = ["browser"]  # the fixture, shared with the other browser test modules
 
 # Records every data-state the agent's row and tree node show, in order, so a
 # crash that is repaired within milliseconds is still seen by the test.
@@ -49,45 +34,6 @@ WATCH_JS = """name => {
     {subtree: true, childList: true, attributes: true, attributeFilter: ["data-state"]});
   note();
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def dashboard(d: Naosd) -> tuple[str, str]:
-    info = json.loads(d.ctl("dashboard", "--json", check=True).stdout)
-    return info["url"], info["login_url"]
-
-
-@contextlib.contextmanager
-def opened(browser: Browser, login_url: str) -> Iterator[tuple[BrowserContext, Page, Response]]:
-    """A fresh browser context logged in with ``login_url``; fails the test
-    if the page raised a script error."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
-    errors: list[str] = []
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        response = page.goto(login_url)
-        assert response is not None and response.ok
-        yield context, page, response
-        assert not errors, errors
-    finally:
-        context.close()
-
-
-def row(page: Page, name: str):
-    return page.locator(f'[data-testid="agents-table"] tbody tr[data-agent="{name}"]')
 
 
 def visible_agents(page: Page) -> list[str]:
@@ -229,8 +175,10 @@ def test_logs_runs_and_counts_arrive_live(daemon: Naosd, browser: Browser, tmp_p
         # actions from the detail panel (same origin + CSRF header, sent by the page)
         page.locator('#detail button[data-action="stop"]').click()
         expect(row(page, "chatty")).to_have_attribute("data-state", "stopped")
+        page.once("dialog", lambda dialog: dialog.accept())  # kill asks first
         page.locator('#detail button[data-action="kill"]').click()
-        expect(page.get_by_test_id("action-error")).to_contain_text("not running")
+        expect(page.get_by_test_id("action-outcome")).to_contain_text("not running")
+        expect(page.get_by_test_id("action-outcome")).to_have_attribute("data-ok", "false")
         page.locator('#detail button[data-action="start"]').click()
         expect(row(page, "chatty")).to_have_attribute("data-state", "running")
         # the log filter narrows the live tail

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-from naosd.dashboard.features import pool_view, run_detail, run_segments, run_summary
+from datetime import UTC, datetime
+
+import pytest
+
+import naosd.control.orchestration  # noqa: F401  (registers the saga and workflow methods)
+from naosd.control.api import METHODS
+from naosd.dashboard.features import pool_view
+from naosd.dashboard.runs import (
+    RunFilter,
+    action_call,
+    run_action_method,
+    run_actions,
+    run_detail,
+    run_filter,
+    run_segments,
+    run_summary,
+    select_runs,
+)
+from naosd.errors import InvalidRequest, NotFound
 
 
 def row(type_: str, step: str | None, ts: str, **detail) -> dict:
@@ -74,5 +92,82 @@ def test_summary_and_detail_carry_outputs_and_end_only_when_final():
 def test_pool_view_renames_for_the_page():
     got = pool_view({"name": "p", "merge": "all", "members": [{"name": "a", "busy": 2}],
                      "queued": 3, "completed": 7, "throughput_per_s": 1.5})
-    assert got["members"] == [{"agent": "a", "busy": 2}]
+    assert got["members"] == [{"agent": "a", "busy": 2, "state": "unknown"}]
     assert (got["queue_depth"], got["done"], got["failed"]) == (3, 7, 0)
+    assert got["drained"] is False
+
+
+def test_pool_members_carry_their_agents_states_and_fan_outs_count_as_done():
+    status = {"name": "p", "members": [{"name": "a", "busy": 1}, {"name": "b"}],
+              "completed": 2, "failed": 1, "accepting": False}
+    got = pool_view(status, {"a": "running", "b": "stopped"},
+                    {"completed": 3, "partial": 1, "failed": 2, "running": 1})
+    assert [(m["agent"], m["state"], m["busy"]) for m in got["members"]] == \
+        [("a", "running", 1), ("b", "stopped", 0)]
+    assert (got["done"], got["failed"], got["tasks_done"]) == (2 + 3 + 1, 1 + 2, 2)
+    assert got["fanouts"] == {"done": 4, "partial": 1, "failed": 2, "running": 1}
+    assert got["drained"] is True and got["accepting"] is False
+
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_run_filter_reads_kind_status_name_since_and_limit():
+    f = run_filter({"kind": "saga", "status": "compensated", "name": " order ",
+                    "since": "2h", "limit": "5000"}, NOW)
+    assert f == RunFilter(kinds=("saga",), status="compensated", name="order",
+                          since="2025-03-01T10:00:00.000000Z", limit=1000)
+    assert run_filter({}, NOW) == RunFilter()
+    assert run_filter({"since": "2025-02-01T00:00:00Z"}, NOW).since == \
+        "2025-02-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ({"kind": "pool"}, "kind: 'pool'"),
+    ({"limit": "lots"}, "limit: 'lots'"),
+    ({"since": "yesterday"}, "since: 'yesterday'"),
+    ({"name": "x" * 65}, "name: longer than 64"),
+    ({"status": "s" * 33}, "status: longer than 32"),
+])
+def test_a_bad_run_filter_is_refused_by_name(query, named):
+    with pytest.raises(InvalidRequest, match=named):
+        run_filter(query, NOW)
+
+
+def test_select_runs_keeps_the_newest_since_the_cutoff():
+    runs = [{"id": i, "created_at": f"2025-03-01T0{i}:00:00.000000Z"} for i in range(5)]
+    f = RunFilter(since="2025-03-01T02:00:00.000000Z", limit=2)
+    assert [r["id"] for r in select_runs(runs, f)] == [4, 3]
+    assert [r["id"] for r in select_runs(runs, RunFilter(limit=10))] == [4, 3, 2, 1, 0]
+
+
+def test_summary_carries_the_resolution_note():
+    view = {"kind": "saga", "run_id": "s-1", "name": "order", "status": "compensation_failed",
+            "resolution": "refunded by hand", "steps": []}
+    assert run_summary(view)["resolution"] == "refunded by hand"
+    assert run_summary({**view, "resolution": ""})["resolution"] == ""
+
+
+def test_run_actions_offer_only_the_methods_this_build_has():
+    offered = run_actions(METHODS)
+    assert set(offered["saga"]) >= {"retry_compensation", "resolve"}
+    assert offered["saga"]["resolve"]["method"] == "saga.resolve"
+    assert offered["saga"]["resolve"]["params"]["note"]["required"] is True
+    assert "retry_compensation" not in offered["workflow"]
+    # a build with cancel and a bare approve method offers them, per kind
+    more = {**METHODS, "workflow.cancel": METHODS["saga.resolve"],
+            "approve": METHODS["saga.resolve"]}
+    assert run_action_method("workflow", "cancel", more) == "workflow.cancel"
+    assert run_action_method("saga", "cancel", more) is None
+    assert run_action_method("saga", "approve", more) == "approve"
+    assert run_action_method("saga", "explode", more) is None
+    assert set(run_actions(more)["workflow"]) == {"cancel", "approve"}
+
+
+def test_an_action_route_names_its_method_or_is_not_found():
+    assert action_call({"kind": "saga", "run": "s-1", "verb": "resolve"}) == \
+        ("saga.resolve", {"run": "s-1"})
+    for kind, verb in (("saga", "explode"), ("workflow", "retry_compensation"),
+                       ("pool", "resolve")):
+        with pytest.raises(NotFound):
+            action_call({"kind": kind, "run": "r", "verb": verb})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -262,7 +263,11 @@ def _query_value(raw: str) -> Any:
         return raw  # a plain string
 
 
-def _resource(method_name: str) -> Any:
+Route = Callable[[Mapping[str, str]], tuple[str, dict[str, Any]]]
+"""Path parameters -> the method to call and the parameters the path gives it."""
+
+
+def _resource(route: Route) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         from naosd.control.api import invoke
 
@@ -270,14 +275,18 @@ def _resource(method_name: str) -> Any:
             given = await _json_body(request)
         else:
             given = {k: _query_value(v) for k, v in request.query.items()}
-        given.update(request.match_info)
         try:
-            result = await invoke(request.app[SERVICES], method_name, given)
+            method_name, from_path = route(request.match_info)
+            result = await invoke(request.app[SERVICES], method_name, {**given, **from_path})
         except NaosError as exc:
             raise _error(exc) from None
         return web.json_response(result)
 
     return handler
+
+
+def _fixed(method_name: str) -> Route:
+    return lambda path: (method_name, dict(path))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -298,7 +307,7 @@ def add_resource(app: web.Application, path: str, method_name: str,
 
     entry = METHODS.get(method_name)
     if entry is not None and not entry.stream:
-        app.router.add_route(http_method, "/api/v1/" + path, _resource(method_name))
+        app.router.add_route(http_method, "/api/v1/" + path, _resource(_fixed(method_name)))
 
 
 def add_routes(app: web.Application) -> None:
@@ -316,7 +325,11 @@ def add_routes(app: web.Application) -> None:
     for path, method_name in ACTIONS.items():
         add_resource(app, path, method_name, "POST")
     from naosd.dashboard.features import add_views
+    from naosd.dashboard.runs import action_call
 
     add_views(app, SERVICES, _error)
+    # a run's actions (retry_compensation, resolve, cancel, approve, reject): 404 when
+    # this build has no method for the verb, see naosd/dashboard/runs.py
+    app.router.add_post("/api/v1/runs/{kind}/{run}/{verb}", _resource(action_call))
     app.router.add_get("/metrics", metrics)
 

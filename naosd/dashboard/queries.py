@@ -63,3 +63,13 @@ def registrations(store: Store) -> list[dict[str, Any]]:
                     "source": source, "verified_at": when})
     return out
 
+
+
+def fanout_counts(store: Store) -> dict[str, dict[str, int]]:
+    """Per pool, its fan-outs (``pool.run``) by status: running, completed,
+    partial, failed."""
+    out: dict[str, dict[str, int]] = {}
+    for pool, status, n in store.query("SELECT name, status, count(*) FROM orch_runs "
+                                       "WHERE kind = 'pool' GROUP BY name, status"):
+        out.setdefault(pool, {})[status] = int(n)
+    return out
