@@ -62,7 +62,7 @@ def test_project_sections_become_runnable_definitions():
     assert spec.step("charge").timeout_s == 5 and spec.step("charge").compensate_agent is None
     wf = defs.workflow_spec(project.orchestration["workflows"][0])
     assert wf.policy("fetch") == ("retry", wf.steps[0].retry)
-    assert wf.steps[0].retry is not None and wf.steps[0].retry.count == 5
+    assert wf.steps[0].retry is not None and wf.steps[0].retry.attempts == 6  # 5 more tries
     pool = project.orchestration["pools"][0]
     assert pool["size"] == 4 and pool["merge"] == "quorum:2"
     assert defs.pool_agents(pool) == ["fetcher"]

@@ -134,9 +134,10 @@ def workflow_draft(name: str, *, on_error: Any = "stop", retries: Any = 0,
     validate_name(name, "workflow")
     if on_error not in wf_m.ON_ERROR:
         raise InvalidRequest(f"on_error must be one of stop, skip, retry; got {on_error!r}")
-    retry = wf_m.Retry(retries, seconds(retry_delay, "retry_delay", zero_ok=True))
+    delay = seconds(retry_delay, "retry_delay", zero_ok=True)
+    wf_m.retries(retries, delay)  # validates
     return {"name": name, "steps": [], "on_error": on_error,
-            "retry": {"count": retry.count, "delay_s": retry.delay_s},
+            "retry": {"count": retries, "delay_s": delay},
             "step_timeout_s": seconds(step_timeout, "step_timeout")}
 
 

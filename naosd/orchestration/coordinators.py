@@ -182,13 +182,7 @@ class Coordinator:
 
     async def _call(self, effect: Any) -> None:
         undo = type(effect).__name__ == "RunCompensation"
-        message: dict[str, Any] = {"run_id": self.run_id, "step": effect.step,
-                                   "attempt": effect.attempt,
-                                   "idempotency_key": effect.idempotency_key}
-        if self.kind is SAGA:
-            message.update(effect.input)  # input, outputs (and output when undoing)
-        else:
-            message["input"] = effect.input
+        message = effect.message  # the machine writes the whole message
         timeout = self.state.spec.step(effect.step).timeout_s
         code, text, output = "", "", None
         try:
