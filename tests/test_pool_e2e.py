@@ -133,7 +133,7 @@ def test_bad_pools_are_refused(voters: Naosd):
 
 @pytest.mark.parametrize("pick", ["round-robin", "least-busy"])
 def test_queue_mode_scale_and_drain_while_tasks_run(daemon: Naosd, voter: Path, pick: str):
-    agent(daemon, voter, "worker", sleep=0.3)
+    agent(daemon, voter, "worker", sleep=1.0)  # 6 tasks on 2 members: ~3 s of work
     ok(daemon, "pool", "create", "w", "--agent", "worker", "--size", "2", "--pick", pick)
     ids = [ok(daemon, "pool", "submit", "w", "--input", json.dumps(i))["task_id"]
            for i in range(6)]

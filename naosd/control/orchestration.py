@@ -15,7 +15,7 @@ from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
-from naosd.errors import Conflict, InvalidRequest
+from naosd.orchestration.coordinators import run_view
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
@@ -74,38 +74,15 @@ async def saga_list(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _runs(d: Daemon, kind: str, p: dict[str, Any]) -> list[dict[str, Any]]:
-    from naosd.orchestration.coordinators import run_view
-
     rows = await d.db.call(lambda s: orch_store.list_runs(
         s, kind, name=p["name"], status=p["status"], limit=p["limit"]))
     return [run_view(r) for r in rows]
 
 
-async def _status(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
-    view = await d.orch.describe(run_id)
-    if view["kind"] != kind:
-        raise InvalidRequest(f"{run_id!r} is a {view['kind']} run, not a {kind} run")
-    view["live"] = run_id in d.orch.live
-    return view
-
-
 async def _history(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
-    view = await _status(d, kind, run_id)
+    view = await d.orch.status(kind, run_id)
     view["timeline"] = await d.db.call(lambda s: orch_store.timeline(s, run_id))
     return view
-
-
-async def _resume(d: Daemon, kind: str, run_id: str) -> dict[str, Any]:
-    from actors.domain.run_events import Recover
-
-    if run_id in d.orch.live:
-        raise Conflict(f"run {run_id!r} is already being run")
-    view = await _status(d, kind, run_id)
-    if kind == "workflow" and view["status"] == wf_m.RunStatus.FAILED.value:
-        return await d.orch.command(run_id, wf_m.Resume(time.time()), kind)
-    if view["status"] in ("completed", "compensated", "compensation_failed", "failed"):
-        raise Conflict(f"run {run_id!r} is {view['status']}: nothing to resume")
-    return await d.orch.command(run_id, Recover(time.time()), kind)
 
 
 def _register_runs(kind: str) -> None:
@@ -122,13 +99,13 @@ def _register_runs(kind: str) -> None:
         return await _runs(d, kind, p)
 
     async def status(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
-        return await _status(d, kind, p["run"])
+        return await d.orch.status(kind, p["run"])
 
     async def history(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
         return await _history(d, kind, p["run"])
 
     async def resume(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
-        return await _resume(d, kind, p["run"])
+        return await d.orch.resume(kind, p["run"])
 
     run.__doc__ = f"Start a run of a {kind}; returns its run id at once (see {kind}.wait)."
     wait.__doc__ = "Wait (at most timeout seconds, capped at 50) for a run to end; its state."
