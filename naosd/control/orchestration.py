@@ -25,7 +25,6 @@ NAME = Str(max_len=64)
 RUN = Str(max_len=64)
 NUM = (int, float)
 PICK = pool_m.PICK_STRATEGIES
-WAIT_MAX_S = defs.MAX_WAIT_S  # below the default request timeout: clients wait again
 
 
 async def _db(d: Daemon, fn: Any) -> Any:
@@ -93,7 +92,7 @@ def _register_runs(kind: str) -> None:
         return await d.orch.start(kind, p["name"], p["input"])
 
     async def wait(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
-        return await d.orch.wait(p["run"], min(defs.seconds(p["timeout"], "timeout"), WAIT_MAX_S))
+        return await d.orch.wait(p["run"], defs.seconds(p["timeout"], "timeout"))
 
     async def runs(d: Daemon, p: dict[str, Any]) -> list[dict[str, Any]]:
         return await _runs(d, kind, p)
@@ -108,7 +107,7 @@ def _register_runs(kind: str) -> None:
         return await d.orch.resume(kind, p["run"])
 
     run.__doc__ = f"Start a run of a {kind}; returns its run id at once (see {kind}.wait)."
-    wait.__doc__ = "Wait (at most timeout seconds, capped at 50) for a run to end; its state."
+    wait.__doc__ = "Wait (at most timeout seconds) for a run to end; its state."
     runs.__doc__ = "Runs (newest first) with their status, optionally of one name or status."
     status.__doc__ = "One run: status, error, each step's state and output."
     history.__doc__ = "A run's step timeline: starts, ends, retries, compensations, times."
@@ -189,7 +188,7 @@ async def pool_create(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
         timeout=Spec(NUM, None))
 async def pool_run(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Fan one input out to every member and merge the replies."""
-    timeout = None if p["timeout"] is None else defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)
+    timeout = None if p["timeout"] is None else defs.seconds(p["timeout"], "timeout")
     return await d.pools.run(p["name"], p["input"], concurrency=p["concurrency"],
                              timeout_s=timeout)
 
@@ -203,7 +202,7 @@ async def pool_submit(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("pool.task", name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
 async def pool_task(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """A queued task's state and output (waiting up to wait seconds for it)."""
-    wait = defs.seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
+    wait = defs.seconds(p["wait"], "wait", zero_ok=True)
     return await d.pools.task(p["name"], p["task"], wait)
 
 
@@ -234,4 +233,4 @@ async def pool_scale(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
 @method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))
 async def pool_drain(d: Daemon, p: dict[str, Any]) -> dict[str, Any]:
     """Stop taking tasks and wait until the queued and running ones are done."""
-    return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S))
+    return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout"))
