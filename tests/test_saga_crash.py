@@ -4,6 +4,7 @@ every run ends completed or compensated and no side effect was applied twice."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -86,6 +87,96 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
         calls = lab.rows("SELECT COUNT(*) FROM calls")[0][0]
         applied = lab.rows("SELECT COUNT(*) FROM ledger")[0][0]
         assert calls >= applied  # in-doubt steps were re-sent, not re-applied
+    finally:
+        d.stop()
+        survivors = []
+        for one in daemons:
+            survivors += reap(one)
+        assert not survivors
+
+
+def coordinators(d: Naosd) -> dict[str, dict]:
+    """The orchestration supervisor's children in the tree ``status`` shows."""
+    from naosctl.client import Client
+
+    with Client(d.socket, timeout=30) as c:
+        tree = c.call("status")["actors"]
+    orch = next(c for c in tree["children"] if c["name"] == "orchestration")
+    assert orch["kind"] == "orchestration" and orch["pid"]
+    return {c["name"]: c for c in orch["children"]}
+
+
+def kill_while_charging(d: Naosd, lab: Lab, runs: set[str]) -> dict[str, int]:
+    """SIGKILL each run's coordinator once, while the run's charge step runs."""
+    killed: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    while not runs <= set(coordinators(d)):  # one per running saga, in the tree
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while len(killed) < len(runs):
+        assert time.monotonic() < deadline, (killed, d.log()[-3000:])
+        tree = coordinators(d)
+        for run_id in runs - set(killed):
+            node = tree.get(run_id)
+            charging = lab.rows("SELECT 1 FROM calls WHERE key = ?", (f"{run_id}:charge:do",))
+            if node and node["pid"] and node["state"] == "running" and charging:
+                assert node["kind"] == "saga"
+                os.kill(node["pid"], signal.SIGKILL)
+                killed[run_id] = node["pid"]
+        time.sleep(0.05)
+    return killed
+
+
+def check_recovered_run(d: Naosd, lab: Lab, run_id: str, status: str) -> None:
+    ledger = lab.ledger(run_id)
+    if status == "completed":
+        assert ledger == [("reserve", 0), ("charge", 0), ("ship", 0)], (run_id, ledger)
+    else:
+        assert ledger == [("reserve", 0), ("charge", 0), ("charge", 1), ("reserve", 1)], ledger
+    history = ok(d, "saga", "history", run_id)
+    recovered = [t for t in history["timeline"] if t["type"] == "saga.recovered"]
+    assert recovered and recovered[0]["detail"]["in_doubt"] == ["charge"], history
+    # re-sent while the first call still ran: it shared that call
+    charges = lab.rows("SELECT COUNT(*) FROM calls WHERE key = ?", (f"{run_id}:charge:do",))
+    assert charges == [(1,)], (run_id, charges)
+
+
+def test_kill9_of_coordinators_mid_run(base: Path):
+    """Each run's coordinator is its own process in the tree; SIGKILLed while
+    its charge step runs, it is restarted from the run's record and the run
+    completes or compensates, every side effect applied once."""
+    lab = Lab(base)
+    lab.set(sleep_do={"charge": 1.5})
+    daemons: list[Naosd] = []
+    d = start_naosd(base)
+    daemons.append(d)
+    try:
+        make_agents(d, lab)
+        ok(d, "saga", "create", "order", "--compensation-delay", "0.1")
+        for step, agent, undo in STEPS:
+            extra = ["--compensate", undo] if undo else []
+            ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
+               "--attempts", "3", "--retry-delay", "0.2")
+        runs = {}
+        for i in range(4):
+            run_input = {"i": i, "fail_at": "ship"} if i % 2 == 0 else {"i": i}
+            started = ok(d, "saga", "run", "order", "--no-wait", "--input", json.dumps(run_input))
+            runs[started["run_id"]] = run_input
+        killed = kill_while_charging(d, lab, set(runs))
+        deadline = time.monotonic() + 90
+        while True:
+            listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
+            if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for run_id, run_input in runs.items():
+            want = "compensated" if "fail_at" in run_input else "completed"
+            assert listed[run_id]["status"] == want, (run_id, listed[run_id], d.log()[-3000:])
+            check_recovered_run(d, lab, run_id, want)
+        while set(coordinators(d)) & set(runs):  # finished runs' coordinators exit
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert wait_gone(list(killed.values()), timeout=5) == []
     finally:
         d.stop()
         survivors = []
