@@ -143,13 +143,6 @@ class RunCommand(Request):
 
 
 @dataclass(frozen=True, slots=True)
-class LiveRuns(Request):
-    """Which of ``run_ids`` have a live coordinator.  Result: ``{run_id: bool}``."""
-
-    run_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class PoolAddress(Request):
     """The actor of pool ``pool`` (started if it is not running).  Result: its address."""
 

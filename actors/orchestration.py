@@ -41,7 +41,6 @@ from actors.orch_messages import (
     InitCoordinator,
     InitOrchestration,
     InitPool,
-    LiveRuns,
     LoadRun,
     PoolAddress,
     RecoverRuns,
@@ -209,11 +208,6 @@ class OrchestrationSupervisor(NaosActor):
             raise Conflict(f"run {msg.run_id!r} is just finishing; try again")
         self._start(msg.run_id, msg.kind,
                     InitCoordinator(msg.run_id, msg.kind, self.port, command=command))
-
-    def receiveMsg_LiveRuns(self, msg: LiveRuns, sender: Any) -> None:
-        live = {r: r in self._children and self._children[r].state is not ot.State.FINISHING
-                for r in msg.run_ids}
-        self.reply(sender, msg, live)
 
     def receiveMsg_PoolAddress(self, msg: PoolAddress, sender: Any) -> None:
         self.reply(sender, msg, self._pool(msg.pool))

@@ -75,9 +75,7 @@ class Runs:
     async def start(self, kind: str, name: str, run_input: Any) -> dict[str, Any]:
         """Write the run's first record, then have its coordinator started."""
         machine = MACHINES[kind]
-        draft = await self._db.call(lambda s: orch_store.get_def(s, kind, name))
-        spec = SPECS[kind](draft)
-        await self._check_agents(kind, spec)
+        spec = await self._db.call(lambda s: _runnable(s, kind, name))
         run_id = f"{kind[0]}-{uuid.uuid4().hex[:12]}"
         record = machine.to_record(INITIAL[kind](run_id, spec, run_input))
         try:
@@ -88,19 +86,11 @@ class Runs:
         try:
             await self._tree.ask(StartRun(rid(), run_id, kind, record, epoch))
         except NaosError as exc:
+            self._lanes.close(run_id, epoch)
             raise Unavailable(f"run {run_id} is recorded but its coordinator did not start "
                               f"({exc}); recovery starts it when the orchestration "
                               "supervisor restarts") from exc
         return {"run_id": run_id, kind: name, "status": record["status"]}
-
-    async def _check_agents(self, kind: str, spec: Any) -> None:
-        """Refuse a run whose steps name agents that are not registered."""
-        for step in spec.steps:
-            for agent in (step.agent, getattr(step, "compensate_agent", None)):
-                if agent is not None and not await self._db.call(
-                        lambda s, a=agent: defs_store.name_taken(s, a) == "agent"):
-                    raise NotFound(f"{kind} {spec.name!r} step {step.name!r}: "
-                                   f"no agent named {agent!r}")
 
     async def command(self, run_id: str, event: Any, kind: str) -> dict[str, Any]:
         """Feed an operator's event to the run's coordinator (started for it
@@ -137,7 +127,7 @@ class Runs:
                     raise InvalidRequest(f"{run_id!r} is a {row['kind']} run")
                 if row["status"] in MACHINES[row["kind"]].final:
                     break
-                if not await self._tree.live(run_id):
+                if not self.live(run_id):
                     break
                 left = deadline - asyncio.get_running_loop().time()
                 try:
@@ -149,15 +139,20 @@ class Runs:
             finally:
                 self._watchers.forget(run_id, changed)
         view = run_view(row)
-        view["live"] = await self._tree.live(run_id)
+        view["live"] = self.live(run_id)
         return view
 
     async def status(self, kind: str, run_id: str) -> dict[str, Any]:
         view = await self.describe(run_id)
         if view["kind"] != kind:
             raise InvalidRequest(f"{run_id!r} is a {view['kind']} run, not a {kind} run")
-        view["live"] = await self._tree.live(run_id)
+        view["live"] = self.live(run_id)
         return view
+
+    def live(self, run_id: str) -> bool:
+        """A coordinator owns the run: started (or restarting after a crash)
+        and not final yet.  Its lane is open exactly that long."""
+        return self._lanes.epoch(run_id) is not None
 
     async def describe(self, run_id: str) -> dict[str, Any]:
         row = await self._db.call(lambda s: orch_store.get_run(s, run_id))
@@ -165,6 +160,18 @@ class Runs:
 
     async def close(self) -> None:
         """Nothing to stop: coordinators are actors; runs stay as on disk."""
+
+
+def _runnable(store: Any, kind: str, name: str) -> Any:
+    """The spec of definition ``name``; NotFound when a step names an agent
+    that is not registered (one store call for all the checks)."""
+    spec = SPECS[kind](orch_store.get_def(store, kind, name))
+    for step in spec.steps:
+        for agent in (step.agent, getattr(step, "compensate_agent", None)):
+            if agent is not None and defs_store.name_taken(store, agent) != "agent":
+                raise NotFound(f"{kind} {spec.name!r} step {step.name!r}: "
+                               f"no agent named {agent!r}")
+    return spec
 
 
 def run_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -202,19 +202,25 @@ class Pools:
 
     # -- queue mode: the API -------------------------------------------------------
     async def submit(self, name: str, task_input: Any) -> dict[str, Any]:
-        await self._spec(name)
-        if not self._book(name).accepting:
+        book = self._books.get(name)  # no book for a name nobody defined
+        if book is not None and not book.accepting:
             raise Conflict(f"pool {name!r} is drained: it takes no new tasks")
         task_id = uuid.uuid4().hex[:12]
+
+        def queue(store: Any) -> dict[str, Any]:  # one trip to the store thread
+            orch_store.get_def(store, "pool", name)
+            pool_store.submit(store, name, task_id, task_input)
+            return pool_store.get(store, name, task_id)
+
         try:
-            await self._db.call(lambda s: pool_store.submit(s, name, task_id, task_input))
+            row = await self._db.call(queue)
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"task input cannot be stored as JSON: {exc}") from None
         try:
             await self._tree.ask_pool(name, Enqueue(rid(), task_id, task_input))
         except NaosError as exc:  # durable: the pool's actor loads it when it starts
             log.warning("pool %s: task %s queued, its actor not told: %s", name, task_id, exc)
-        return _view(await self._db.call(lambda s: pool_store.get(s, name, task_id)))
+        return _view(row)
 
     async def cancel(self, name: str, task_id: str) -> dict[str, Any]:
         """Cancel a queued task (one already sent to a member cannot be)."""

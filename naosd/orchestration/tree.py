@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from actors.messages import Reply, Request, WhereIs
-from actors.orch_messages import LiveRuns, PoolAddress
+from actors.orch_messages import PoolAddress
 from naosd.errors import ActorGone, ActorTimeout, Conflict, NotFound, Unavailable
 
 SUPERVISOR = "orchestration"
@@ -49,10 +49,6 @@ class OrchTree:
         """Ask pool ``pool``'s actor (started if needed); its result."""
         return await self._twice(lambda: self._pool(pool), msg,
                                  lambda: self._pools.pop(pool, None))
-
-    async def live(self, run_id: str) -> bool:
-        found: dict[str, bool] = await self.ask(LiveRuns(rid(), (run_id,)))
-        return bool(found.get(run_id))
 
     async def _twice(self, where: Callable[[], Any], msg: Request,
                      lost: Callable[[], Any]) -> Any:
