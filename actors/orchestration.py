@@ -34,7 +34,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 from actors.base import NaosActor, error_reply
 from actors.domain import orch_tree as ot
 from actors.domain import saga, workflow
-from actors.domain.run_events import Machine, Recover
+from actors.domain.run_events import Machine, Recover, TimerFired
 from actors.messages import ChildCrashed, ChildPid, GetTree, PortReply, Reply, TreeUpdate
 from actors.orch_messages import (
     CoordinatorGaveUp,
@@ -81,15 +81,18 @@ class CoordinatorActor(NaosActor):
         if msg.record is None:  # a restart: the run as it is on disk
             self.ask_port(LoadRun, self._loaded, run_id=msg.run_id)
         else:
-            self._begin(msg.record, msg.epoch, carry_on=msg.command is None)
+            self._begin(msg.record, msg.epoch)
 
     def _loaded(self, reply: PortReply) -> None:
         if not reply.ok:
             self.run_crashed(None, f"cannot load the run: {reply.error_code}: {reply.message}")
             return
-        self._begin(reply.result["record"], reply.result["epoch"], carry_on=not self._waiting)
+        self._begin(reply.result["record"], reply.result["epoch"])
 
-    def _begin(self, record: dict[str, Any], epoch: int, *, carry_on: bool) -> None:
+    def _begin(self, record: dict[str, Any], epoch: int) -> None:
+        """Drive the run from ``record``: an unfinished run carries on first
+        (``Start`` if it never started, else ``Recover``), then the commands
+        that came meanwhile are obeyed."""
         assert self._machine is not None
         try:
             state = self._machine.from_record(record)
@@ -98,11 +101,11 @@ class CoordinatorActor(NaosActor):
             return
         self._run = RunDriver(self, self.name, epoch, self._machine.handle, state,
                               self._machine.is_final)
-        if carry_on and not self._run.final:
-            self._run.feed(self._machine.carry_on(state, time.time()))
-        for command in self._waiting:
+        if not self._run.final:
+            self._run.safe_feed(self._machine.carry_on(state, time.time()))
+        commands, self._waiting = self._waiting, []
+        for command in commands:
             self._obey(command)
-        self._waiting = []
         self._run.settle()  # a final run (a refused command) is let go
 
     def receiveMsg_RunCommand(self, msg: RunCommand, sender: Any) -> None:
@@ -113,12 +116,11 @@ class CoordinatorActor(NaosActor):
 
     def _obey(self, command: RunCommand) -> None:
         assert self._run is not None
-        assert self._machine is not None
-        event = command.event
-        if isinstance(event, Recover):  # carry on: a pending run starts
-            event = self._machine.carry_on(self._run.state, event.now)
         try:
-            seq = self._run.feed(event)
+            if isinstance(command.event, Recover):  # carried on when this shell began
+                seq = self._run.seq
+            else:
+                seq = self._run.feed(command.event)
         except NaosError as exc:
             self.send(command.reply_to, error_reply(command, exc))
             self._run.settle()
@@ -130,7 +132,7 @@ class CoordinatorActor(NaosActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if self._run is not None and isinstance(msg.payload, tuple) and msg.payload[0] == "run":
             _, _, kind, step, attempt = msg.payload
-            self._run.timer(kind, step, attempt)
+            self._run.safe_feed(TimerFired(kind, step, attempt, time.time()))
 
     # -- Host ------------------------------------------------------------------
     def run_done(self, driver: RunDriver) -> None:

@@ -148,7 +148,7 @@ class PoolActor(NaosActor):
         driver = RunDriver(self, msg.run_id, msg.epoch, pool_m.handle_fan_out, state,
                            pool_m.fan_out_final)
         self._fan_outs[msg.run_id] = driver
-        driver.feed(Start(time.time()))
+        driver.safe_feed(Start(time.time()))
         self.reply(sender, msg)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
@@ -156,7 +156,7 @@ class PoolActor(NaosActor):
             case ("queue", kind, step, attempt) if self._queue is not None:
                 self._on_queue(TimerFired(kind, step, attempt, time.time()))
             case ("run", run_id, kind, step, attempt) if run_id in self._fan_outs:
-                self._fan_outs[run_id].timer(kind, step, attempt)
+                self._fan_outs[run_id].safe_feed(TimerFired(kind, step, attempt, time.time()))
 
     # -- Host ------------------------------------------------------------------
     def run_done(self, driver: RunDriver) -> None:

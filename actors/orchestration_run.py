@@ -35,11 +35,11 @@ from actors.domain.run_events import (
     Persist,
     RunCompensation,
     RunStep,
-    TimerFired,
     reply_event,
 )
 from actors.messages import PortReply, PortRequest
 from actors.orch_messages import RunAgentStep, RunChange, SaveRun
+from naosd.errors import NaosError
 
 SLACK_S = 1.0  # an agent call outlives the step's timer: the timer decides
 
@@ -98,8 +98,13 @@ class RunDriver:
         self.settle()
         return self.seq
 
-    def timer(self, kind: str, step: str | None, attempt: int) -> None:
-        self.feed(TimerFired(kind, step, attempt, time.time()))
+    def safe_feed(self, event: Any) -> None:
+        """Feed an event of the run's own (a reply, a timer, carrying on): the
+        machine refusing one is a crash, not an answer to anybody."""
+        try:
+            self.feed(event)
+        except NaosError as exc:
+            self.host.run_crashed(self, f"{type(event).__name__} refused: {exc}")
 
     @property
     def final(self) -> bool:
@@ -149,7 +154,7 @@ class RunDriver:
             return
         self.committed = max(self.committed, seq)
         result = reply.result or {}
-        self.feed(reply_event(effect, ok=bool(result.get("ok")), output=result.get("output"),
+        self.safe_feed(reply_event(effect, ok=bool(result.get("ok")), output=result.get("output"),
                               error_code=str(result.get("code") or ""),
                               message=str(result.get("message") or ""), now=time.time()))
 
