@@ -137,22 +137,23 @@ class RunDriver:
                            key=effect.idempotency_key, wait_s=effect.timeout_s + SLACK_S)
 
     # -- naosd's answers ---------------------------------------------------------
-    def _saved(self, seq: int, reply: PortReply) -> None:
+    def _accepted(self, seq: int, reply: PortReply) -> bool:
+        """naosd did its part (transition ``seq`` is on disk); else a crash."""
         if self.done:
-            return
+            return False
         if not reply.ok:
             self.host.run_crashed(self, f"{reply.error_code}: {reply.message}")
-            return
+            return False
         self.committed = max(self.committed, seq)
-        self.settle()
+        return True
+
+    def _saved(self, seq: int, reply: PortReply) -> None:
+        if self._accepted(seq, reply):
+            self.settle()
 
     def _answered(self, effect: RunStep | RunCompensation, seq: int, reply: PortReply) -> None:
-        if self.done:
+        if not self._accepted(seq, reply):
             return
-        if not reply.ok:
-            self.host.run_crashed(self, f"{reply.error_code}: {reply.message}")
-            return
-        self.committed = max(self.committed, seq)
         result = reply.result or {}
         self.safe_feed(reply_event(effect, ok=bool(result.get("ok")), output=result.get("output"),
                               error_code=str(result.get("code") or ""),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from harness import Naosd, kill_all, reap, start_naosd
 from orch_agents import read_rows
-from test_saga_crash import kill9
+from test_saga_crash import kill9, stop_all
 from test_saga_e2e import ok
 
 pytestmark = pytest.mark.e2e
@@ -124,11 +124,7 @@ def test_kill9_while_tasks_are_queued_and_running(base: Path):
         assert [r["in_doubt"] for r in recovered] == [2, 2]
         assert [r["tasks"] for r in recovered] == [12 - 5, 24 - 17]
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)
 
 
 def effects_of(fx: Effects) -> set[int]:
@@ -214,11 +210,7 @@ def test_tasks_in_flight_at_a_clean_stop_carry_on_after_the_start(base: Path):
         saga_run = d.ctl("pool", "run-status", ids[0])
         assert saga_run.returncode != 0 and "no run" in saga_run.stderr
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)
 
 
 @pytest.mark.timeout(360)
@@ -270,8 +262,4 @@ def test_kill9_with_180_queued_tasks_every_task_completes(base: Path):
         assert [(r["tasks"], r["in_doubt"]) for r in recovered] == [
             (total - 20, members), (total - 80, members), (total - 140, members)]
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)

@@ -21,6 +21,33 @@ RUNS = 20
 FINAL = {"completed", "compensated", "compensation_failed"}
 
 
+def stop_all(d: Naosd, daemons: list[Naosd]) -> None:
+    """Stop the last daemon; nothing any of them started may be left."""
+    d.stop()
+    survivors = []
+    for one in daemons:
+        survivors += reap(one)
+    assert not survivors
+
+
+def order_saga(d: Naosd, *create: str, attempts: str) -> None:
+    ok(d, "saga", "create", "order", "--compensation-delay", "0.1", *create)
+    for step, agent, undo in STEPS:
+        extra = ["--compensate", undo] if undo else []
+        ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
+           "--attempts", attempts, "--retry-delay", "0.2")
+
+
+def wait_final(d: Naosd, runs: dict[str, dict], limit_s: float = 90) -> dict[str, dict]:
+    """Every run as listed once all are final (or the time is up)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
+        if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.2)
+
+
 def kill9(d: Naosd) -> None:
     """SIGKILL naosd alone; its children die with it (parent-death signal)."""
     pids = d.remember_tree()
@@ -41,12 +68,7 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
     daemons.append(d)
     try:
         make_agents(d, lab)
-        ok(d, "saga", "create", "order", "--recovery", recovery,
-           "--compensation-delay", "0.1", "--compensation-attempts", "5")
-        for step, agent, undo in STEPS:
-            extra = ["--compensate", undo] if undo else []
-            ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
-               "--attempts", "5", "--retry-delay", "0.2")
+        order_saga(d, "--recovery", recovery, "--compensation-attempts", "5", attempts="5")
         kill_after = set(rng.sample(range(2, RUNS), 4))
         runs: dict[str, dict] = {}
         for i in range(RUNS):
@@ -59,12 +81,7 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
                 kill9(d)
                 d = start_naosd(base, state_dir=d.state_dir)
                 daemons.append(d)
-        deadline = time.monotonic() + 90
-        while True:
-            listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
-            if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        listed = wait_final(d, runs)
         assert set(listed) == set(runs)
         statuses = Counter(listed[r]["status"] for r in runs)
         assert set(statuses) <= {"completed", "compensated"}, (statuses, d.log()[-3000:])
@@ -88,11 +105,7 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
         applied = lab.rows("SELECT COUNT(*) FROM ledger")[0][0]
         assert calls >= applied  # in-doubt steps were re-sent, not re-applied
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)
 
 
 def coordinators(d: Naosd) -> dict[str, dict]:
@@ -153,23 +166,15 @@ def test_kill9_of_coordinators_mid_run(base: Path):
     daemons.append(d)
     try:
         make_agents(d, lab)
-        ok(d, "saga", "create", "order", "--compensation-delay", "0.1")
-        for step, agent, undo in STEPS:
-            extra = ["--compensate", undo] if undo else []
-            ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
-               "--attempts", "3", "--retry-delay", "0.2")
+        order_saga(d, attempts="3")
         runs = {}
         for i in range(4):
             run_input = {"i": i, "fail_at": "ship"} if i % 2 == 0 else {"i": i}
             started = ok(d, "saga", "run", "order", "--no-wait", "--input", json.dumps(run_input))
             runs[started["run_id"]] = run_input
         killed = kill_while_charging(d, lab, set(runs))
-        deadline = time.monotonic() + 90
-        while True:
-            listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
-            if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        listed = wait_final(d, runs)
+        deadline = time.monotonic() + 30
         for run_id, run_input in runs.items():
             want = "compensated" if "fail_at" in run_input else "completed"
             assert listed[run_id]["status"] == want, (run_id, listed[run_id], d.log()[-3000:])
@@ -179,8 +184,4 @@ def test_kill9_of_coordinators_mid_run(base: Path):
             time.sleep(0.05)
         assert wait_gone(list(killed.values()), timeout=5) == []
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)

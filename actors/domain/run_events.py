@@ -120,10 +120,10 @@ class Audit:
 
 
 @dataclass(frozen=True, slots=True)
-class RunStep:
-    """Ask ``agent`` to run ``step``: ``message`` is exactly what the agent
-    gets, ``idempotency_key`` its ``ctx.idempotency_key``, ``timeout_s`` how
-    long the step may take."""
+class AgentCall:
+    """Ask ``agent``: ``message`` is exactly what the agent gets,
+    ``idempotency_key`` its ``ctx.idempotency_key``, ``timeout_s`` how long
+    the call may take.  Shells dispatch on the two kinds below."""
 
     step: str
     agent: str
@@ -134,15 +134,13 @@ class RunStep:
 
 
 @dataclass(frozen=True, slots=True)
-class RunCompensation:
-    """Ask ``agent`` to undo ``step`` (fields as :class:`RunStep`)."""
+class RunStep(AgentCall):
+    """Ask ``agent`` to run ``step``."""
 
-    step: str
-    agent: str
-    message: Any = field(hash=False)
-    idempotency_key: str
-    attempt: int
-    timeout_s: float
+
+@dataclass(frozen=True, slots=True)
+class RunCompensation(AgentCall):
+    """Ask ``agent`` to undo ``step``."""
 
 
 @dataclass(frozen=True, slots=True)
