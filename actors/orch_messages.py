@@ -151,10 +151,10 @@ class PoolAddress(Request):
 
 @dataclass(frozen=True, slots=True)
 class Enqueue(Request):
-    """Pool actor: a task was submitted (its row is queued).  Result: None."""
+    """Pool actor: tasks were submitted (their rows are queued), in order:
+    ``((task_id, input), ...)``.  Result: None."""
 
-    task_id: str
-    input: Any = field(hash=False)
+    tasks: tuple[tuple[str, Any], ...] = field(hash=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,11 +95,11 @@ class PoolActor(NaosActor):
     def receiveMsg_Enqueue(self, msg: Enqueue, sender: Any) -> None:
         if self._not_ready(msg, sender):
             return
-        task = pool_m.QueuedTask(msg.task_id, msg.input)
+        tasks = tuple(pool_m.QueuedTask(task_id, task_input) for task_id, task_input in msg.tasks)
         if self._queue is None:
-            self._early.append(task)
+            self._early.extend(tasks)
         else:
-            self._on_queue(pool_m.Enqueued((task,)))
+            self._on_queue(pool_m.Enqueued(tasks))
         self.reply(sender, msg)
 
     def receiveMsg_PoolChanged(self, msg: PoolChanged, sender: Any) -> None:

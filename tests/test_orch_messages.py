@@ -30,7 +30,7 @@ SAMPLES = [
     pytest.param(om.RunCommand("r9", "s-1", "saga", Resolve("by hand", 1.0)), id="RunCommand"),
     pytest.param(om.RunCommand("r9", "s-1", "saga", Recover(1.0), None), id="RunCommand-recover"),
     pytest.param(om.PoolAddress("r10", "p"), id="PoolAddress"),
-    pytest.param(om.Enqueue("r11", "t1", [1, 2]), id="Enqueue"),
+    pytest.param(om.Enqueue("r11", (("t1", [1, 2]), ("t2", None))), id="Enqueue"),
     pytest.param(om.PoolChanged("r12", {"name": "p", "size": 3}), id="PoolChanged"),
     pytest.param(om.CancelTask("r13", "t1"), id="CancelTask"),
     pytest.param(om.StartFanOut("r14", "p-1", 4, {"input": 1},

@@ -94,6 +94,8 @@ class Pools:
         self._calls = calls
         self._books: dict[str, Book] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}  # queue tasks being run
+        self._outbox: dict[str, list[tuple[str, Any]]] = {}  # pool -> tasks to announce
+        self._senders: dict[str, asyncio.Task[None]] = {}
         self._runs_failed = 0  # fan-outs failed at start, for the next pool.recovered row
 
     def _book(self, name: str) -> Book:
@@ -216,11 +218,24 @@ class Pools:
             row = await self._db.call(queue)
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"task input cannot be stored as JSON: {exc}") from None
-        try:
-            await self._tree.ask_pool(name, Enqueue(rid(), task_id, task_input))
-        except NaosError as exc:  # durable: the pool's actor loads it when it starts
-            log.warning("pool %s: task %s queued, its actor not told: %s", name, task_id, exc)
+        self._announce(name, task_id, task_input)
         return _view(row)
+
+    def _announce(self, name: str, task_id: str, task_input: Any) -> None:
+        """Tell the pool's actor, in submission order, without holding the
+        submitter: one sender per pool, whatever queued meanwhile in one message."""
+        self._outbox.setdefault(name, []).append((task_id, task_input))
+        sender = self._senders.get(name)
+        if sender is None or sender.done():
+            self._senders[name] = asyncio.get_running_loop().create_task(self._send(name))
+
+    async def _send(self, name: str) -> None:
+        while batch := self._outbox.pop(name, None):
+            try:
+                await self._tree.ask_pool(name, Enqueue(rid(), tuple(batch)))
+            except NaosError as exc:  # durable: the pool's actor loads them when it starts
+                log.warning("pool %s: %d tasks queued, its actor not told: %s", name,
+                            len(batch), exc)
 
     async def cancel(self, name: str, task_id: str) -> dict[str, Any]:
         """Cancel a queued task (one already sent to a member cannot be)."""
@@ -382,7 +397,7 @@ class Pools:
         return pools
 
     async def close(self) -> None:
-        for work in list(self._tasks.values()):
+        for work in [*self._tasks.values(), *self._senders.values()]:
             work.cancel()  # the rows stay running (in doubt) and are re-sent at the start
         await self._calls.aclose()
 
