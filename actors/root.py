@@ -116,9 +116,9 @@ class RootSupervisor(NaosActor):
         self.port = msg.port
         if "sandbox" not in self._children:
             self._spawn(ChildStatus("sandbox", "sandbox-pool"))
-        if "orchestration" not in self._children:
-            self._spawn(ChildStatus("orchestration", "orchestration"))
         self._sync_supervisors()
+        if "orchestration" not in self._children:  # after the agents supervisor
+            self._spawn(ChildStatus("orchestration", "orchestration"))
         self.reply(sender, msg)
 
     # -- cluster mode (actors.cluster) ----------------------------------------
