@@ -80,7 +80,7 @@ class NaosActor(ActorTypeDispatcher):  # type: ignore[misc]  # Thespian is untyp
         """Send the success ``Reply`` to ``request``."""
         self.send(sender, Reply(request.request_id, True, result))
 
-    def ask_port(self, kind: type[PortRequest], then: Callable[[PortReply], None],
+    def ask_port(self, kind: type[PortRequest], then: Callable[[PortReply], None], /,
                  **fields: Any) -> str:
         """Send naosd a ``kind`` request; ``then(reply)`` runs when it answers.
 

@@ -117,6 +117,8 @@ class RootSupervisor(NaosActor):
         if "sandbox" not in self._children:
             self._spawn(ChildStatus("sandbox", "sandbox-pool"))
         self._sync_supervisors()
+        if "orchestration" not in self._children:  # after the agents supervisor
+            self._spawn(ChildStatus("orchestration", "orchestration"))
         self.reply(sender, msg)
 
     # -- cluster mode (actors.cluster) ----------------------------------------
@@ -279,6 +281,12 @@ class RootSupervisor(NaosActor):
             cache = str(Path(self._env.db_path).parent / "wasm-cache")
             return SandboxPool, InitSandbox(status.name, self._env.db_path, cache,
                                             self._env.sandbox_workers)
+        if status.kind == "orchestration":
+            from actors.orch_messages import InitOrchestration
+            from actors.orchestration import OrchestrationSupervisor
+
+            return OrchestrationSupervisor, InitOrchestration(status.name, self.port,
+                                                              self.myAddress)
         if status.kind == "cluster":
             from actors.cluster import ClusterMonitor
 
@@ -327,7 +335,7 @@ class RootSupervisor(NaosActor):
 
     def _expand(self, node: dict[str, Any]) -> dict[str, Any]:
         """Replace a supervisor child's stub with its latest pushed node."""
-        if node.get("kind") != "supervisor":
+        if node.get("kind") not in ("supervisor", "orchestration"):
             return node
         latest = self._nodes.get(node["name"])
         if latest is None:

@@ -11,9 +11,11 @@ import click
 from naosctl import render
 from naosctl.agent_commands import read_input
 from naosctl.main import Ctx, cli, handle_errors, json_option, pass_ctx
+from naosd.errors import RequestTimeout
 
 GOOD = ("completed",)
 FINAL = ("completed", "compensated", "compensation_failed", "failed")
+TASK_FINAL = ("completed", "failed", "cancelled")
 
 
 def _show(result: Any, as_json: bool, text: str) -> None:
@@ -44,16 +46,28 @@ def timeline_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _wait(c: Ctx, kind: str, run_id: str, wait: float) -> dict[str, Any]:
+def _waited(c: Ctx, call: Any, wait: float, final: tuple[str, ...],
+            least: float = 0.1) -> dict[str, Any]:
+    """``call(seconds)`` until its result's status is final or ``wait`` is
+    over; each call waits well within this client's own timeout."""
     deadline = time.monotonic() + wait
     while True:
         left = deadline - time.monotonic()
-        result: dict[str, Any] = c.client.call(f"{kind}.wait", run=run_id,
-                                               timeout=max(0.1, min(left, 30.0)))
-        if result["status"] in FINAL or time.monotonic() >= deadline:
+        result: dict[str, Any] = call(max(least, min(left, c.timeout / 2)))
+        if result["status"] in final or time.monotonic() >= deadline:
             return result
         if not result.get("live", True):
             time.sleep(0.2)  # not being run right now (naosd starting): do not spin
+
+
+def _wait(c: Ctx, kind: str, run_id: str, wait: float) -> dict[str, Any]:
+    return _waited(c, lambda s: c.client.call(f"{kind}.wait", run=run_id, timeout=s),
+                   wait, FINAL)
+
+
+def _task(c: Ctx, name: str, task_id: str, wait: float) -> dict[str, Any]:
+    return _waited(c, lambda s: c.client.call("pool.task", name=name, task=task_id, wait=s),
+                   wait, TASK_FINAL, least=0.0)
 
 
 def _finish(result: dict[str, Any], as_json: bool) -> None:
@@ -329,7 +343,7 @@ def pool_submit(c: Ctx, name: str, input_: str | None, wait: float, as_json: boo
     """Queue a task on NAME; print its id (with --wait, its result)."""
     task = c.client.call("pool.submit", name=name, input=read_input(input_))
     if wait > 0:
-        task = c.client.call("pool.task", name=name, task=task["task_id"], wait=min(wait, 50))
+        task = _task(c, name, task["task_id"], wait)
     _show(task, as_json, task["task_id"] if wait <= 0 else render.to_json(task))
 
 
@@ -342,7 +356,7 @@ def pool_submit(c: Ctx, name: str, input_: str | None, wait: float, as_json: boo
 @handle_errors()
 def pool_task(c: Ctx, name: str, task_id: str, wait: float, as_json: bool) -> None:
     """A queued task's state and output."""
-    task = c.client.call("pool.task", name=name, task=task_id, wait=min(wait, 50))
+    task = _task(c, name, task_id, wait)
     _show(task, as_json, render.to_json(task))
 
 
@@ -384,7 +398,17 @@ def pool_scale(c: Ctx, name: str, size: int, as_json: bool) -> None:
 @handle_errors()
 def pool_drain(c: Ctx, name: str, timeout: float, as_json: bool) -> None:
     """Stop taking tasks on NAME and wait for the queue to empty."""
-    _show_status(c.client.call("pool.drain", name=name, timeout=timeout), as_json)
+    deadline = time.monotonic() + timeout
+    while True:  # each call waits well within this client's own timeout
+        left = max(0.1, min(deadline - time.monotonic(), c.timeout / 2))
+        try:
+            status = c.client.call("pool.drain", name=name, timeout=left)
+        except RequestTimeout:
+            if time.monotonic() >= deadline:
+                raise
+            continue
+        _show_status(status, as_json)
+        return
 
 
 def _show_status(result: dict[str, Any], as_json: bool) -> None:

@@ -72,7 +72,7 @@ class Daemon:
         self.dashboard: Any = None
         self.reloads = 0
         self.agents: Any = None
-        self.orch: Any = None  # naosd.orchestration.coordinators.Orchestrator
+        self.orch: Any = None  # naosd.orchestration.coordinators.Runs
         self.pools: Any = None  # naosd.orchestration.pools.Pools
         self.sandbox: Any = None  # naosd.runtime.sandbox.Sandbox
         self.broker: Any = None
@@ -124,8 +124,7 @@ class Daemon:
         from actors.messages import InitRoot, PortEcho
         from naosd.agents.service import Agents
         from naosd.broker.service import build_broker
-        from naosd.orchestration.coordinators import Orchestrator
-        from naosd.orchestration.pools import Pools
+        from naosd.orchestration.port_handlers import build_orchestration
         from naosd.runtime.bridge import Bridge
         from naosd.runtime.port import ActorPort
         from naosd.runtime.sandbox import Sandbox
@@ -137,8 +136,8 @@ class Daemon:
         self.port = ActorPort(self.runtime.system, {PortEcho: _echo})
         await self.port.start()
         self.agents = Agents(self)
-        self.orch = Orchestrator(self)
-        self.pools = Pools(self)
+        self.orch, self.pools = await build_orchestration(self.db, self.agents, self.bridge,
+                                                          self.port)
         self._start_llm_and_trust()
         await self._prepare_cluster()
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
@@ -161,8 +160,6 @@ class Daemon:
         watchdog = asyncio.get_running_loop().create_task(self._watchdog())
         self._watchdog_task = watchdog
         self._reaper_task = asyncio.get_running_loop().create_task(self._reap_idle_agents())
-        await self.orch.recover()  # unfinished sagas and workflows carry on
-        await self.pools.recover()  # queued and in-doubt pool tasks carry on
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()

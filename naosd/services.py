@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from naosd.broker.service import Broker
     from naosd.broker.trust_gate import TrustGate
     from naosd.config import Config
-    from naosd.orchestration.coordinators import Orchestrator
+    from naosd.orchestration.coordinators import Runs
     from naosd.orchestration.pools import Pools
     from naosd.runtime.bridge import Bridge
     from naosd.runtime.sandbox import Sandbox
@@ -63,7 +63,7 @@ class Services:
     bridge: Bridge
     sandbox: Sandbox
     agents: Agents
-    orch: Orchestrator
+    orch: Runs
     pools: Pools
     broker: Broker
     llm: LlmService

@@ -44,6 +44,9 @@ SAMPLES = [
     pytest.param(m.RunWasm("r13", b"\0asm", b"{}", {"fuel": 10}, ("log",), "a"),
                  id="RunWasm"),
     pytest.param(m.ValidateWasm("r14", b"\0asm", {"fuel": 10}), id="ValidateWasm"),
+    pytest.param(m.PortRequest("r17", None), id="PortRequest"),
+    pytest.param(m.PortReply("r17", True, {"k": 1}), id="PortReply"),
+    pytest.param(m.PortEcho("r18", None, {"payload": [1]}), id="PortEcho"),
 ]
 # cluster mode's messages (actors/cluster_messages.py)
 CLUSTER_SAMPLES = [

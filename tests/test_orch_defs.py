@@ -62,7 +62,7 @@ def test_project_sections_become_runnable_definitions():
     assert spec.step("charge").timeout_s == 5 and spec.step("charge").compensate_agent is None
     wf = defs.workflow_spec(project.orchestration["workflows"][0])
     assert wf.policy("fetch") == ("retry", wf.steps[0].retry)
-    assert wf.steps[0].retry is not None and wf.steps[0].retry.count == 5
+    assert wf.steps[0].retry is not None and wf.steps[0].retry.attempts == 6  # 5 more tries
     pool = project.orchestration["pools"][0]
     assert pool["size"] == 4 and pool["merge"] == "quorum:2"
     assert defs.pool_agents(pool) == ["fetcher"]
@@ -109,8 +109,10 @@ def test_duplicate_steps_and_empty_sagas():
     assert wf["steps"][0]["retry"] == {"count": 2, "delay_s": 3.0}  # count inherited
     with pytest.raises(InvalidRequest, match="seconds"):
         defs.seconds(float("nan"), "t")
-    with pytest.raises(InvalidRequest, match="at most 50"):
-        defs.pool_def("p", agents=["a"], timeout=51)
+    # a pool's timeout is bounded by a day, not by a daemon's request timeout
+    assert defs.pool_def("p", agents=["a"], timeout=3600)["timeout_s"] == 3600.0
+    with pytest.raises(InvalidRequest, match="at most 86400"):
+        defs.pool_def("p", agents=["a"], timeout=86401)
     with pytest.raises(InvalidRequest, match="twice"):
         defs.pool_def("p", agents=["a", "a"])
     with pytest.raises(InvalidRequest, match="either agents"):

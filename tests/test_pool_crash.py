@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from harness import Naosd, kill_all, reap, start_naosd
 from orch_agents import read_rows
-from test_saga_crash import kill9
+from test_saga_crash import kill9, stop_all
 from test_saga_e2e import ok
 
 pytestmark = pytest.mark.e2e
@@ -124,11 +124,7 @@ def test_kill9_while_tasks_are_queued_and_running(base: Path):
         assert [r["in_doubt"] for r in recovered] == [2, 2]
         assert [r["tasks"] for r in recovered] == [12 - 5, 24 - 17]
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)
 
 
 def effects_of(fx: Effects) -> set[int]:
@@ -214,8 +210,56 @@ def test_tasks_in_flight_at_a_clean_stop_carry_on_after_the_start(base: Path):
         saga_run = d.ctl("pool", "run-status", ids[0])
         assert saga_run.returncode != 0 and "no run" in saga_run.stderr
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)
+
+
+@pytest.mark.timeout(360)
+def test_kill9_with_180_queued_tasks_every_task_completes(base: Path):
+    """Issue 12, part 3: after a kill -9 of naosd with many queued tasks, the
+    restart's recovery must not dispatch before the agents supervisor is up
+    (43 of 180 accepted tasks used to end failed with "conflict: the agents
+    supervisor is not running", several after their work was done).  Three
+    kills, each with 4 tasks in doubt (applied, not answered) and the rest
+    queued: every accepted task completes, its effect applied once under its
+    own key, the in-doubt ones re-sent once."""
+    from naosctl.client import Client
+
+    fx = Effects(base)
+    gate = base / "gate"
+    gate.write_text("20")
+    total, members = 180, 4
+    daemons: list[Naosd] = []
+    d = start_naosd(base)
+    daemons.append(d)
+    try:
+        ok(d, "create", "worker", "--source", str(fx.handler), "--config",
+           fx.config(gate=str(gate)), "--no-start")
+        ok(d, "pool", "create", "w", "--agent", "worker", "--size", str(members))
+        with Client(d.socket, timeout=30) as c:
+            ids = [c.call("pool.submit", name="w", input=i)["task_id"] for i in range(total)]
+        in_doubt: set[int] = set()
+        for opened, next_gate in ((20, 80), (80, 140), (140, 1000)):
+            # tasks below the gate finish; one per member applies and hangs
+            wait_for(lambda o=opened: effects_of(fx) >= set(range(o + members)), d, 120)
+            in_doubt |= set(range(opened, opened + members))
+            d = restart(d, daemons)
+            gate.write_text(str(next_gate))
+
+        def settled() -> bool:
+            tasks = ok(d, "pool", "status", "w")["tasks"]
+            return tasks["done"] + tasks["failed"] == total
+
+        wait_for(settled, d, limit_s=240)
+        with Client(d.socket, timeout=30) as c:
+            tasks = [c.call("pool.task", name="w", task=i) for i in ids]
+        failed = [(t["status"], t["error"]) for t in tasks if t["status"] != "completed"]
+        assert not failed, (len(failed), Counter(failed))
+        assert [t["attempt"] for t in tasks] == [2 if i in in_doubt else 1 for i in range(total)]
+        keys = Counter(str(k) for k, _ in fx.rows("SELECT key, input FROM effects"))
+        assert keys == Counter(ids)  # each task's effect once, under its own id
+        recovered = [r["detail"] for r in ok(d, "audit", "tail", "-n", "100000")
+                     if r["type"] == "pool.recovered"]
+        assert [(r["tasks"], r["in_doubt"]) for r in recovered] == [
+            (total - 20, members), (total - 80, members), (total - 140, members)]
+    finally:
+        stop_all(d, daemons)

@@ -133,7 +133,7 @@ def test_bad_pools_are_refused(voters: Naosd):
 
 @pytest.mark.parametrize("pick", ["round-robin", "least-busy"])
 def test_queue_mode_scale_and_drain_while_tasks_run(daemon: Naosd, voter: Path, pick: str):
-    agent(daemon, voter, "worker", sleep=0.3)
+    agent(daemon, voter, "worker", sleep=1.0)  # 6 tasks on 2 members: ~3 s of work
     ok(daemon, "pool", "create", "w", "--agent", "worker", "--size", "2", "--pick", pick)
     ids = [ok(daemon, "pool", "submit", "w", "--input", json.dumps(i))["task_id"]
            for i in range(6)]
@@ -171,7 +171,11 @@ def test_pick_strategies_spread_tasks(daemon: Naosd, voter: Path, pick: str):
     agent(daemon, voter, "slowpoke", sleep=0.5)
     agent(daemon, voter, "quick")
     ok(daemon, "pool", "create", "mix", "--agents", "slowpoke,quick", "--pick", pick)
-    ids = [ok(daemon, "pool", "submit", "mix", "--input", str(i))["task_id"] for i in range(10)]
+    from naosctl.client import Client
+
+    with Client(daemon.socket, timeout=30) as c:  # all queued at once: one naosctl per
+        ids = [c.call("pool.submit", name="mix", input=i)["task_id"]  # task was slower
+               for i in range(10)]  # than slowpoke on a loaded machine (a tie every time)
     ok(daemon, "pool", "drain", "mix")
     by = Counter(ok(daemon, "pool", "task", "mix", t)["member"] for t in ids)
     if pick == "round-robin":
@@ -221,3 +225,27 @@ def test_a_queued_task_can_be_cancelled_and_is_counted(daemon: Naosd, base: Path
     assert [ok(daemon, "pool", "task", "q", t)["status"] for t in ids] == [
         "completed", "completed", "cancelled"]
     assert sorted(int(str(i)) for (i,) in fx.rows("SELECT input FROM effects")) == [0, 1]
+
+
+def test_waits_are_bounded_by_their_own_timeout_not_a_fixed_cap(daemon: Naosd, voter: Path):
+    """A pool's timeout, a task's wait, a fan-out's and a drain's timeout may
+    be longer than the 50 s the domain used to cap them at (a daemon default
+    leaking into it); each is checked against a day, with a clear error."""
+    from naosctl.client import Client
+    from naosd.errors import InvalidRequest
+
+    agent(daemon, voter, "w", answer=1)
+    ok(daemon, "pool", "create", "long", "--agents", "w", "--timeout", "120")
+    with Client(daemon.socket, timeout=30) as c:
+        task = c.call("pool.submit", name="long", input=1)
+        assert c.call("pool.task", name="long", task=task["task_id"], wait=60)["status"] == \
+            "completed"
+        assert c.call("pool.run", name="long", input=1, timeout=55)["status"] == "completed"
+        assert c.call("pool.drain", name="long", timeout=70)["queued"] == 0
+        for method, params in (("pool.task", {"task": task["task_id"], "wait": 86401}),
+                               ("pool.run", {"input": 1, "timeout": 86401}),
+                               ("pool.drain", {"timeout": 86401})):
+            with pytest.raises(InvalidRequest, match="at most 86400 seconds"):
+                c.call(method, name="long", **params)
+    out = daemon.ctl("pool", "create", "longer", "--agents", "w", "--timeout", "86401")
+    assert out.returncode != 0 and "at most 86400 seconds" in out.stderr

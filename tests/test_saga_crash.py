@@ -4,6 +4,7 @@ every run ends completed or compensated and no side effect was applied twice."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -18,6 +19,33 @@ from test_saga_e2e import STEPS, make_agents, ok
 pytestmark = pytest.mark.e2e
 RUNS = 20
 FINAL = {"completed", "compensated", "compensation_failed"}
+
+
+def stop_all(d: Naosd, daemons: list[Naosd]) -> None:
+    """Stop the last daemon; nothing any of them started may be left."""
+    d.stop()
+    survivors = []
+    for one in daemons:
+        survivors += reap(one)
+    assert not survivors
+
+
+def order_saga(d: Naosd, *create: str, attempts: str) -> None:
+    ok(d, "saga", "create", "order", "--compensation-delay", "0.1", *create)
+    for step, agent, undo in STEPS:
+        extra = ["--compensate", undo] if undo else []
+        ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
+           "--attempts", attempts, "--retry-delay", "0.2")
+
+
+def wait_final(d: Naosd, runs: dict[str, dict], limit_s: float = 90) -> dict[str, dict]:
+    """Every run as listed once all are final (or the time is up)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
+        if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.2)
 
 
 def kill9(d: Naosd) -> None:
@@ -40,12 +68,7 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
     daemons.append(d)
     try:
         make_agents(d, lab)
-        ok(d, "saga", "create", "order", "--recovery", recovery,
-           "--compensation-delay", "0.1", "--compensation-attempts", "5")
-        for step, agent, undo in STEPS:
-            extra = ["--compensate", undo] if undo else []
-            ok(d, "saga", "add-step", "order", step, "--agent", agent, *extra,
-               "--attempts", "5", "--retry-delay", "0.2")
+        order_saga(d, "--recovery", recovery, "--compensation-attempts", "5", attempts="5")
         kill_after = set(rng.sample(range(2, RUNS), 4))
         runs: dict[str, dict] = {}
         for i in range(RUNS):
@@ -58,12 +81,7 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
                 kill9(d)
                 d = start_naosd(base, state_dir=d.state_dir)
                 daemons.append(d)
-        deadline = time.monotonic() + 90
-        while True:
-            listed = {r["run_id"]: r for r in ok(d, "saga", "status")}
-            if all(listed[r]["status"] in FINAL for r in runs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        listed = wait_final(d, runs)
         assert set(listed) == set(runs)
         statuses = Counter(listed[r]["status"] for r in runs)
         assert set(statuses) <= {"completed", "compensated"}, (statuses, d.log()[-3000:])
@@ -87,8 +105,83 @@ def test_kill9_during_20_runs(base: Path, recovery: str):
         applied = lab.rows("SELECT COUNT(*) FROM ledger")[0][0]
         assert calls >= applied  # in-doubt steps were re-sent, not re-applied
     finally:
-        d.stop()
-        survivors = []
-        for one in daemons:
-            survivors += reap(one)
-        assert not survivors
+        stop_all(d, daemons)
+
+
+def coordinators(d: Naosd) -> dict[str, dict]:
+    """The orchestration supervisor's children in the tree ``status`` shows."""
+    from naosctl.client import Client
+
+    with Client(d.socket, timeout=30) as c:
+        tree = c.call("status")["actors"]
+    orch = next(c for c in tree["children"] if c["name"] == "orchestration")
+    assert orch["kind"] == "orchestration" and orch["pid"]
+    return {c["name"]: c for c in orch["children"]}
+
+
+def kill_while_charging(d: Naosd, lab: Lab, runs: set[str]) -> dict[str, int]:
+    """SIGKILL each run's coordinator once, while the run's charge step runs."""
+    killed: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    while not runs <= set(coordinators(d)):  # one per running saga, in the tree
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while len(killed) < len(runs):
+        assert time.monotonic() < deadline, (killed, d.log()[-3000:])
+        tree = coordinators(d)
+        for run_id in runs - set(killed):
+            node = tree.get(run_id)
+            charging = lab.rows("SELECT 1 FROM calls WHERE key = ?", (f"{run_id}:charge:do",))
+            if node and node["pid"] and node["state"] == "running" and charging:
+                assert node["kind"] == "saga"
+                os.kill(node["pid"], signal.SIGKILL)
+                killed[run_id] = node["pid"]
+        time.sleep(0.05)
+    return killed
+
+
+def check_recovered_run(d: Naosd, lab: Lab, run_id: str, status: str) -> None:
+    ledger = lab.ledger(run_id)
+    if status == "completed":
+        assert ledger == [("reserve", 0), ("charge", 0), ("ship", 0)], (run_id, ledger)
+    else:
+        assert ledger == [("reserve", 0), ("charge", 0), ("charge", 1), ("reserve", 1)], ledger
+    history = ok(d, "saga", "history", run_id)
+    recovered = [t for t in history["timeline"] if t["type"] == "saga.recovered"]
+    assert recovered, history
+    doubt = recovered[0]["detail"]["in_doubt"]  # charge, unless it ended as the kill came
+    if doubt == ["charge"]:  # re-sent while the first call still ran: it shared that call
+        charges = lab.rows("SELECT COUNT(*) FROM calls WHERE key = ?", (f"{run_id}:charge:do",))
+        assert charges == [(1,)], (run_id, charges)
+
+
+def test_kill9_of_coordinators_mid_run(base: Path):
+    """Each run's coordinator is its own process in the tree; SIGKILLed while
+    its charge step runs, it is restarted from the run's record and the run
+    completes or compensates, every side effect applied once."""
+    lab = Lab(base)
+    lab.set(sleep_do={"charge": 1.5})
+    daemons: list[Naosd] = []
+    d = start_naosd(base)
+    daemons.append(d)
+    try:
+        make_agents(d, lab)
+        order_saga(d, attempts="3")
+        runs = {}
+        for i in range(4):
+            run_input = {"i": i, "fail_at": "ship"} if i % 2 == 0 else {"i": i}
+            started = ok(d, "saga", "run", "order", "--no-wait", "--input", json.dumps(run_input))
+            runs[started["run_id"]] = run_input
+        killed = kill_while_charging(d, lab, set(runs))
+        listed = wait_final(d, runs)
+        deadline = time.monotonic() + 30
+        for run_id, run_input in runs.items():
+            want = "compensated" if "fail_at" in run_input else "completed"
+            assert listed[run_id]["status"] == want, (run_id, listed[run_id], d.log()[-3000:])
+            check_recovered_run(d, lab, run_id, want)
+        while set(coordinators(d)) & set(runs):  # finished runs' coordinators exit
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert wait_gone(list(killed.values()), timeout=5) == []
+    finally:
+        stop_all(d, daemons)

@@ -190,8 +190,9 @@ def test_happy_path_runs_each_step_once_with_outputs_so_far() -> None:
     assert state.status is RunStatus.COMPLETED
     runs = [e for e in shell.trace if isinstance(e, RunStep)]
     assert [r.step for r in runs] == list(NAMES)
-    assert runs[0].input == {"input": {"order": 7}, "outputs": {}}
-    assert runs[2].input["outputs"] == {
+    assert runs[0].message == {"run_id": "r1", "step": "a", "attempt": 1,
+                              "idempotency_key": "r1:a:do", "input": {"order": 7}, "outputs": {}}
+    assert runs[2].message["outputs"] == {
         "a": {"step": "a", "attempt": 1},
         "b": {"step": "b", "attempt": 1},
     }
@@ -299,14 +300,14 @@ def test_in_doubt_steps_are_compensated_by_policy(
     assert state.status is RunStatus.COMPENSATED
     assert undone(shell.trace) == expect_undone
     undos = [e for e in shell.trace if isinstance(e, RunCompensation)]
-    flagged = {e.step for e in undos if e.input.get("in_doubt")}
+    flagged = {e.step for e in undos if e.message.get("in_doubt")}
     assert flagged == expect_doubt
     for e in undos:
         assert e.idempotency_key == f"r1:{e.step}:undo"
         if e.step in expect_doubt:  # the step's own key: the agent can tell if it ran
-            assert e.input["step_key"] == f"r1:{e.step}:do" and e.input["output"] is None
+            assert e.message["step_key"] == f"r1:{e.step}:do" and e.message["output"] is None
         else:
-            assert "step_key" not in e.input
+            assert "step_key" not in e.message
     failed = [a.detail for a in shell.audits if a.type == "saga.step_failed"]
     assert [f["in_doubt"] for f in failed] == ["timeout" in do[f["step"]] for f in failed]
     assert len(failed) == 1
@@ -319,7 +320,7 @@ def test_saga_timeout_compensates_the_step_in_flight_first() -> None:
     state, effects = sg.handle(state, TimerFired("saga_timeout", None, 0, 3600.0))
     assert state.step("b").in_doubt and undone(effects) == ["b"]
     undo_b = next(e for e in effects if isinstance(e, RunCompensation))
-    assert undo_b.input["in_doubt"] and undo_b.input["step_key"] == "r1:b:do"
+    assert undo_b.message["in_doubt"] and undo_b.message["step_key"] == "r1:b:do"
     state, effects = sg.handle(state, CompensationSucceeded("b", 3601.0))
     assert undone(effects) == ["a"]
     state, _ = sg.handle(state, CompensationSucceeded("a", 3602.0))
@@ -360,7 +361,7 @@ def test_in_doubt_survives_the_record_and_old_records_still_load() -> None:
     # a crash while undoing it: the resent compensation is still marked in doubt
     _, effects = sg.handle(again, Recover(11.0))
     resent = [e for e in effects if isinstance(e, RunCompensation)]
-    assert [(e.step, e.input.get("in_doubt")) for e in resent] == [("a", True)]
+    assert [(e.step, e.message.get("in_doubt")) for e in resent] == [("a", True)]
     for step in record["steps"]:
         del step["in_doubt"]
     del record["spec"]["compensate_in_doubt"]

@@ -277,3 +277,19 @@ def test_one_live_coordinator_per_run(daemon: Naosd, lab: Lab):
     assert lab.ledger(run_id) == [("reserve", 0), ("charge", 0), ("ship", 0)]
     out = daemon.ctl("saga", "resume", run_id)
     assert out.returncode != 0 and "nothing to resume" in out.stderr
+
+
+def test_a_wait_is_bounded_by_its_own_timeout(daemon: Naosd, lab: Lab):
+    from naosctl.client import Client
+    from naosd.errors import InvalidRequest, RequestTimeout
+
+    make_saga(daemon)
+    lab.set(sleep={"reserve": 2})
+    with Client(daemon.socket, timeout=30) as c:
+        run_id = c.call("saga.run", name="order", input={})["run_id"]
+        with pytest.raises(RequestTimeout, match=r"still running after 0\.5s"):
+            c.call("saga.wait", run=run_id, timeout=0.5)
+        done = c.call("saga.wait", run=run_id, timeout=120)  # longer than the old 50 s cap
+        assert done["status"] == "completed" and not done["live"]
+        with pytest.raises(InvalidRequest, match="at most 86400 seconds"):
+            c.call("saga.wait", run=run_id, timeout=86401)

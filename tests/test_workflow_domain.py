@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from actors.domain import workflow as wf
+from actors.domain.run_events import RetryPolicy
 from actors.domain.workflow import (
     ArmTimer,
     Audit,
@@ -22,7 +23,6 @@ from actors.domain.workflow import (
     Persist,
     Recover,
     Resume,
-    Retry,
     RunStatus,
     RunStep,
     Start,
@@ -35,15 +35,17 @@ from actors.domain.workflow import (
     WfStepSpec,
     WorkflowSpec,
     WorkflowState,
+    retries,
 )
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
 NAMES = ("a", "b", "c")
 
 
-def make_spec(on_error: str = "stop", retry: Retry | None = None, **per_step: Any) -> WorkflowSpec:
+def make_spec(on_error: str = "stop", retry: RetryPolicy | None = None,
+              **per_step: Any) -> WorkflowSpec:
     steps = tuple(WfStepSpec(n, f"agent-{n}", 10.0, **per_step.get(n, {})) for n in NAMES)
-    return WorkflowSpec("pipe", steps, on_error, retry or Retry())
+    return WorkflowSpec("pipe", steps, on_error, retry or retries())
 
 
 class Shell:
@@ -55,7 +57,7 @@ class Shell:
 
     def answer(self, effect: Effect) -> Event | None:
         match effect:
-            case RunStep(step=step, input=value, attempt=attempt):
+            case RunStep(step=step, message={"input": value}, attempt=attempt):
                 queue = self.script.get(step)
                 outcome = queue.popleft() if queue else "ok"
                 if outcome == "ok":
@@ -90,7 +92,7 @@ def run_wf(spec: WorkflowSpec | None = None, **script: list[str]) -> tuple[Workf
 
 
 def runs(shell: Shell) -> list[tuple[str, Any, int]]:
-    return [(e.step, e.input, e.attempt) for e in shell.trace if isinstance(e, RunStep)]
+    return [(e.step, e.message["input"], e.attempt) for e in shell.trace if isinstance(e, RunStep)]
 
 
 # -- specs ----------------------------------------------------------------------------
@@ -99,8 +101,8 @@ def runs(shell: Shell) -> list[tuple[str, Any, int]]:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        pytest.param(lambda: Retry(-1), "count", id="negative-count"),
-        pytest.param(lambda: Retry(1, float("inf")), "delay_s", id="inf-delay"),
+        pytest.param(lambda: retries(-1), "count", id="negative-count"),
+        pytest.param(lambda: retries(1, float("inf")), "delay_s", id="inf-delay"),
         pytest.param(lambda: WfStepSpec("", "x"), "name", id="step-name"),
         pytest.param(lambda: WfStepSpec("a", "x", 0), "timeout_s", id="timeout"),
         pytest.param(lambda: WfStepSpec("a", "x", on_error="pray"), "on_error", id="step-on-error"),
@@ -120,9 +122,9 @@ def test_spec_validation(build: Any, message: str) -> None:
 
 
 def test_step_policy_overrides_the_workflow() -> None:
-    spec = make_spec("skip", Retry(1, 2.0), b={"on_error": "stop", "retry": Retry(3, 0.5)})
-    assert spec.policy("a") == ("skip", Retry(1, 2.0))
-    assert spec.policy("b") == ("stop", Retry(3, 0.5))
+    spec = make_spec("skip", retries(1, 2.0), b={"on_error": "stop", "retry": retries(3, 0.5)})
+    assert spec.policy("a") == ("skip", retries(1, 2.0))
+    assert spec.policy("b") == ("stop", retries(3, 0.5))
     with pytest.raises(NotFound):
         spec.policy("zz")
 
@@ -179,13 +181,13 @@ def test_skip_in_the_middle_feeds_the_output_before_it() -> None:
     ("spec", "script", "attempts", "status"),
     [
         pytest.param(
-            make_spec("retry", Retry(2, 5.0)), ["x", "x"], 3, RunStatus.COMPLETED, id="ok-on-last"
+            make_spec("retry", retries(2, 5.0)), ["x", "x"], 3, RunStatus.COMPLETED, id="ok-on-last"
         ),
         pytest.param(
-            make_spec("retry", Retry(2, 5.0)), ["x"] * 3, 3, RunStatus.FAILED, id="exhausted"
+            make_spec("retry", retries(2, 5.0)), ["x"] * 3, 3, RunStatus.FAILED, id="exhausted"
         ),
         pytest.param(
-            make_spec(b={"on_error": "retry", "retry": Retry(1)}),
+            make_spec(b={"on_error": "retry", "retry": retries(1)}),
             ["x"],
             2,
             RunStatus.COMPLETED,
@@ -193,10 +195,11 @@ def test_skip_in_the_middle_feeds_the_output_before_it() -> None:
         ),
         pytest.param(make_spec("retry"), ["x"], 1, RunStatus.FAILED, id="zero-count"),
         pytest.param(
-            make_spec("skip", Retry(1)), ["x", "x"], 2, RunStatus.COMPLETED, id="retry-then-skip"
+            make_spec("skip", retries(1)), ["x", "x"], 2, RunStatus.COMPLETED, id="retry-then-skip"
         ),
         pytest.param(
-            make_spec("retry", Retry(1)), ["timeout"], 2, RunStatus.COMPLETED, id="timeout-retried"
+            make_spec("retry", retries(1)), ["timeout"], 2, RunStatus.COMPLETED,
+            id="timeout-retried",
         ),
     ],
 )
@@ -208,7 +211,7 @@ def test_retry(spec: WorkflowSpec, script: list[str], attempts: int, status: Run
 
 
 def test_retry_delays_come_from_the_policy() -> None:
-    _, shell = run_wf(make_spec("retry", Retry(2, 5.0)), b=["x", "x"])
+    _, shell = run_wf(make_spec("retry", retries(2, 5.0)), b=["x", "x"])
     timers = [e for e in shell.trace if isinstance(e, ArmTimer) and e.kind is TimerKind.RETRY]
     assert [(t.attempt, t.delay_s) for t in timers] == [(2, 5.0), (3, 5.0)]
 
@@ -289,7 +292,7 @@ def test_refused_events(event: Any, error: type[Exception]) -> None:
     [
         pytest.param(make_spec(), {}, id="happy"),
         pytest.param(make_spec("skip"), {"b": ["x"]}, id="skip"),
-        pytest.param(make_spec("retry", Retry(2, 3.0)), {"b": ["x", "timeout"]}, id="retry"),
+        pytest.param(make_spec("retry", retries(2, 3.0)), {"b": ["x", "timeout"]}, id="retry"),
         pytest.param(make_spec(), {"c": ["x"]}, id="stop"),
     ],
 )
@@ -326,7 +329,7 @@ def test_recover_from_every_persisted_record(
 
 
 def test_recover_rearms_the_retry_timer_with_the_time_left() -> None:
-    state, _ = wf.handle(wf.initial("w1", make_spec("retry", Retry(1, 4.0))), Start(0.0))
+    state, _ = wf.handle(wf.initial("w1", make_spec("retry", retries(1, 4.0))), Start(0.0))
     state, _ = wf.handle(state, StepFailed("a", "x", "y", 1.0))
     _, effects = wf.handle(state, Recover(2.0))
     timers = [e for e in effects if isinstance(e, ArmTimer)]

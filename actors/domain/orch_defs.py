@@ -47,7 +47,7 @@ from actors.domain import workflow as wf_m
 from actors.domain.definitions import validate_name
 from naosd.errors import ConfigError, Conflict, InvalidRequest
 
-MAX_WAIT_S: Final = 50.0  # pool timeouts stay below the default request timeout
+MAX_SECONDS: Final = 86400.0  # a day: the longest any timeout or wait may be
 SAGA_STEP_KEYS: Final = frozenset({"name", "agent", "compensate", "timeout", "attempts",
                                    "retry_delay", "backoff", "max_delay", "non_retryable"})
 SAGA_KEYS: Final = frozenset({"timeout", "step_timeout", "recovery", "compensation_attempts",
@@ -59,7 +59,7 @@ POOL_KEYS: Final = frozenset({"agents", "agent", "size", "merge", "reducer", "pi
                               "concurrency", "timeout"})
 
 
-def seconds(value: Any, what: str, *, zero_ok: bool = False, hi: float = 86400.0) -> float:
+def seconds(value: Any, what: str, *, zero_ok: bool = False, hi: float = MAX_SECONDS) -> float:
     """``value`` as seconds within (0 or >0) .. ``hi``; raises InvalidRequest."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequest(f"{what} must be a number of seconds, got {value!r}")
@@ -134,9 +134,10 @@ def workflow_draft(name: str, *, on_error: Any = "stop", retries: Any = 0,
     validate_name(name, "workflow")
     if on_error not in wf_m.ON_ERROR:
         raise InvalidRequest(f"on_error must be one of stop, skip, retry; got {on_error!r}")
-    retry = wf_m.Retry(retries, seconds(retry_delay, "retry_delay", zero_ok=True))
+    delay = seconds(retry_delay, "retry_delay", zero_ok=True)
+    wf_m.retries(retries, delay)  # validates
     return {"name": name, "steps": [], "on_error": on_error,
-            "retry": {"count": retry.count, "delay_s": retry.delay_s},
+            "retry": {"count": retries, "delay_s": delay},
             "step_timeout_s": seconds(step_timeout, "step_timeout")}
 
 
@@ -204,7 +205,7 @@ def pool_def(name: str, *, agents: Any = None, agent: Any = None, size: Any = No
         raise InvalidRequest(f"concurrency must be an integer >= 0, got {concurrency!r}")
     return {"name": name, "agents": agents, "agent": agent, "size": size, "merge": merge,
             "reducer": reducer, "pick": pick, "concurrency": concurrency,
-            "timeout_s": seconds(timeout, "timeout", hi=MAX_WAIT_S)}
+            "timeout_s": seconds(timeout, "timeout")}
 
 
 def pool_agents(spec: dict[str, Any]) -> list[str]:

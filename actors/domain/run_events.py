@@ -1,17 +1,44 @@
-"""Events and effects that sagas and workflows share (pure, picklable).
+"""The run vocabulary sagas, workflows and pools share (pure, picklable).
 
-Both run their steps in order through agents: the same reports come back
-(started, succeeded, failed, timed out), the same Recover arrives after a
-daemon restart, and both ask their shell to Persist a record before the
-next effect and to write Audit rows."""
+Every orchestration machine is ``handle(state, event) -> (state, effects)``
+over the same words, so one shell (``actors/orchestration.py``) runs them all
+and dispatches on types with ``match``:
+
+- events: :class:`Start`, :class:`StepSucceeded`, :class:`StepFailed`,
+  :class:`StepTimedOut`, :class:`CompensationSucceeded`,
+  :class:`CompensationFailed`, :class:`TimerFired`, :class:`Recover`
+  (machines add their own operator events: a saga's ``RetryCompensation``,
+  a workflow's ``Resume``);
+- effects: :class:`Persist` (the run's whole record, on disk before the
+  effects after it leave), :class:`Audit`, :class:`RunStep` and
+  :class:`RunCompensation` (ask an agent), :class:`ArmTimer` (comes back as
+  ``TimerFired``; stale ones are ignored by the machines, a shell cannot
+  cancel timers);
+- :class:`RetryPolicy`: how often a step (a compensation, a pool task) is
+  tried and the backoff in between;
+- :func:`reply_event`: the event an agent's answer to a RunStep or a
+  RunCompensation becomes (the shell never decides what an answer means);
+- :class:`RunTx`: one transition as the handlers build it;
+- :class:`Machine`: what a shell needs to know about a kind of run.
+
+Nothing here reads a clock or does I/O: time is each event's ``now``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from typing import Any, Final, Generic, TypeVar
+
+from naosd.errors import InvalidRequest
 
 S = TypeVar("S")
+T = TypeVar("T")
+TIMEOUT_CODE: Final = "timeout"
+
+
+# -- events -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +68,49 @@ class StepTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
-class Recover:
-    """After a daemon restart: carry on from the persisted record."""
-
+class CompensationSucceeded:
+    step: str
     now: float
 
 
 @dataclass(frozen=True, slots=True)
+class CompensationFailed:
+    step: str
+    error_code: str
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """An :class:`ArmTimer` that came due (``kind``, ``step`` and ``attempt`` as armed)."""
+
+    kind: str
+    step: str | None
+    attempt: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """After a restart (of naosd or of the run's shell): carry on from the
+    persisted record."""
+
+    now: float
+
+
+# -- effects ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class Persist:
-    """Write ``record`` (a full ``to_record``) before sending the effects after it."""
+    """Write ``record`` (a full ``to_record``) before sending the effects after
+    it.  ``fallback`` is what to store instead if ``record`` cannot be stored
+    (a pool's member output JSON cannot hold); None: nothing else will do."""
 
     what: str
     record: dict[str, Any] = field(hash=False)
+    fallback: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +119,167 @@ class Audit:
     detail: dict[str, Any] = field(hash=False)
 
 
+@dataclass(frozen=True, slots=True)
+class AgentCall:
+    """Ask ``agent``: ``message`` is exactly what the agent gets,
+    ``idempotency_key`` its ``ctx.idempotency_key``, ``timeout_s`` how long
+    the call may take.  Shells dispatch on the two kinds below."""
+
+    step: str
+    agent: str
+    message: Any = field(hash=False)
+    idempotency_key: str
+    attempt: int
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep(AgentCall):
+    """Ask ``agent`` to run ``step``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompensation(AgentCall):
+    """Ask ``agent`` to undo ``step``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    kind: str
+    step: str | None
+    attempt: int
+    delay_s: float
+
+
+def reply_event(effect: RunStep | RunCompensation, *, ok: bool, output: Any = None,
+                error_code: str = "", message: str = "", now: float
+                ) -> StepSucceeded | StepFailed | CompensationSucceeded | CompensationFailed:
+    """The event an agent's answer to ``effect`` is.  An answer shaped
+    ``{"error": {"code": C, "message": M}}`` is a failure with code C (a
+    business error a ``non_retryable`` can name)."""
+    if ok and isinstance(output, dict) and isinstance(output.get("error"), dict):
+        error = output["error"]
+        ok, error_code = False, str(error.get("code") or "step_error")
+        message = str(error.get("message") or "")
+    match effect:
+        case RunStep(step=step):
+            if ok:
+                return StepSucceeded(step, output, now)
+            return StepFailed(step, error_code, message, now)
+        case RunCompensation(step=step):
+            if ok:
+                return CompensationSucceeded(step, now)
+            return CompensationFailed(step, error_code, message, now)
+
+
+# -- retry policy -------------------------------------------------------------------------
+
+
+def check_seconds(value: object, what: str, *, zero_ok: bool = True) -> None:
+    """``value`` must be a finite number of seconds (> 0, or >= 0 with ``zero_ok``)."""
+    ok = False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        ok = math.isfinite(value) and (value > 0 or (zero_ok and value == 0))
+    if not ok:
+        bound = ">= 0" if zero_ok else "> 0"
+        raise InvalidRequest(f"{what} must be a finite number of seconds {bound}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often something is tried, and the backoff in between."""
+
+    attempts: int = 3
+    initial_s: float = 1.0
+    backoff: float = 2.0
+    max_s: float = 30.0
+    non_retryable: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
+            raise InvalidRequest(f"attempts must be an integer, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise InvalidRequest(f"attempts must be >= 1, got {self.attempts}")
+        check_seconds(self.initial_s, "initial_s")
+        check_seconds(self.max_s, "max_s")
+        if not isinstance(self.backoff, int | float) or not 1.0 <= self.backoff < math.inf:
+            raise InvalidRequest(f"backoff must be a finite factor >= 1, got {self.backoff!r}")
+        object.__setattr__(self, "non_retryable", frozenset(self.non_retryable))
+
+    @classmethod
+    def fixed(cls, retries: object, delay_s: object = 0.0) -> RetryPolicy:
+        """``retries`` more tries after the first, ``delay_s`` apart."""
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise InvalidRequest(f"retry count must be an integer >= 0, got {retries!r}")
+        if isinstance(delay_s, bool) or not isinstance(delay_s, int | float) or not (
+                0 <= delay_s < math.inf):
+            raise InvalidRequest(f"retry delay_s must be a finite number >= 0, got {delay_s!r}")
+        return cls(retries + 1, float(delay_s), 1.0, float(delay_s))
+
+    def delay(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1``, after attempt ``attempt`` failed."""
+        exponent = min(max(attempt - 1, 0), 64)  # 2.0 ** 1024 overflows; max_s caps first
+        return float(min(self.initial_s * self.backoff**exponent, self.max_s))
+
+    def gives_up(self, attempt: int, error_code: str) -> bool:
+        return attempt >= self.attempts or error_code in self.non_retryable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "initial_s": self.initial_s,
+            "backoff": self.backoff,
+            "max_s": self.max_s,
+            "non_retryable": sorted(self.non_retryable),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetryPolicy:
+        """Read :meth:`to_dict`; also the ``{"count", "delay_s"}`` form older
+        workflow records hold."""
+        if "count" in data:
+            return cls.fixed(data["count"], data.get("delay_s", 0.0))
+        return cls(**(data | {"non_retryable": frozenset(data.get("non_retryable", ()))}))
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+def plain(item: Any) -> dict[str, Any]:
+    """A dataclass's fields as a JSON-able dict (enums by value)."""
+    out = {}
+    for f in fields(item):
+        value = getattr(item, f.name)
+        out[f.name] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+def rebuild(cls: Callable[..., T], data: Mapping[str, Any], **converters: Callable[[Any], Any]
+            ) -> T:
+    """``cls(**data)`` with ``converters`` applied to the fields they name."""
+    return cls(**{k: converters[k](v) if k in converters else v for k, v in data.items()})
+
+
+def check_record(record: object, kind: str, version: int) -> dict[str, Any]:
+    if not isinstance(record, dict) or record.get("version") != version:
+        raise InvalidRequest(f"not a {kind} record of version {version}")
+    return record
+
+
+def corrupt(kind: str, exc: Exception) -> InvalidRequest:
+    return InvalidRequest(f"corrupt {kind} record: {exc}")
+
+
+# -- one transition -----------------------------------------------------------------------
+
+
 class RunTx(Generic[S]):
     """One transition of a run: the state as it changes and the effects to
     carry out, in order.  ``kind`` ("saga", "workflow") prefixes the audit
     types and names the definition in each audit detail; ``to_record``
     makes the record a Persist carries.  The state needs ``run_id``,
-    ``spec.name``, ``steps`` (dataclasses with ``name``) and ``step(name)``."""
+    ``spec.name``, ``steps`` (dataclasses with ``name`` and ``status``) and
+    ``step(name)``."""
 
     __slots__ = ("_kind", "_to_record", "effects", "state")
 
@@ -75,6 +288,9 @@ class RunTx(Generic[S]):
         self.effects: list[Any] = []
         self._kind = kind
         self._to_record = to_record
+
+    def set(self, **changes: Any) -> None:
+        self.state = replace(self.state, **changes)  # type: ignore[type-var]
 
     def update(self, name: str, **changes: Any) -> None:
         """Change step ``name`` (NotFound if the run has no such step)."""
@@ -92,3 +308,72 @@ class RunTx(Generic[S]):
         if step is not None:
             info["step"] = step
         self.effects.append(Audit(f"{self._kind}.{kind}", info | detail))
+
+    def stale(self, event: Any, step: str | None, why: str) -> None:
+        """A report nobody waits for: audited, nothing else."""
+        self.audit("stale_report", step, event=type(event).__name__, why=why)
+
+    def first(self, status: Enum) -> Any:
+        """The first step in ``status``, or None."""
+        st: Any = self.state
+        return next((s for s in st.steps if s.status is status), None)
+
+    def send(self, name: str, started: Enum, attempt: int, effect: RunStep | RunCompensation,
+             timer: str, what: str) -> None:
+        """Persist step ``name`` as ``started`` (attempt ``attempt``), then
+        send ``effect`` and arm its ``timer``; audited as ``what``."""
+        attempt_field = "undo_attempt" if isinstance(effect, RunCompensation) else "attempt"
+        self.update(name, status=started, due=None, **{attempt_field: attempt})
+        self.persist(what)
+        self.effects.append(effect)
+        self.effects.append(ArmTimer(timer, name, attempt, effect.timeout_s))
+        self.audit(what, name, attempt=attempt)
+
+    def message(self, step: str, attempt: int, key: str, **fields_: Any) -> dict[str, Any]:
+        """The message a step's agent gets: the run's coordinates, then ``fields_``."""
+        st: Any = self.state
+        return {"run_id": st.run_id, "step": step, "attempt": attempt,
+                "idempotency_key": key, **fields_}
+
+
+Handlers = Mapping[type[Any], Callable[[Any, Any], None]]
+
+
+def dispatch(handlers: Handlers, tx: RunTx[S], event: object, kind: str
+             ) -> tuple[S, list[Any]]:
+    """Run the handler of ``event``'s type on ``tx``: the new state and effects."""
+    handler = handlers.get(type(event))
+    if handler is None:
+        raise InvalidRequest(f"not a {kind} event: {event!r}")
+    handler(tx, event)
+    return tx.state, tx.effects
+
+
+def timer_kind(kinds: type[T], kind: str, machine: str) -> T:
+    try:
+        return kinds(kind)  # type: ignore[call-arg]
+    except ValueError:
+        raise InvalidRequest(f"unknown {machine} timer kind {kind!r}") from None
+
+
+# -- what a shell needs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """A kind of durable run, as a shell drives it: ``handle`` events,
+    rebuild from and render to records, tell a finished run (its shell
+    exits), and the event that carries on a run rebuilt from its record."""
+
+    kind: str
+    handle: Callable[[Any, Any], tuple[Any, list[Any]]]
+    from_record: Callable[[dict[str, Any]], Any]
+    to_record: Callable[[Any], dict[str, Any]]
+    final: frozenset[str]
+
+    def is_final(self, state: Any) -> bool:
+        return str(state.status.value) in self.final
+
+    def carry_on(self, state: Any, now: float) -> Start | Recover:
+        """``Start`` for a run created but never started, else ``Recover``."""
+        return Start(now) if state.status.value == "pending" else Recover(now)

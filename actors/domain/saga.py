@@ -1,7 +1,8 @@
 """Temporal-style durable sagas as a pure state machine (stdlib + naosd.errors only).
 
-Over 600 lines on purpose (ruff format spreads the dataclasses): the specs,
-events, effects and record format are the one contract a coordinator imports.
+The events, effects and retry policy are the run vocabulary every
+orchestration machine shares (``actors/domain/run_events.py``); this module
+adds the saga's specs, states, operator events and record format.
 
 A coordinator keeps one :class:`SagaState`, feeds every report it gets to
 :func:`handle` and performs the returned effects in order. Nothing here reads a
@@ -58,27 +59,48 @@ Audit types: ``saga.started``, ``saga.step_started``,
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from actors.domain.run_events import (
+    TIMEOUT_CODE,
+    ArmTimer,
     Audit,
+    CompensationFailed,
+    CompensationSucceeded,
+    Machine,
     Persist,
     Recover,
+    RetryPolicy,
+    RunCompensation,
+    RunStep,
     RunTx,
     Start,
     StepFailed,
     StepSucceeded,
     StepTimedOut,
+    TimerFired,
+    check_record,
+    check_seconds,
+    corrupt,
+    dispatch,
+    plain,
+    rebuild,
+    timer_kind,
 )
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
+__all__ = [  # the shared vocabulary, importable from here as before
+    "ArmTimer", "Audit", "CompensationFailed", "CompensationSucceeded", "Persist", "Recover",
+    "RetryPolicy", "RunCompensation", "RunStep", "Start", "StepFailed", "StepSucceeded",
+    "StepTimedOut", "TimerFired",
+]
+
 RECORD_VERSION: Final = 1
 RECOVERY_MODES: Final = ("forward", "compensate")
-TIMEOUT_CODE: Final = "timeout"
 SAGA_TIMEOUT_CODE: Final = "saga_timeout"
+DEFAULT_RETRY: Final = RetryPolicy()
 
 
 class RunStatus(enum.StrEnum):
@@ -115,65 +137,13 @@ FINAL: Final = frozenset(
 )
 
 
-def _check_seconds(value: object, what: str, *, zero_ok: bool = True) -> None:
-    ok = False
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        ok = math.isfinite(value) and (value > 0 or (zero_ok and value == 0))
-    if not ok:
-        bound = ">= 0" if zero_ok else "> 0"
-        raise InvalidRequest(f"{what} must be a finite number of seconds {bound}, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often a step (or a compensation) is tried, and the backoff in between."""
-
-    attempts: int = 3
-    initial_s: float = 1.0
-    backoff: float = 2.0
-    max_s: float = 30.0
-    non_retryable: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
-            raise InvalidRequest(f"attempts must be an integer, got {self.attempts!r}")
-        if self.attempts < 1:
-            raise InvalidRequest(f"attempts must be >= 1, got {self.attempts}")
-        _check_seconds(self.initial_s, "initial_s")
-        _check_seconds(self.max_s, "max_s")
-        if not isinstance(self.backoff, int | float) or not 1.0 <= self.backoff < math.inf:
-            raise InvalidRequest(f"backoff must be a finite factor >= 1, got {self.backoff!r}")
-        object.__setattr__(self, "non_retryable", frozenset(self.non_retryable))
-
-    def delay(self, attempt: int) -> float:
-        """Delay before attempt ``attempt + 1``, after attempt ``attempt`` failed."""
-        exponent = min(max(attempt - 1, 0), 64)  # 2.0 ** 1024 overflows; max_s caps first
-        return float(min(self.initial_s * self.backoff**exponent, self.max_s))
-
-    def gives_up(self, attempt: int, error_code: str) -> bool:
-        return attempt >= self.attempts or error_code in self.non_retryable
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "attempts": self.attempts,
-            "initial_s": self.initial_s,
-            "backoff": self.backoff,
-            "max_s": self.max_s,
-            "non_retryable": sorted(self.non_retryable),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RetryPolicy:
-        return cls(**(data | {"non_retryable": frozenset(data.get("non_retryable", ()))}))
-
-
 @dataclass(frozen=True, slots=True)
 class StepSpec:
     name: str
     agent: str
     compensate_agent: str | None = None
     timeout_s: float = 60.0
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = DEFAULT_RETRY
 
     def __post_init__(self) -> None:
         for what in ("name", "agent"):
@@ -181,20 +151,14 @@ class StepSpec:
                 raise InvalidRequest(f"step {what} must be a non-empty string")
         if self.compensate_agent is not None and not isinstance(self.compensate_agent, str):
             raise InvalidRequest("compensate_agent must be a string or None")
-        _check_seconds(self.timeout_s, f"step {self.name!r} timeout_s", zero_ok=False)
+        check_seconds(self.timeout_s, f"step {self.name!r} timeout_s", zero_ok=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "agent": self.agent,
-            "compensate_agent": self.compensate_agent,
-            "timeout_s": self.timeout_s,
-            "retry": self.retry.to_dict(),
-        }
+        return plain(self) | {"retry": self.retry.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepSpec:
-        return cls(**(data | {"retry": RetryPolicy.from_dict(data["retry"])}))
+        return rebuild(cls, data, retry=RetryPolicy.from_dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +169,7 @@ class SagaSpec:
     steps: tuple[StepSpec, ...]
     timeout_s: float = 3600.0
     recovery: str = "forward"
-    compensation_retry: RetryPolicy = RetryPolicy()
+    compensation_retry: RetryPolicy = DEFAULT_RETRY
     compensate_in_doubt: bool = True  # a failed step that timed out is compensated too
 
     def __post_init__(self) -> None:
@@ -217,7 +181,7 @@ class SagaSpec:
             raise InvalidRequest("saga steps must be StepSpec values")
         if len(set(names)) != len(names):
             raise InvalidRequest(f"duplicate step names in saga {self.name!r}")
-        _check_seconds(self.timeout_s, "saga timeout_s", zero_ok=False)
+        check_seconds(self.timeout_s, "saga timeout_s", zero_ok=False)
         if self.recovery not in RECOVERY_MODES:
             raise InvalidRequest(f"recovery must be forward or compensate, got {self.recovery!r}")
         if not isinstance(self.compensate_in_doubt, bool):
@@ -232,20 +196,15 @@ class SagaSpec:
         raise NotFound(f"saga {self.name!r} has no step {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
+        return plain(self) | {
             "steps": [s.to_dict() for s in self.steps],
-            "timeout_s": self.timeout_s,
-            "recovery": self.recovery,
             "compensation_retry": self.compensation_retry.to_dict(),
-            "compensate_in_doubt": self.compensate_in_doubt,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SagaSpec:
-        steps = tuple(StepSpec.from_dict(s) for s in data["steps"])
-        retry = RetryPolicy.from_dict(data["compensation_retry"])
-        return cls(**(data | {"steps": steps, "compensation_retry": retry}))
+        return rebuild(cls, data, steps=lambda steps: tuple(map(StepSpec.from_dict, steps)),
+                       compensation_retry=RetryPolicy.from_dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,34 +239,12 @@ class SagaState:
         raise NotFound(f"saga {self.run_id!r} has no step {name!r}")
 
 
-# -- events ---------------------------------------------------------------------------
+# -- events of sagas only ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class StepStarted:
     step: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class CompensationSucceeded:
-    step: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class CompensationFailed:
-    step: str
-    error_code: str
-    message: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    kind: str
-    step: str | None
-    attempt: int
     now: float
 
 
@@ -341,37 +278,6 @@ Event: TypeAlias = (
     | RetryCompensation
     | Resolve
 )
-
-
-# -- effects --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunStep:
-    step: str
-    agent: str
-    input: dict[str, Any]
-    idempotency_key: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class RunCompensation:
-    step: str
-    agent: str
-    input: dict[str, Any]
-    idempotency_key: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class ArmTimer:
-    kind: TimerKind
-    step: str | None
-    attempt: int
-    delay_s: float
-
-
 Effect: TypeAlias = RunStep | RunCompensation | ArmTimer | Persist | Audit
 
 
@@ -399,67 +305,30 @@ def handle(state: SagaState, event: Event) -> tuple[SagaState, list[Effect]]:
         NotFound: the event names a step the saga does not have.
         InvalidRequest: ``event`` is not a saga event, or a timer kind is unknown.
     """
-    handler = _HANDLERS.get(type(event))
-    if handler is None:
-        raise InvalidRequest(f"not a saga event: {event!r}")
-    tx = _Tx(state)
-    handler(tx, event)
-    return tx.state, tx.effects
+    return dispatch(_HANDLERS, _Tx(state), event, "saga")
 
 
 def to_record(state: SagaState) -> dict[str, Any]:
     """The JSON-able record of ``state`` (what ``Persist`` carries)."""
-    return {
-        "version": RECORD_VERSION,
-        "run_id": state.run_id,
+    return {"version": RECORD_VERSION} | plain(state) | {
         "spec": state.spec.to_dict(),
-        "input": state.input,
-        "status": state.status.value,
-        "steps": [_step_record(s) for s in state.steps],
+        "steps": [plain(s) for s in state.steps],
         "undo_queue": list(state.undo_queue),
-        "started_at": state.started_at,
-        "error": state.error,
-        "resolution": state.resolution,
-    }
-
-
-def _step_record(step: StepState) -> dict[str, Any]:
-    return {
-        "name": step.name,
-        "status": step.status.value,
-        "attempt": step.attempt,
-        "undo_attempt": step.undo_attempt,
-        "output": step.output,
-        "error": step.error,
-        "due": step.due,
-        "finished_seq": step.finished_seq,
-        "in_doubt": step.in_doubt,
     }
 
 
 def from_record(record: dict[str, Any]) -> SagaState:
     """Rebuild the state a :func:`to_record` record describes (raises InvalidRequest)."""
-    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
-        raise InvalidRequest(f"not a saga record of version {RECORD_VERSION}")
+    data = check_record(record, "saga", RECORD_VERSION)
     try:
-        spec = SagaSpec.from_dict(record["spec"])
-        steps = tuple(
-            StepState(**(s | {"status": StepStatus(s["status"])})) for s in record["steps"]
-        )
-        state = SagaState(
-            run_id=record["run_id"],
-            spec=spec,
-            input=record["input"],
-            status=RunStatus(record["status"]),
-            steps=steps,
-            undo_queue=tuple(record["undo_queue"]),
-            started_at=record["started_at"],
-            error=record["error"],
-            resolution=record["resolution"],
-        )
+        state = rebuild(SagaState, {k: v for k, v in data.items() if k != "version"},
+                        spec=SagaSpec.from_dict, status=RunStatus,
+                        steps=lambda steps: tuple(rebuild(StepState, s, status=StepStatus)
+                                                  for s in steps),
+                        undo_queue=tuple)
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidRequest(f"corrupt saga record: {exc}") from exc
-    if [s.name for s in steps] != [s.name for s in spec.steps]:
+        raise corrupt("saga", exc) from exc
+    if [s.name for s in state.steps] != [s.name for s in state.spec.steps]:
         raise InvalidRequest("corrupt saga record: steps do not match the spec")
     return state
 
@@ -473,22 +342,17 @@ class _Tx(RunTx[SagaState]):
     def __init__(self, state: SagaState) -> None:
         super().__init__(state, "saga", to_record)
 
-    def set(self, **changes: Any) -> None:
-        self.state = replace(self.state, **changes)
-
     def require(self, action: str, *allowed: RunStatus) -> None:
         if self.state.status not in allowed or self.state.resolution:
             where = "resolved" if self.state.resolution else self.state.status.value
             raise Conflict(f"saga run {self.state.run_id!r} is {where}: cannot {action}")
 
-    def stale(self, event: Event, why: str) -> None:
-        self.audit(
-            "stale_report", getattr(event, "step", None), event=type(event).__name__, why=why
-        )
-
     def outputs(self) -> dict[str, Any]:
         done = sorted((s for s in self.state.steps if s.finished_seq), key=_seq)
         return {s.name: s.output for s in done}
+
+    def next_seq(self) -> int:
+        return 1 + max(s.finished_seq for s in self.state.steps)
 
 
 def _seq(step: StepState) -> int:
@@ -501,18 +365,15 @@ def _seq(step: StepState) -> int:
 def _send_step(tx: _Tx, name: str, attempt: int) -> None:
     """Persist ``name`` as started (attempt ``attempt``), then send it with its timeout."""
     spec = tx.state.spec.step(name)
-    tx.update(name, status=StepStatus.STARTED, attempt=attempt, due=None)
-    tx.persist("step_started")
-    payload = {"input": tx.state.input, "outputs": tx.outputs()}
     key = idempotency_key(tx.state.run_id, name)
-    tx.effects.append(RunStep(name, spec.agent, payload, key, attempt))
-    tx.effects.append(ArmTimer(TimerKind.STEP_TIMEOUT, name, attempt, spec.timeout_s))
-    tx.audit("step_started", name, attempt=attempt)
+    message = tx.message(name, attempt, key, input=tx.state.input, outputs=tx.outputs())
+    effect = RunStep(name, spec.agent, message, key, attempt, spec.timeout_s)
+    tx.send(name, StepStatus.STARTED, attempt, effect, TimerKind.STEP_TIMEOUT, "step_started")
 
 
 def _advance(tx: _Tx) -> None:
     """RUNNING: start the next pending step, or complete the run."""
-    nxt = next((s for s in tx.state.steps if s.status is StepStatus.PENDING), None)
+    nxt = tx.first(StepStatus.PENDING)
     if nxt is not None:
         _send_step(tx, nxt.name, 1)
         return
@@ -535,7 +396,7 @@ def _waiting(tx: _Tx, ev: Event, name: str, status: StepStatus) -> bool:
     step = tx.state.step(name)
     if step.status is status and tx.state.status in (RunStatus.RUNNING, RunStatus.COMPENSATING):
         return True
-    tx.stale(ev, f"step is {step.status.value}, run is {tx.state.status.value}")
+    tx.stale(ev, name, f"step is {step.status.value}, run is {tx.state.status.value}")
     return False
 
 
@@ -547,15 +408,8 @@ def _on_step_started(tx: _Tx, ev: StepStarted) -> None:
 def _on_step_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
     if not _waiting(tx, ev, ev.step, StepStatus.STARTED):
         return
-    seq = 1 + max(s.finished_seq for s in tx.state.steps)
-    tx.update(
-        ev.step,
-        status=StepStatus.SUCCEEDED,
-        output=ev.output,
-        error="",
-        finished_seq=seq,
-        in_doubt=False,
-    )
+    tx.update(ev.step, status=StepStatus.SUCCEEDED, output=ev.output, error="",
+              finished_seq=tx.next_seq(), in_doubt=False)
     tx.persist("step_succeeded")
     tx.audit("step_succeeded", ev.step, attempt=tx.state.step(ev.step).attempt)
     _advance(tx)
@@ -604,8 +458,7 @@ def _begin_compensation(tx: _Tx, reason: str, extra: tuple[str, ...]) -> None:
     completed steps, newest first.  Each of ``extra`` gets the next completion
     number, so an operator's retry-compensation orders it the same way."""
     for name in extra:
-        seq = 1 + max(s.finished_seq for s in tx.state.steps)
-        tx.update(name, finished_seq=seq)
+        tx.update(name, finished_seq=tx.next_seq())
     done = [s.name for s in sorted(tx.state.steps, key=_seq) if s.finished_seq]
     queue = tuple(reversed(done))
     tx.set(status=RunStatus.COMPENSATING, error=reason, undo_queue=queue)
@@ -634,15 +487,15 @@ def _next_undo(tx: _Tx) -> None:
 def _send_undo(tx: _Tx, name: str, attempt: int) -> None:
     spec, step = tx.state.spec.step(name), tx.state.step(name)
     assert spec.compensate_agent is not None  # _next_undo skips the others
-    tx.update(name, status=StepStatus.UNDOING, undo_attempt=attempt, due=None)
-    tx.persist("compensation_started")
-    payload = {"input": tx.state.input, "outputs": tx.outputs(), "output": step.output}
-    if step.in_doubt:  # the step may not have taken effect: its key tells the agent
-        payload |= {"in_doubt": True, "step_key": idempotency_key(tx.state.run_id, name)}
     key = idempotency_key(tx.state.run_id, name, undo=True)
-    tx.effects.append(RunCompensation(name, spec.compensate_agent, payload, key, attempt))
-    tx.effects.append(ArmTimer(TimerKind.UNDO_TIMEOUT, name, attempt, spec.timeout_s))
-    tx.audit("compensation_started", name, attempt=attempt)
+    doubt: dict[str, Any] = {}
+    if step.in_doubt:  # the step may not have taken effect: its key tells the agent
+        doubt = {"in_doubt": True, "step_key": idempotency_key(tx.state.run_id, name)}
+    message = tx.message(name, attempt, key, input=tx.state.input, outputs=tx.outputs(),
+                         output=step.output, **doubt)
+    effect = RunCompensation(name, spec.compensate_agent, message, key, attempt, spec.timeout_s)
+    tx.send(name, StepStatus.UNDOING, attempt, effect, TimerKind.UNDO_TIMEOUT,
+            "compensation_started")
 
 
 def _on_undo_succeeded(tx: _Tx, ev: CompensationSucceeded) -> None:
@@ -681,10 +534,7 @@ def _undo_failure(tx: _Tx, name: str, code: str, message: str, now: float) -> No
 
 
 def _on_timer(tx: _Tx, ev: TimerFired) -> None:
-    try:
-        kind = TimerKind(ev.kind)
-    except ValueError:
-        raise InvalidRequest(f"unknown saga timer kind {ev.kind!r}") from None
+    kind = timer_kind(TimerKind, ev.kind, "saga")
     if kind is TimerKind.SAGA_TIMEOUT:
         _on_saga_timeout(tx, SagaTimedOut(ev.now))
         return
@@ -714,13 +564,8 @@ def _on_saga_timeout(tx: _Tx, ev: SagaTimedOut) -> None:
     for step in tx.state.steps:
         if step.status in (StepStatus.STARTED, StepStatus.RETRY_WAIT):
             in_doubt = step.in_doubt or step.status is StepStatus.STARTED
-            tx.update(
-                step.name,
-                status=StepStatus.FAILED,
-                error=SAGA_TIMEOUT_CODE,
-                due=None,
-                in_doubt=in_doubt,
-            )
+            tx.update(step.name, status=StepStatus.FAILED, error=SAGA_TIMEOUT_CODE, due=None,
+                      in_doubt=in_doubt)
             doubt += _undo_in_doubt(tx, step.name)
     tx.audit("timed_out", timeout_s=tx.state.spec.timeout_s)
     _begin_compensation(tx, "saga timed out", extra=doubt)
@@ -752,8 +597,7 @@ def _on_recover(tx: _Tx, ev: Recover) -> None:
 def _recover_compensating(tx: _Tx, doubt: list[str]) -> None:
     """recovery="compensate": the in-doubt step may have run, so it is undone first."""
     for name in doubt:
-        seq = 1 + max(s.finished_seq for s in tx.state.steps)
-        tx.update(name, status=StepStatus.SUCCEEDED, error="in doubt", finished_seq=seq)
+        tx.update(name, status=StepStatus.SUCCEEDED, error="in doubt", finished_seq=tx.next_seq())
     for step in tx.state.steps:
         if step.status is StepStatus.RETRY_WAIT:
             tx.update(step.name, status=StepStatus.FAILED, due=None)
@@ -763,7 +607,6 @@ def _recover_compensating(tx: _Tx, doubt: list[str]) -> None:
 def _resume(tx: _Tx, now: float) -> None:
     """Re-send in-doubt work with the same key and attempt; re-arm retry timers."""
     for step in tx.state.steps:
-        spec = tx.state.spec.step(step.name)
         left = max(0.0, (step.due or now) - now)
         match step.status:
             case StepStatus.STARTED:
@@ -771,7 +614,6 @@ def _resume(tx: _Tx, now: float) -> None:
             case StepStatus.RETRY_WAIT:
                 tx.effects.append(ArmTimer(TimerKind.RETRY, step.name, step.attempt + 1, left))
             case StepStatus.UNDOING:
-                assert spec.compensate_agent is not None
                 _send_undo(tx, step.name, step.undo_attempt)
             case StepStatus.UNDO_WAIT:
                 nxt = step.undo_attempt + 1
@@ -827,3 +669,6 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
     RetryCompensation: _on_retry_compensation,
     Resolve: _on_resolve,
 }
+
+MACHINE: Final = Machine("saga", handle, from_record, to_record,
+                         frozenset(s.value for s in FINAL))

@@ -14,7 +14,9 @@ or a timeout) is its ``on_error`` (the step's own, else the workflow's):
 A non-zero ``retry.count`` also applies under ``stop`` and ``skip``: the step is
 retried first and stopped on (or skipped) only once its tries are used up.
 
-The shell discipline is the saga's (see actors/domain/saga.py): each
+A step's tries are a :class:`~actors.domain.run_events.RetryPolicy` (the
+run vocabulary's, made by :func:`retries`: ``count`` more tries, ``delay_s``
+apart).  The shell discipline is the saga's (see actors/domain/saga.py): each
 ``Persist`` carries the full JSON-able record that must be on disk before the
 effects after it are sent; ``Recover`` after a restart re-sends the step
 recorded as started (in doubt) with the same idempotency key and attempt,
@@ -31,26 +33,42 @@ Audit types: ``workflow.started``, ``workflow.step_started``,
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from actors.domain.run_events import (
+    TIMEOUT_CODE,
+    ArmTimer,
     Audit,
+    Machine,
     Persist,
     Recover,
+    RetryPolicy,
+    RunStep,
     RunTx,
     Start,
     StepFailed,
     StepSucceeded,
     StepTimedOut,
+    TimerFired,
+    check_record,
+    check_seconds,
+    corrupt,
+    dispatch,
+    plain,
+    rebuild,
+    timer_kind,
 )
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
+__all__ = [  # the shared vocabulary, importable from here as before
+    "ArmTimer", "Audit", "Persist", "Recover", "RetryPolicy", "RunStep", "Start",
+    "StepFailed", "StepSucceeded", "StepTimedOut", "TimerFired",
+]
+
 RECORD_VERSION: Final = 1
 ON_ERROR: Final = ("stop", "skip", "retry")
-TIMEOUT_CODE: Final = "timeout"
 
 
 class RunStatus(enum.StrEnum):
@@ -74,23 +92,12 @@ class TimerKind(enum.StrEnum):
     RETRY = "retry"
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+def retries(count: object = 0, delay_s: object = 0.0) -> RetryPolicy:
     """``count`` more tries after the first, ``delay_s`` apart."""
+    return RetryPolicy.fixed(count, delay_s)
 
-    count: int = 0
-    delay_s: float = 0.0
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 0:
-            raise InvalidRequest(f"retry count must be an integer >= 0, got {self.count!r}")
-        delay = self.delay_s
-        if (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not 0 <= delay < math.inf
-        ):
-            raise InvalidRequest(f"retry delay_s must be a finite number >= 0, got {delay!r}")
+NO_RETRY: Final = retries()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +106,14 @@ class WfStepSpec:
     agent: str
     timeout_s: float = 60.0
     on_error: str | None = None  # None: the workflow's
-    retry: Retry | None = None  # None: the workflow's
+    retry: RetryPolicy | None = None  # None: the workflow's
 
     def __post_init__(self) -> None:
         for what in ("name", "agent"):
             if not isinstance(getattr(self, what), str) or not getattr(self, what):
                 raise InvalidRequest(f"step {what} must be a non-empty string")
         _check_on_error(self.on_error, allow_none=True)
-        timeout = self.timeout_s
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout < math.inf
-        ):
-            raise InvalidRequest(f"step {self.name!r} timeout_s must be > 0, got {timeout!r}")
+        check_seconds(self.timeout_s, f"step {self.name!r} timeout_s", zero_ok=False)
 
 
 def _check_on_error(value: object, *, allow_none: bool = False) -> None:
@@ -127,7 +128,7 @@ class WorkflowSpec:
     name: str
     steps: tuple[WfStepSpec, ...]
     on_error: str = "stop"
-    retry: Retry = Retry()
+    retry: RetryPolicy = NO_RETRY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -144,39 +145,22 @@ class WorkflowSpec:
                 return spec
         raise NotFound(f"workflow {self.name!r} has no step {name!r}")
 
-    def policy(self, name: str) -> tuple[str, Retry]:
+    def policy(self, name: str) -> tuple[str, RetryPolicy]:
         """The effective ``(on_error, retry)`` of step ``name``."""
         spec = self.step(name)
         return spec.on_error or self.on_error, spec.retry or self.retry
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "on_error": self.on_error,
-            "retry": _retry_dict(self.retry),
-            "steps": [
-                {
-                    "name": s.name,
-                    "agent": s.agent,
-                    "timeout_s": s.timeout_s,
-                    "on_error": s.on_error,
-                    "retry": None if s.retry is None else _retry_dict(s.retry),
-                }
-                for s in self.steps
-            ],
-        }
+        steps = [plain(s) | {"retry": s.retry and s.retry.to_dict()} for s in self.steps]
+        return plain(self) | {"retry": self.retry.to_dict(), "steps": steps}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkflowSpec:
-        steps = tuple(
-            WfStepSpec(**(s | {"retry": None if s["retry"] is None else Retry(**s["retry"])}))
-            for s in data["steps"]
-        )
-        return cls(data["name"], steps, data["on_error"], Retry(**data["retry"]))
+        def step(s: dict[str, Any]) -> WfStepSpec:
+            return rebuild(WfStepSpec, s, retry=lambda r: r and RetryPolicy.from_dict(r))
 
-
-def _retry_dict(retry: Retry) -> dict[str, Any]:
-    return {"count": retry.count, "delay_s": retry.delay_s}
+        return rebuild(cls, data, steps=lambda steps: tuple(map(step, steps)),
+                       retry=RetryPolicy.from_dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,15 +195,7 @@ class WorkflowState:
         return done[-1].output if done else self.input
 
 
-# -- events and effects ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    kind: str
-    step: str
-    attempt: int
-    now: float
+# -- events of workflows only ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,25 +204,6 @@ class Resume:
 
 
 Event: TypeAlias = Start | StepSucceeded | StepFailed | StepTimedOut | TimerFired | Recover | Resume
-
-
-@dataclass(frozen=True, slots=True)
-class RunStep:
-    step: str
-    agent: str
-    input: Any
-    idempotency_key: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class ArmTimer:
-    kind: TimerKind
-    step: str
-    attempt: int
-    delay_s: float
-
-
 Effect: TypeAlias = RunStep | ArmTimer | Persist | Audit
 
 
@@ -275,60 +232,28 @@ def handle(state: WorkflowState, event: Event) -> tuple[WorkflowState, list[Effe
         NotFound: the event names a step the workflow does not have.
         InvalidRequest: not a workflow event, or an unknown timer kind.
     """
-    handler = _HANDLERS.get(type(event))
-    if handler is None:
-        raise InvalidRequest(f"not a workflow event: {event!r}")
-    tx = _Tx(state)
-    handler(tx, event)
-    return tx.state, tx.effects
+    return dispatch(_HANDLERS, _Tx(state), event, "workflow")
 
 
 def to_record(state: WorkflowState) -> dict[str, Any]:
     """The JSON-able record of ``state`` (what ``Persist`` carries)."""
-    return {
-        "version": RECORD_VERSION,
-        "run_id": state.run_id,
+    return {"version": RECORD_VERSION} | plain(state) | {
         "spec": state.spec.to_dict(),
-        "input": state.input,
-        "status": state.status.value,
-        "resumes": state.resumes,
-        "error": state.error,
-        "steps": [
-            {
-                "name": s.name,
-                "status": s.status.value,
-                "attempt": s.attempt,
-                "output": s.output,
-                "error": s.error,
-                "due": s.due,
-            }
-            for s in state.steps
-        ],
+        "steps": [plain(s) for s in state.steps],
     }
 
 
 def from_record(record: dict[str, Any]) -> WorkflowState:
     """Rebuild the state a :func:`to_record` record describes (raises InvalidRequest)."""
-    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
-        raise InvalidRequest(f"not a workflow record of version {RECORD_VERSION}")
+    data = check_record(record, "workflow", RECORD_VERSION)
     try:
-        spec = WorkflowSpec.from_dict(record["spec"])
-        steps = tuple(
-            WfStepState(**(s | {"status": StepStatus(s["status"])})) for s in record["steps"]
-        )
-        status = RunStatus(record["status"])
-        state = WorkflowState(
-            record["run_id"],
-            spec,
-            record["input"],
-            status,
-            steps,
-            record["resumes"],
-            record["error"],
-        )
+        state = rebuild(WorkflowState, {k: v for k, v in data.items() if k != "version"},
+                        spec=WorkflowSpec.from_dict, status=RunStatus,
+                        steps=lambda steps: tuple(rebuild(WfStepState, s, status=StepStatus)
+                                                  for s in steps))
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidRequest(f"corrupt workflow record: {exc}") from exc
-    if [s.name for s in steps] != [s.name for s in spec.steps]:
+        raise corrupt("workflow", exc) from exc
+    if [s.name for s in state.steps] != [s.name for s in state.spec.steps]:
         raise InvalidRequest("corrupt workflow record: steps do not match the spec")
     return state
 
@@ -342,31 +267,33 @@ class _Tx(RunTx[WorkflowState]):
     def __init__(self, state: WorkflowState) -> None:
         super().__init__(state, "workflow", to_record)
 
+    def require(self, action: str, allowed: RunStatus) -> None:
+        if self.state.status is not allowed:
+            raise Conflict(f"workflow run {self.state.run_id!r} is {self.state.status}: "
+                           f"cannot {action}")
+
 
 def _send(tx: _Tx, name: str, attempt: int) -> None:
     spec = tx.state.spec.step(name)
-    tx.update(name, status=StepStatus.STARTED, attempt=attempt, due=None)
-    tx.persist("step_started")
     key = idempotency_key(tx.state.run_id, name, tx.state.resumes)
-    tx.effects.append(RunStep(name, spec.agent, tx.state.last_output(), key, attempt))
-    tx.effects.append(ArmTimer(TimerKind.STEP_TIMEOUT, name, attempt, spec.timeout_s))
-    tx.audit("step_started", name, attempt=attempt)
+    message = tx.message(name, attempt, key, input=tx.state.last_output())
+    effect = RunStep(name, spec.agent, message, key, attempt, spec.timeout_s)
+    tx.send(name, StepStatus.STARTED, attempt, effect, TimerKind.STEP_TIMEOUT, "step_started")
 
 
 def _advance(tx: _Tx) -> None:
-    nxt = next((s for s in tx.state.steps if s.status is StepStatus.PENDING), None)
+    nxt = tx.first(StepStatus.PENDING)
     if nxt is not None:
         _send(tx, nxt.name, 1)
         return
-    tx.state = replace(tx.state, status=RunStatus.COMPLETED)  # RUNNING -> COMPLETED
+    tx.set(status=RunStatus.COMPLETED)  # RUNNING -> COMPLETED
     tx.persist("completed")
     tx.audit("completed")
 
 
 def _on_start(tx: _Tx, ev: Start) -> None:
-    if tx.state.status is not RunStatus.PENDING:
-        raise Conflict(f"workflow run {tx.state.run_id!r} is {tx.state.status}: cannot start")
-    tx.state = replace(tx.state, status=RunStatus.RUNNING)  # PENDING -> RUNNING
+    tx.require("start", RunStatus.PENDING)
+    tx.set(status=RunStatus.RUNNING)  # PENDING -> RUNNING
     tx.persist("started")
     tx.audit("started")
     _advance(tx)
@@ -376,7 +303,7 @@ def _waiting(tx: _Tx, ev: Event, name: str) -> bool:
     step = tx.state.step(name)
     if tx.state.status is RunStatus.RUNNING and step.status is StepStatus.STARTED:
         return True
-    tx.audit("stale_report", name, event=type(ev).__name__, why=f"step is {step.status.value}")
+    tx.stale(ev, name, f"step is {step.status.value}")
     return False
 
 
@@ -391,22 +318,23 @@ def _on_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
 
 def _on_failed(tx: _Tx, ev: StepFailed) -> None:
     if _waiting(tx, ev, ev.step):
-        _failure(tx, ev.step, f"{ev.error_code}: {ev.message}", ev.now)
+        _failure(tx, ev.step, ev.error_code, f"{ev.error_code}: {ev.message}", ev.now)
 
 
 def _on_timed_out(tx: _Tx, ev: StepTimedOut) -> None:
     if _waiting(tx, ev, ev.step):
-        _failure(tx, ev.step, f"{TIMEOUT_CODE}: step timed out", ev.now)
+        _failure(tx, ev.step, TIMEOUT_CODE, f"{TIMEOUT_CODE}: step timed out", ev.now)
 
 
-def _failure(tx: _Tx, name: str, error: str, now: float) -> None:
+def _failure(tx: _Tx, name: str, code: str, error: str, now: float) -> None:
     on_error, retry = tx.state.spec.policy(name)
     attempt = tx.state.step(name).attempt
-    if attempt <= retry.count:
-        tx.update(name, status=StepStatus.RETRY_WAIT, error=error, due=now + retry.delay_s)
+    if not retry.gives_up(attempt, code):
+        delay = retry.delay(attempt)
+        tx.update(name, status=StepStatus.RETRY_WAIT, error=error, due=now + delay)
         tx.persist("step_retry_wait")
-        tx.effects.append(ArmTimer(TimerKind.RETRY, name, attempt + 1, retry.delay_s))
-        tx.audit("step_retrying", name, attempt=attempt, error=error, delay_s=retry.delay_s)
+        tx.effects.append(ArmTimer(TimerKind.RETRY, name, attempt + 1, delay))
+        tx.audit("step_retrying", name, attempt=attempt, error=error, delay_s=delay)
     elif on_error == "skip":
         tx.update(name, status=StepStatus.SKIPPED, error=error)
         tx.persist("step_skipped")
@@ -414,29 +342,24 @@ def _failure(tx: _Tx, name: str, error: str, now: float) -> None:
         _advance(tx)
     else:  # stop, or retries exhausted: RUNNING -> FAILED
         tx.update(name, status=StepStatus.FAILED, error=error)
-        tx.state = replace(tx.state, status=RunStatus.FAILED, error=f"step {name!r}: {error}")
+        tx.set(status=RunStatus.FAILED, error=f"step {name!r}: {error}")
         tx.persist("failed")
         tx.audit("step_failed", name, attempt=attempt, error=error)
         tx.audit("failed", step=name, error=error)
 
 
 def _on_timer(tx: _Tx, ev: TimerFired) -> None:
-    try:
-        kind = TimerKind(ev.kind)
-    except ValueError:
-        raise InvalidRequest(f"unknown workflow timer kind {ev.kind!r}") from None
+    kind = timer_kind(TimerKind, ev.kind, "workflow")
+    if ev.step is None:
+        raise InvalidRequest(f"a {kind.value} timer needs a step")
     step = tx.state.step(ev.step)
     if tx.state.status is not RunStatus.RUNNING:
         return  # stale: the shell cannot cancel timers
     if kind is TimerKind.STEP_TIMEOUT and (step.status, step.attempt) == (
-        StepStatus.STARTED,
-        ev.attempt,
-    ):
-        _failure(tx, ev.step, f"{TIMEOUT_CODE}: step timed out", ev.now)
+            StepStatus.STARTED, ev.attempt):
+        _failure(tx, ev.step, TIMEOUT_CODE, f"{TIMEOUT_CODE}: step timed out", ev.now)
     elif kind is TimerKind.RETRY and (step.status, step.attempt + 1) == (
-        StepStatus.RETRY_WAIT,
-        ev.attempt,
-    ):
+            StepStatus.RETRY_WAIT, ev.attempt):
         _send(tx, ev.step, ev.attempt)
 
 
@@ -456,13 +379,10 @@ def _on_recover(tx: _Tx, ev: Recover) -> None:
 
 
 def _on_resume(tx: _Tx, ev: Resume) -> None:
-    if tx.state.status is not RunStatus.FAILED:
-        raise Conflict(f"workflow run {tx.state.run_id!r} is {tx.state.status}: cannot resume")
-    failed = next(s for s in tx.state.steps if s.status is StepStatus.FAILED)
+    tx.require("resume", RunStatus.FAILED)
+    failed = tx.first(StepStatus.FAILED)
     tx.update(failed.name, status=StepStatus.PENDING, attempt=0, error="")
-    tx.state = replace(
-        tx.state, status=RunStatus.RUNNING, resumes=tx.state.resumes + 1, error=""
-    )  # FAILED -> RUNNING
+    tx.set(status=RunStatus.RUNNING, resumes=tx.state.resumes + 1, error="")  # FAILED -> RUNNING
     tx.persist("resumed")
     tx.audit("resumed", step=failed.name, resumes=tx.state.resumes)
     _advance(tx)
@@ -477,3 +397,6 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
     Recover: _on_recover,
     Resume: _on_resume,
 }
+
+MACHINE: Final = Machine("workflow", handle, from_record, to_record,
+                         frozenset({RunStatus.COMPLETED.value, RunStatus.FAILED.value}))

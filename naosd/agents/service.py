@@ -58,6 +58,9 @@ class Agents:
         self.d = daemon
         self.last_used: dict[str, float] = {}  # on-demand agents -> last activity
         self._where: dict[str, dict[str, Any]] = {}  # agent -> last resolved address
+        # agent -> pid of a process that answered agent_crashed: it exits now, so
+        # the next run waits for its replacement instead of reaching a dying process
+        self._exiting: dict[str, int] = {}
 
     # -- plumbing ------------------------------------------------------------
     async def tree(self) -> dict[str, Any]:
@@ -153,10 +156,12 @@ class Agents:
 
     async def run(self, name: str, payload: Any, *, wait_s: float, key: str
                   ) -> dict[str, Any]:
-        where = await self._locate(name, wait_s)
+        where = await self._locate(name, wait_s, stale=self._exiting.get(name, 0))
         if where is None or where.get("kind") != "agent":
             raise NotFound(f"no running agent named {name!r}")
         self._where[name] = where
+        if self._exiting.get(name) != where.get("pid"):
+            self._exiting.pop(name, None)
         if name in self.last_used:
             self.last_used[name] = time.monotonic()
         msg = RunAgent(_rid(), payload, key)
@@ -174,6 +179,8 @@ class Agents:
                               error=reply.error_code or None, idempotency_key=key or None,
                               cost_micro_usd=result.get("cost_micro_usd", 0))
         if not reply.ok:
+            if reply.error_code == AgentCrashed.code:
+                self._exiting[name] = int(where.get("pid") or 0)
             raise from_wire(reply.error_code, reply.message)
         return {"agent": name, "output": result.get("output"), "ms": result.get("ms"),
                 "pid": result.get("pid"), "cost_micro_usd": result.get("cost_micro_usd", 0)}

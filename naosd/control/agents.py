@@ -239,5 +239,5 @@ async def project_apply(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     result = await apply_project(d.agents, project, wait_s=_timeout(p))
     from naosd.orchestration.coordinators import apply_definitions
 
-    more = await apply_definitions(d, project.orchestration)
+    more = await apply_definitions(d.db, d.pools, project.orchestration)
     return {k: result[k] + more[k] for k in ("created", "existing")}

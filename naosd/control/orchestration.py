@@ -16,7 +16,7 @@ from actors.domain import workflow as wf_m
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
-from naosd.errors import Conflict, InvalidRequest
+from naosd.orchestration.coordinators import run_view
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ NAME = Str(max_len=64)
 RUN = Str(max_len=64)
 NUM = (int, float)
 PICK = pool_m.PICK_STRATEGIES
-WAIT_MAX_S = defs.MAX_WAIT_S  # below the default request timeout: clients wait again
 
 
 async def _db(d: Services, fn: Any) -> Any:
@@ -75,38 +74,15 @@ async def saga_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _runs(d: Services, kind: str, p: dict[str, Any]) -> list[dict[str, Any]]:
-    from naosd.orchestration.coordinators import run_view
-
     rows = await d.db.call(lambda s: orch_store.list_runs(
         s, kind, name=p["name"], status=p["status"], limit=p["limit"]))
     return [run_view(r) for r in rows]
 
 
-async def _status(d: Services, kind: str, run_id: str) -> dict[str, Any]:
-    view = await d.orch.describe(run_id)
-    if view["kind"] != kind:
-        raise InvalidRequest(f"{run_id!r} is a {view['kind']} run, not a {kind} run")
-    view["live"] = run_id in d.orch.live
-    return view
-
-
 async def _history(d: Services, kind: str, run_id: str) -> dict[str, Any]:
-    view = await _status(d, kind, run_id)
+    view = await d.orch.status(kind, run_id)
     view["timeline"] = await d.db.call(lambda s: orch_store.timeline(s, run_id))
     return view
-
-
-async def _resume(d: Services, kind: str, run_id: str) -> dict[str, Any]:
-    from actors.domain.run_events import Recover
-
-    if run_id in d.orch.live:
-        raise Conflict(f"run {run_id!r} is already being run")
-    view = await _status(d, kind, run_id)
-    if kind == "workflow" and view["status"] == wf_m.RunStatus.FAILED.value:
-        return await d.orch.command(run_id, wf_m.Resume(time.time()), kind)
-    if view["status"] in ("completed", "compensated", "compensation_failed", "failed"):
-        raise Conflict(f"run {run_id!r} is {view['status']}: nothing to resume")
-    return await d.orch.command(run_id, Recover(time.time()), kind)
 
 
 def _register_runs(kind: str) -> None:
@@ -117,22 +93,22 @@ def _register_runs(kind: str) -> None:
         return await d.orch.start(kind, p["name"], p["input"])
 
     async def wait(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-        return await d.orch.wait(p["run"], min(defs.seconds(p["timeout"], "timeout"), WAIT_MAX_S))
+        return await d.orch.wait(p["run"], defs.seconds(p["timeout"], "timeout"))
 
     async def runs(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
         return await _runs(d, kind, p)
 
     async def status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-        return await _status(d, kind, p["run"])
+        return await d.orch.status(kind, p["run"])
 
     async def history(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await _history(d, kind, p["run"])
 
     async def resume(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-        return await _resume(d, kind, p["run"])
+        return await d.orch.resume(kind, p["run"])
 
     run.__doc__ = f"Start a run of a {kind}; returns its run id at once (see {kind}.wait)."
-    wait.__doc__ = "Wait (at most timeout seconds, capped at 50) for a run to end; its state."
+    wait.__doc__ = "Wait (at most timeout seconds) for a run to end; its state."
     runs.__doc__ = "Runs (newest first) with their status, optionally of one name or status."
     status.__doc__ = "One run: status, error, each step's state and output."
     history.__doc__ = "A run's step timeline: starts, ends, retries, compensations, times."
@@ -213,7 +189,7 @@ async def pool_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         timeout=Spec(NUM, None))
 async def pool_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Fan one input out to every member and merge the replies."""
-    timeout = None if p["timeout"] is None else defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S)
+    timeout = None if p["timeout"] is None else defs.seconds(p["timeout"], "timeout")
     return await d.pools.run(p["name"], p["input"], concurrency=p["concurrency"],
                              timeout_s=timeout)
 
@@ -227,7 +203,7 @@ async def pool_submit(d: Services, p: dict[str, Any]) -> dict[str, Any]:
 @method("pool.task", role=READ, name=NAME, task=Str(max_len=64), wait=Spec(NUM, 0.0))
 async def pool_task(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """A queued task's state and output (waiting up to wait seconds for it)."""
-    wait = defs.seconds(p["wait"], "wait", zero_ok=True, hi=WAIT_MAX_S)
+    wait = defs.seconds(p["wait"], "wait", zero_ok=True)
     return await d.pools.task(p["name"], p["task"], wait)
 
 
@@ -258,4 +234,4 @@ async def pool_scale(d: Services, p: dict[str, Any]) -> dict[str, Any]:
 @method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))
 async def pool_drain(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop taking tasks and wait until the queued and running ones are done."""
-    return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout", hi=WAIT_MAX_S))
+    return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout"))

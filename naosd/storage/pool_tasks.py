@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from naosd.errors import NotFound
+from naosd.errors import Conflict, NotFound
 from naosd.storage.store import Store
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -47,13 +47,27 @@ def submit(store: Store, pool: str, task_id: str, task_input: Any) -> None:
 
 
 def start(store: Store, task_id: str, member: str) -> int:
-    """Mark the task running on ``member``; return its attempt number."""
+    """Mark the task running on ``member``; return its attempt number, or 0
+    if it is not queued or running any more (cancelled, finished: not to run)."""
     with store.transaction() as tx:
-        tx.execute("UPDATE pool_tasks SET status = 'running', member = ?, "
-                   "attempt = attempt + 1, started_at = ? WHERE task_id = ?",
-                   (member, store.now_iso(), task_id))
-        rows = tx.execute("SELECT attempt FROM pool_tasks WHERE task_id = ?", (task_id,))
+        rows = tx.execute("UPDATE pool_tasks SET status = 'running', member = ?, "
+                          "attempt = attempt + 1, started_at = ? "
+                          "WHERE task_id = ? AND status IN ('queued', 'running') "
+                          "RETURNING attempt", (member, store.now_iso(), task_id))
     return int(rows[0][0]) if rows else 0
+
+
+def cancel(store: Store, pool: str, task_id: str, why: str) -> None:
+    """Cancel a task that is still queued (Conflict naming its status if not)."""
+    with store.transaction() as tx:
+        if not tx.execute("UPDATE pool_tasks SET status = 'cancelled', error = ?, "
+                          "finished_at = ? WHERE pool = ? AND task_id = ? "
+                          "AND status = 'queued' RETURNING 1",
+                          (why, store.now_iso(), pool, task_id)):
+            row = get(store, pool, task_id)
+            on = f" on {row['member']!r}" if row["member"] else ""
+            raise Conflict(f"task {task_id!r} is {row['status']}{on}: only a queued task "
+                           "can be cancelled")
 
 
 def finish(store: Store, task_id: str, status: str, output: Any, error: str) -> None:
@@ -76,10 +90,13 @@ def get(store: Store, pool: str, task_id: str) -> dict[str, Any]:
     return _task(rows[0])
 
 
-def unfinished(store: Store) -> list[dict[str, Any]]:
-    """Every queued or in-doubt (running) task, in submission order."""
-    rows = store.query(f"SELECT {_COLUMNS} FROM pool_tasks "
-                       "WHERE status IN ('queued', 'running') ORDER BY seq")
+def unfinished(store: Store, pool: str | None = None) -> list[dict[str, Any]]:
+    """Every queued or in-doubt (running) task (of ``pool``), in submission order."""
+    where = "status IN ('queued', 'running')"
+    params: tuple[str, ...] = ()
+    if pool is not None:
+        where, params = where + " AND pool = ?", (pool,)
+    rows = store.query(f"SELECT {_COLUMNS} FROM pool_tasks WHERE {where} ORDER BY seq", params)
     return [_task(r) for r in rows]
 
 

@@ -4,15 +4,18 @@ the storage layer: it goes through :class:`naosd.storage.store.Store` only).
 A run's row holds the pure state machine's full record (``to_record``); each
 save writes the record, the run's timeline rows and the audit rows of the
 same transition in ONE transaction, so what is on disk is always a state the
-machine was in, with its history and audit trail."""
+machine was in, with its history and audit trail.  :func:`save_changes`
+commits the transitions of many runs in one transaction (group commit), each
+in its own savepoint: one that cannot be stored fails alone."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from naosd.errors import Conflict, NotFound
-from naosd.storage.store import Store
+from naosd.errors import Conflict, InvalidRequest, NaosError, NotFound
+from naosd.storage.store import Store, Tx
 
 KINDS = ("saga", "workflow", "pool")
 
@@ -82,16 +85,64 @@ def insert_run(store: Store, kind: str, name: str, record: dict[str, Any]) -> No
 
 def save_run(store: Store, run_id: str, record: dict[str, Any] | None, audits: Audits) -> None:
     """One transition: the new record (if it changed), its timeline and audit rows."""
+    with store.transaction() as tx:
+        _save(tx, store.now_iso(), Change(run_id, record, audits))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One run's transition as :func:`save_changes` stores it; ``fallback``
+    is stored instead of ``record`` if that cannot be encoded."""
+
+    run_id: str
+    record: dict[str, Any] | None
+    audits: Audits
+    fallback: dict[str, Any] | None = None
+
+
+def save_changes(store: Store, changes: list[Change]) -> list[NaosError | None]:
+    """Commit ``changes`` in ONE transaction, each in its own savepoint; the
+    error of each change that could not be stored (it is left out), or None."""
+    errors: list[NaosError | None] = []
     now = store.now_iso()
     with store.transaction() as tx:
-        if record is not None:
-            tx.execute("UPDATE orch_runs SET status = ?, record = ?, updated_at = ? "
-                       "WHERE run_id = ?", (record["status"], _dump(record), now, run_id))
-        for type_, detail in audits:
-            tx.audit(type_, detail=detail)  # first: it refuses a detail it cannot encode
-            tx.execute("INSERT INTO orch_timeline(run_id, ts, type, step, detail) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       (run_id, now, type_, detail.get("step"), _dump(detail)))
+        for change in changes:
+            tx.execute("SAVEPOINT run_change")
+            try:
+                _save(tx, now, change)
+            except NaosError as exc:
+                tx.execute("ROLLBACK TO run_change")
+                errors.append(exc)
+            else:
+                errors.append(None)
+            tx.execute("RELEASE run_change")
+    return errors
+
+
+def _save(tx: Tx, now: str, change: Change) -> None:
+    record = change.record
+    if record is not None:
+        try:
+            encoded = _dump(record)
+        except (TypeError, ValueError) as exc:
+            if change.fallback is None:
+                raise InvalidRequest(f"run {change.run_id}: record cannot be stored: {exc}"
+                                     ) from None
+            record, encoded = change.fallback, _dump(change.fallback)
+        if not tx.execute("UPDATE orch_runs SET status = ?, record = ?, updated_at = ? "
+                          "WHERE run_id = ? RETURNING 1",
+                          (record["status"], encoded, now, change.run_id)):
+            raise NotFound(f"no run {change.run_id!r}")
+    for type_, detail in change.audits:
+        tx.audit(type_, detail=detail)  # first: it refuses a detail it cannot encode
+        try:
+            encoded = _dump(detail)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"run {change.run_id}: {type_} cannot be stored: {exc}"
+                                 ) from None
+        tx.execute("INSERT INTO orch_timeline(run_id, ts, type, step, detail) "
+                   "VALUES (?, ?, ?, ?, ?)", (change.run_id, now, type_, detail.get("step"),
+                                              encoded))
 
 
 def get_run(store: Store, run_id: str) -> dict[str, Any]:
