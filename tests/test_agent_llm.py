@@ -391,6 +391,28 @@ async def test_a_consumer_that_leaves_midway_is_charged_what_streamed(lw: LlmWor
     assert len(await lw.ledger("quitter")) == 1  # settled once
 
 
+IMPATIENT = """
+import asyncio
+
+async def handle(message, ctx):
+    try:
+        await asyncio.wait_for(ctx.llm.chat([{"role": "user", "content": "hi"}]), 0.3)
+    except asyncio.TimeoutError:
+        return "gave up"
+"""
+
+
+async def test_a_call_its_agent_abandons_is_still_charged_what_the_server_used(lw) -> None:
+    """Cancelling a call once it is sent must not make the LLM work for free:
+    it runs on and is settled at the usage the server reports."""
+    lw.fake.script = [Step(delay_s=1.0, body=answer("late", usage=(5, 50)).body)]
+    await lw.agent("impatient", IMPATIENT, budget=1_000_000)
+    assert await lw.world.run("impatient", {}) == "gave up"
+    [row] = await lw.wait_for_ledger("impatient")
+    assert (row["status"], row["cost_micro"], row["estimated"]) == ("ok", cost(5, 50), False)
+    assert lw.cost.status_of("impatient", datetime.now(UTC))["reserved_micro"] == 0
+
+
 # -- deadlines, models, bad input --------------------------------------------------------
 
 SLOW_CALL = """

@@ -22,7 +22,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -158,17 +158,30 @@ class ChatService:
 
     async def chat(self, agent: str, request: dict[str, Any], *, deadline: float
                    ) -> dict[str, Any]:
-        """One chat completion for ``agent``, by ``deadline`` (``time.monotonic()``)."""
+        """One chat completion for ``agent``, by ``deadline`` (``time.monotonic()``).
+
+        A caller that gives up (cancels) before the request is sent stops it;
+        once sent, the request runs on to its answer (by the deadline) and is
+        settled at the usage the server reports: an agent cannot make the LLM
+        work for nothing by cancelling its calls."""
         plan = self.plan(request)
         _check_time(deadline)
+        gone = asyncio.Event()
 
         async def work(granted: int) -> Spent:
+            if gone.is_set():
+                raise Cancelled("the caller went away before the LLM was asked")
             max_tokens = plan.max_tokens(granted)
             answer = await self._llm.chat(plan.request, max_tokens=max_tokens,
                                           deadline=deadline)
             return plan.spent(answer, max_tokens)
 
-        spent, receipt = await self._spender.charge(agent, _charge(plan, stream=False), work)
+        call = self._detach(self._spender.charge(agent, _charge(plan, stream=False), work))
+        try:
+            spent, receipt = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
         return _reply(spent, receipt)
 
     async def stream(self, agent: str, request: dict[str, Any], *, deadline: float
@@ -180,10 +193,7 @@ class ChatService:
         _check_time(deadline)
         run = _Stream()
         work = functools.partial(self._stream_work, plan, run, deadline)
-        producer = asyncio.get_running_loop().create_task(
-            self._spender.charge(agent, _charge(plan, stream=True), work))
-        self._running.add(producer)
-        producer.add_done_callback(self._finished)
+        producer = self._detach(self._spender.charge(agent, _charge(plan, stream=True), work))
         try:
             while (text := await run.next(producer)) is not None:
                 yield {"delta": text}
@@ -217,13 +227,22 @@ class ChatService:
             raise
         return plan.spent(answer, max_tokens)
 
+    def _detach(self, charge: Coroutine[Any, Any, tuple[Spent, Receipt]]
+                ) -> asyncio.Task[tuple[Spent, Receipt]]:
+        """Run a charged call in a task of its own: it settles and records
+        whatever its caller does."""
+        task = asyncio.get_running_loop().create_task(charge)
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._running.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.debug("an LLM stream ended with %r", task.exception())
+            log.debug("an LLM call ended with %r", task.exception())
 
     async def aclose(self) -> None:
-        """Wait (briefly) for streams still settling."""
+        """Wait (briefly) for calls still settling."""
         if self._running:
             await asyncio.wait(set(self._running), timeout=CLOSE_WAIT_S)
 

@@ -178,7 +178,7 @@ def _message(value: Any, where: str) -> dict[str, Any]:
         out["name"] = _text(value["name"], f"{where}.name", 64)
     if role == "tool":
         out["tool_call_id"] = _text(value.get("tool_call_id"), f"{where}.tool_call_id", 256)
-    if value.get("tool_calls") is not None:
+    if value.get("tool_calls"):  # an empty list is no tool calls
         out["tool_calls"] = _assistant_calls(value["tool_calls"], f"{where}.tool_calls")
     content = value.get("content")
     if content is None and "tool_calls" in out:
