@@ -242,7 +242,9 @@ async def test_a_server_lying_about_usage_never_takes_a_budget_past_its_limit(lw
     asked = [c[2] for c in calls]
     assert asked[:-1] == [256] * (len(calls) - 1) and asked[-1] < 256  # the end shrank
     assert [r["max_tokens"] for r in lw.fake.requests] == asked
-    assert sum(r["cost_micro"] for r in await lw.ledger("liar")) == spent
+    rows = await lw.ledger("liar")
+    assert sum(r["cost_micro"] for r in rows) == spent
+    assert all(r["llm_estimate_micro"] == r["cost_micro"] for r in rows)  # not the claim
     overruns = await lw.audit("liar", "llm.usage_overrun")
     assert len(overruns) == len(calls)
     assert overruns[0].detail["output_tokens"] == 100_000

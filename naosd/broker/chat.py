@@ -85,8 +85,9 @@ class Plan:
         return max_tokens_within(granted, self.prompt_tokens, self.asked, self.price_in,
                                  self.price_out)
 
-    def spent(self, answer: ChatAnswer, max_tokens: int) -> Spent:
-        """What an answer costs (its usage, else its bounds) and what the agent gets."""
+    def spent(self, answer: ChatAnswer, max_tokens: int, granted: int) -> Spent:
+        """What an answer costs (its usage, else its bounds) and what the agent
+        gets; the ledger's LLM estimate is what it may cost, at most ``granted``."""
         tokens_in = answer.input_tokens
         tokens_out = answer.output_tokens
         estimated = tokens_in is None or tokens_out is None
@@ -108,7 +109,7 @@ class Plan:
                   "output_tokens": tokens_out, "estimated": estimated, "max_tokens": max_tokens,
                   "attempts": answer.attempts, "finish_reason": answer.finish_reason,
                   "tool_calls": len(valid), "invalid_tool_calls": len(invalid)}
-        return Spent(result, cost, estimated, detail, estimate_micro=cost)
+        return Spent(result, cost, estimated, detail, estimate_micro=min(cost, granted))
 
     def partial(self, output_bytes: int, max_tokens: int) -> Spent:
         """A stream its consumer left midway: what it streamed, at its bounds."""
@@ -174,7 +175,7 @@ class ChatService:
             max_tokens = plan.max_tokens(granted)
             answer = await self._llm.chat(plan.request, max_tokens=max_tokens,
                                           deadline=deadline)
-            return plan.spent(answer, max_tokens)
+            return plan.spent(answer, max_tokens, granted)
 
         call = self._detach(self._spender.charge(agent, _charge(plan, stream=False), work))
         try:
@@ -225,7 +226,7 @@ class ChatService:
                 raise Charged(plan.partial(run.output_bytes, max_tokens).cost_micro,
                               exc) from None
             raise
-        return plan.spent(answer, max_tokens)
+        return plan.spent(answer, max_tokens, granted)
 
     def _detach(self, charge: Coroutine[Any, Any, tuple[Spent, Receipt]]
                 ) -> asyncio.Task[tuple[Spent, Receipt]]:
