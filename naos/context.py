@@ -49,6 +49,11 @@ class ChatResult:
         content = self.message.get("content")
         return content if isinstance(content, str) else ""
 
+    @property
+    def invalid_tool_calls(self) -> list[dict[str, Any]]:
+        """Tool calls naming a tool that was not offered: never to act on."""
+        return list(self.raw.get("invalid_tool_calls") or [])
+
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> ChatResult:
         return cls(dict(data.get("message") or {}), list(data.get("tool_calls") or []),

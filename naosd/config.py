@@ -141,6 +141,14 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(sorted(set(items)))
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of non-empty strings, from a TOML list or a comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"expected a list of strings, got {type(value).__name__}")
+    return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+
+
 def _node_name(value: Any) -> str:
     text = _str(value)
     if text and not _NAME.match(text):
@@ -267,6 +275,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llm.base_url", _str, "", "chat-completions base URL, e.g. "
             "http://127.0.0.1:11434/v1 (empty: no remote LLM)"),
     Setting("llm.model", _str, "", "model name sent to the LLM server"),
+    Setting("llm.models", _strings, (), "other models agents may name per call "
+            "(ctx.llm.chat(model=...)), charged at the same prices (empty: llm.model only)"),
     Setting("llm.api_key", _str, "", "LLM API key (prefer $NAOS_LLM_API_KEY or "
             "llm.api_key_file; never shown or audited)", secret=True),
     Setting("llm.api_key_file", _path, "", "file holding the LLM API key (mode 0600)"),
@@ -354,6 +364,7 @@ class Config:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     llm_base_url: str = ""
     llm_model: str = ""
+    llm_models: tuple[str, ...] = ()
     llm_api_key: str = field(default="", repr=False)
     llm_api_key_file: Path | None = None
     llm_timeout: float = 60.0

@@ -1,12 +1,17 @@
 """A small OpenAI-compatible chat-completions server for tests: a double of
-a REMOTE service, scripted per request, on 127.0.0.1."""
+a REMOTE service, scripted per request, on 127.0.0.1.
+
+Each request takes the next scripted :class:`Step`, else what ``answer``
+makes of the request (by default :func:`ok`).  Steps cover plain answers,
+tool calls, streams (text and tool-call fragments, a usage chunk or none),
+lying usage, slow answers and streams held midway until the test lets go."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +30,9 @@ class Step:
     raw: bytes | None = None
     stream: list[str] | None = None  # SSE data payloads
     delay_s: float = 0.0
+    chunk_delay_s: float = 0.0  # between stream payloads
+    hold: asyncio.Event | None = None  # a stream waits for it after hold_after payloads
+    hold_after: int = 0
 
 
 def ok(text: str = "hello", prompt_tokens: int = 7, completion_tokens: int = 3) -> Step:
@@ -33,6 +41,44 @@ def ok(text: str = "hello", prompt_tokens: int = 7, completion_tokens: int = 3) 
                                                            "content": text}}],
                       "usage": {"prompt_tokens": prompt_tokens,
                                 "completion_tokens": completion_tokens}})
+
+
+def answer(content: str | None = "hello", *, tool_calls: list[dict[str, Any]] | None = None,
+           usage: tuple[int, int] | None = (7, 3), finish_reason: str = "stop",
+           model: str = "fake-1") -> Step:
+    """A chat answer; ``usage`` None leaves it out (some servers do)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    body: dict[str, Any] = {"id": "c1", "object": "chat.completion", "model": model,
+                            "choices": [{"index": 0, "message": message,
+                                         "finish_reason": finish_reason}]}
+    if usage is not None:
+        body["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                         "total_tokens": sum(usage)}
+    return Step(body=body)
+
+
+def tool_call(name: str, arguments: Any, call_id: str = "call_1") -> dict[str, Any]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def streamed(pieces: list[str], *, usage: tuple[int, int] | None = None,
+             tool_fragments: list[dict[str, Any]] | None = None, **kw: Any) -> Step:
+    """A stream of text ``pieces``, then tool-call fragments (``delta.tool_calls``
+    entries), a finish reason and, with ``usage``, the usage chunk
+    ``stream_options.include_usage`` asks for."""
+    payloads = [chunk(p) for p in pieces]
+    payloads += [json.dumps({"model": "fake-1", "choices": [
+        {"index": 0, "delta": {"tool_calls": [f]}}]}) for f in tool_fragments or ()]
+    payloads.append(json.dumps({"model": "fake-1", "choices": [
+        {"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_fragments
+         else "stop"}]}))
+    if usage is not None:
+        payloads.append(json.dumps({"model": "fake-1", "choices": [], "usage": {
+            "prompt_tokens": usage[0], "completion_tokens": usage[1]}}))
+    return Step(stream=payloads, **kw)
 
 
 def error(status: int, code: str, message: str = "nope", **headers: str) -> Step:
@@ -52,27 +98,47 @@ class FakeOpenAI:
         self.times: list[float] = []
         self.headers: list[dict[str, str]] = []
         self.url = ""
+        self.answer: Callable[[dict[str, Any]], Step] = lambda body: ok()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.cut_off = 0  # streams whose client left before the end
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.times.append(time.monotonic())
         self.headers.append(dict(request.headers))
-        self.requests.append(await request.json())
-        step = self.script.pop(0) if self.script else ok()
+        body = await request.json()
+        self.requests.append(body)
+        step = self.script.pop(0) if self.script else self.answer(body)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, step)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, step: Step) -> web.StreamResponse:
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
         if step.stream is not None:
-            return await self._stream(request, step.stream)
+            return await self._stream(request, step)
         if step.raw is not None:
             return web.Response(status=step.status, body=step.raw, headers=step.headers)
         return web.json_response(step.body, status=step.status, headers=step.headers)
 
-    async def _stream(self, request: web.Request, payloads: list[str]) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, step: Step) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for payload in payloads:
-            await resp.write(f"data: {payload}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        try:
+            for i, payload in enumerate(step.stream or ()):
+                if step.hold is not None and i == step.hold_after:
+                    await step.hold.wait()
+                if step.chunk_delay_s:
+                    await asyncio.sleep(step.chunk_delay_s)
+                await resp.write(f"data: {payload}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionError:  # the client went away midway
+            self.cut_off += 1
         return resp
 
 

@@ -17,22 +17,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import stat
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
+from naosd.broker.llm.chat_request import ChatRequest
 from naosd.broker.llm.wire import (
     DEFAULT_MAX_TOKENS,
     MAX_PROMPT_BYTES,
+    ChatAnswer,
     Completion,
     StreamParser,
     backoff_s,
+    chat_body,
     cost_micro,
     error_for,
-    parse_completion,
+    parse_chat,
     prompt_token_bound,
     request_body,
     retry_after_s,
@@ -148,6 +152,13 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
+T = TypeVar("T")
+Reader = Callable[[aiohttp.ClientResponse], Awaitable[T]]
+OnChunk = Callable[[str, int], Awaitable[None]]
+"""Told of each piece of a streamed answer: its new text (may be empty) and
+the bytes of output (text and tool-call fragments) received so far."""
+
+
 class LlmClient:
     """One connection pool to one LLM server; ``aclose()`` it when done."""
 
@@ -165,8 +176,8 @@ class LlmClient:
     async def complete(self, prompt: str, *, max_tokens: int | None = None,
                        timeout_s: float | None = None) -> LlmResult:
         """Ask for one completion of ``prompt`` (a single user message); each
-        attempt may take ``llm.timeout`` seconds, or ``timeout_s`` if shorter
-        (what is left of the caller's deadline).
+        attempt may take ``llm.timeout`` seconds, or less when what is left of
+        ``timeout_s`` (the caller's deadline) is shorter.
 
         Raises:
             InvalidRequest: an empty or oversized prompt, or a bad max_tokens.
@@ -175,26 +186,75 @@ class LlmClient:
         """
         limit = check_request(prompt, max_tokens)
         body = request_body(self.config.model, prompt, limit, stream=self.config.stream)
-        timeout = self.config.timeout_s if timeout_s is None \
-            else max(0.001, min(self.config.timeout_s, timeout_s))
+        deadline = None if timeout_s is None else time.monotonic() + max(0.001, timeout_s)
+        reader = _read_stream if self.config.stream else _read_answer
+        answer = await self._send(body, deadline, reader)
+        return self._settle(prompt, limit, answer.completion(), answer.attempts,
+                            answer.waited_s)
+
+    async def chat(self, request: ChatRequest, *, max_tokens: int, deadline: float
+                   ) -> ChatAnswer:
+        """One chat completion of a checked request, not streamed; every attempt
+        ends by ``deadline`` (a ``time.monotonic()`` value).  Errors as
+        :meth:`complete`'s."""
+        body = chat_body(request.model or self.config.model, request.messages,
+                         request.options, max_tokens, stream=False)
+        return await self._send(body, deadline, _read_answer)
+
+    async def chat_stream(self, request: ChatRequest, *, max_tokens: int, deadline: float,
+                          on_chunk: OnChunk) -> ChatAnswer:
+        """:meth:`chat`, streamed: ``on_chunk`` hears each piece as it comes.
+        Only an attempt that received nothing is retried; a stream that breaks
+        off after its first piece is an error (LlmBadResponse, or LlmTimeout at
+        the deadline), never sent again."""
+        body = chat_body(request.model or self.config.model, request.messages,
+                         request.options, max_tokens, stream=True)
+
+        async def read(resp: aiohttp.ClientResponse) -> ChatAnswer:
+            return await _read_chunks(resp, on_chunk)
+
+        return await self._send(body, deadline, read)
+
+    async def _send(self, body: dict[str, Any], deadline: float | None,
+                    reader: Reader[ChatAnswer]) -> ChatAnswer:
+        """Post ``body``, retrying as the module says; each attempt gets
+        ``llm.timeout`` or what is left until ``deadline``, whichever is less."""
         attempts, waited = 0, 0.0
         while True:
             attempts += 1
+            timeout = self._attempt_timeout(deadline)
             try:
-                done = await self._attempt(body, timeout)
+                answer = await self._attempt(body, timeout, reader)
             except _Retry as retry:
-                if attempts > self.config.max_retries:
-                    raise _after(retry.error, attempts) from None
-                delay = backoff_s(attempts, self.config.backoff, retry.retry_after)
-                if delay > self.config.max_wait_s:
-                    raise LlmRateLimited(f"{retry.error}; server asks to wait {delay:.0f}s, "
-                                         f"more than {self.config.max_wait_s:g}s") from None
+                delay = self._retry_delay(retry, attempts, deadline)
                 log.warning("LLM attempt %d failed (%s); retrying in %.2fs",
                             attempts, retry.error, delay)
                 await self._sleep(delay)
                 waited += delay
                 continue
-            return self._settle(prompt, limit, done, attempts, waited)
+            return replace(answer, attempts=attempts, waited_s=waited)
+
+    def _attempt_timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.config.timeout_s
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LlmTimeout(f"no time left to ask the LLM at {self.config.base_url}")
+        return min(self.config.timeout_s, left)
+
+    def _retry_delay(self, retry: _Retry, attempts: int, deadline: float | None) -> float:
+        """The wait before the next attempt, or the error to give up with."""
+        if attempts > self.config.max_retries:
+            raise _after(retry.error, attempts) from None
+        delay = backoff_s(attempts, self.config.backoff, retry.retry_after)
+        if delay > self.config.max_wait_s:
+            raise LlmRateLimited(f"{retry.error}; server asks to wait {delay:.0f}s, "
+                                 f"more than {self.config.max_wait_s:g}s") from None
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise type(retry.error)(f"{retry.error} (not retried: the caller's deadline "
+                                    f"comes before the next attempt, {delay:.2f}s away)"
+                                    ) from None
+        return delay
 
     def _settle(self, prompt: str, limit: int, done: Completion, attempts: int,
                 waited: float) -> LlmResult:
@@ -210,7 +270,7 @@ class LlmClient:
         return LlmResult(done.text, tokens_in, tokens_out, cost, estimated,
                          done.model or self.config.model, attempts, waited)
 
-    async def _attempt(self, body: dict[str, Any], timeout_s: float) -> Completion:
+    async def _attempt(self, body: dict[str, Any], timeout_s: float, reader: Reader[T]) -> T:
         session = self._http()
         url = f"{self.config.base_url}/chat/completions"
         try:
@@ -222,12 +282,10 @@ class LlmClient:
                     if retry:
                         raise _Retry(error, retry_after_s(resp.headers.get("Retry-After")))
                     raise error
-                if self.config.stream:
-                    return await _read_stream(resp)
-                return parse_completion(await _read_limited(resp))
+                return await reader(resp)
         except TimeoutError:
             raise LlmTimeout(f"LLM at {self.config.base_url} did not answer within "
-                             f"{timeout_s:g}s") from None
+                             f"{timeout_s:.3g}s") from None
         except aiohttp.ClientConnectionError as exc:
             error = LlmUnavailable(f"cannot reach the LLM at {self.config.base_url}: {exc}")
             raise _Retry(error, None) from None
@@ -277,13 +335,31 @@ async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
     return raw
 
 
-async def _read_stream(resp: aiohttp.ClientResponse) -> Completion:
+async def _read_answer(resp: aiohttp.ClientResponse) -> ChatAnswer:
+    return parse_chat(await _read_limited(resp))
+
+
+async def _read_stream(resp: aiohttp.ClientResponse) -> ChatAnswer:
+    async def ignore(text: str, size: int) -> None:
+        pass
+
+    return await _read_chunks(resp, ignore)
+
+
+async def _read_chunks(resp: aiohttp.ClientResponse, on_chunk: OnChunk) -> ChatAnswer:
     parser = StreamParser()
     total = 0
-    async for data in resp.content.iter_any():
-        total += len(data)
-        if total > MAX_BODY_BYTES:
-            raise LlmBadResponse(f"LLM stream is larger than {MAX_BODY_BYTES} bytes")
-        parser.feed(data)
-    parser.feed(b"\n")
-    return parser.result()
+    try:
+        async for data in resp.content.iter_any():
+            total += len(data)
+            if total > MAX_BODY_BYTES:
+                raise LlmBadResponse(f"LLM stream is larger than {MAX_BODY_BYTES} bytes")
+            for text in parser.feed(data) or [""]:
+                await on_chunk(text, parser.output_bytes)
+    except aiohttp.ClientError as exc:  # nothing is sent twice once a piece arrived
+        if total == 0:
+            raise
+        raise LlmBadResponse(f"LLM stream broke off after {total} bytes: {exc}") from None
+    for text in parser.feed(b"\n"):  # a last line without its newline
+        await on_chunk(text, parser.output_bytes)
+    return parser.answer()

@@ -11,17 +11,21 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from naosd import deadline as request_deadline
+from naosd.broker.llm.chat_request import ChatRequest
 from naosd.broker.llm.client import (
     LlmClient,
     LlmConfig,
     LlmResult,
+    OnChunk,
     check_request,
     estimate_cost_micro,
 )
 from naosd.broker.llm.local import MODEL_ALIAS, LocalLlm, find_model, server_installed
+from naosd.broker.llm.wire import ChatAnswer
 from naosd.errors import (
     ConfigError,
     Conflict,
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from naosd.storage.db import AsyncStore
 
 log = logging.getLogger("naosd.llm")
+T = TypeVar("T")
 WAIT_OUTSIDE_REQUESTS_S: Final = 300.0  # in-process callers with no request deadline
 LOCAL_TIMEOUT_S: Final = 86400.0  # the caller's deadline is always shorter
 CRASH_GRACE_S: Final = 5.0  # a connection cut by a crash can come before its exit is seen
@@ -144,20 +149,56 @@ class LlmService:
 
     async def _complete(self, prompt: str, max_tokens: int | None
                         ) -> tuple[LlmClient, LlmResult]:
-        now = time.monotonic()
-        deadline = request_deadline.current() or now + WAIT_OUTSIDE_REQUESTS_S
-        deadline -= reply_margin(deadline - now)
+        async def send(client: LlmClient, until: float) -> LlmResult:
+            return await client.complete(prompt, max_tokens=max_tokens,
+                                         timeout_s=until - time.monotonic())
+
+        deadline = request_deadline.current() or time.monotonic() + WAIT_OUTSIDE_REQUESTS_S
+        return await self._on_server(send, deadline)
+
+    async def chat(self, request: ChatRequest, *, max_tokens: int, deadline: float
+                   ) -> ChatAnswer:
+        """One chat completion, not audited (the caller's spender records it);
+        ends by ``deadline`` (``time.monotonic()``) with a clear error.
+
+        Raises:
+            NoLlm, LlmStarting, LlmCrashed, or the client's errors.
+        """
+        async def send(client: LlmClient, until: float) -> ChatAnswer:
+            return await client.chat(request, max_tokens=max_tokens, deadline=until)
+
+        return (await self._on_server(send, deadline))[1]
+
+    async def chat_stream(self, request: ChatRequest, *, max_tokens: int, deadline: float,
+                          on_chunk: OnChunk) -> ChatAnswer:
+        """:meth:`chat`, streamed to ``on_chunk``.  The local server is not
+        streamed (llama-cpp-python's server ignores ``stream_options``, and only
+        a whole answer carries the usage it is charged on): its whole answer
+        is one piece."""
+        async def send(client: LlmClient, until: float) -> ChatAnswer:
+            if not client.config.local:
+                return await client.chat_stream(request, max_tokens=max_tokens,
+                                                deadline=until, on_chunk=on_chunk)
+            answer = await client.chat(request, max_tokens=max_tokens, deadline=until)
+            await on_chunk(answer.content or "", answer.output_bytes)
+            return answer
+
+        return (await self._on_server(send, deadline))[1]
+
+    async def _on_server(self, send: Callable[[LlmClient, float], Awaitable[T]],
+                         deadline: float) -> tuple[LlmClient, T]:
+        """``send`` to the remote server, or to the local one once it is ready,
+        giving up a little before ``deadline`` (:func:`reply_margin`)."""
+        deadline -= reply_margin(deadline - time.monotonic())
         if self.remote is not None:
             client = await self._client_for(self.remote)
-            return client, await client.complete(prompt, max_tokens=max_tokens,
-                                                 timeout_s=deadline - time.monotonic())
+            return client, await send(client, deadline)
         if self.local is None:
             raise NoLlm(f"no LLM: {self.why_none}")
         server = await self.local.ensure(deadline)
         client = await self._client_for(self._local_config(server.base_url))
         try:
-            return client, await client.complete(prompt, max_tokens=max_tokens,
-                                                 timeout_s=deadline - time.monotonic())
+            return client, await send(client, deadline)
         except (LlmUnavailable, LlmBadResponse):
             how = await self.local.crash_of(server, CRASH_GRACE_S)
             if how is None:
