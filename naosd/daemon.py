@@ -113,17 +113,10 @@ class Daemon:
             await self.db.notify()
 
     async def _start_parts(self) -> None:
-        import naosd.control.agents
-        import naosd.control.broker
-        import naosd.control.cluster
-        import naosd.control.llm
-        import naosd.control.orchestration
-        import naosd.control.trust
-        import naosd.control.wasm
-        import naosd.mcp.methods  # noqa: F401
         from actors.messages import InitRoot, PortEcho
         from naosd.agents.service import Agents
         from naosd.broker.service import build_broker
+        from naosd.methods import method_table
         from naosd.orchestration.port_handlers import build_orchestration
         from naosd.runtime.bridge import Bridge
         from naosd.runtime.port import ActorPort
@@ -149,7 +142,8 @@ class Daemon:
                                    gate=self.trust_gate, llm=self.llm)
         await self.broker.start()
         self.services = Services(
-            daemon=self, db=self.db, bridge=self.bridge, sandbox=self.sandbox,
+            daemon=self, methods=method_table(), db=self.db, bridge=self.bridge,
+            sandbox=self.sandbox,
             agents=self.agents, orch=self.orch, pools=self.pools, broker=self.broker,
             llm=self.llm, trust_gate=self.trust_gate, metrics=self.metrics)
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,

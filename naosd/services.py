@@ -9,6 +9,7 @@ dashboard's address).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +60,8 @@ class FoldedMetrics(Protocol):
 @dataclass(frozen=True, slots=True)
 class Services:
     daemon: DaemonControl
+    # every method served, by name: naosd.control.table.Method values (that layer is above)
+    methods: Mapping[str, Any]
     db: AsyncStore
     bridge: Bridge
     sandbox: Sandbox

@@ -90,17 +90,13 @@ def _cell(text: str) -> str:
 
 def local_methods() -> list[dict[str, Any]]:
     """The ``methods`` result of this checkout, without a daemon."""
-    import naosd.control.agents
-    import naosd.control.broker
-    import naosd.control.cluster
-    import naosd.control.llm
-    import naosd.control.orchestration
-    import naosd.control.trust
-    import naosd.control.wasm
-    import naosd.mcp.methods  # noqa: F401 - each registers its methods
-    from naosd.control.api import list_methods
+    from types import SimpleNamespace
 
-    result: list[dict[str, Any]] = asyncio.run(list_methods(None, {}))  # type: ignore[arg-type]
+    from naosd.control.api import list_methods
+    from naosd.methods import method_table
+
+    services: Any = SimpleNamespace(methods=method_table())  # all list_methods reads
+    result: list[dict[str, Any]] = asyncio.run(list_methods(services, {}))
     return result
 
 

@@ -6,8 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-import naosd.control.orchestration  # noqa: F401  (registers the saga and workflow methods)
-from naosd.control.api import METHODS
 from naosd.dashboard.features import pool_view
 from naosd.dashboard.runs import (
     RunFilter,
@@ -21,6 +19,9 @@ from naosd.dashboard.runs import (
     select_runs,
 )
 from naosd.errors import InvalidRequest, NotFound
+from naosd.methods import method_table
+
+METHODS = method_table()
 
 
 def row(type_: str, step: str | None, ts: str, **detail) -> dict:
@@ -165,9 +166,9 @@ def test_run_actions_offer_only_the_methods_this_build_has():
 
 
 def test_an_action_route_names_its_method_or_is_not_found():
-    assert action_call({"kind": "saga", "run": "s-1", "verb": "resolve"}) == \
+    assert action_call({"kind": "saga", "run": "s-1", "verb": "resolve"}, METHODS) == \
         ("saga.resolve", {"run": "s-1"})
     for kind, verb in (("saga", "explode"), ("workflow", "retry_compensation"),
                        ("pool", "resolve")):
         with pytest.raises(NotFound):
-            action_call({"kind": kind, "run": "r", "verb": verb})
+            action_call({"kind": kind, "run": "r", "verb": verb}, METHODS)

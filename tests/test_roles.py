@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from doc_tables import local_methods
 
-from naosd.control.api import METHODS, Api, method
+from naosd.control.api import Api
 from naosd.control.roles import (
     NEEDS,
     OPERATE,
@@ -18,9 +18,13 @@ from naosd.control.roles import (
     denial,
     may_call,
 )
+from naosd.control.table import MethodTable
+from naosd.methods import method_table
 
 OPS, READERS = Group("naos-ops", 2001), Group("naos", 2002)
 ACCESS = Access(1000, OPS, READERS)
+
+METHODS = method_table()
 
 
 @pytest.mark.parametrize(("uid", "gid", "groups", "role"), [
@@ -105,22 +109,22 @@ def test_operates(name):
 
 
 def test_a_method_declared_without_a_role_needs_operate():
-    @method("test.undeclared")
+    table = MethodTable("test")
+
+    @table.method("test.undeclared")
     async def undeclared(d, p):
         return None
 
-    try:
-        assert METHODS["test.undeclared"].role == OPERATE
-        assert Api(None).role_of("test.undeclared") == OPERATE  # type: ignore[arg-type]
-    finally:
-        del METHODS["test.undeclared"]
+    assert table["test.undeclared"].role == OPERATE
+    assert Api(None, table).role_of("test.undeclared") == OPERATE  # type: ignore[arg-type]
 
 
 def test_an_unknown_role_is_refused_where_the_method_is_declared():
+    table = MethodTable("test")
     with pytest.raises(ValueError, match=r"test\.bad: role must be one of read, operate"):
-        method("test.bad", role="admin")
-    assert "test.bad" not in METHODS
+        table.method("test.bad", role="admin")
+    assert "test.bad" not in table
 
 
 def test_an_unknown_method_has_no_role():
-    assert Api(None).role_of("no.such.method") is None  # type: ignore[arg-type]
+    assert Api(None, METHODS).role_of("no.such.method") is None  # type: ignore[arg-type]

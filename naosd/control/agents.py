@@ -15,14 +15,17 @@ from actors.domain.definitions import (
     normalise_choice,
     validate_name,
 )
-from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 from naosd.errors import InvalidRequest
 from naosd.storage import definitions as defs_store
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("agents")
+method = METHODS.method
 
 NAME = Str(max_len=64)
 TIMEOUT = Spec((int, float), 30.0)

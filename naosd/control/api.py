@@ -16,14 +16,14 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from naosd import deadline
 from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
-from naosd.control.roles import NEEDS, OPERATE, READ
+from naosd.control.roles import READ
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
+from naosd.control.table import Method, MethodTable
 from naosd.errors import AuditError, InvalidRequest, RequestTimeout
 
 if TYPE_CHECKING:
@@ -34,50 +34,24 @@ if TYPE_CHECKING:
 Handler = Callable[["Services", dict[str, Any]], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Method:
-    name: str
-    handler: Handler
-    params: Mapping[str, Spec] = field(default_factory=dict)
-    stream: bool = False
-    doc: str = ""
-    role: str = OPERATE  # what a connection needs to call it: read or operate
-    deadline: str | None = None  # the parameter holding the caller's own timeout (s)
-
-
-METHODS: dict[str, Method] = {}
-
-
-def method(
-    method_name: str, /, *, stream: bool = False, role: str = OPERATE,
-    deadline: str | None = None, **params: Spec
-) -> Callable[[Handler], Handler]:
-    """Register a handler.  ``deadline`` names a parameter in which the client
-    sends how long it waits (seconds): see :func:`request_timeout`."""
-    if role not in NEEDS:
-        raise ValueError(f"{method_name}: role must be one of {', '.join(NEEDS)}, got {role!r}")
-
-    def register(fn: Handler) -> Handler:
-        METHODS[method_name] = Method(method_name, fn, params, stream,
-                                      (fn.__doc__ or "").strip(), role, deadline)
-        return fn
-
-    return register
+METHODS = MethodTable("daemon")  # this module's methods: ping, status, audit.*, ...
+method = METHODS.method
 
 
 async def invoke(services: Services, name: str, given: Mapping[str, Any]) -> Any:
     """Run unary method ``name`` in process, its parameters checked by its
     Spec as on the socket (the dashboard's resources and views use this)."""
-    entry = METHODS[name]
+    entry = services.methods[name]
     return await entry.handler(services, check(name, entry.params, dict(given)))
 
 
 class Api(Dispatcher):
     """Binds the method table to the services for the server."""
 
-    def __init__(self, services: Services, methods: Mapping[str, Method] = METHODS) -> None:
+    def __init__(self, services: Services, methods: Mapping[str, Method] | None = None
+                 ) -> None:
         self._services = services
-        self._methods = methods
+        self._methods = services.methods if methods is None else methods
 
     def lookup(self, name: str) -> tuple[Unary | None, Streaming | None]:
         entry = self._methods.get(name)
@@ -196,7 +170,7 @@ async def list_methods(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"name": m.name, "stream": m.stream, "role": m.role, "doc": m.doc,
          "params": {k: s.describe() for k, s in m.params.items()}}
-        for m in sorted(METHODS.values(), key=lambda m: m.name)
+        for m in sorted(d.methods.values(), key=lambda m: m.name)
     ]
 
 

@@ -10,14 +10,17 @@ from actors.domain import routing
 from actors.domain.definitions import validate_name
 from naosd.broker.cost import DEFAULT_BURST, DEFAULT_RATE, GLOBAL
 from naosd.broker.service import MAX_TASK_CHARS, decision_json
-from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str, parse_since
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 from naosd.errors import InvalidRequest, NoRoute
 from naosd.storage import ledger as bs
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("broker")
+method = METHODS.method
 
 TASK = Str(max_len=MAX_TASK_CHARS)
 AGENT = Str(None, max_len=64)

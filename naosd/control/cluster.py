@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from naosd.control.api import method
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 from naosd.errors import Conflict
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("cluster")
+method = METHODS.method
 
 
 @method("cluster.nodes", role=READ)

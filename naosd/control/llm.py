@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from naosd.control.api import method
 from naosd.control.params import Int, Spec, Str
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("llm")
+method = METHODS.method
 
 CLIENT_TIMEOUT = Spec((int, float), None)  # how long the caller waits (s): the deadline
 

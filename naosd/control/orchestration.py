@@ -13,14 +13,17 @@ from actors.domain import orch_defs as defs
 from actors.domain import pool as pool_m
 from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
-from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 from naosd.orchestration.coordinators import run_view
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("orchestration")
+method = METHODS.method
 
 NAME = Str(max_len=64)
 RUN = Str(max_len=64)

@@ -8,14 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from actors.domain.trust import Rating, TrustPolicy, TrustRecord, TrustSource, merge
 from naosd.broker.trust_gate import TrustGate, from_cache, policy_doc, policy_from
-from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 from naosd.errors import AxisUnavailable, AxisUnknownAuid, InvalidRequest, NotFound
 from naosd.storage import trust as ts
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("trust")
+method = METHODS.method
 
 SCORE = {"lo": 0, "hi": 1000}
 AGENT = Str(max_len=64)

@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from actors.wasm.limits import MAX_COMPILE_TIMEOUT_MS, MAX_MODULE_BYTES
-from naosd.control.api import method
 from naosd.control.params import Int, Spec, Str
 from naosd.control.roles import OPERATE
+from naosd.control.table import MethodTable
 from naosd.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from naosd.services import Services
 
+METHODS = MethodTable("wasm")
+method = METHODS.method
+
 MIB = 1024 * 1024
+
+
 class _Limits(TypedDict):  # typed keys: a ** of it cannot pass for stream, role, deadline
     fuel: Spec
     memory_mb: Spec

@@ -303,9 +303,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 def add_resource(app: web.Application, path: str, method_name: str,
                  http_method: str = "GET") -> None:
-    from naosd.control.api import METHODS
-
-    entry = METHODS.get(method_name)
+    entry = app[SERVICES].methods.get(method_name)
     if entry is not None and not entry.stream:
         app.router.add_route(http_method, "/api/v1/" + path, _resource(_fixed(method_name)))
 
@@ -330,6 +328,8 @@ def add_routes(app: web.Application) -> None:
     add_views(app, SERVICES, _error)
     # a run's actions (retry_compensation, resolve, cancel, approve, reject): 404 when
     # this build has no method for the verb, see naosd/dashboard/runs.py
-    app.router.add_post("/api/v1/runs/{kind}/{run}/{verb}", _resource(action_call))
+    methods = app[SERVICES].methods
+    app.router.add_post("/api/v1/runs/{kind}/{run}/{verb}",
+                        _resource(lambda path: action_call(path, methods)))
     app.router.add_get("/metrics", metrics)
 

@@ -184,10 +184,9 @@ VIEWS: dict[str, tuple[View, tuple[str, ...]]] = {
 
 def add_views(app: web.Application, daemon_key: web.AppKey[Any],
               error: Callable[[NaosError], web.HTTPException]) -> None:
-    from naosd.control.api import METHODS
-
+    methods = app[daemon_key].methods
     for path, (view, needs) in VIEWS.items():
-        if all(name in METHODS for name in needs):
+        if all(name in methods for name in needs):
             app.router.add_get("/api/v1/" + path, _handler(view, daemon_key, error))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from naosd.control.api import METHODS, invoke
+from naosd.control.api import invoke
 from naosd.control.params import parse_since
 from naosd.errors import InvalidRequest, NotFound
 
@@ -172,17 +172,18 @@ async def runs_view(d: Any, request: web.Request) -> dict[str, Any]:
     for kind in f.kinds:
         found += await invoke(d, f"{kind}.runs",
                               {"limit": f.limit, "name": f.name, "status": f.status})
-    names = sorted({spec["name"] for kind in RUN_KINDS if f"{kind}.list" in METHODS
+    names = sorted({spec["name"] for kind in RUN_KINDS if f"{kind}.list" in d.methods
                     for spec in await invoke(d, f"{kind}.list", {})})
     return {"runs": [run_summary(v) for v in select_runs(found, f)], "names": names,
-            "actions": run_actions(METHODS)}
+            "actions": run_actions(d.methods)}
 
 
-def action_call(path: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+def action_call(path: Mapping[str, str], methods: Mapping[str, Any]
+                ) -> tuple[str, dict[str, Any]]:
     """``POST /api/v1/runs/{kind}/{run}/{verb}`` -> the method behind the verb
     and the parameters the path gives it (the JSON body gives the rest)."""
     kind, verb = path["kind"], path["verb"]
-    name = run_action_method(kind, verb, METHODS) if kind in RUN_KINDS else None
+    name = run_action_method(kind, verb, methods) if kind in RUN_KINDS else None
     if name is None:
         raise NotFound(f"this naosd cannot {verb[:40]} a {kind[:40]} run")
     return name, {"run": path["run"]}

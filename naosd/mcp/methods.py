@@ -10,13 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from naosd.control.api import METHODS, invoke, method
+from naosd.control.api import invoke
 from naosd.control.params import Spec, Str, check
 from naosd.control.roles import READ
+from naosd.control.table import MethodTable
 from naosd.mcp.gateway import Gateway, Settings
 
 if TYPE_CHECKING:
     from naosd.services import Services
+
+METHODS = MethodTable("mcp")
+method = METHODS.method
 
 
 class InProcessApi:
@@ -30,7 +34,7 @@ class InProcessApi:
         return await invoke(self._services, method_name, params)
 
     async def stream(self, method_name: str, /, **params: Any) -> AsyncIterator[Any]:
-        entry = METHODS[method_name]
+        entry = self._services.methods[method_name]
         items: AsyncIterator[Any] = entry.handler(
             self._services, check(method_name, entry.params, params))
         async for item in items:
