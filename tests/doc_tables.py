@@ -95,6 +95,7 @@ def local_methods() -> list[dict[str, Any]]:
     import naosd.control.cluster
     import naosd.control.llm
     import naosd.control.orchestration
+    import naosd.control.tools
     import naosd.control.trust
     import naosd.control.wasm
     import naosd.mcp.methods  # noqa: F401 - each registers its methods
