@@ -153,7 +153,7 @@ def mcp_add(c: Ctx, name: str, command: str | None, env: tuple[str, ...], cwd: s
             tool_prices: tuple[str, ...], as_json: bool) -> None:
     """Register the MCP server NAME: its tools become SERVER.TOOL for agents."""
     if (command is None) == (url is None):
-        raise click.UsageError("give --command (stdio) or --url (Streamable HTTP)")
+        raise click.UsageError("give one of --command (stdio) or --url (Streamable HTTP)")
     params: dict[str, Any] = {  # all given: naosd refuses what does not fit the transport
         "name": name, "price_micro": price_micro, "tool_prices": list(tool_prices) or None,
         "env": list(env) or None, "url": url, "token_env": token_env,

@@ -36,6 +36,7 @@ from naosd.broker.tools import stdio
 from naosd.errors import ToolFailed, ToolServerDown
 
 LIST_PAGES: Final = 20  # tools/list pages followed at most
+EXIT_GRACE_S: Final = 1.0
 HTTP_TIMEOUT_S: Final = 30.0  # connect, write, pool; a call's own deadline bounds reads
 
 
@@ -131,6 +132,8 @@ async def connect(target: Target) -> AsyncIterator[Connection]:
         else:
             async with _stdio(target) as connection:
                 yield connection
+    except ToolServerDown:  # already says what happened (a ConnectionError: first)
+        raise
     except (MCPError, httpx2.HTTPError, OSError, ValueError, anyio.BrokenResourceError,
             anyio.ClosedResourceError, ExceptionGroup) as exc:
         raise ToolServerDown(_describe(exc)) from None
@@ -144,6 +147,12 @@ async def _stdio(target: Target) -> AsyncIterator[Connection]:
     try:
         async with _client(stdio.transport(process), process) as connection:
             yield connection
+    except Exception:
+        with contextlib.suppress(TimeoutError):  # a closed pipe can come before the exit
+            await asyncio.wait_for(process.gone.wait(), EXIT_GRACE_S)
+        if process.gone.is_set():  # it exited by itself: that is the news
+            raise ToolServerDown(process.note_exit()) from None
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             await stdio.stop(process)  # also when the handshake never finished
@@ -151,23 +160,25 @@ async def _stdio(target: Target) -> AsyncIterator[Connection]:
 
 @asynccontextmanager
 async def _http(target: Target) -> AsyncIterator[Connection]:
-    status: list[int] = []
+    refused: list[int] = []  # HTTP statuses of the handshake's requests
 
     async def remember(response: httpx2.Response) -> None:
-        if response.status_code >= 400:
-            status.append(response.status_code)
+        if response.status_code >= 400 and response.request.method == "POST":
+            refused.append(response.status_code)
 
     headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+    ready = False
     try:
         async with httpx2.AsyncClient(
                 headers=headers, event_hooks={"response": [remember]},
                 timeout=httpx2.Timeout(HTTP_TIMEOUT_S, read=None)) as web, \
                 _client(streamable_http_client(target.url, http_client=web), None) as conn:
+            ready = True
             yield conn
-    except MCPError as exc:
-        if status:  # the SDK says "error response": say which
-            raise ToolServerDown(f"{target.url} answered HTTP {status[-1]}") from None
-        raise ToolServerDown(_describe(exc)) from None
+    except Exception:
+        if refused and not ready:  # the SDK says "error response": say which
+            raise ToolServerDown(f"{target.url} answered HTTP {refused[-1]}") from None
+        raise
 
 
 @asynccontextmanager

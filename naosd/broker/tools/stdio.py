@@ -64,6 +64,13 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def note_exit(self) -> str:
+        """How it ended (once ``gone``), remembered in ``how``."""
+        if not self.how:
+            code = self.proc.returncode
+            self.how = self.kill_reason or describe_exit(code if code is not None else -9)
+        return self.how
+
 
 def _die_with_parent() -> None:  # preexec_fn: between fork and exec
     prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
@@ -95,8 +102,7 @@ async def transport(server: ServerProcess) -> AsyncIterator[TransportStreams]:
         # Not proc.wait(): it also waits until the pipes close, and a child of the
         # server that inherited them would keep an exited server looking alive.
         await server.gone.wait()
-        code = server.proc.returncode
-        server.how = server.kill_reason or describe_exit(code if code is not None else -9)
+        server.note_exit()
         server.exited.set()
         _signal_group(server, signal.SIGKILL)  # what it started dies with it
         await to_session.aclose()  # requests in flight fail now, not at their deadline
@@ -155,16 +161,20 @@ def _parse(line: bytes) -> SessionMessage | Exception:
 
 async def stop(server: ServerProcess) -> None:
     """Close its stdin; SIGTERM its group after STOP_GRACE_S, SIGKILL after
-    another; returns once it exited."""
+    another; returns once it exited (waits on the process itself, not on a
+    task of :func:`transport`, which may be gone)."""
     if server.proc.stdin is not None:
         with contextlib.suppress(OSError):
             server.proc.stdin.close()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.exited.wait(), STOP_GRACE_S)
-            return
+            await asyncio.wait_for(server.gone.wait(), STOP_GRACE_S)
+            break
         _signal_group(server, sig)
-    await server.exited.wait()
+    else:
+        await server.gone.wait()
+    server.note_exit()
+    _signal_group(server, signal.SIGKILL)  # anything it started and left behind
 
 
 def _signal_group(server: ServerProcess, sig: signal.Signals) -> None:

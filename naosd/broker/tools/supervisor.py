@@ -226,13 +226,13 @@ class ServerSlot:
                 return result
         except TimeoutError:
             raise RequestTimeout(f"tool {self.name}.{tool} did not answer in time") from None
-        except ToolServerDown:
+        except ToolServerDown as exc:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.closed.wait(), DIED_GRACE_S)
             if conn.closed.is_set():
                 raise ToolServerDown(f"tool server {self.name} exited during the call "
                                      f"({conn.how}); it is restarted") from None
-            raise
+            raise ToolServerDown(f"tool server {self.name}: {exc.message}") from None
 
     def describe(self) -> dict[str, Any]:
         h, now = self.health, self._clock()
