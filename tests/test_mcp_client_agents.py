@@ -1,8 +1,8 @@
 """Agents call MCP tools: real handler processes (``python -m naos.host``) on
-their channels, naosd's agent API with the MCP client's ``Tools``, a real
-store, the real trust gate, cost controller and ledger, and a real MCP server
-(the SDK's server side, over stdio) that naos starts (the middle layer: no
-actors, no daemon)."""
+their channels (tests/test_agent_channel.py's world), naosd's agent API with
+the MCP client's ``Tools``, a real store, the real trust gate, cost controller
+and ledger, and a real MCP server (the SDK's server side, over stdio) that naos
+starts (the middle layer: no actors, no daemon)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import sys
-import tempfile
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -21,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import short_tempdir
 from mcp_tool_servers import write_server
+from test_agent_channel import World as ChannelWorld
 
 from actors.domain.budget import BudgetPolicy
-from naosd.agents.api import AgentApi, Caller
-from naosd.agents.channels import AgentChannels, Channel
-from naosd.agents.runs import AgentRuns
+from naosd.agents.api import AgentApi
 from naosd.broker.axis import AxisConfig
 from naosd.broker.cost import CostController
 from naosd.broker.ledger_writer import LedgerWriter
@@ -35,11 +32,9 @@ from naosd.broker.tools.calls import AgentTools
 from naosd.broker.tools.servers import ToolServers
 from naosd.broker.trust_gate import TrustGate
 from naosd.errors import RequestTimeout
-from naosd.runtime.agent_link import channel_key, open_channel
-from naosd.storage import agent_runs, ledger
+from naosd.storage import ledger
 from naosd.storage import trust as trust_store
 from naosd.storage.db import AsyncStore
-from naosd.storage.group_commit import GroupCommit
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
@@ -67,55 +62,21 @@ def handle(message, ctx):
 """
 
 
-class States:
-    def __init__(self, db: AsyncStore) -> None:
-        self.db = db
+class World(ChannelWorld):
+    """test_agent_channel's world (real handler processes on their channels), its
+    agent API given the MCP client's Tools over a real spender and trust gate."""
 
-    async def load_state(self, agent: str) -> dict[str, Any]:
-        return await self.db.call(lambda s: agent_runs.load_state(s, agent))
-
-    async def kv_get(self, agent: str, key: str) -> bytes | None:
-        return None
-
-    async def kv_set(self, agent: str, key: str, value: bytes) -> None:
-        raise AssertionError("not used")
-
-
-class Definitions:
-    def __init__(self) -> None:
-        self.specs: dict[str, dict[str, Any]] = {}
-
-    async def handler_spec(self, agent: str) -> dict[str, Any]:
-        return self.specs[agent]
-
-
-async def never_activate(agent: str, deadline: float) -> None:
-    """The test starts handlers itself."""
-
-
-class World:
     def __init__(self, root: Path, db: AsyncStore) -> None:
-        self.root, self.db = root, db
+        super().__init__(root, db)
         self.calls_file = root / "calls.jsonl"
-        self.key = channel_key(secrets.token_bytes(32))
-        self.concurrency: dict[str, int] = {}
-        self.definitions = Definitions()
         self.cost = CostController()
         self.spender = Spender(TrustGate(db, AxisConfig()), self.cost, LedgerWriter(db))
         self.servers = ToolServers(db, log_dir=root / "logs", environ=os.environ,
                                    private=(root / "state",))
         self.tools = AgentTools(self.servers, self.spender)
-        self.channels = AgentChannels(root / "agents.sock", self.key, self._methods,
-                                      known=self.concurrency.get)
-        self.runner = AgentRuns(self.channels, never_activate,
-                                GroupCommit(db, agent_runs.commit))
-        self.api = AgentApi(channels=self.channels, runner=self.runner, states=States(db),
+        self.api = AgentApi(channels=self.channels, runner=self.runner, states=self.states,
                             definitions=self.definitions, chat=None, broker=None,
                             budgets=None, tools=self.tools)
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    def _methods(self, channel: Channel) -> Any:
-        return self.api.methods_for(channel)
 
     async def add_server(self, name: str = "calc") -> None:
         script = write_server(self.root)
@@ -123,8 +84,7 @@ class World:
                                 "command": [sys.executable, str(script)], "cwd": str(self.root),
                                 "env": [f"CALLS_FILE={self.calls_file}"], "price_micro": 100,
                                 "tool_prices": ["add=250"]})
-        slot = self.servers.slot(name)
-        await slot.ensure(time.monotonic() + 60)
+        await self.servers.slot(name).ensure(time.monotonic() + 60)
 
     def server_calls(self) -> list[dict[str, Any]]:
         if not self.calls_file.exists():
@@ -134,26 +94,9 @@ class World:
     async def trust(self, agent: str) -> None:
         await self.db.call(lambda s: trust_store.register(s, agent, None, 800, 800))
 
-    async def spawn(self, name: str, code: str) -> None:
-        self.concurrency[name] = 1
-        source = self.root / f"{name}.py"
-        source.write_text(textwrap.dedent(code))
-        self.definitions.specs[name] = {"kind": "python", "source": str(source), "config": {},
-                                        "max_concurrency": 1}
-        sock = await asyncio.to_thread(open_channel, self.channels.path, name, self.key)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-m", "naos.host", "--fd", str(sock.fileno()),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL, env={}, pass_fds=(sock.fileno(),))
-        finally:
-            sock.close()
-        self.procs.append(proc)
-        assert await self.channels.wait(name, time.monotonic() + 30) is not None
-
-    async def run(self, name: str, payload: Any, wait_s: float = 60.0) -> Any:
-        caller = Caller("operator", time.monotonic() + wait_s, (), {})
-        return (await self.runner.run_as(name, payload, caller=caller, key=""))["output"]
+    async def start(self, name: str, code: str) -> None:
+        await self.spawn(name, code)
+        await self.ready(name)
 
     async def audit(self, type_: str) -> list[Any]:
         return await self.db.call(lambda s: s.audit_tail(50, type=type_))
@@ -161,8 +104,8 @@ class World:
 
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="naos-mc-", dir="/tmp") as d:
-        yield Path(d)
+    with short_tempdir() as path:
+        yield path
 
 
 @pytest.fixture
@@ -174,7 +117,7 @@ async def world(short_dir: Path) -> AsyncIterator[World]:
     try:
         yield w
     finally:
-        await w.servers.aclose()
+        await w.servers.aclose()  # the tool servers first: they are this test's
         await w.channels.close()
         await db.close()
         for proc in w.procs:
@@ -186,7 +129,7 @@ async def world(short_dir: Path) -> AsyncIterator[World]:
 async def test_an_agent_lists_the_tools_and_calls_one_priced_and_audited(world: World) -> None:
     await world.add_server()
     await world.trust("ann")
-    await world.spawn("ann", TOOL_USER)
+    await world.start("ann", TOOL_USER)
     specs = await world.run("ann", {"op": "list"})
     names = {s["function"]["name"] for s in specs}
     assert {"calc__add", "calc__files_read", "calc__fail"} <= names
@@ -210,7 +153,7 @@ async def test_an_agent_lists_the_tools_and_calls_one_priced_and_audited(world: 
 async def test_a_model_picked_function_name_is_called(world: World) -> None:
     await world.add_server()
     await world.trust("bot")
-    await world.spawn("bot", LLM_STYLE)
+    await world.start("bot", LLM_STYLE)
     out = await world.run("bot", {"function": "calc__files_read",
                                   "arguments": json.dumps({"path": "/etc/motd"})})
     assert out["text"] == "contents of /etc/motd" and "calc__add" in out["offered"]
@@ -219,7 +162,7 @@ async def test_a_model_picked_function_name_is_called(world: World) -> None:
 
 async def test_a_denied_agent_never_reaches_the_server(world: World) -> None:
     await world.add_server()
-    await world.spawn("stranger", TOOL_USER)  # not registered with the trust gate
+    await world.start("stranger", TOOL_USER)  # not registered with the trust gate
     out = await world.run("stranger", {"op": "call", "tool": "calc.add",
                                        "args": {"a": 1, "b": 1}})
     assert out["error"] == "trust_denied" and "not registered" in out["message"]
@@ -233,7 +176,7 @@ async def test_a_spent_budget_stops_calls_before_the_server(world: World) -> Non
     await world.add_server()
     await world.trust("ann")
     world.cost.set_budget("ann", BudgetPolicy(300, "day"), datetime.now(UTC))
-    await world.spawn("ann", TOOL_USER)
+    await world.start("ann", TOOL_USER)
     first = await world.run("ann", {"op": "call", "tool": "calc.add", "args": {"a": 1, "b": 1}})
     assert first["cost_micro"] == 250
     second = await world.run("ann", {"op": "call", "tool": "calc.add",
@@ -246,7 +189,7 @@ async def test_a_spent_budget_stops_calls_before_the_server(world: World) -> Non
 async def test_unknown_tools_bad_arguments_and_tool_errors(world: World) -> None:
     await world.add_server()
     await world.trust("ann")
-    await world.spawn("ann", TOOL_USER)
+    await world.start("ann", TOOL_USER)
 
     async def call(tool: str, args: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = await world.run("ann", {"op": "call", "tool": tool, "args": args})
@@ -269,7 +212,7 @@ async def test_unknown_tools_bad_arguments_and_tool_errors(world: World) -> None
 async def test_a_server_that_grows_a_tool_is_listed_again(world: World) -> None:
     await world.add_server()
     await world.trust("ann")
-    await world.spawn("ann", TOOL_USER)
+    await world.start("ann", TOOL_USER)
     assert (await world.run("ann", {"op": "call", "tool": "calc.grow"}))["text"] == "grown"
     deadline = time.monotonic() + 30
     while world.servers.slot("calc").listing.find("mul") is None:

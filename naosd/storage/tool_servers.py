@@ -9,23 +9,27 @@ token at all (only where naosd reads it from).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 from actors.domain.tool_servers import ServerDef, server_def
-from naosd.errors import Conflict, NotFound, StorageError
+from naosd.errors import Conflict, NotFound
 from naosd.storage.store import Store
+
+log = logging.getLogger("naosd.tools")
 
 
 def list_servers(store: Store) -> list[ServerDef]:
-    """Every registered server, by name."""
+    """Every registered server, by name; one whose stored definition no longer
+    passes the rules (edited by hand, or a newer naos's) is left out, logged."""
     rows = store.query("SELECT name, definition FROM tool_servers ORDER BY name")
     out = []
     for name, text in rows:
         try:
             out.append(server_def(json.loads(text)))
         except (ValueError, TypeError) as exc:  # InvalidRequest is a ValueError
-            raise StorageError(f"tool server {name!r}: its stored definition is unreadable: "
-                               f"{exc}") from None
+            log.error("tool server %r is not started: its stored definition is unreadable "
+                      "(%s); naosctl mcp remove %s, then add it again", name, exc, name)
     return out
 
 

@@ -37,7 +37,7 @@ from actors.domain.tool_servers import (
 from naosd.broker.spend import Charge, Charged, Spender, Spent
 from naosd.broker.tools.servers import ToolServers
 from naosd.broker.tools.supervisor import ServerSlot
-from naosd.errors import NaosError, ToolFailed, ToolServerDown, UnknownTool
+from naosd.errors import InvalidRequest, NaosError, ToolFailed, ToolServerDown, UnknownTool
 from naosd.schemas import check_arguments, preload_jsonschema
 
 AUDIT_TYPE = "tool.call"  # its refusals: tool.denied
@@ -73,7 +73,7 @@ class AgentTools:
             slot, info = await self._resolve(tool, deadline)
             charge = Charge("tool", info.qualified, slot.definition.price_of(info.name),
                             AUDIT_TYPE, detail={"server": slot.name, "tool": info.name})
-            await self._check(info, args)
+            await self._check(info, args, deadline)
         except NaosError as exc:
             await self._spender.deny(agent, charge, exc)
             raise
@@ -101,11 +101,19 @@ class AgentTools:
                               f"tools {server})")
         return slot, info
 
-    async def _check(self, info: ToolInfo, args: dict[str, Any]) -> None:
+    async def _check(self, info: ToolInfo, args: dict[str, Any], deadline: float) -> None:
+        """The arguments against the tool's inputSchema, in a thread: the schema is
+        the server's (a ``pattern`` could backtrack for ever), never on the loop."""
         if not self._schemas_ready:
             await asyncio.to_thread(preload_jsonschema)  # its first import blocks
             self._schemas_ready = True
-        check_arguments(args, info.input_schema, f"tool {info.qualified}")
+        checking = asyncio.to_thread(check_arguments, args, info.input_schema,
+                                     f"tool {info.qualified}")
+        try:
+            await asyncio.wait_for(checking, max(deadline - self._clock(), 0.0))
+        except TimeoutError:
+            raise InvalidRequest(f"tool {info.qualified}: checking the arguments against its "
+                                 "inputSchema did not end in time") from None
 
     async def _run(self, slot: ServerSlot, info: ToolInfo, args: dict[str, Any],
                    deadline: float, price: int) -> Spent:

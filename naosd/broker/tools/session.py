@@ -31,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from actors.domain.tool_servers import MAX_TOOLS
 from naosd import __version__
 from naosd.broker.tools import stdio
 from naosd.errors import ToolFailed, ToolServerDown
@@ -86,7 +87,7 @@ class Connection:
                 tools += [t.model_dump(by_alias=True, exclude_none=True, mode="json")
                           for t in page.tools]
                 cursor = page.next_cursor
-                if not cursor:
+                if not cursor or len(tools) > MAX_TOOLS:  # the rest would be skipped anyway
                     break
         return tools
 

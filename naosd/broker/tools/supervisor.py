@@ -133,6 +133,7 @@ class ServerSlot:
                 await self._list(conn)
 
     async def _crashed(self, how: str) -> None:
+        was_up = self.health.phase is Phase.READY or self.health.starts == 1
         self._set(hl.exited(self.health, how, self._clock(), self.policy, asked=False))
         h = self.health
         if h.phase is Phase.CRASHED:
@@ -143,6 +144,9 @@ class ServerSlot:
                                window_s=self.policy.window_s)
             return
         retry = hl.wait_s(h, self._clock())
+        if not was_up and self.policy is HTTP_POLICY:  # still down: said when it went down
+            log.info("tool server %s still down (%s): next try in %.0f s", self.name, how, retry)
+            return
         log.warning("tool server %s down (%s): next try in %.0f s", self.name, how, retry)
         await self._record("toolserver.crashed", how=how, crashes=len(h.crash_times),
                            retry_in_s=round(retry, 1))
