@@ -15,7 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-# Tools: add, echo, whoami (its pid), fail (an isError answer), slow, grow (adds `mul`
+# Tools: add, echo, whoami (its pid), fail (an isError answer), slow, shaped (a
+# backtracking pattern in its inputSchema), grow (adds `mul`
 # and says the tool list changed), files.read (a dotted name), count (how many
 # calls reached the server). Every call is appended to $CALLS_FILE first.
 # With $BROKEN_FLAG naming a file that exists, the server exits 3 at once.
@@ -26,8 +27,11 @@ flag = os.environ.get("BROKEN_FLAG")
 if flag and os.path.exists(flag):
     sys.exit(3)
 
+from typing import Annotated
+
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
 
 app = MCPServer("calc")
 CALLS = os.environ.get("CALLS_FILE")
@@ -75,6 +79,12 @@ async def slow(seconds: float) -> str:
     note("slow", {"seconds": seconds})
     await anyio.sleep(seconds)
     return "done"
+
+
+@app.tool()
+def shaped(s: Annotated[str, Field(pattern=r"^(a+)+$")]) -> str:
+    """Its inputSchema's pattern backtracks for a long time on aaa...a!"""
+    return s
 
 
 @app.tool(name="files.read")

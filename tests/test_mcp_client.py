@@ -125,6 +125,9 @@ def test_an_unreachable_url_is_registered_and_shown_down(daemon: Naosd):
     try:
         down = wait_state(daemon, "far", "down")
         assert "ConnectError" in down["last_exit"] and down["retry_in_s"] > 0
+        wait_for(lambda: server(daemon, "far")["crashes"] >= 3, 60)  # type: ignore[index]
+        rows = [r for r in audit(daemon, "toolserver.crashed") if r["detail"]["server"] == "far"]
+        assert len(rows) == 1  # one row for the outage, not one per retry
         out = daemon.ctl("mcp", "call", "far.anything")
         assert out.returncode == 1 and "tool server far is down" in out.stderr
     finally:

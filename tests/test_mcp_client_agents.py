@@ -31,7 +31,7 @@ from naosd.broker.spend import Spender
 from naosd.broker.tools.calls import AgentTools
 from naosd.broker.tools.servers import ToolServers
 from naosd.broker.trust_gate import TrustGate
-from naosd.errors import RequestTimeout
+from naosd.errors import InvalidRequest, RequestTimeout
 from naosd.storage import ledger
 from naosd.storage import trust as trust_store
 from naosd.storage.db import AsyncStore
@@ -236,3 +236,16 @@ async def test_a_call_past_its_deadline_times_out_uncharged_and_the_server_goes_
     out = await world.tools.call(None, "calc.add", {"a": 1, "b": 2},
                                  deadline=time.monotonic() + 30)
     assert out["text"] == "3"
+
+
+async def test_a_backtracking_schema_is_checked_off_the_loop_within_the_deadline(
+        world: World) -> None:
+    """The inputSchema is the server's: ``^(a+)+$`` against 26 a's and a ``!``
+    backtracks for seconds in Python's re; the check gives up at the deadline
+    and the event loop never waits for it."""
+    await world.add_server()
+    with pytest.raises(InvalidRequest, match="did not end in time"):
+        await world.tools.call(None, "calc.shaped", {"s": "a" * 26 + "!"},
+                               deadline=time.monotonic() + 0.3)
+    assert world.server_calls() == []
+    assert (await world.audit("tool.denied"))[-1].detail["error"] == "invalid_request"
