@@ -133,8 +133,8 @@ async def connect(target: Target) -> AsyncIterator[Connection]:
         else:
             async with _stdio(target) as connection:
                 yield connection
-    except ToolServerDown:  # already says what happened (a ConnectionError: first)
-        raise
+    except (ToolServerDown, TimeoutError):  # said already, or the caller's deadline (both
+        raise                                # are OSErrors: they must not be caught below)
     except (MCPError, httpx2.HTTPError, OSError, ValueError, anyio.BrokenResourceError,
             anyio.ClosedResourceError, ExceptionGroup) as exc:
         raise ToolServerDown(_describe(exc)) from None
