@@ -28,6 +28,7 @@ from naosd.broker.axis import AxisConfig
 from naosd.broker.cost import CostController
 from naosd.broker.ledger_writer import LedgerWriter
 from naosd.broker.spend import Spender
+from naosd.broker.tools import supervisor
 from naosd.broker.tools.calls import AgentTools
 from naosd.broker.tools.servers import ToolServers
 from naosd.broker.trust_gate import TrustGate
@@ -249,3 +250,41 @@ async def test_a_backtracking_schema_is_checked_off_the_loop_within_the_deadline
                                deadline=time.monotonic() + 0.3)
     assert world.server_calls() == []
     assert (await world.audit("tool.denied"))[-1].detail["error"] == "invalid_request"
+
+
+SLOW_LISTER = """
+import anyio
+import mcp.types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+
+async def list_tools(ctx, params):
+    await anyio.sleep(600)  # answers the handshake, never tools/list
+    return types.ListToolsResult(tools=[])
+
+
+async def main():
+    server = Server("slow", on_list_tools=list_tools)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+anyio.run(main)
+"""
+
+
+async def test_a_server_that_never_lists_its_tools_is_down_naming_the_wait(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor, "CONNECT_TIMEOUT_S", 3.0)
+    script = world.root / "slow_lister.py"
+    script.write_text(SLOW_LISTER)
+    await world.servers.add({"name": "slow", "transport": "stdio",
+                             "command": [sys.executable, str(script)], "cwd": str(world.root)})
+    slot = world.servers.slot("slow")
+    deadline = time.monotonic() + 60
+    while not slot.health.last_exit:
+        assert time.monotonic() < deadline, "the start was never given up"
+        await asyncio.sleep(0.05)
+    assert slot.health.last_exit == ("not ready within 3 s (start, handshake, tools/list)")
+    assert slot.describe()["state"] in ("down", "starting")

@@ -148,6 +148,8 @@ async def _stdio(target: Target) -> AsyncIterator[Connection]:
     try:
         async with _client(stdio.transport(process), process) as connection:
             yield connection
+    except TimeoutError:  # the caller gave up (and the transport stopped the server)
+        raise
     except Exception:
         with contextlib.suppress(TimeoutError):  # a closed pipe can come before the exit
             await asyncio.wait_for(process.gone.wait(), EXIT_GRACE_S)

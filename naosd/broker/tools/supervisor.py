@@ -98,17 +98,19 @@ class ServerSlot:
 
     async def _incarnation(self) -> None:
         self._set(hl.start(self.health, self._clock()))
+        ready_by = asyncio.timeout(CONNECT_TIMEOUT_S)
+        late = f"not ready within {CONNECT_TIMEOUT_S:g} s (start, handshake, tools/list)"
         try:
             async with contextlib.AsyncExitStack() as stack:
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                async with ready_by:
                     conn = await stack.enter_async_context(self._open(self.definition))
                     await self._list(conn)
                 await self._up(conn)
                 how = await self._serve(conn)
-        except ToolServerDown as exc:
-            how = exc.message
+        except ToolServerDown as exc:  # the session's unwinding may wrap our own timeout
+            how = late if ready_by.expired() else exc.message
         except TimeoutError:
-            how = f"not ready within {CONNECT_TIMEOUT_S:g} s (start, handshake, tools/list)"
+            how = late
         finally:
             self.conn = None
         await self._crashed(how)
