@@ -29,9 +29,9 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench_mcp import interleaved
 from benchlib import Daemon, line, ms_line, pct, section
 
 from naosctl.client import AsyncClient, Client
@@ -48,18 +48,6 @@ def wait_up(c: Client, name: str) -> dict[str, object]:
             return dict(found)
         time.sleep(0.01)
     raise SystemExit(f"{name} never came up")
-
-
-async def interleaved(fns: dict[str, Callable[[], Awaitable[object]]], n: int,
-                      warmup: int = 10) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + n):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            await fn()
-            if i >= warmup:
-                out[name].append((time.perf_counter() - t0) * 1e6)
-    return out
 
 
 async def calls(d: Daemon, script: Path, n: int) -> None:
@@ -100,10 +88,14 @@ def main() -> None:
                 print(ms_line("mcp add -> up (SDK import, spawn, handshake, list)",
                               [(time.perf_counter() - t0) * 1e3]))
                 asyncio.run(calls(d, script, opts.n))
-                section("SIGKILL of the server -> the next call answered")
+                section("SIGKILL of the server -> seen -> the next call answered")
                 t0 = time.perf_counter()
                 os.kill(int(str(pid)), signal.SIGKILL)
+                while c.call("toolserver.list", name="calc")["servers"][0]["crashes"] == 0:
+                    time.sleep(0.001)
+                seen = time.perf_counter()
                 c.call("toolserver.call", tool="calc.add", args={"a": 1, "b": 1})
+                print(ms_line("kill -> exit seen by naosd", [(seen - t0) * 1e3]))
                 print(ms_line("kill -> answered (1 s backoff, spawn, handshake, list)",
                               [(time.perf_counter() - t0) * 1e3]))
         finally:

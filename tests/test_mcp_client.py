@@ -201,7 +201,10 @@ def test_a_killed_server_is_restarted_and_the_next_call_works(daemon: Naosd, cal
     before = server(daemon, "calc")
     assert before is not None and before["pid"]
     os.kill(before["pid"], signal.SIGKILL)
-    answer = ok(daemon, "mcp", "call", "calc.whoami")  # waits out the 1 s backoff
+    # Once naosd saw the exit (a call racing the kill itself fails: tool_server_down,
+    # uncharged), the next call waits out the 1 s backoff and the start.
+    wait_for(lambda: server(daemon, "calc")["crashes"] > before["crashes"])  # type: ignore[index]
+    answer = ok(daemon, "mcp", "call", "calc.whoami")
     assert answer["structured"]["result"] not in (before["pid"], None)
     after = wait_state(daemon, "calc", "up")
     assert after["pid"] == answer["structured"]["result"]

@@ -193,8 +193,9 @@ class ServerSlot:
             ToolServerDown: failed, stopped, or not up by the deadline.
         """
         while True:
-            if self.conn is not None and self.health.phase is Phase.READY:
-                return self.conn
+            conn = self.conn
+            if conn is not None and self.health.phase is Phase.READY and not conn.closed.is_set():
+                return conn
             h, now = self.health, self._clock()
             gone = h.phase is Phase.CRASHED or self._task is None
             late = h.phase is Phase.BACKOFF and h.retry_at >= deadline
