@@ -26,7 +26,9 @@ def skills(result: dict[str, Any]) -> str:
     th = result["thresholds"]
     tail = (f"thresholds: skill {th['skill']:.2f}, wasm {th['wasm']:.2f}; "
             f"llm fallback: {'configured' if result['llm'] else 'not configured'}")
-    return _table(rows) + "\n" + tail
+    tools = [(t["name"], t["kind"], t["source"], usd(t["price_micro"]),
+              f"called by name ({t['state']})") for t in result.get("tools", [])]
+    return _table(rows + tools) + "\n" + tail
 
 
 def route(result: dict[str, Any], explain: bool) -> str:

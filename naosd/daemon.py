@@ -81,6 +81,7 @@ class Daemon:
         self.port: Any = None  # naosd.runtime.port.ActorPort
         self.services: Any = None  # naosd.services.Services, once every service is built
         self.metrics: Any = None  # naosd.dashboard.metrics_feed.MetricsFeed (dashboard on)
+        self.mcp_client: Any = None  # naosd.broker.tools.McpClient
 
     # -- run -----------------------------------------------------------------
     async def run(self) -> int:
@@ -141,11 +142,13 @@ class Daemon:
         self.broker = build_broker(self.db, self.sandbox, self._thresholds,
                                    gate=self.trust_gate, llm=self.llm)
         await self.broker.start()
+        await self._start_mcp_client()
         self.services = Services(
             daemon=self, methods=method_table(), db=self.db, bridge=self.bridge,
             sandbox=self.sandbox,
             agents=self.agents, orch=self.orch, pools=self.pools, broker=self.broker,
-            llm=self.llm, trust_gate=self.trust_gate, metrics=self.metrics)
+            llm=self.llm, trust_gate=self.trust_gate, metrics=self.metrics,
+            mcp_client=self.mcp_client)
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()
@@ -157,6 +160,20 @@ class Daemon:
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()
+
+    # -- MCP client: tool servers agents call (naosd.broker.tools, docs/interop.md) ----
+    async def _start_mcp_client(self) -> None:
+        """The registered tool servers, started in the background (a stdio server
+        is naosd's child); ``self.mcp_client.calls`` is the agent API's ``Tools``."""
+        from naosd.broker.tools import build_mcp_client
+
+        self.mcp_client = build_mcp_client(self.db, self.broker.spender, self.config,
+                                           os.environ)
+        await self.mcp_client.servers.start()
+
+    async def _stop_mcp_client(self) -> None:
+        if self.mcp_client is not None:
+            await self.mcp_client.servers.aclose()  # each stdio server: stdin, TERM, KILL
 
     # -- cluster mode (docs/cluster.md) -----------------------------------------
     async def _prepare_cluster(self) -> None:
@@ -252,6 +269,7 @@ class Daemon:
             await self.orch.close()  # runs stay in SQLite and recover at the next start
         if self.pools is not None:
             await self.pools.close()
+        await self._stop_mcp_client()
         if self.bridge is not None:
             self.bridge.close()
         if self.port is not None:

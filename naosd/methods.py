@@ -4,12 +4,22 @@ side effect)."""
 
 from __future__ import annotations
 
-from naosd.control import agents, api, broker, cluster, llm, orchestration, trust, wasm
+from naosd.control import (
+    agents,
+    api,
+    broker,
+    cluster,
+    llm,
+    orchestration,
+    tools,
+    trust,
+    wasm,
+)
 from naosd.control.table import Method, assemble
 from naosd.mcp import methods as mcp
 
 
 def method_table() -> dict[str, Method]:
     return assemble(api.METHODS, agents.METHODS, broker.METHODS, cluster.METHODS,
-                    llm.METHODS, orchestration.METHODS, trust.METHODS, wasm.METHODS,
-                    mcp.METHODS)
+                    llm.METHODS, orchestration.METHODS, tools.METHODS, trust.METHODS,
+                    wasm.METHODS, mcp.METHODS)

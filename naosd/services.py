@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from naosd.agents.service import Agents
     from naosd.broker.llm.service import LlmService
     from naosd.broker.service import Broker
+    from naosd.broker.tools import McpClient
     from naosd.broker.trust_gate import TrustGate
     from naosd.config import Config
     from naosd.orchestration.coordinators import Runs
@@ -72,6 +73,7 @@ class Services:
     llm: LlmService
     trust_gate: TrustGate
     metrics: FoldedMetrics | None = None  # with the dashboard: /metrics' counters
+    mcp_client: McpClient | None = None  # the tool servers agents call (naosctl mcp add)
 
     @property
     def config(self) -> Config:

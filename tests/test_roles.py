@@ -89,7 +89,8 @@ def test_every_method_declares_a_known_role_and_methods_shows_it():
     "status", "ping", "methods", "audit.tail", "audit.search", "audit.verify", "audit.export",
     "events", "agent.logs", "cost.status", "cost.history", "broker.skills", "broker.route",
     "broker.stats", "pool.status", "saga.status", "saga.history", "workflow.status",
-    "workflow.history", "llm.status", "axis.status", "cluster.nodes",
+    "workflow.history", "llm.status", "axis.status", "cluster.nodes", "toolserver.list",
+    "toolserver.tools",
 ])
 def test_reads(name):
     local_methods()
@@ -101,7 +102,8 @@ def test_reads(name):
     "agent.kill", "agent.list", "agent.inspect", "wasm.run", "wasm.validate", "skill.install",
     "broker.execute", "cost.set", "cost.reset", "llm.complete", "saga.run", "saga.resume",
     "pool.submit", "pool.scale", "axis.register", "axis.verify", "axis.cache", "trust.check",
-    "project.apply",
+    "project.apply", "toolserver.add", "toolserver.call", "toolserver.refresh",
+    "toolserver.restart", "toolserver.remove",
 ])
 def test_operates(name):
     local_methods()

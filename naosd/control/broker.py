@@ -32,11 +32,14 @@ def _agent(p: dict[str, Any]) -> str | None:
 
 @method("broker.skills", role=READ)
 async def broker_skills(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Every skill (built-in and installed) with its patterns, route kind and price."""
+    """Every skill (built-in and installed) with its patterns, route kind and price,
+    and the tools of the MCP tool servers (kind mcp: called by name, not routed)."""
     broker = d.broker
     return {"skills": broker.skills(),
             "thresholds": {"skill": broker.thresholds.skill, "wasm": broker.thresholds.wasm},
-            "llm": broker.llm is not None}
+            "llm": broker.llm is not None,
+            # MCP tool servers' tools: called by name (ctx.tools.call), never routed
+            "tools": d.mcp_client.servers.catalog() if d.mcp_client is not None else []}
 
 
 @method("broker.route", role=READ, task=TASK)

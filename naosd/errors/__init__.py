@@ -42,7 +42,15 @@ from __future__ import annotations
 from types import ModuleType
 
 from naosd.errors import agents, broker, core, remote, wasm
-from naosd.errors.agents import CallCycle, CallTooDeep, Cancelled, ChannelClosed, UnknownTool
+from naosd.errors.agents import (
+    CallCycle,
+    CallTooDeep,
+    Cancelled,
+    ChannelClosed,
+    ToolFailed,
+    ToolServerDown,
+    UnknownTool,
+)
 from naosd.errors.broker import BudgetExceeded, NoRoute, SkillFailed, Throttled, TrustDenied
 from naosd.errors.core import (
     ActorGone,
@@ -176,6 +184,8 @@ __all__ = [
     "SkillFailed",
     "StorageError",
     "Throttled",
+    "ToolFailed",
+    "ToolServerDown",
     "TrustDenied",
     "Unavailable",
     "UnknownTool",

@@ -40,6 +40,21 @@ class UnknownTool(InvalidRequest):
     code: ClassVar[str] = "unknown_tool"
 
 
+class ToolFailed(NaosError):
+    """The tool server answered the call with an error (an ``isError`` result or
+    a refusal); unlike ``tool_server_down``, the server is up."""
+
+    code: ClassVar[str] = "tool_failed"
+
+
+class ToolServerDown(NaosError, ConnectionError):
+    """The tool server is not connected (starting, restarting after a crash,
+    unreachable, or failed until ``naosctl mcp restart``), or died during the
+    call."""
+
+    code: ClassVar[str] = "tool_server_down"
+
+
 class StateTooLarge(InvalidRequest):
     """An agent's durable state (a value or the whole) is over its limit."""
 

@@ -25,8 +25,6 @@ audit row (tool, transport, outcome).  Built from narrow parts: a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +34,10 @@ from actors.domain.definitions import validate_name
 from naosd.errors import InvalidRequest, NaosError, NotFound, RequestTimeout
 from naosd.mcp import catalog
 from naosd.mcp.catalog import ToolRef
+from naosd.schemas import check_arguments, preload_jsonschema
 from naosd.storage.origin import acting_for
+
+__all__ = ["ControlApi", "Gateway", "Settings", "check_arguments"]
 
 WAIT_STEP_S = 50.0  # one saga.wait at most (the method caps its timeout there)
 
@@ -159,7 +160,7 @@ class Gateway:
                          ) -> dict[str, Any]:
         schema = (agent.get("config") or {}).get("input_schema")
         if schema is not None:
-            await asyncio.to_thread(_preload_jsonschema)  # its first import blocks ~0.1-0.3 s
+            await asyncio.to_thread(preload_jsonschema)  # its first import blocks ~0.1-0.3 s
             check_arguments(arguments, schema, f"agent {name!r}")
         return catalog.agent_result(await self._api.call("agent.run", name=name,
                                                          input=arguments))
@@ -197,37 +198,3 @@ class Gateway:
         listed = await self._api.call("broker.skills")
         skills: list[dict[str, Any]] = listed["skills"]
         return skills
-
-
-def _preload_jsonschema() -> None:
-    with contextlib.suppress(ImportError):  # check_arguments says what is missing
-        importlib.import_module("jsonschema.validators")
-
-
-def check_arguments(arguments: dict[str, Any], schema: dict[str, Any], what: str) -> None:
-    """Validate tool arguments against an agent's declared ``input_schema``.
-
-    Raises:
-        InvalidRequest: they do not match (naming where and why), or the
-            schema itself is not a valid JSON Schema.
-        ConfigError: ``jsonschema`` (part of the ``mcp`` extra) is missing.
-    """
-    try:  # untyped (no stubs): through importlib, so it is Any to the type checker
-        exceptions = importlib.import_module("jsonschema.exceptions")
-        validators = importlib.import_module("jsonschema.validators")
-    except ImportError:
-        from naosd.errors import ConfigError
-
-        raise ConfigError(f"{what} declares an input_schema; checking it needs the jsonschema "
-                          "package: pip install 'naos[mcp]'") from None
-    cls = validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except exceptions.SchemaError as exc:
-        raise InvalidRequest(f"{what}: its input_schema is not a valid JSON Schema: "
-                             f"{exc.message}") from None
-    error = exceptions.best_match(cls(schema).iter_errors(arguments))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(the arguments)"
-        raise InvalidRequest(f"arguments do not match {what}'s input_schema at {where}: "
-                             f"{error.message}")

@@ -272,6 +272,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX pool_tasks_status ON pool_tasks(pool, status, seq);
     """,
+    # 8: MCP servers naos is a client of (naosd.storage.tool_servers): the whole
+    # definition as JSON (checked by actors.domain.tool_servers when read); a
+    # bearer token is never stored, only the file or variable it is read from.
+    """
+    CREATE TABLE tool_servers(
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 
