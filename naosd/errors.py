@@ -9,6 +9,7 @@ Every error carries a stable wire ``code`` (sent in error frames) and an LSB
     ├── ConfigError (config_error, 6)           bad configuration file or value
     ├── NotFound (not_found, 4)                 unknown agent, method target, row
     ├── Conflict (conflict, 1)                  state does not allow the operation
+    │   └── Unplaceable (unplaceable, 1)        no node can run the agent
     ├── PermissionDenied (permission_denied, 4) peer credentials refused
     ├── StorageError (storage_error, 1)         SQLite failure (translated from apsw)
     ├── AuditError (audit_error, 1)             audit chain cannot be written/read
@@ -108,6 +109,13 @@ class SandboxCrashed(Unavailable):
     """The sandbox worker running a module died mid-run (it is restarted)."""
 
     code, exit_code = "sandbox_crashed", 1
+
+
+class Unplaceable(Conflict):
+    """No node can run the agent: its requirements name a capability or node
+    that nobody has (always so on a single host)."""
+
+    code = "unplaceable"
 
 
 class RemoteError(NaosError):
