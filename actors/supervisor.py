@@ -253,7 +253,7 @@ class SupervisorActor(NaosActor):
         from naosd.storage import cluster as cluster_store
 
         self.send(self._root, Registered(name, "agent", None, None, self.name))
-        if self._local_node is not None and self._placed.pop(name, None) is not None:
+        if self._local_node is not None and name in self._placed:  # kept: "previous" node
             cluster_store.unplace(self._db(), name)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:

@@ -175,6 +175,7 @@ class Agents:
         agent = await self.db(lambda s: defs_store.get_agent(s, name))
         if agent.source_kind == "python":
             await asyncio.to_thread(check_python_source, agent.source)
+        await self._check_placeable(agent, start=True)
         await self.db(lambda s: defs_store.set_desired(s, "agent", name, "running"))
         await self._ensure_parent_running(agent.supervisor)
         await self._parent_sync(agent.supervisor, start=(name,))
