@@ -54,8 +54,9 @@ from actors.messages import (
     WhereIs,
 )
 from actors.root_registry import Registry
+from actors.supervision_driver import MachineDriver
 from actors.system_children import CHILD_KINDS, DEFAULT_CHILDREN
-from naosd.errors import Conflict, InvalidRequest, NaosError
+from naosd.errors import Conflict, InvalidRequest
 
 ROOT_SPEC: Final = sv.SupervisorSpec(
     "root", sv.Strategy.ONE_FOR_ONE, max_restarts=5, window_s=10.0,
@@ -79,10 +80,9 @@ class RootSupervisor(NaosActor):
     def __init__(self) -> None:
         super().__init__()
         self.name = "root"
-        self._state = sv.initial(ROOT_SPEC)
+        self._machine = MachineDriver(sv.initial(ROOT_SPEC), self._perform, self._warn)
         self._kinds: dict[str, str] = {}  # child -> its actor kind
         self._procs: dict[str, tuple[int, Any, int | None]] = {}  # incarnation, address, pid
-        self._followups: list[Any] = []  # events raised while performing effects
         self._exiting = False
         self._env: InitRoot | None = None
         self._db: Any = None
@@ -92,8 +92,12 @@ class RootSupervisor(NaosActor):
     def on_start(self) -> None:
         self._kinds.update(DEFAULT_CHILDREN)
         specs = tuple(root_child(name, kind) for name, kind in DEFAULT_CHILDREN)
-        self._state = sv.initial(replace(ROOT_SPEC, children=specs))
+        self._machine.state = sv.initial(replace(ROOT_SPEC, children=specs))
         self._apply(sv.Boot(time.monotonic()))
+
+    @property
+    def _state(self) -> sv.SupState:
+        return self._machine.state
 
     # -- requests ----------------------------------------------------------
 
@@ -229,25 +233,16 @@ class RootSupervisor(NaosActor):
         self._exiting = True  # Thespian stops the children; do not restart them
 
     def _apply(self, event: Any, *, strict: bool = False) -> None:
-        """Feed ``event`` (and what performing its effects raises) to the
-        machine and act; with ``strict`` its refusal of ``event`` is raised."""
-        events = [event]
-        while events:
-            current = events.pop(0)
-            try:
-                self._state, effects = sv.handle(self._state, current)
-            except NaosError as exc:
-                if strict and current is event:
-                    raise
-                self.logger().warning("root: %s ignored: %s", type(current).__name__, exc)
-                continue
-            for effect in effects:
-                self._perform(effect)
-            events += self._followups
-            self._followups.clear()
+        """Feed ``event`` to the machine and act; with ``strict`` its refusal
+        of ``event`` is raised."""
+        for audit in self._machine.apply(event, strict=strict):
+            self._audit(audit.type, audit.detail)
         for child in self._state.children:
             if child.run is sv.ChildRun.FAILED:
                 self._registry.failed(child.name, child.last_error)
+
+    def _warn(self, text: str) -> None:
+        self.logger().warning("root: %s", text)
 
     def _perform(self, effect: Any) -> None:
         match effect:
@@ -260,9 +255,7 @@ class RootSupervisor(NaosActor):
             case sv.Schedule(name, delay_s):
                 self.wakeupAfter(timedelta(seconds=delay_s), payload=("backoff", name, None))
             case sv.Alert(message):
-                self.logger().warning("root: %s", message)
-            case sv.Audit(type_, detail):
-                self._audit(type_, detail)
+                self._warn(message)
 
     def _spawn(self, name: str) -> None:
         actor_class, init = self._how_to_start(name, self._kinds[name])
@@ -272,7 +265,7 @@ class RootSupervisor(NaosActor):
 
     def _stop(self, name: str, timeout_s: float) -> None:
         if name not in self._procs:  # no process to stop (it never came to be): it is down
-            self._followups.append(sv.ProcessGone(name, time.monotonic()))
+            self._machine.follow(sv.ProcessGone(name, time.monotonic()))
             return
         self.send(self._procs[name][1], ActorExitRequest())
         self.wakeupAfter(timedelta(seconds=timeout_s), payload=("stop-timeout", name, None))

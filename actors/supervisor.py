@@ -55,6 +55,7 @@ from actors.messages import (
     TreeUpdate,
 )
 from actors.probes import Probes
+from actors.supervision_driver import MachineDriver
 from naosd.errors import NaosError
 from naosd.runtime.procs import process_alive
 
@@ -92,11 +93,10 @@ class Proc:
 class SupervisorActor(NaosActor):
     def __init__(self) -> None:
         super().__init__()
-        self._state: sv.SupState | None = None
+        self._machine: MachineDriver | None = None
         self._defs: dict[str, AgentDef | SupervisorDef] = {}
         self._procs: dict[str, Proc] = {}  # child -> its current process
         self._exited: dict[str, Proc] = {}  # child -> its last process that exited
-        self._followups: list[Any] = []  # events raised while performing effects
         self._spare: Any = None
         self._spare_pending = False
         self._probes = Probes(self.send)
@@ -121,7 +121,8 @@ class SupervisorActor(NaosActor):
         self._local_node = cluster_store.local_node(self._db())
         self._run = cluster_store.run_id(self._db()) if self._local_node else ""
         definition = defs_store.get_supervisor(self._db(), self.name)
-        self._state = sv.initial(supervisor_spec(definition, self._wanted()))
+        state = sv.initial(supervisor_spec(definition, self._wanted()))
+        self._machine = MachineDriver(state, self._perform, self._warn)
         self.send(self._root, Registered(self.name, "supervisor", self.myAddress,
                                          os.getpid(), ""))
         self.send(sender, ChildPid(self.name, os.getpid()))
@@ -290,37 +291,27 @@ class SupervisorActor(NaosActor):
                 self.send(proc.address, msg)
 
     # -- driving the domain ------------------------------------------------------
+    @property
+    def _state(self) -> sv.SupState:
+        assert self._machine is not None
+        return self._machine.state
+
     def _apply(self, event: Any, then: Callable[[], None] | None = None, *,
                strict: bool = False) -> None:
-        """Feed ``event`` (and what performing its effects raises) to the
-        state machine and act.  Audit rows are written last, in one
-        transaction: a replacement process is never kept waiting for the disk.
-        With ``strict`` the machine's refusal of ``event`` is raised."""
-        assert self._state is not None
-        audits: list[sv.Audit] = []
-        events = [event]
-        while events:
-            current = events.pop(0)
-            try:
-                self._state, effects = sv.handle(self._state, current)
-            except NaosError as exc:
-                if strict and current is event:
-                    raise
-                self.logger().warning("%s: %s ignored: %s", self.name,
-                                      type(current).__name__, exc)
-                continue
-            for effect in effects:
-                if isinstance(effect, sv.Audit):
-                    audits.append(effect)
-                else:
-                    self._perform(effect)
-            events += self._followups
-            self._followups.clear()
+        """Feed ``event`` to the state machine and act.  Audit rows are
+        written last, in one transaction: a replacement process is never
+        kept waiting for the disk.  With ``strict`` the machine's refusal of
+        ``event`` is raised."""
+        assert self._machine is not None
+        audits = self._machine.apply(event, strict=strict)
         self._after()
         if then is not None:
             then()
         if audits:
             self._audit_all(audits)
+
+    def _warn(self, text: str) -> None:
+        self.logger().warning("%s: %s", self.name, text)
 
     def _perform(self, effect: Any) -> None:
         match effect:
@@ -335,14 +326,13 @@ class SupervisorActor(NaosActor):
             case sv.Forget(name):
                 self._forget(name)
             case sv.Alert(message):
-                self.logger().warning("%s: %s", self.name, message)
+                self._warn(message)
             case sv.GiveUp(reason):
                 self.send(self._parent, ChildCrashed(self.name, f"gave up: {reason}"))
                 self._exiting = True
                 self.send(self.myAddress, ActorExitRequest())
 
     def _start(self, name: str) -> None:
-        assert self._state is not None
         d, incarnation = self._defs[name], self._state.child(name).incarnation
         if isinstance(d, SupervisorDef):
             address = self.createActor(SupervisorActor)
@@ -365,10 +355,14 @@ class SupervisorActor(NaosActor):
     def _stop(self, name: str, timeout_s: float) -> None:
         proc = self._procs.get(name)
         if proc is None:  # no process to stop (it never came to be): it is down
-            self._followups.append(sv.ProcessGone(name, time.monotonic()))
+            self._follow(sv.ProcessGone(name, time.monotonic()))
             return
         self.send(proc.address, ActorExitRequest())
         self.wakeupAfter(timedelta(seconds=timeout_s), payload=("stop-timeout", name, None))
+
+    def _follow(self, event: Any) -> None:
+        assert self._machine is not None
+        self._machine.follow(event)
 
     def _kill(self, name: str) -> None:
         proc = self._procs.get(name)
@@ -422,7 +416,7 @@ class SupervisorActor(NaosActor):
 
         self._placed.pop(d.name, None)
         cluster_store.unplaceable(self._db(), d.name, list(d.requires), reason, self.name)
-        self._followups.append(sv.Unplaceable(d.name, reason, time.monotonic()))
+        self._follow(sv.Unplaceable(d.name, reason, time.monotonic()))
 
     def _remote(self, name: str) -> bool:
         node = self._placed.get(name)
@@ -456,14 +450,12 @@ class SupervisorActor(NaosActor):
             self.logger().error("%s: %d audit rows failed: %s", self.name, len(audits), exc)
 
     def _after(self) -> None:
-        assert self._state is not None
         names = {c.name for c in self._state.children}
         self._defs = {n: d for n, d in self._defs.items() if n in names}
         self._exited = {n: p for n, p in self._exited.items() if n in names}
         self.send(self._root, TreeUpdate(self.name, self._node()))
 
     def _node(self) -> dict[str, Any]:
-        assert self._state is not None
         node: dict[str, Any] = sv.tree_node(self._state)
         node["pid"] = os.getpid()
         if self._local_node is not None:

@@ -291,7 +291,7 @@ def _restart_alone(tx: Tx, before: ChildState, ev: ChildExited) -> None:
 
 
 def _fail_child(tx: Tx, before: ChildState, ev: ChildExited, crashes: int) -> None:
-    """RUNNING -> FAILED: no more restarts until an operator starts it; one
+    """(down) -> FAILED: no more restarts until an operator starts it; one
     audit row and one alert."""
     spec = tx.state.spec
     tx.drop_start(ev.name)
