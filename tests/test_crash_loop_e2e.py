@@ -306,3 +306,15 @@ def test_stop_and_delete_of_an_agent_never_started(daemon: Naosd):
     out = daemon.ctl("stop", "idle")
     assert out.returncode == 0 and out.stdout.strip() == "agent idle: stopped", out
     assert ok(daemon, "delete", "idle") == {"deleted": "idle"}
+
+
+def test_restart_clears_a_failed_agent(daemon: Naosd, loopy: Path):
+    ok(daemon, "create", "loopy", "--source", str(loopy))
+    break_and_kill(daemon, loopy, "loopy")
+    wait_until(lambda: status(daemon, "loopy")["state"] == "failed", timeout=60,
+               what="loopy failed")
+    loopy.with_suffix(".broken").unlink()  # the cause is fixed
+    out = daemon.ctl("restart", "loopy")
+    assert out.returncode == 0 and out.stdout.strip() == "agent loopy: running", out
+    assert status(daemon, "loopy")["restarts"] == 0  # stopped, then a fresh start
+    daemon.remember_tree()
