@@ -330,9 +330,11 @@ class RootSupervisor(NaosActor):
         }
 
     def _child_node(self, child: sv.ChildState) -> dict[str, Any]:
-        node = {"name": child.name, "kind": self._kinds.get(child.name, "?"),
-                "state": child.run.value, "pid": child.pid, "restarts": child.restarts,
-                "children": []}
+        node: dict[str, Any] = {
+            "name": child.name, "kind": self._kinds.get(child.name, "?"),
+            "state": child.run.value, "pid": child.pid, "restarts": child.restarts,
+            "children": [],
+        }
         if child.last_error and child.run is not sv.ChildRun.RUNNING:
             node["last_error"] = child.last_error
         return node
