@@ -4,14 +4,19 @@ Let it crash: a handler that raises is answered with an ``agent_crashed``
 error (with the log lines of that run), the supervisor is told why, and the
 process exits once the supervisor has noted it (``ExitNoted``); the
 supervisor restarts it according to its strategy.  A
-handler that cannot be loaded is a crash at start, so a broken agent hits
-its supervisor's restart intensity instead of serving errors forever.
+handler that cannot be loaded is a crash at start, so a broken agent backs
+off and ends failed (or hits its supervisor's restart intensity) instead of
+serving errors forever.  The first thing a new agent does is report its pid
+(``ChildSpawned``), so a load that hangs can be killed; a *probe*
+(``InitAgent.probe``) only loads the handler, reports ``ProbeResult`` and
+exits: naosd checks a handler this way before it creates the agent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import traceback
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +28,10 @@ from actors.messages import (
     ChildCrashed,
     ChildDone,
     ChildPid,
+    ChildSpawned,
     ExitNoted,
     InitAgent,
+    ProbeResult,
     Reply,
     RunAgent,
 )
@@ -87,6 +94,20 @@ def wasm_handler(definition: Any, db_path: str) -> Handler:
     return handle
 
 
+def load_error(exc: BaseException, source: str) -> str:
+    """``file, line N: Type: message`` for a handler that failed to load: the
+    line is the handler file's own frame nearest the failure (or the file
+    and line of a syntax error), so the author sees where to look."""
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if f.filename == source] or frames[-1:]
+    if not own or isinstance(exc, NaosError):
+        return what  # our own error names the file already
+    return f"{own[-1].filename}, line {own[-1].lineno}: {what}"
+
+
 def _decode(out: bytes) -> Any:
     text = out.decode("utf-8", "replace")
     try:
@@ -119,18 +140,35 @@ class AgentActor(NaosActor):
         self.name = definition.name
         self._supervisor = sender
         self._db_path = msg.db_path
+        self.send(sender, ChildSpawned(definition.name, os.getpid()))  # killable from now
+        try:
+            self._load(definition, msg.db_path)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is a crash
+            error = load_error(exc, definition.source)
+            if msg.probe:
+                self._probed(error)
+            else:
+                self._crash(f"cannot start: {error}")
+            return
+        if msg.probe:
+            self._probed("")
+        else:
+            self.send(sender, ChildPid(definition.name, os.getpid()))
+
+    def _load(self, definition: Any, db_path: str) -> None:
         self._ctx = AgentContext(definition.name, dict(definition.config))
         self._sandboxed = definition.source_kind == "wasm"
-        try:
-            if definition.source_kind == "wasm":
-                self._handler = wasm_handler(definition, msg.db_path)
-            else:
-                module = load_module(definition.source_kind, definition.source, definition.name)
-                self._handler = make_handler(module, self._ctx)
-        except Exception as exc:  # noqa: BLE001 - any failure to load is a crash
-            self._crash(f"cannot start: {type(exc).__name__}: {exc}")
-            return
-        self.send(sender, ChildPid(definition.name, os.getpid()))
+        if self._sandboxed:
+            self._handler = wasm_handler(definition, db_path)
+        else:
+            module = load_module(definition.source_kind, definition.source, definition.name)
+            self._handler = make_handler(module, self._ctx)
+
+    def _probed(self, error: str) -> None:
+        """A probe only loads the handler: say how it went, then exit."""
+        self._dying = True
+        self.send(self._supervisor, ProbeResult(self.name, error))
+        self._exit()
 
     def receiveMsg_HostedFor(self, msg: Any, sender: Any) -> None:
         """Placed here by another node's supervisor: die if its leader stops

@@ -178,11 +178,42 @@ class InitSupervisor:
 
 @dataclass(frozen=True, slots=True)
 class InitAgent:
-    """Supervisor -> new agent: your definition.  The agent loads its
-    handler and answers :class:`ChildPid`, or :class:`ChildCrashed` and exits."""
+    """Supervisor -> new agent: your definition.  The agent answers
+    :class:`ChildSpawned` at once, loads its handler and answers
+    :class:`ChildPid`, or :class:`ChildCrashed` and exits.  With ``probe`` it
+    only loads the handler, answers :class:`ProbeResult` and exits."""
 
     definition: Any  # actors.domain.definitions.AgentDef
     db_path: str
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpawned:
+    """New agent -> its supervisor, before it loads its handler: its pid (so a
+    start that hangs can still be killed)."""
+
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAgent(Request):
+    """naosd -> the implicit supervisor: load ``definition``'s handler in a
+    throwaway agent process (never in naosd's) before the agent is created.
+    Result: None; an ``invalid_request`` error carries the load error (file,
+    line, message); a ``timeout`` error if loading took over ``timeout_s``."""
+
+    definition: Any  # actors.domain.definitions.AgentDef
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Probing agent -> supervisor: ``error`` is empty if the handler loaded."""
+
+    name: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +258,12 @@ class RunAgent(Request):
 @dataclass(frozen=True, slots=True)
 class Sync(Request):
     """naosd -> a supervisor: re-read your children from the database and
-    start, stop, add or remove what differs.  Result: the supervisor's node."""
+    start, stop, add or remove what differs.  ``stop``: children to stop even
+    if they run on demand; ``start``: children an operator started (a failed
+    or backing-off one starts now).  Result: the supervisor's node."""
+
+    stop: tuple[str, ...] = ()
+    start: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +278,8 @@ class Activate(Request):
 @dataclass(frozen=True, slots=True)
 class Deactivate(Request):
     """naosd -> the implicit supervisor: agent ``name`` has been idle; stop
-    it unless its desired state is running.  Result: None."""
+    it if it runs on demand (not because its desired state is running).
+    Result: None."""
 
     name: str
 

@@ -123,6 +123,7 @@ def _lifecycle(verb: str, method: str) -> None:
 
 _lifecycle("start", "agent.start")
 _lifecycle("stop", "agent.stop")
+_lifecycle("restart", "agent.restart")
 _lifecycle("delete", "agent.delete")
 
 

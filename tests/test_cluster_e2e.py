@@ -305,12 +305,12 @@ def test_require_is_checked_at_create(daemon: Naosd) -> None:
     assert daemon.ctl("status", "bad").returncode != 0
 
 
-def test_requirement_without_cluster_mode_is_reported_unplaceable(daemon: Naosd) -> None:
-    daemon.ctl("create", "g", "--template", "echo", "--require", "gpu", "--timeout", "5")
-    row = _poll("g reported unplaceable", lambda: _unplaceable(daemon, "g"), daemon)
-    assert "cluster mode is off" in row["last_error"]
-    assert row["state"] != "running" and row["requires"] == ["gpu"]
-    assert any(r["type"] == "agent.unplaceable" for r in _audit(daemon))
+def test_requirement_without_cluster_mode_is_refused_as_unplaceable(daemon: Naosd) -> None:
+    out = daemon.ctl("create", "g", "--template", "echo", "--require", "gpu", "--timeout", "5")
+    assert out.returncode == 1 and "unplaceable" in out.stderr, out.stderr
+    assert "cluster mode is off" in out.stderr
+    assert daemon.ctl("status", "g").returncode == 4  # nothing was written
+    assert not any(r.get("agent") == "g" for r in _audit(daemon))
     assert daemon.stop(signal.SIGTERM) == 0
 
 

@@ -74,10 +74,11 @@ def test_live_dashboard_follows_a_crash_and_filters_sorts_searches(
         expect(node).to_have_attribute("data-restarts", "1")
         expect(node).to_have_attribute("data-state", "running")
         seen = page.evaluate("window.__seen")
-        assert "crashed" in seen["row"] and seen["row"][-1] == "running", seen
-        assert "crashed" in seen["node"] and seen["node"][-1] == "running", seen
+        assert "restarting" in seen["row"] and seen["row"][-1] == "running", seen
+        assert "restarting" in seen["node"] and seen["node"][-1] == "running", seen
         expect(page.get_by_test_id("ov-restarts")).to_have_text("1")
-        expect(page.locator('[data-testid="audit-table"] tr[data-type="agent.crashed"]')) \
+        # one audit row per restart, carrying the crash's reason
+        expect(page.locator('[data-testid="audit-table"] tr[data-type="agent.restarted"]')) \
             .to_have_count(1)
         page.screenshot(path=str(tmp_path / "2-after-crash.png"), full_page=True)
 

@@ -20,22 +20,31 @@ from hypothesis import strategies as st
 
 from actors.domain import supervision as sv
 from actors.domain.supervision import (
+    PROCESS_DIED,
     UP,
+    Activate,
     AddChild,
+    Alert,
     Audit,
     BackoffElapsed,
     Boot,
     ChildExited,
+    ChildLost,
     ChildRun,
+    ChildSpawned,
     ChildSpec,
     ChildStarted,
-    CrashReported,
+    Deactivate,
     Effect,
     Event,
+    ExitNotice,
+    Forget,
     GiveUp,
     Kill,
     Pause,
     Pending,
+    ProcessGone,
+    Reconcile,
     RemoveChild,
     RestartType,
     Resume,
@@ -43,6 +52,7 @@ from actors.domain.supervision import (
     Shutdown,
     Start,
     StartChild,
+    StartTimedOut,
     Stop,
     StopChild,
     StopTimeout,
@@ -50,6 +60,7 @@ from actors.domain.supervision import (
     SupervisorSpec,
     SupState,
     SupStatus,
+    Unplaceable,
 )
 from naosd.errors import Conflict, InvalidRequest, NaosError, NotFound
 
@@ -295,23 +306,24 @@ def test_strategy_restart_sequence(
 
 def test_one_for_all_first_step_stops_only_the_last_sibling() -> None:
     state, effects = sv.handle(running(make_spec(O4A)), crash("b", 1.0))
-    assert audit_types(effects) == [
-        "agent.crashed",
-        "agent.restarted",
-        "agent.restarted",
-        "agent.restarted",
-    ]
+    # one row per restarted child: the crash is in b's row
+    assert audit_types(effects) == ["agent.restarted"] * 3
+    assert effects[0] == Audit("agent.restarted", {
+        "supervisor": "sup", "name": "b", "restarts": 1, "delay_s": 0.0, "cause": "b",
+        "reason": "boom"})
     assert ops(effects) == [Stop("c", 5.0)]
     assert runs(state) == {"a": "running", "b": "restarting", "c": "stopping"}
     state, effects = sv.handle(state, ChildExited("c", True, "killed", 2.0))
     assert ops(effects) == [Stop("a", 5.0)]  # the exit we asked for is not a crash
-    assert audit_types(effects) == ["agent.stopped"] and state.restart_log == (1.0,)
+    assert audit_types(effects) == [] and state.restart_log == (1.0,)  # c's row said it
+    state, effects = drive(state, effects, 2.0)
+    assert runs(state) == dict.fromkeys("abc", "running")
 
 
 def test_group_member_dying_before_its_stop_is_absorbed() -> None:
     state, effects = sv.handle(running(make_spec(O4A)), crash("b", 1.0))
     state, effects = sv.handle(state, crash("a", 1.5))  # queued for a stop, died first
-    assert audit_types(effects) == ["agent.crashed"] and ops(effects) == []
+    assert audit_types(effects) == [] and ops(effects) == []  # its restarted row stands
     assert state.restart_log == (1.0,) and state.child("a").run is ChildRun.RESTARTING
     state, trace = drive(state, [Stop("c", 5.0)], 2.0)
     assert trace == [Stop("c", 5.0), Start("a"), Start("b"), Start("c")]
@@ -774,6 +786,7 @@ class Shell:
     def __init__(self, spec: SupervisorSpec) -> None:
         self.state, self.now = sv.initial(spec), 0.0
         self.alive: dict[str, int] = {}  # child name -> live process id
+        self.incarnation: dict[str, int] = {}  # child name -> its live process's incarnation
         self.timers: list[tuple[str, str, int, float]] = []  # kind, name, pid, due
         self.next_pid, self.gave_up = 1, 0
         self.may_be_down: set[str] = set()  # children allowed to be down once all settles
@@ -799,8 +812,10 @@ class Shell:
                 self.may_be_down.add(name)
             case StartChild(name) | Resume(name) if self.state.child(name).run is ChildRun.STARTING:
                 self.may_be_down.discard(name)
-            case AddChild(spec):
+            case AddChild(spec) | Activate(spec):
                 self.may_be_down.discard(spec.name)
+            case Reconcile(wanted, _, _, start):
+                self.may_be_down -= {s.name for s in wanted if s.name in start}
             case ChildExited(name, False) if before.spec.child(name).restart is TRANS:
                 self.may_be_down.add(name)
 
@@ -811,6 +826,7 @@ class Shell:
                 assert name not in self.alive, f"{name} started twice"
                 assert not self.state.child(name).paused, f"{name} started while paused"
                 self.alive[name], self.next_pid = self.next_pid, self.next_pid + 1
+                self.incarnation[name] = self.state.child(name).incarnation
                 self.timers.append(("started", name, self.alive[name], self.now))
             case Stop(name, timeout):
                 self.timers += [
@@ -821,6 +837,8 @@ class Shell:
                 self.timers.append(("killed", name, pid, self.now))
             case Schedule(name, delay):
                 self.timers.append(("backoff", name, 0, self.now + delay))
+            case Forget(name):
+                del self.alive[name]
             case GiveUp():
                 self.gave_up += 1
 
@@ -844,6 +862,20 @@ class Shell:
             name = sorted(self.alive)[index % len(self.alive)]
             del self.alive[name]
             self.apply(ChildExited(name, abnormal, "boom", self.now), must_succeed=True)
+
+    def die(self, index: int, notice: bool | None) -> None:
+        """A process dies as the real shell sees it: maybe after a notice, then
+        gone (sometimes reported twice)."""
+        if self.alive:
+            name = sorted(self.alive)[index % len(self.alive)]
+            inc = self.incarnation[name]
+            if notice is not None:
+                self.apply(ExitNotice(name, notice, "said why", inc), must_succeed=True)
+            if notice and self.state.spec.child(name).restart is TRANS:
+                self.may_be_down.add(name)  # a normal exit: not restarted
+            del self.alive[name]
+            self.apply(ProcessGone(name, self.now, inc), must_succeed=True)
+            self.apply(ProcessGone(name, self.now, inc), must_succeed=True)  # a duplicate
 
     def drain(self) -> None:
         for _ in range(10_000):
@@ -881,33 +913,39 @@ def check_invariants(shell: Shell) -> None:
         assert all(
             c.run is ChildRun.FAILED or c.name in state.pending.stops for c in state.children
         )
+    for child in state.children:  # a failed child is down and queued for nothing
+        if child.run is ChildRun.FAILED:
+            assert child.name not in state.pending.starts and child.name not in shell.alive
+        assert not child.retiring or child.run in UP
     assert state.status is not SupStatus.STOPPED or not up
     assert shell.gave_up <= 1
 
 
 OPS = st.sampled_from(
     ["start", "stop", "pause", "resume", "add", "remove", "shutdown", "boot", "stop_timeout",
-     "backoff"]
+     "backoff", "retire", "want", "activate", "deactivate"]
 )  # fmt: skip
 DELIVER = st.tuples(st.just("deliver"), st.integers(0, 30))
 ACTIONS = st.one_of(
     *[DELIVER] * 4,  # weighted: without deliveries nothing happens
     st.tuples(st.just("crash"), st.integers(0, 3), st.booleans()),
     st.tuples(st.just("crash"), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("die"), st.integers(0, 3), st.sampled_from([None, True, False])),
     st.tuples(st.just("op"), OPS, st.sampled_from(NAMES), st.sampled_from(list(RestartType))),
     st.tuples(st.just("bogus"), st.sampled_from(NAMES)),
     st.tuples(st.just("tick"), st.floats(0.0, 3.0)),
 )
 SPECS = st.builds(
     lambda strategy, restarts, max_restarts, window, backoff: make_spec(
-        strategy,
+        Strategy.ONE_FOR_ONE if strategy == "child" else strategy,
         restarts,
         max_restarts=max_restarts,
         window_s=window,
         backoff_initial_s=backoff,
         backoff_max_s=backoff * 4,
+        intensity=sv.Intensity.CHILD if strategy == "child" else sv.Intensity.SUPERVISOR,
     ),
-    st.sampled_from(list(Strategy)),
+    st.sampled_from([*Strategy, "child", "child"]),
     st.lists(st.sampled_from([PERM, PERM, TRANS, TEMP]), min_size=3, max_size=4),
     st.sampled_from([1, 3, 50, 50]),
     st.floats(0.5, 10.0),
@@ -915,13 +953,23 @@ SPECS = st.builds(
 )
 
 
-def operator_event(op: str, name: str, restart: RestartType, now: float) -> Event:
+def operator_event(op: str, name: str, restart: RestartType, now: float,
+                   state: SupState) -> Event:
     named: dict[str, Callable[[str, float], Event]] = {
         "start": StartChild, "stop": StopChild, "resume": Resume, "remove": RemoveChild,
-        "stop_timeout": StopTimeout, "backoff": BackoffElapsed,
+        "stop_timeout": StopTimeout, "backoff": BackoffElapsed, "deactivate": Deactivate,
     }  # fmt: skip
     if op in named:
         return named[op](name, now)
+    others = tuple(c for c in state.spec.children if c.name != name)
+    if op == "retire":
+        return Reconcile(others, now, stop=(name,))
+    if op == "want":  # (a changed restart type is tested on its own)
+        spec = next((c for c in state.spec.children if c.name == name), None)
+        spec = spec or ChildSpec(name, "agent", restart)
+        return Reconcile((*others, spec), now, start=(name,))
+    if op == "activate":
+        return Activate(ChildSpec(name, "agent", restart), now)
     unnamed: dict[str, Event] = {"shutdown": Shutdown(now), "boot": Boot(now), "pause": Pause(name)}
     return unnamed.get(op) or AddChild(ChildSpec(name, "agent", restart), now)
 
@@ -940,10 +988,12 @@ def test_random_operation_keeps_invariants(
                 shell.deliver(index)
             case ("crash", index, abnormal):
                 shell.crash(index, abnormal)
+            case ("die", index, notice):
+                shell.die(index, notice)
             case ("bogus", name):
                 shell.bogus_report(name)
             case ("op", op, name, restart):
-                shell.apply(operator_event(op, name, restart, shell.now))
+                shell.apply(operator_event(op, name, restart, shell.now, shell.state))
             case ("tick", seconds):
                 shell.now += seconds
     shell.drain()  # every exit and timer processed: the machine settles
@@ -953,10 +1003,14 @@ def test_random_operation_keeps_invariants(
     transient = {ChildRun.STARTING, ChildRun.STOPPING, ChildRun.RESTARTING}
     assert not {c.run for c in state.children} & transient
     assert (state.status is SupStatus.FAILED) is (shell.gave_up == 1)
+    per_child = state.spec.intensity is sv.Intensity.CHILD
+    assert not per_child or shell.gave_up == 0  # one child's failure never takes the rest
     for child in state.children:  # no restart lost: whoever should run, runs
         if state.status is SupStatus.RUNNING and not child.paused:
             lawful = state.spec.child(child.name).restart is TEMP or child.name in shell.may_be_down
+            lawful = lawful or (per_child and child.run is ChildRun.FAILED)
             assert lawful or child.run is ChildRun.RUNNING, (child, shell.may_be_down)
+            assert not child.retiring
     if state.status is SupStatus.FAILED:  # nothing left running once all exits are in
         assert {c.run for c in state.children} <= {ChildRun.FAILED}
 
@@ -988,29 +1042,368 @@ def test_sibling_resumed_before_its_group_stop_is_restarted() -> None:
 
 def test_reason_reported_after_the_exit_becomes_the_last_error() -> None:
     # A remote agent's exit notice comes from its node's admin and can overtake
-    # the agent's own ChildCrashed: the shell records "process died", restarts
-    # it, then learns why.
+    # the agent's own notice: the exit is "process died", the child restarts,
+    # then the reason of that (first) incarnation arrives.
     state = running()
-    state, trace = step(state, ChildExited("a", True, "process died", 1.0))
+    first = state.child("a").incarnation
+    state, trace = step(state, ProcessGone("a", 1.0, first))
     assert Start("a") in trace and state.child("a").run is ChildRun.RUNNING
+    assert state.child("a").last_error == PROCESS_DIED
     before = state
-    state, effects = sv.handle(state, CrashReported("a", "handler raised X: boom",
-                                                    "process died"))
-    assert state.child("a").last_error == "handler raised X: boom"
-    assert effects == [Audit("agent.crash_reported", {"supervisor": "sup", "name": "a",
-                                                      "reason": "handler raised X: boom"})]
+    state, effects = sv.handle(state, ExitNotice("a", False, "handler raised X: boom", first))
+    assert state.child("a").last_error == "handler raised X: boom" and effects == []
     # nothing else changes: the restart decision taken at the exit stands
-    assert dataclasses.replace(state.child("a"), last_error="process died") == before.child("a")
+    assert dataclasses.replace(state.child("a"), last_error=PROCESS_DIED,
+                               unexplained=first) == before.child("a")
     assert state.restart_log == before.restart_log and state.pending == before.pending
+    # only once
+    assert sv.handle(state, ExitNotice("a", False, "again", first)) == (state, [])
 
 
 def test_late_reason_never_replaces_a_reason_already_known() -> None:
     state = running()
-    state, _ = step(state, crash("a", 1.0))  # last_error "boom", from a later exit
-    after, effects = sv.handle(state, CrashReported("a", "older", "process died"))
+    first = state.child("a").incarnation
+    state, _ = step(state, ProcessGone("a", 1.0, first))
+    state, _ = step(state, crash("a", 2.0))  # last_error "boom", from a later exit
+    after, effects = sv.handle(state, ExitNotice("a", False, "older", first))
     assert after == state and effects == []
 
 
-def test_late_reason_for_an_unknown_child_is_not_found() -> None:
-    with pytest.raises(NotFound):
-        sv.handle(running(), CrashReported("zz", "why", "process died"))
+def test_reports_about_unknown_children_are_ignored() -> None:
+    state = running()
+    for event in (ExitNotice("zz", False, "why"), ProcessGone("zz", 1.0),
+                  ChildSpawned("zz", 5, 1.0), ChildLost("zz", "gone", 1.0),
+                  StartTimedOut("zz", "late", 1.0), Unplaceable("zz", "gpu", 1.0)):
+        assert sv.handle(state, event) == (state, [])
+
+
+# -- per-child intensity (the implicit supervisor, the root) ---------------------------
+
+
+def child_spec(restarts: Iterable[RestartType] = (PERM,) * 3, **kw: Any) -> SupervisorSpec:
+    """Like the implicit ``agents`` supervisor: each child on its own."""
+    args: dict[str, Any] = {"max_restarts": 5, "window_s": 10.0, "backoff_initial_s": 0.5,
+                            "backoff_max_s": 30.0, "intensity": sv.Intensity.CHILD} | kw
+    return make_spec(O41, restarts, **args)
+
+
+def loop(state: SupState, name: str, now: float, crashes: int
+         ) -> tuple[SupState, list[Effect], float]:
+    """Crash ``name`` while it starts, ``crashes`` times, honouring every backoff."""
+    seen: list[Effect] = []
+    for _ in range(crashes):
+        state, effects = sv.handle(state, ChildExited(name, True, "cannot start: boom", now))
+        seen += effects
+        for effect in effects:
+            if isinstance(effect, Schedule):
+                now += effect.delay_s
+                state, more = sv.handle(state, BackoffElapsed(name, now))
+                seen += more
+    return state, seen, now
+
+
+def test_crash_loop_backs_off_then_fails_alone_with_one_row_and_one_alert() -> None:
+    state = running(child_spec())
+    state, seen, _ = loop(state, "b", 1.0, 6)
+    assert [e.delay_s for e in seen if isinstance(e, Schedule)] == [0.5, 1.0, 2.0, 4.0]
+    assert [e for e in ops(seen) if not isinstance(e, Schedule | Alert)] == [Start("b")] * 5
+    assert audit_types(seen) == ["agent.restarted"] * 5 + ["agent.failed"]
+    failed = next(e for e in seen if isinstance(e, Audit) and e.type == "agent.failed")
+    assert failed.detail == {"supervisor": "sup", "name": "b", "reason": "cannot start: boom",
+                             "crashes": 6, "restarts": 5}
+    [alert] = [e for e in seen if isinstance(e, Alert)]
+    assert "'b'" in alert.message and "not restarted until it is started again" in alert.message
+    b = state.child("b")
+    assert (b.run, b.restarts, b.last_error) == (ChildRun.FAILED, 5, "cannot start: boom")
+    assert state.status is SupStatus.RUNNING and runs(state) == {
+        "a": "running", "b": "failed", "c": "running"}
+    assert sv.tree_node(state)["children"][1]["state"] == "failed"
+    assert sv.handle(state, BackoffElapsed("b", 99.0)) == (state, [])  # nothing wakes it
+
+
+def test_per_child_intensity_never_touches_siblings_nor_gives_up() -> None:
+    state, now = running(child_spec(max_restarts=2)), 1.0
+    for name in "abc":
+        state, seen, now = loop(state, name, now, 3)
+        assert {getattr(e, "name", name) for e in ops(seen)} == {name}
+        assert not any(isinstance(e, GiveUp | Stop) for e in seen)
+    assert state.status is SupStatus.RUNNING
+    assert set(runs(state).values()) == {"failed"}
+
+
+def test_a_healthy_run_ends_the_streak_and_the_first_restart_is_immediate() -> None:
+    state = running(child_spec())
+    state, _, now = loop(state, "a", 1.0, 3)  # streak 3
+    state, _ = sv.handle(state, ChildStarted("a", 5, now))
+    state, effects = sv.handle(state, crash("a", now + 10.0))  # ran 10 s = window: healthy
+    assert ops(effects) == [Start("a")] and state.child("a").crashes == 1
+
+
+def test_a_normal_exit_is_not_a_failure() -> None:
+    state, _, now = loop(running(child_spec()), "a", 1.0, 3)
+    state, _ = sv.handle(state, ChildStarted("a", 5, now))
+    state, effects = sv.handle(state, crash("a", now + 0.1, abnormal=False))
+    assert ops(effects) == [Start("a")] and state.child("a").crashes == 0
+    assert audit_types(effects) == ["agent.restarted"]
+
+
+def test_a_critical_child_is_restarted_at_once_forever() -> None:
+    spec = SupervisorSpec("root", O41, max_restarts=1, intensity=sv.Intensity.CHILD,
+                          backoff_initial_s=1.0, backoff_max_s=8.0,
+                          children=(ChildSpec("beat", "service", critical=True),))
+    state, seen, _ = loop(running(spec), "beat", 1.0, 30)
+    assert ops(seen) == [Start("beat")] * 30
+    assert state.child("beat").run is ChildRun.STARTING and state.child("beat").restarts == 30
+
+
+@pytest.mark.parametrize(
+    ("intensity", "critical", "crashes", "delay"),
+    [
+        pytest.param("supervisor", False, 1, 0.5, id="otp-first"),
+        pytest.param("supervisor", False, 3, 2.0, id="otp-third"),
+        pytest.param("child", False, 1, 0.0, id="child-first-free"),
+        pytest.param("child", False, 2, 0.5, id="child-second"),
+        pytest.param("child", False, 4, 2.0, id="child-fourth"),
+        pytest.param("child", False, 50, 30.0, id="child-capped"),
+        pytest.param("child", True, 50, 0.0, id="critical"),
+    ],
+)
+def test_restart_delay(intensity: str, critical: bool, crashes: int, delay: float) -> None:
+    spec = SupervisorSpec("s", O41, backoff_initial_s=0.5, backoff_max_s=30.0,
+                          intensity=sv.Intensity(intensity),
+                          children=(ChildSpec("a", "agent", critical=critical),))
+    assert sv.restart_delay(spec, "a", crashes) == delay
+
+
+def test_per_child_intensity_needs_one_for_one() -> None:
+    with pytest.raises(InvalidRequest, match="per-child intensity needs the one_for_one"):
+        make_spec(O4A, intensity=sv.Intensity.CHILD)
+    with pytest.raises(InvalidRequest, match="invalid intensity"):
+        make_spec(intensity="sometimes")
+
+
+def failed_b() -> SupState:
+    return loop(running(child_spec(max_restarts=0)), "b", 1.0, 1)[0]
+
+
+def test_a_failed_child_is_cleared_by_an_operator() -> None:
+    state = failed_b()
+    assert state.child("b").run is ChildRun.FAILED
+    started, effects = sv.handle(state, StartChild("b", 2.0))
+    assert effects == [Start("b")] and started.child("b").crashes == 0
+    started, effects = sv.handle(started, ChildStarted("b", 9, 2.1))
+    assert audit_types(effects) == ["agent.started"]  # an operator's start, not a restart
+    stopped, effects = sv.handle(state, StopChild("b", 2.0))
+    assert ops(effects) == [] and stopped.child("b").run is ChildRun.STOPPED
+    assert effects == [Audit("agent.stopped", {"supervisor": "sup", "name": "b",
+                                               "reason": "failed state cleared"})]
+    removed, effects = sv.handle(state, RemoveChild("b", 2.0))
+    assert [c.name for c in removed.children] == ["a", "c"]
+    with pytest.raises(Conflict, match=r"failed \(cannot start: boom\)"):
+        sv.handle(state, Activate(ChildSpec("b", "agent"), 2.0))
+
+
+# -- one audit row per restart ----------------------------------------------------------
+
+
+def test_a_restart_writes_one_row_even_with_a_backoff() -> None:
+    state = running(make_spec(backoff_initial_s=1.0, backoff_max_s=1.0))
+    state, effects = sv.handle(state, crash("a", 1.0))
+    assert effects == [
+        Audit("agent.restarted", {"supervisor": "sup", "name": "a", "restarts": 1,
+                                  "delay_s": 1.0, "cause": "a", "reason": "boom"}),
+        Schedule("a", 1.0),
+    ]
+    state, effects = sv.handle(state, BackoffElapsed("a", 2.0))
+    assert effects == [Start("a")]
+    state, effects = sv.handle(state, ChildStarted("a", 77, 2.1))
+    assert effects == [] and state.child("a").run is ChildRun.RUNNING
+
+
+def test_audit_verbs_limit_the_rows() -> None:
+    state = running(make_spec(audit_verbs=frozenset({"restarted"})))
+    state, effects = sv.handle(state, StopChild("a", 1.0))
+    assert audit_types(effects) == []
+    state, effects = sv.handle(state, crash("b", 1.0))
+    assert audit_types(effects) == ["agent.restarted"]
+
+
+# -- incarnations and what an exit means -----------------------------------------------
+
+
+def test_reports_of_a_replaced_process_are_stale() -> None:
+    state = running()
+    old = state.child("a").incarnation
+    state, _ = sv.handle(state, ProcessGone("a", 1.0, old))  # restarted: a new incarnation
+    assert state.child("a").incarnation == old + 1
+    for event in (ProcessGone("a", 1.1, old), ChildStarted("a", 5, 1.1, old),
+                  ChildSpawned("a", 5, 1.1, old), ChildLost("a", "x", 1.1, old),
+                  ExitNotice("a", True, "", old), StartTimedOut("a", "late", 1.1, old)):
+        assert sv.handle(state, event) == (state, []), event
+    state, _ = sv.handle(state, ChildStarted("a", 6, 1.2, old + 1))
+    assert sv.handle(state, ProcessGone("a", 1.3, old)) == (state, [])  # a duplicate
+
+
+@pytest.mark.parametrize(
+    ("notice", "stop_first", "restart", "restarted", "error"),
+    [
+        pytest.param(None, False, PERM, True, PROCESS_DIED, id="died"),
+        pytest.param((False, "handler raised X"), False, PERM, True, "handler raised X",
+                     id="crash-notice"),
+        pytest.param((True, ""), False, PERM, True, "", id="done-permanent"),
+        pytest.param((True, ""), False, TRANS, False, "", id="done-transient"),
+        pytest.param((False, "handler raised X"), False, TRANS, True, "handler raised X",
+                     id="crash-transient"),
+        pytest.param(None, True, PERM, False, "", id="asked-to-stop"),
+        pytest.param((False, "raised while stopping"), True, PERM, False, "",
+                     id="crash-while-stopping"),
+    ],
+)
+def test_what_an_exit_means(notice: tuple[bool, str] | None, stop_first: bool,
+                            restart: RestartType, restarted: bool, error: str) -> None:
+    state = running(make_spec(O41, (restart, PERM)))
+    if stop_first:
+        state, _ = sv.handle(state, StopChild("a", 0.5))
+    if notice is not None:
+        state, effects = sv.handle(state, ExitNotice("a", *notice))
+        assert effects == []
+    state, effects = sv.handle(state, ProcessGone("a", 1.0))
+    assert (Start("a") in effects) is restarted
+    assert state.child("a").last_error == error
+    assert state.child("a").unexplained == (1 if error == PROCESS_DIED else 0)
+
+
+def test_a_start_that_hangs_can_be_stopped_and_killed() -> None:
+    state, _ = sv.handle(sv.initial(make_spec(O41, (PERM,))), Boot(0.0))
+    state, effects = sv.handle(state, ChildSpawned("a", 4242, 0.1))
+    assert effects == [] and state.child("a").pid == 4242  # loading, killable
+    node = sv.tree_node(state)["children"][0]
+    assert (node["state"], node["pid"]) == ("starting", 4242)
+    state, effects = sv.handle(state, StopChild("a", 1.0))
+    assert effects == [Stop("a", 5.0)]
+    state, effects = sv.handle(state, StopTimeout("a", 6.0))
+    assert ops(effects) == [Kill("a")]
+    state, effects = sv.handle(state, ProcessGone("a", 6.1))
+    assert state.child("a").run is ChildRun.STOPPED and audit_types(effects) == ["agent.stopped"]
+
+
+def test_a_lost_child_is_forgotten_and_restarted() -> None:
+    state, effects = sv.handle(running(), ChildLost("b", "node n2 lost: silent", 1.0))
+    assert ops(effects) == [Forget("b"), Start("b")]
+    assert state.child("b").last_error == "node n2 lost: silent"
+
+
+def test_a_start_that_never_reports_is_given_up_on() -> None:
+    state, _ = sv.handle(running(), crash("a", 1.0))  # restarting: STARTING again
+    inc = state.child("a").incarnation
+    state, effects = sv.handle(state, StartTimedOut("a", "did not start on n2", 16.0, inc))
+    assert ops(effects) == [Forget("a"), Start("a")]
+    state, _ = sv.handle(state, ChildStarted("a", 3, 16.1))
+    assert sv.handle(state, StartTimedOut("a", "late", 31.0)) == (state, [])  # it started
+
+
+def test_an_unplaceable_child_is_parked_paused() -> None:
+    state, _ = sv.handle(running(), crash("a", 1.0))
+    state, effects = sv.handle(state, Unplaceable("a", "no node has gpu", 1.0))
+    assert audit_types(effects) == ["agent.paused", "agent.crashed"] and ops(effects) == []
+    a = state.child("a")
+    assert (a.run, a.paused) == (ChildRun.PAUSED, True)
+    assert a.last_error == "unplaceable: no node has gpu"
+
+
+# -- reconciling with the definitions, on-demand children --------------------------------
+
+
+def specs(*names: str) -> tuple[ChildSpec, ...]:
+    return tuple(ChildSpec(n, "agent") for n in names)
+
+
+def test_reconcile_retires_adds_and_keeps() -> None:
+    state, effects = sv.handle(running(), Reconcile(specs("a", "c", "d"), 1.0))
+    assert ops(effects) == [Stop("b", 5.0), Start("d")]
+    assert state.child("b").retiring
+    state, effects = sv.handle(state, ProcessGone("b", 1.5))
+    assert audit_types(effects) == ["agent.stopped", "agent.removed"] and ops(effects) == []
+    assert [c.name for c in state.children] == ["a", "c", "d"]
+    assert [c.name for c in state.spec.children] == ["a", "c", "d"]
+
+
+def test_reconcile_removes_children_that_are_down_at_once() -> None:
+    state, _ = step(running(child_spec(max_restarts=0)), crash("b", 1.0))  # b FAILED
+    state, _ = sv.handle(state, crash("c", 1.0))  # c restarting? no: FAILED too
+    state, effects = sv.handle(state, Reconcile(specs("a"), 2.0))
+    assert ops(effects) == [] and [c.name for c in state.children] == ["a"]
+    assert audit_types(effects) == ["agent.removed", "agent.removed"]
+
+
+def test_reconcile_cancels_a_backoff_and_removes() -> None:
+    state, _ = sv.handle(running(make_spec(backoff_initial_s=1.0, backoff_max_s=1.0)),
+                         crash("b", 1.0))
+    state, effects = sv.handle(state, Reconcile(specs("a", "c"), 1.2))
+    assert ops(effects) == [] and state.find("b") is None
+    assert sv.handle(state, BackoffElapsed("b", 2.0)) == (state, [])
+
+
+def test_reconcile_start_gives_a_failed_or_waiting_child_a_fresh_start() -> None:
+    state = failed_b()
+    state, effects = sv.handle(state, Reconcile(specs("a", "b", "c"), 2.0, start=("b",)))
+    assert ops(effects) == [Start("b")] and state.child("b").crashes == 0
+    waiting, _ = sv.handle(running(make_spec(backoff_initial_s=9.0, backoff_max_s=9.0)),
+                           crash("c", 1.0))
+    waiting, effects = sv.handle(waiting, Reconcile(specs("a", "b", "c"), 1.1, start=("c",)))
+    assert ops(effects) == [Start("c")]
+    # a Reconcile without ``start`` leaves a failed child alone
+    assert ops(sv.handle(failed_b(), Reconcile(specs("a", "b", "c"), 2.0))[1]) == []
+
+
+def test_reconcile_updates_a_changed_spec_and_filters_by_kind() -> None:
+    state, _ = sv.handle(running(), Reconcile(
+        (ChildSpec("a", "agent", TEMP), *specs("b", "c")), 1.0))
+    assert state.spec.child("a").restart is TEMP
+    spec = SupervisorSpec("root", O41, children=(ChildSpec("beat", "service"),
+                                                 ChildSpec("u", "supervisor")))
+    state, effects = sv.handle(running(spec), Reconcile((), 1.0, kinds=("supervisor",)))
+    assert ops(effects) == [Stop("u", 5.0)] and not state.child("beat").retiring
+
+
+def test_wanted_again_while_retiring_starts_once_down() -> None:
+    state, _ = sv.handle(running(), Reconcile(specs("a", "c"), 1.0))  # b stopping
+    state, effects = sv.handle(state, Reconcile(specs("a", "b", "c"), 1.1))
+    assert ops(effects) == [] and state.child("b").respawn
+    state, effects = sv.handle(state, ProcessGone("b", 1.2))
+    assert ops(effects) == [Start("b")] and state.child("b").run is ChildRun.STARTING
+
+
+def test_on_demand_children_run_until_deactivated_or_stopped() -> None:
+    state, effects = sv.handle(running(), Activate(ChildSpec("d", "agent"), 1.0))
+    assert ops(effects) == [Start("d")] and state.child("d").on_demand
+    state, _ = sv.handle(state, ChildStarted("d", 40, 1.1))
+    assert sv.handle(state, Activate(ChildSpec("d", "agent"), 1.2))[1] == []  # running
+    kept, effects = sv.handle(state, Reconcile(specs("a", "b", "c"), 1.3))
+    assert ops(effects) == [] and kept.child("d").run is ChildRun.RUNNING
+    _, effects = sv.handle(state, Reconcile(specs("a", "b", "c"), 1.3, stop=("d",)))
+    assert ops(effects) == [Stop("d", 5.0)]
+    idle, effects = sv.handle(state, Deactivate("d", 2.0))
+    assert effects[0] == Audit("agent.deactivated", {"supervisor": "sup", "name": "d",
+                                                     "reason": "idle"})
+    assert ops(effects) == [Stop("d", 5.0)]
+    again, effects = sv.handle(idle, Activate(ChildSpec("d", "agent"), 2.1))
+    assert effects == [] and again.child("d").respawn  # back once it is down
+    gone, _ = sv.handle(idle, ProcessGone("d", 2.2))
+    assert gone.find("d") is None
+
+
+def test_deactivate_leaves_wanted_children_alone() -> None:
+    state = running()
+    assert sv.handle(state, Deactivate("a", 1.0)) == (state, [])
+    assert sv.handle(state, Deactivate("zz", 1.0)) == (state, [])
+    wanted, _ = sv.handle(state, Activate(ChildSpec("d", "agent"), 1.0))
+    wanted, _ = sv.handle(wanted, Reconcile(specs("a", "b", "c", "d"), 1.1))
+    assert not wanted.child("d").on_demand  # its definition wants it now
+    assert sv.handle(wanted, Deactivate("d", 2.0)) == (wanted, [])
+
+
+def test_activate_restarts_a_stopped_child() -> None:
+    state, _ = step(running(), StopChild("a", 1.0))
+    state, effects = sv.handle(state, Activate(ChildSpec("a", "agent"), 2.0))
+    assert effects == [Start("a")]

@@ -95,6 +95,9 @@ class SupervisorDef:
     position: int = 0
     desired: str = "stopped"
     created_at: str = ""
+    # "supervisor" (OTP: too many restarts and the whole supervisor gives up)
+    # or "child" (each child fails alone; the implicit supervisor only)
+    intensity: str = "supervisor"
 
     def validated(self) -> SupervisorDef:
         validate_name(self.name, "supervisor")
@@ -122,10 +125,15 @@ class SupervisorDef:
 
 
 def implicit_supervisor() -> SupervisorDef:
-    """The supervisor of agents that belong to no user supervisor: restarts
-    each one on its own and gives up only on a storm of crashes."""
-    return SupervisorDef(IMPLICIT_SUPERVISOR, "one_for_one", max_restarts=50, window_s=60.0,
-                         desired="running")
+    """The supervisor of agents that belong to no user supervisor: each agent
+    on its own (per-child intensity), so one agent's crash loop never touches
+    another. An agent is restarted at once after a healthy run; after that,
+    with a backoff from 0.5 s doubling to 30 s; more than 5 crashes in a row,
+    each within 10 s of its start, and it is failed (not restarted until an
+    operator starts it). The supervisor itself never gives up."""
+    return SupervisorDef(IMPLICIT_SUPERVISOR, "one_for_one", max_restarts=5, window_s=10.0,
+                         backoff_initial_s=0.5, backoff_max_s=30.0, desired="running",
+                         intensity="child")
 
 
 MAX_DESCRIPTION: Final = 1024

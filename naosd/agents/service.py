@@ -19,22 +19,27 @@ from actors.domain.definitions import (
     AgentDef,
     SupervisorDef,
 )
-from actors.messages import Activate, Deactivate, GetTree, Resolve, RunAgent, Sync
+from actors.domain.placement import choose, parse_requirements
+from actors.messages import Activate, Deactivate, GetTree, ProbeAgent, Resolve, RunAgent, Sync
+from naosd.agents.checks import check_python_source
 from naosd.errors import (
     ActorGone,
     AgentCrashed,
     Conflict,
     NotFound,
     RequestTimeout,
+    Unplaceable,
     from_wire,
 )
 from naosd.runtime.procs import is_descendant, process_alive
+from naosd.storage import cluster as cluster_store
 from naosd.storage import definitions as defs_store
 
 if TYPE_CHECKING:
     from naosd.daemon import Daemon
 
 POLL_S = 0.01
+DOWN_STATES = ("stopped", "failed", "paused")
 WATCH_S = 0.02  # how often a running call checks that its agent's process lives
 GRACE_S = 0.05  # a crashing handler's error reply is sent before its process exits
 
@@ -80,28 +85,35 @@ class Agents:
         result: dict[str, Any] = reply.result
         return result
 
-    async def sync(self, supervisor: str | None) -> None:
-        """Tell ``supervisor`` (None: the root) to reconcile with the DB."""
+    async def sync(self, supervisor: str | None, *, stop: tuple[str, ...] = (),
+                   start: tuple[str, ...] = ()) -> None:
+        """Tell ``supervisor`` (None: the root) to reconcile with the DB;
+        ``stop`` and ``start`` name the children an operator stopped or
+        started (see ``Sync``)."""
         if supervisor is None:
-            await self.d.bridge.ask(Sync(_rid()))
+            await self.d.bridge.ask(Sync(_rid(), stop, start))
             return
         where = await self.resolve(supervisor)
         if where is None:
             return  # not running: it reads the DB when it starts
-        await self.d.bridge.ask_to(where["address"], Sync(_rid()))
+        await self.d.bridge.ask_to(where["address"], Sync(_rid(), stop, start))
 
-    async def _parent_sync(self, parent: str | None) -> None:
-        await self.sync(parent or IMPLICIT_SUPERVISOR)
+    async def _parent_sync(self, parent: str | None, **names: tuple[str, ...]) -> None:
+        await self.sync(parent or IMPLICIT_SUPERVISOR, **names)
 
     async def wait_for(self, name: str, *, running: bool, wait_s: float) -> dict[str, Any]:
+        """Wait until ``name`` runs (the root answers as soon as it registers,
+        and fails the wait at once if its supervisor reports it failed), or
+        until it is down: unregistered and stopped, failed or gone in the tree."""
         if running:
             found = await self.resolve(name, wait_s=wait_s)
             return found or await self._explain_timeout(name, running, wait_s)
         deadline = time.monotonic() + wait_s
         while True:
-            where = await self.resolve(name)
-            if (where is not None) == running:
-                return where or {}
+            if await self.resolve(name) is None:
+                node = find_node(await self.tree(), name)
+                if node is None or node.get("state") in DOWN_STATES:
+                    return {}
             if time.monotonic() > deadline:
                 return await self._explain_timeout(name, running, wait_s)
             await asyncio.sleep(POLL_S)
@@ -119,18 +131,57 @@ class Agents:
     # -- agents ------------------------------------------------------------------
     async def create(self, definition: AgentDef, *, start: bool, wait_s: float
                      ) -> dict[str, Any]:
+        """Check that the agent can load and be placed, then commit it (with
+        its audit row) and start it: a refused agent leaves nothing behind."""
+        await self.db(lambda s: _check_new(s, definition))
+        await self._check_placeable(definition, start=start)
+        await self.check_loads(definition, wait_s=wait_s)
         created = await self.db(lambda s: defs_store.create_agent(s, definition))
         await self.d.db.notify()
         if start:
             return await self.start(created.name, wait_s=wait_s)
         return await self.describe(created.name)
 
+    async def check_loads(self, definition: AgentDef, *, wait_s: float) -> None:
+        """A Python handler is compiled here (syntax errors; nothing runs),
+        then loaded in a throwaway agent process (import-time errors, no
+        ``handle``): naosd itself never runs agent code.  Templates are ours
+        and WASM modules are validated by the sandbox."""
+        if definition.source_kind != "python":
+            return
+        await asyncio.to_thread(check_python_source, definition.source)
+        implicit = await self.resolve(IMPLICIT_SUPERVISOR)
+        if implicit is None:
+            raise Conflict("the agents supervisor is not running")
+        await self.d.bridge.ask_to(implicit["address"], ProbeAgent(_rid(), definition, wait_s),
+                                   timeout_s=wait_s + 5)
+
+    async def _check_placeable(self, definition: AgentDef, *, start: bool) -> None:
+        """An agent with requirements that no node can meet is refused at
+        once: always on a single host (no node can ever have them), and in
+        cluster mode when it is to start now."""
+        if not definition.requires:
+            return
+        req = parse_requirements(definition.requires)
+        nodes, loads = await self.db(lambda s: (cluster_store.nodes(s), cluster_store.loads(s)))
+        if nodes and not start:
+            return  # a node that can run it may join before it is started
+        if choose(req, nodes, loads) is None:
+            where = "no node that is up has it" if nodes else "cluster mode is off"
+            raise Unplaceable(f"agent {definition.name!r} is unplaceable: it requires"
+                              f" {req} and {where}")
+
     async def start(self, name: str, *, wait_s: float) -> dict[str, Any]:
-        self.last_used.pop(name, None)  # started for good: never reaped
+        """Start ``name`` for good (desired running, never reaped); a failed
+        agent is given a fresh start."""
+        self.last_used.pop(name, None)
         agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        if agent.source_kind == "python":
+            await asyncio.to_thread(check_python_source, agent.source)
+        await self._check_placeable(agent, start=True)
         await self.db(lambda s: defs_store.set_desired(s, "agent", name, "running"))
         await self._ensure_parent_running(agent.supervisor)
-        await self._parent_sync(agent.supervisor)
+        await self._parent_sync(agent.supervisor, start=(name,))
         await self.wait_for(name, running=True, wait_s=wait_s)
         return await self.describe(name)
 
@@ -143,9 +194,12 @@ class Agents:
                            f"naosctl supervisor start {supervisor}")
 
     async def stop(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        """Stop ``name`` in whatever state it is (running, starting, backing
+        off, failed, running on demand): it is down when this returns."""
+        self.last_used.pop(name, None)
         agent = await self.db(lambda s: defs_store.get_agent(s, name))
         await self.db(lambda s: defs_store.set_desired(s, "agent", name, "stopped"))
-        await self._parent_sync(agent.supervisor)
+        await self._parent_sync(agent.supervisor, stop=(name,))
         await self.wait_for(name, running=False, wait_s=wait_s)
         return await self.describe(name)
 
@@ -291,7 +345,7 @@ class Agents:
     async def start_supervisor(self, name: str, *, wait_s: float) -> dict[str, Any]:
         sup = await self.db(lambda s: defs_store.get_supervisor(s, name))
         await self.db(lambda s: _start_subtree(s, name))
-        await self.sync(sup.parent) if sup.parent else await self.sync(None)
+        await self.sync(sup.parent, start=(name,))
         await self.wait_for(name, running=True, wait_s=wait_s)
         return await self.supervisor_tree(name)
 
@@ -311,6 +365,16 @@ class Agents:
             sup = await self.db(lambda s: defs_store.get_supervisor(s, name))
             return {**sup.to_dict(), "kind": "supervisor", "state": "stopped", "children": []}
         return node
+
+
+def _check_new(store: Any, definition: AgentDef) -> None:
+    """What ``create_agent`` would refuse, checked before anything is loaded."""
+    definition.validated()
+    taken = defs_store.name_taken(store, definition.name)
+    if taken:
+        raise Conflict(f"the name {definition.name!r} is already used by a {taken}")
+    if definition.supervisor:
+        defs_store.get_supervisor(store, definition.supervisor)
 
 
 def _parent_of(store: Any, child: str) -> str | None:

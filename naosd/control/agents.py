@@ -135,6 +135,14 @@ async def agent_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.stop(p["name"], wait_s=_timeout(p))
 
 
+@method("agent.restart", name=NAME, timeout=TIMEOUT)
+async def agent_restart(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop an agent in whatever state it is, then start it for good (a failed
+    agent gets a fresh start)."""
+    await d.agents.stop(p["name"], wait_s=_timeout(p))
+    return await d.agents.start(p["name"], wait_s=_timeout(p))
+
+
 @method("agent.delete", name=NAME, timeout=TIMEOUT)
 async def agent_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop and forget an agent (its logs and audit rows stay)."""

@@ -19,6 +19,7 @@ error a peer sent and docs/protocol.md's error table is generated::
     ├── ConfigError (config_error, 6)           bad configuration file or value
     ├── NotFound (not_found, 4)                 unknown agent, method target, row
     ├── Conflict (conflict, 1)                  state does not allow the operation
+    │   └── Unplaceable (unplaceable, 1)        no node can run the agent
     ├── PermissionDenied (permission_denied, 4) peer credentials refused
     ├── StorageError (storage_error, 1)         SQLite failure (translated from apsw)
     ├── AuditError (audit_error, 1)             audit chain cannot be written/read
@@ -75,6 +76,7 @@ from naosd.errors.core import (
     ShuttingDown,
     StorageError,
     Unavailable,
+    Unplaceable,
 )
 from naosd.errors.remote import (
     AxisUnavailable,
@@ -189,6 +191,7 @@ __all__ = [
     "TrustDenied",
     "Unavailable",
     "UnknownTool",
+    "Unplaceable",
     "WasmCacheUnsafe",
     "WasmCompileTimeout",
     "WasmError",

@@ -64,6 +64,13 @@ class Conflict(NaosError):
     code = "conflict"
 
 
+class Unplaceable(Conflict):
+    """No node can run the agent: its requirements name a capability or node
+    that nobody has (always so on a single host)."""
+
+    code: ClassVar[str] = "unplaceable"
+
+
 class PermissionDenied(NaosError, PermissionError):
     """Refused at accept (who, or too many; closed), or a method the role may not call."""
 
