@@ -1,23 +1,36 @@
-"""AgentActor: one agent, one OS process, one handler.
+"""AgentActor: one agent, its supervised shell, and the process its code runs in.
 
-Let it crash: a handler that raises is answered with an ``agent_crashed``
-error (with the log lines of that run), the supervisor is told why, and the
-process exits once the supervisor has noted it (``ExitNoted``); the
-supervisor restarts it according to its strategy.  A
-handler that cannot be loaded is a crash at start, so a broken agent backs
-off and ends failed (or hits its supervisor's restart intensity) instead of
-serving errors forever.  The first thing a new agent does is report its pid
-(``ChildSpawned``), so a load that hangs can be killed; a *probe*
-(``InitAgent.probe``) only loads the handler, reports ``ProbeResult`` and
-exits: naosd checks a handler this way before it creates the agent.
+The agent's code never runs in this actor's process (it holds the daemon's
+frame key): the actor opens the agent's channel to naosd, starts
+``naos.host`` on it, confined as the definition says
+(:mod:`naosd.runtime.handler`), reports the handler's pid once it has
+loaded, and from then on watches it.  naosd sends messages to the handler
+over the channel directly; the actor's part is supervision.
+
+Let it crash: a handler that raises answers its caller with
+``agent_crashed`` and exits; this actor notices (it looks every
+``WATCH`` and when naosd tells it), tells its supervisor why, and exits
+once the supervisor has noted it (``ExitNoted``); the supervisor restarts
+it according to its strategy.  A handler that cannot be loaded is a crash
+at start.  The first thing a new agent does is report its own pid
+(``ChildSpawned``), so a start that hangs can be killed; a *probe*
+(``InitAgent.probe``) only loads the handler, confined, reports
+``ProbeResult`` and exits: naosd checks a handler this way before it creates
+the agent.
+
+An agent placed on another node of a cluster, or started by an actor system
+without hosting facts (tests of the actors alone), runs its handler in this
+process as before (docs/cluster.md: not confined).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from thespian.actors import ActorExitRequest, WakeupMessage
@@ -30,16 +43,24 @@ from actors.messages import (
     ChildPid,
     ChildSpawned,
     ExitNoted,
+    HandlerGone,
     InitAgent,
     ProbeResult,
     Reply,
     RunAgent,
 )
 from naosd.errors import ActorGone, AgentCrashed, Conflict, NaosError, WasmExit
+from naosd.runtime.confine.process import protect_parent
+from naosd.runtime.handler import HandlerProcess, HandlerSpec
+from naosd.runtime.hosting import Hosting
+from naosd.runtime.hosting import current as current_hosting
 
 # How long a dying agent waits for its supervisor to note why (ExitNoted)
 # before it exits anyway (a supervisor that is gone never answers).
 EXIT_NOTED_WAIT = timedelta(seconds=5)
+WATCH = timedelta(milliseconds=200)  # how often the actor looks at its handler process
+LOAD_TIMEOUT_S = 60.0  # a handler that has not loaded by then is a crash at start
+STOP_GRACE_S = 2.0
 
 
 def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
@@ -116,6 +137,20 @@ def _decode(out: bytes) -> Any:
         return text
 
 
+def handler_spec(definition: Any) -> HandlerSpec:
+    """The handler process's confinement inputs, from the agent's definition."""
+    if definition.source_kind == "template":
+        import actors.templates
+
+        snapshot = str(Path(actors.templates.__file__).parent)
+    else:
+        snapshot = str(Path(definition.source).parent)
+    execution = definition.execution
+    fields = {k: execution[k] for k in ("env", "cwd", "grants", "limits", "confinement")
+              if k in execution}
+    return HandlerSpec(definition.name, snapshot, fields)
+
+
 class AgentActor(NaosActor):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict[str, Any],
@@ -134,6 +169,7 @@ class AgentActor(NaosActor):
         self._dying = False
         self._exit_sent = False
         self._sandboxed = False
+        self._process: HandlerProcess | None = None
 
     def receiveMsg_InitAgent(self, msg: InitAgent, sender: Any) -> None:
         definition = msg.definition
@@ -141,6 +177,10 @@ class AgentActor(NaosActor):
         self._supervisor = sender
         self._db_path = msg.db_path
         self.send(sender, ChildSpawned(definition.name, os.getpid()))  # killable from now
+        hosting = current_hosting()
+        if hosting is not None and not msg.remote:
+            self._host(definition, hosting, probe=msg.probe)
+            return
         try:
             self._load(definition, msg.db_path)
         except Exception as exc:  # noqa: BLE001 - any failure to load is a crash
@@ -154,6 +194,63 @@ class AgentActor(NaosActor):
             self._probed("")
         else:
             self.send(sender, ChildPid(definition.name, os.getpid()))
+
+    # -- the handler in its own, confined process -----------------------------
+    def _host(self, definition: Any, hosting: Hosting, *, probe: bool) -> None:
+        """Start the handler process; report it once it has loaded (or why not)."""
+        protect_parent()  # a handler cannot read this process's memory (the key)
+        spec = handler_spec(definition)
+        try:
+            if probe:
+                self._process = HandlerProcess.probe(spec, hosting, {
+                    "agent": definition.name, "kind": definition.source_kind,
+                    "source": definition.source, "config": definition.config})
+            else:
+                self._process = HandlerProcess.start(spec, hosting)
+            status = self._process.wait_loaded(LOAD_TIMEOUT_S)
+        except NaosError as exc:
+            status = {"loaded": False, "error": exc.message}
+        if probe:
+            self._probed("" if status.get("loaded") else str(status.get("error")))
+            return
+        if not status.get("loaded"):
+            self._crash(f"cannot start: {status.get('error')}")
+            return
+        # The child is this actor (its exit is what supervision sees); the handler
+        # dies with it (parent-death signal) and this actor dies after the handler.
+        self.send(self._supervisor, ChildPid(definition.name, os.getpid()))
+        self.wakeupAfter(WATCH, payload="watch")
+
+    def _watch(self) -> None:
+        if self._process is None or self._dying:
+            return
+        why = self._process.exited()
+        if why is None:
+            self.wakeupAfter(WATCH, payload="watch")
+        elif why.startswith("handler exited with code 0"):
+            self._leave(ChildDone(self.name))  # ctx.stop(): a normal exit
+        else:
+            self._crash(why)
+
+    def receiveMsg_HandlerGone(self, msg: HandlerGone, sender: Any) -> None:
+        """naosd saw the channel close: look now rather than at the next watch."""
+        if self._process is not None and not self._dying:
+            if self._process.exited() is None:
+                self._process.kill()  # a handler without its channel serves nobody
+            self._watch_now()
+
+    def _watch_now(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + 1.0  # the exit follows the closed channel at once
+        while self._process.exited() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        self._watch()
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        """Stopped (or restarted): end the handler first, gracefully."""
+        if self._process is not None:
+            self._process.stop(STOP_GRACE_S)
+            self._process.close()
 
     def _load(self, definition: Any, db_path: str) -> None:
         self._ctx = AgentContext(definition.name, dict(definition.config))
@@ -244,6 +341,8 @@ class AgentActor(NaosActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if msg.payload == "exit-noted" and self._dying:
             self._exit()
+        elif msg.payload == "watch":
+            self._watch()
 
     def _exit(self) -> None:
         if not self._exit_sent:

@@ -186,6 +186,15 @@ class InitAgent:
     definition: Any  # actors.domain.definitions.AgentDef
     db_path: str
     probe: bool = False
+    remote: bool = False  # placed on another node: its handler runs in the actor
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerGone:
+    """naosd -> an agent actor: its handler's channel closed (it exited, or
+    was killed); look at the process now."""
+
+    pid: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,7 +345,7 @@ class SupervisorActor(NaosActor):
         if address is None:
             return  # unplaceable: the machine has been told
         self._procs[name] = Proc(incarnation, address)
-        self.send(address, InitAgent(d, self._db_path))
+        self.send(address, InitAgent(d, self._db_path, remote=self._remote(name)))
         if self._remote(name):
             self.send(address, HostedFor(self._run))
             self.wakeupAfter(REMOTE_START, payload=("remote-start", name,

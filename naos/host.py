@@ -21,13 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import inspect
+import io
 import json
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -88,16 +91,20 @@ class Host:
             self._slots = asyncio.Semaphore(concurrency)
             self._threads = ThreadPoolExecutor(max_workers=concurrency,
                                                thread_name_prefix="naos-handler")
+            loop = asyncio.get_running_loop()
             if spec["kind"] == "wasm":
                 self._handle, self._is_async = self._wasm(spec), False
-            else:
-                self._handle, self._is_async = self._pick(load(spec))
+            else:  # off the loop: a module's import (or Agent.__init__) may block or call ctx
+                self._handle, self._is_async = await loop.run_in_executor(
+                    self._threads, lambda: self._pick(load(spec), loop))
         except BaseException as exc:  # noqa: BLE001 - any failure to load is reported
             reason = _describe(exc)
+            report({"loaded": False, "error": reason})
             with contextlib.suppress(Exception):
                 await self.peer.call("agent.loaded", {"ok": False, "error": reason})
             raise SystemExit(EXIT_LOAD_FAILED) from None
         await self.peer.call("agent.loaded", {"ok": True, "pid": os.getpid()})
+        report({"loaded": True, "pid": os.getpid()})
 
     def _wasm(self, spec: dict[str, Any]) -> Callable[..., Any]:
         from naos.wasm_agent import WasmAgent, submitter
@@ -106,11 +113,12 @@ class Host:
                           submitter(asyncio.get_running_loop()), self.peer.call)
         return agent.handle
 
-    def _pick(self, module: ModuleType) -> tuple[Callable[..., Any], bool]:
+    def _pick(self, module: ModuleType, loop: asyncio.AbstractEventLoop | None = None
+              ) -> tuple[Callable[..., Any], bool]:
         cls = getattr(module, "Agent", None)
         if isinstance(cls, type):
             scope = RunScope(None)
-            instance = cls(self._context(scope, is_async=False))
+            instance = cls(self._context(scope, is_async=False, loop=loop))
             fn = getattr(instance, "handle", None)
             if not callable(fn):
                 raise TypeError(f"{module.__name__}.Agent has no handle(message, ctx) method")
@@ -121,11 +129,12 @@ class Host:
                                 "neither handle(message, ctx) nor class Agent")
         return fn, inspect.iscoroutinefunction(fn)
 
-    def _context(self, scope: RunScope, *, is_async: bool) -> AsyncContext | Context:
+    def _context(self, scope: RunScope, *, is_async: bool,
+                 loop: asyncio.AbstractEventLoop | None = None) -> AsyncContext | Context:
         args = (self.name, self.config, self.state, scope, self.peer.call, self.peer.stream)
         if is_async:
             return AsyncContext(*args)
-        return Context(*args, run_sync=wait_for_loop(asyncio.get_running_loop(), scope))
+        return Context(*args, run_sync=wait_for_loop(loop or asyncio.get_running_loop(), scope))
 
     async def ping(self, call: Incoming) -> dict[str, Any]:
         return {"pid": os.getpid(), "agent": self.name}
@@ -149,22 +158,30 @@ class Host:
             except BaseException as exc:  # noqa: BLE001 - let it crash, but say why
                 return self._crash(exc, scope)
         ms = (time.perf_counter() - started) * 1e3
+        if scope.stop_requested:  # ctx.stop(): a normal exit once this reply is sent
+            asyncio.get_running_loop().call_later(0.05, _exit_normally)
         return {"output": output, "ms": round(ms, 3), "logs": scope.lines,
                 "state": self.state.take_changes(), "stop": scope.stop_requested}
 
     async def _call(self, message: Any, scope: RunScope) -> Any:
         assert self._handle is not None
-        if self._is_async:
-            return await self._handle(message, self._context(scope, is_async=True))
-        ctx = self._context(scope, is_async=False)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._handle, message, ctx)
+        token = CURRENT_SCOPE.set(scope)  # print() lands in this message's log lines
+        try:
+            if self._is_async:
+                return await self._handle(message, self._context(scope, is_async=True))
+            ctx = self._context(scope, is_async=False)
+            loop = asyncio.get_running_loop()
+            run = contextvars.copy_context().run
+            return await loop.run_in_executor(self._threads, run, self._handle, message, ctx)
+        finally:
+            CURRENT_SCOPE.reset(token)
 
     def _crash(self, exc: BaseException, scope: RunScope) -> dict[str, Any]:
         reason = f"handler raised {_describe(exc)}"
         if isinstance(exc, TypeError | ValueError) and "JSON" in str(exc):
             reason = f"the handler's reply is not JSON-serialisable: {exc}"
         scope.log((reason,), "error")
+        report({"crashed": reason[:2000]})
         self._crashed = True
         asyncio.get_running_loop().call_later(0.05, _exit_crashed)
         return {"crashed": reason, "logs": scope.lines, "output": None, "ms": 0.0}
@@ -182,7 +199,83 @@ def _exit_crashed() -> None:
     os._exit(EXIT_CRASHED)
 
 
+def _exit_normally() -> None:
+    os._exit(0)
+
+
+CURRENT_SCOPE: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
+    "naos_run_scope", default=None)
+
+
+class LineWriter(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a handler: whole lines become log lines
+    of the message being served (dropped outside one)."""
+
+    def __init__(self, level: str) -> None:
+        self._level = level
+        self._partial = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        buffered = getattr(self._partial, "text", "") + text
+        *lines, rest = buffered.split("\n")
+        self._partial.text = rest[:8192]
+        scope = CURRENT_SCOPE.get()
+        if scope is not None:
+            for line in lines:
+                scope.log((line,), self._level)
+        return len(text)
+
+
+_STATUS_FD: list[int] = []  # the actor's pipe, kept for last words
+
+
+def report(status: dict[str, Any]) -> None:
+    """One line of JSON to the actor that started this process (its stdout is
+    the actor's pipe).  The first report moves stdout and stderr to /dev/null
+    (nothing the handler prints can fill a pipe nobody reads: print() goes to
+    the run's log lines, see :class:`LineWriter`) and keeps the pipe for the
+    last words of a crash."""
+    if not _STATUS_FD:
+        with contextlib.suppress(OSError):
+            _STATUS_FD.append(os.dup(1))
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+    for fd in _STATUS_FD:
+        with contextlib.suppress(OSError):
+            os.write(fd, (json.dumps(status) + "\n").encode())
+
+
+def probe(spec: dict[str, Any]) -> None:
+    """Load the handler (confined, as the agent would run it) and report
+    whether that worked; serve nothing.  naosd checks a handler this way
+    before it creates the agent."""
+    try:
+        if spec.get("kind") == "wasm":
+            from actors.wasm import WasmEngine
+            from actors.wasm.files import read_module
+
+            WasmEngine(None).compile(read_module(Path(str(spec["source"]))))
+        else:
+            host = Host(Peer(None, None, {}))  # type: ignore[arg-type]  # never used
+            host.name = str(spec.get("agent") or "probe")
+            host.config = dict(spec.get("config") or {})
+            module = load(spec)
+            if not isinstance(getattr(module, "Agent", None), type):
+                host._pick(module)  # a class Agent is not instantiated by a probe
+    except BaseException as exc:  # noqa: BLE001 - any failure to load is the answer
+        report({"loaded": False, "error": _describe(exc)})
+        raise SystemExit(EXIT_LOAD_FAILED) from None
+    report({"loaded": True, "pid": os.getpid()})
+
+
 async def serve(fd: int) -> None:
+    sys.stdout = LineWriter("info")
+    sys.stderr = LineWriter("warning")
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     peer = Peer(reader, writer, {})
@@ -200,14 +293,20 @@ def main(argv: list[str] | None = None) -> None:
 
         _, args = confine_from_argv(args)
     parser = argparse.ArgumentParser(prog="naos.host")
-    parser.add_argument("--fd", type=int, required=True, help="the agent's channel")
-    fd = parser.parse_args(args).fd
+    parser.add_argument("--fd", type=int, help="the agent's channel")
+    parser.add_argument("--probe", help="load this handler (JSON: kind, source, config) and exit")
+    ns = parser.parse_args(args)
+    if ns.probe is not None:
+        probe(json.loads(ns.probe))
+        return
+    if ns.fd is None:
+        parser.error("--fd or --probe is required")
     try:
-        os.fstat(fd)
+        os.fstat(ns.fd)
     except OSError:
-        sys.stderr.write(f"naos.host: descriptor {fd} is not open: no channel\n")
+        sys.stderr.write(f"naos.host: descriptor {ns.fd} is not open: no channel\n")
         raise SystemExit(EXIT_NO_CHANNEL) from None
-    asyncio.run(serve(fd))
+    asyncio.run(serve(ns.fd))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class Daemon:
         self.trust_gate: Any = None  # naosd.broker.trust_gate.TrustGate
         self.port: Any = None  # naosd.runtime.port.ActorPort
         self.services: Any = None  # naosd.services.Services, once every service is built
+        self.agent_hosting: Any = None  # naosd.agents.hosting.AgentHosting
+        self.chat: Any = None  # naosd.broker.chat.ChatService
         self.metrics: Any = None  # naosd.dashboard.metrics_feed.MetricsFeed (dashboard on)
         self.mcp_client: Any = None  # naosd.broker.tools.McpClient
 
@@ -133,16 +135,17 @@ class Daemon:
         self.orch, self.pools = await build_orchestration(self.db, self.agents, self.bridge,
                                                           self.port)
         self._start_llm_and_trust()
+        self.broker = build_broker(self.db, self.sandbox, self._thresholds,
+                                   gate=self.trust_gate, llm=self.llm)
+        await self.broker.start()
+        await self._start_mcp_client()
+        await self._start_agent_hosting()  # before the tree: handlers connect as they start
         await self._prepare_cluster()
         await self.bridge.ask(InitRoot(uuid.uuid4().hex, str(self.config.storage_db),
                                        str(self.config.audit_checkpoint),
                                        self.config.actors_sandbox_workers,
                                        port=self.port.address))
         await self._start_cluster()
-        self.broker = build_broker(self.db, self.sandbox, self._thresholds,
-                                   gate=self.trust_gate, llm=self.llm)
-        await self.broker.start()
-        await self._start_mcp_client()
         self.services = Services(
             daemon=self, methods=method_table(), db=self.db, bridge=self.bridge,
             sandbox=self.sandbox,
@@ -160,6 +163,28 @@ class Daemon:
         self.notifier.notify("READY=1", f"STATUS=serving on {self.config.socket}",
                              f"MAINPID={os.getpid()}")
         self._announce()
+
+    # -- the agent side: channels, the agent API, the run path (naosd.agents) ----------
+    async def _start_agent_hosting(self) -> None:
+        from naosd.agents.hosting import build_agent_hosting
+        from naosd.broker.chat import ChatService
+        from naosd.runtime import hosting
+
+        self.chat = ChatService(self.broker.spender, self.llm, models=self.config.llm_models)
+        facts = hosting.current()
+        if facts is None:  # an actor system started without hosting facts (tests)
+            return
+        self.agent_hosting = build_agent_hosting(
+            facts, self.db, self.agents, gate=self.trust_gate, chat=self.chat,
+            broker=self.broker, cost=self.broker.cost,
+            tools=self.mcp_client.calls if self.mcp_client is not None else None)
+        await self.agent_hosting.channels.start()
+
+    async def _stop_agent_hosting(self) -> None:
+        if self.agent_hosting is not None:
+            await self.agent_hosting.channels.close()
+        if self.chat is not None:
+            await self.chat.aclose()
 
     # -- MCP client: tool servers agents call (naosd.broker.tools, docs/interop.md) ----
     async def _start_mcp_client(self) -> None:
@@ -274,7 +299,8 @@ class Daemon:
             self.bridge.close()
         if self.port is not None:
             await self.port.aclose()
-        await asyncio.to_thread(self.runtime.shutdown, budget / 2)
+        await asyncio.to_thread(self.runtime.shutdown, budget / 2)  # actors stop handlers
+        await self._stop_agent_hosting()
         await self._stop_llm_and_trust()
         with contextlib.suppress(NaosError):
             await self.db.audit("daemon.stop", pid=os.getpid(), reason=self.stop_reason,

@@ -195,7 +195,9 @@ def _start_actors(config: Config) -> Any:
     set_child_subreaper()
     record = config.state_dir / "actors.session"  # what a killed naosd left running
     if not config.cluster_enabled:
-        return ActorRuntime.start(secret=os.urandom(32), record=record,
+        secret = os.urandom(32)
+        _host_agents(config, secret)
+        return ActorRuntime.start(secret=secret, record=record,
                                   prefer_port=config.actors_admin_port or None)
     from naosd.runtime.cluster import setup
 
@@ -207,10 +209,22 @@ def _start_actors(config: Config) -> Any:
         shutil.rmtree(fence.FENCE_DIR, ignore_errors=True)  # a previous run's: all dead
     log.info("cluster mode: node %s on %s, leader %s", cluster.node, cluster.address,
              "this node" if cluster.is_leader else cluster.leader)
+    _host_agents(config, cluster.secret)
     return ActorRuntime.start(
         secret=cluster.secret, bind_host=cluster.host, admin_port=cluster.port,
         capabilities=cluster.thespian_capabilities(),
         convention_period=cluster.reregistration_period(), record=record)
+
+
+def _host_agents(config: Config, secret: bytes) -> None:
+    """Where agent handlers connect and what they may never be granted: set
+    before the actor system starts, so every agent actor inherits it."""
+    from naosd.runtime import hosting
+
+    protected = (config.state_dir, config.runtime_dir, config.config_file.parent, Path.home())
+    hosting.configure(secret, agent_socket=config.runtime_dir / "agents.sock",
+                      state_dir=config.state_dir,
+                      protected=tuple(str(p) for p in protected))
 
 
 if __name__ == "__main__":

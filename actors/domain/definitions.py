@@ -54,6 +54,7 @@ class AgentDef:
     shutdown_timeout_s: float = 5.0
     created_at: str = ""
     requires: tuple[str, ...] = ()  # placement: capabilities and/or "node=NAME"
+    execution: dict[str, Any] = field(default_factory=dict)  # see check_execution
 
     def validated(self) -> AgentDef:
         validate_name(self.name)
@@ -68,7 +69,16 @@ class AgentDef:
         if not 0 < self.shutdown_timeout_s <= 3600:
             raise InvalidRequest("shutdown timeout must be between 0 and 3600 seconds")
         check_tool_config(self.config)
+        check_execution(self.execution)
         return self
+
+    @property
+    def max_concurrency(self) -> int:
+        return int(self.execution.get("max_concurrency", 1))
+
+    @property
+    def confinement(self) -> str:
+        return str(self.execution.get("confinement", "full"))
 
     @property
     def parent(self) -> str:
@@ -79,7 +89,7 @@ class AgentDef:
                 "config": self.config, "supervisor": self.supervisor,
                 "restart": self.restart, "desired": self.desired,
                 "shutdown_timeout_s": self.shutdown_timeout_s, "created_at": self.created_at,
-                "requires": list(self.requires)}
+                "requires": list(self.requires), "execution": public_execution(self.execution)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +200,60 @@ def _json_only(value: object, where: str, depth: int) -> None:
             _json_only(item, f"{where}[{i}]", depth + 1)
     elif not (value is None or isinstance(value, str | int | float | bool)):
         raise InvalidRequest(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+EXECUTION_KEYS: Final = frozenset({"max_concurrency", "confinement", "env", "cwd", "grants",
+                                   "limits", "digest"})
+CONFINEMENTS: Final = ("full", "none")
+GRANTS: Final = ("net",)
+LIMIT_KEYS: Final = ("memory_mb", "cpu_seconds", "open_files", "processes")
+MAX_CONCURRENCY: Final = 256
+
+
+def check_execution(execution: dict[str, Any]) -> None:
+    """How an agent's handler runs (docs/agents.md): ``max_concurrency`` (1 to
+    256), ``confinement`` (full or none), ``env`` (names to text), ``cwd``,
+    ``grants`` (net), ``limits`` (memory_mb, cpu_seconds, open_files,
+    processes: whole numbers >= 0), ``digest`` (its code snapshot's sha256).
+    The confinement layer checks paths and limits in depth when it starts.
+
+    Raises:
+        InvalidRequest: naming the key and the rule it breaks.
+    """
+    if not isinstance(execution, dict):
+        raise InvalidRequest("execution must be a table")
+    unknown = set(execution) - EXECUTION_KEYS
+    if unknown:
+        raise InvalidRequest(f"unknown agent setting(s): {', '.join(sorted(unknown))}")
+    n = execution.get("max_concurrency", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CONCURRENCY:
+        raise InvalidRequest(f"max_concurrency must be a whole number from 1 to "
+                             f"{MAX_CONCURRENCY}, got {n!r}")
+    if execution.get("confinement", "full") not in CONFINEMENTS:
+        raise InvalidRequest(f"confinement must be full or none, got "
+                             f"{execution.get('confinement')!r}")
+    env = execution.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise InvalidRequest("env must map names to text")
+    if not isinstance(execution.get("cwd", ""), str):
+        raise InvalidRequest("cwd must be a path")
+    grants = execution.get("grants", [])
+    if not isinstance(grants, list) or not set(grants) <= set(GRANTS):
+        raise InvalidRequest(f"grants must be a list of {', '.join(GRANTS)}, got {grants!r}")
+    limits = execution.get("limits", {})
+    if not isinstance(limits, dict) or not set(limits) <= set(LIMIT_KEYS) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for v in limits.values()):
+        raise InvalidRequest(f"limits must map {', '.join(LIMIT_KEYS)} to whole numbers >= 0")
+    digest = execution.get("digest", "")
+    if not isinstance(digest, str) or (digest and not re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise InvalidRequest("digest must be a sha256 in hex")
+
+
+def public_execution(execution: dict[str, Any]) -> dict[str, Any]:
+    """What views show of it: env values are secrets of the agent's, only names show."""
+    out = dict(execution)
+    if "env" in out:
+        out["env"] = dict.fromkeys(out["env"], "(set)")
+    return out

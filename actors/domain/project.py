@@ -44,7 +44,7 @@ from actors.domain.orch_defs import parse_sections
 from naosd.errors import ConfigError, InvalidRequest
 
 AGENT_KEYS = {"template", "source", "config", "shutdown_timeout", "requires", "description",
-              "input_schema"}
+              "input_schema", "max_concurrency", "confinement", "env", "cwd", "grants", "limits"}
 TOOL_KEYS = ("description", "input_schema")  # carried in the agent's config
 SECTIONS = {"agents", "supervisors", "sagas", "workflows", "pools"}
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "window", "backoff", "backoff_max", "children"}
@@ -112,12 +112,17 @@ def _agent(name: str, t: dict[str, Any], base: Path, origin: str) -> AgentDef:
     requires = t.get("requires", [])
     if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
         raise ConfigError(f"{origin}: {key}.requires: expected a list of strings")
+    execution = {k: t[k] for k in ("max_concurrency", "confinement", "env", "cwd", "grants",
+                                   "limits") if k in t}
     return _checked(AgentDef(name, kind, source, config, shutdown_timeout_s=stop,
-                             desired="running", requires=tuple(requires)), key, origin)
+                             desired="running", requires=tuple(requires),
+                             execution=execution), key, origin)
 
 
 def _source(text: str, base: Path, key: str, origin: str) -> tuple[str, str]:
     path = (base / text).resolve()
+    if path.is_dir():
+        return "python", str(path)  # a package: its snapshot finds the entry file
     if path.suffix not in (".py", ".wasm"):
         raise ConfigError(f"{origin}: {key}.source: expected a .py or .wasm file, got {text!r}")
     if not path.is_file():

@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,7 @@ class AgentChannels:
     """The agent socket and the registry of live channels, by agent name."""
 
     def __init__(self, path: Path, key: bytes, methods_for: MethodsFor, *,
-                 known: Callable[[str], int | None],
+                 known: Callable[[str], Awaitable[int | None]],
                  on_ready: Callable[[Channel], None] | None = None,
                  on_gone: Callable[[Channel], None] | None = None) -> None:
         """``known(agent)`` is the agent's max_concurrency if it is defined
@@ -276,7 +276,7 @@ class AgentChannels:
         if nonce in self._used_nonces or not hmac.compare_digest(want, token):
             raise PermissionDenied(f"bad or reused token for agent {agent!r} (pid {pid})")
         self._used_nonces.add(nonce)
-        concurrency = self._known(agent)
+        concurrency = await self._known(agent)
         if concurrency is None:
             raise PermissionDenied(f"no agent named {agent!r}")
         old = self.live.get(agent)

@@ -8,6 +8,7 @@ user sees: validate, persist with an audit row, reconcile, wait, answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -20,12 +21,25 @@ from actors.domain.definitions import (
     SupervisorDef,
 )
 from actors.domain.placement import choose, parse_requirements
-from actors.messages import Activate, Deactivate, GetTree, ProbeAgent, Resolve, RunAgent, Sync
+from actors.messages import (
+    Activate,
+    Deactivate,
+    GetTree,
+    HandlerGone,
+    ProbeAgent,
+    Resolve,
+    RunAgent,
+    Sync,
+)
+from naosd.agents.api import Caller
 from naosd.agents.checks import check_python_source
+from naosd.agents.runs import OPERATOR
+from naosd.agents.snapshots import snapshot_definition
 from naosd.errors import (
     ActorGone,
     AgentCrashed,
     Conflict,
+    NaosError,
     NotFound,
     RequestTimeout,
     Unplaceable,
@@ -36,6 +50,8 @@ from naosd.storage import cluster as cluster_store
 from naosd.storage import definitions as defs_store
 
 if TYPE_CHECKING:
+    from naosd.agents.channels import AgentChannels
+    from naosd.agents.runs import AgentRuns
     from naosd.daemon import Daemon
 
 POLL_S = 0.01
@@ -66,6 +82,8 @@ class Agents:
         # agent -> pid of a process that answered agent_crashed: it exits now, so
         # the next run waits for its replacement instead of reaching a dying process
         self._exiting: dict[str, int] = {}
+        self.runs: AgentRuns | None = None  # the channel path (set by the composition root)
+        self.channels: AgentChannels | None = None
 
     # -- plumbing ------------------------------------------------------------
     async def tree(self) -> dict[str, Any]:
@@ -208,16 +226,50 @@ class Agents:
         await self.db(lambda s: defs_store.delete_agent(s, name))
         return {"deleted": name}
 
-    async def run(self, name: str, payload: Any, *, wait_s: float, key: str
-                  ) -> dict[str, Any]:
+    async def run(self, name: str, payload: Any, *, wait_s: float, key: str,
+                  caller: Caller | None = None) -> dict[str, Any]:
+        """Run a message on agent ``name``: over its channel (every agent whose
+        handler runs in its own process), or through its actor (an agent placed
+        on another node of a cluster)."""
+        if name in self.last_used:
+            self.last_used[name] = time.monotonic()
+        if self.runs is not None and await self._hosted(name):
+            who = caller or Caller(OPERATOR, time.monotonic() + wait_s, (), {})
+            return await self.runs.run_as(name, payload, caller=who, key=key)
+        return await self._run_in_actor(name, payload, wait_s=wait_s, key=key)
+
+    async def _hosted(self, name: str) -> bool:
+        """Whether ``name``'s handler runs in a process of its own on this node."""
+        if self.channels is not None and self.channels.get(name) is not None:
+            return True
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))  # NotFound
+        return not (agent.requires and self.d.config.cluster_enabled)
+
+    def handler_gone(self, agent: str, actor_pid: int) -> None:
+        """An agent's channel closed: have its actor look at its handler now
+        (the actor would notice within its watch interval anyway)."""
+        asyncio.get_running_loop().create_task(self._tell_gone(agent, actor_pid))
+
+    async def _tell_gone(self, agent: str, actor_pid: int) -> None:
+        where = self._where.get(agent) or await self.resolve(agent)
+        if where is None or where.get("pid") != actor_pid:
+            return  # already replaced, or not registered: nothing to hurry
+        with contextlib.suppress(NaosError):
+            await self.d.bridge.tell_to(where["address"], HandlerGone(actor_pid))
+
+    async def activate_for(self, name: str, deadline: float) -> None:
+        """Start ``name`` for a run due by ``deadline`` (the channel path waits
+        for its handler's channel itself)."""
+        await self.activate(name, wait_s=max(deadline - time.monotonic(), 0.001))
+
+    async def _run_in_actor(self, name: str, payload: Any, *, wait_s: float, key: str
+                            ) -> dict[str, Any]:
         where = await self._locate(name, wait_s, stale=self._exiting.get(name, 0))
         if where is None or where.get("kind") != "agent":
             raise NotFound(f"no running agent named {name!r}")
         self._where[name] = where
         if self._exiting.get(name) != where.get("pid"):
             self._exiting.pop(name, None)
-        if name in self.last_used:
-            self.last_used[name] = time.monotonic()
         msg = RunAgent(_rid(), payload, key)
         try:
             reply = await self._ask_watching(name, where, msg, wait_s)
@@ -423,7 +475,9 @@ async def apply_project(agents: Agents, project: Any, *, wait_s: float) -> dict[
         if isinstance(definition, SupervisorDef):
             await agents.db(lambda s, d=definition: defs_store.create_supervisor(s, d))
         else:
-            await agents.db(lambda s, d=definition: defs_store.create_agent(s, d))
+            snapshot = await asyncio.to_thread(snapshot_definition, definition,
+                                               agents.d.config.state_dir / "code")
+            await agents.db(lambda s, d=snapshot: defs_store.create_agent(s, d))
         created.append(definition.name)
     await agents.sync(None)
     await agents.sync(IMPLICIT_SUPERVISOR)

@@ -21,10 +21,11 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from actors.domain.definitions import AgentDef
 from naosd.errors import InvalidRequest
 
 MAX_FILE_BYTES: Final = 16 << 20
@@ -179,3 +180,17 @@ def remove(root: Path) -> None:
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o700)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def snapshot_definition(definition: AgentDef, code_dir: Path, *, entry: str | None = None
+                        ) -> AgentDef:
+    """``definition`` running a snapshot of its source (a template needs none):
+    the source becomes the snapshot's entry file and its digest is recorded."""
+    if definition.source_kind == "template":
+        return definition
+    snap = take(Path(definition.source), code_dir, entry=entry)
+    if snap.kind != definition.source_kind and definition.source_kind in ("python", "wasm"):
+        raise InvalidRequest(f"source {definition.source}: its entry {snap.entry} is "
+                             f"{snap.kind}, not {definition.source_kind}")
+    return replace(definition, source_kind=snap.kind, source=str(snap.entry_path),
+                   execution={**definition.execution, "digest": snap.digest})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from actors.domain.definitions import (
     RESTART_TYPES,
@@ -18,7 +19,7 @@ from actors.domain.definitions import (
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
-from naosd.errors import InvalidRequest
+from naosd.errors import ConfinementUnavailable, InvalidRequest
 from naosd.storage import definitions as defs_store
 
 if TYPE_CHECKING:
@@ -36,6 +37,55 @@ def _timeout(p: dict[str, Any]) -> float:
     if not 0 < value <= 3600:
         raise InvalidRequest("timeout must be between 0 and 3600 seconds")
     return value
+
+
+class _Execution(TypedDict):  # typed keys: a ** of it cannot pass for stream, role, deadline
+    max_concurrency: Spec
+    confinement: Spec
+    env: Spec
+    cwd: Spec
+    grants: Spec
+    limits: Spec
+    entry: Spec
+
+
+EXECUTION = _Execution(max_concurrency=Int(None, lo=1, hi=256),
+                       confinement=Str(None, max_len=8), env=Spec(dict, None),
+                       cwd=Str(None, max_len=4096), grants=Spec(list, None),
+                       limits=Spec(dict, None), entry=Str(None, max_len=255))
+
+
+def execution_of(p: dict[str, Any]) -> dict[str, Any]:
+    """The execution settings given to create (checked with the definition)."""
+    return {k: p[k] for k in ("max_concurrency", "confinement", "env", "cwd", "grants",
+                              "limits") if p.get(k) is not None}
+
+
+async def build_definition(d: Services, p: dict[str, Any]) -> AgentDef:
+    """An AgentDef from create parameters, its code copied into a snapshot
+    (a directory or file source) and checked against what this kernel can
+    confine; raises InvalidRequest, ConfinementUnavailable."""
+    from naosd.agents.snapshots import snapshot_definition
+
+    definition = replace(agent_def(p), execution=execution_of(p)).validated()
+    check_confinement(definition)
+    return await asyncio.to_thread(snapshot_definition, definition,
+                                   d.config.state_dir / "code", entry=p.get("entry"))
+
+
+def check_confinement(definition: AgentDef) -> None:
+    """Refuse a confined agent this kernel cannot confine (an explicit
+    ``confinement = "none"`` is allowed, and audited with the definition)."""
+    if definition.confinement == "none":
+        return
+    from naosd.runtime.confine.support import probe
+
+    missing = probe().missing()
+    if missing:
+        raise ConfinementUnavailable(
+            f"agent {definition.name!r}: this kernel cannot confine agent code (missing: "
+            f"{', '.join(missing)}); define it with confinement = \"none\" to run it "
+            "unconfined (audited)")
 
 
 def agent_def(p: dict[str, Any]) -> AgentDef:
@@ -65,6 +115,8 @@ def _source_kind(source: str) -> tuple[str, str]:
     path = Path(source)
     if not path.is_absolute():
         raise InvalidRequest(f"source must be an absolute path, got {source!r}")
+    if path.is_dir():
+        return "python", str(path)  # the snapshot finds its entry and its kind
     if not path.is_file():
         raise InvalidRequest(f"source {source} does not exist or is not a file")
     if path.suffix == ".py":
@@ -77,10 +129,11 @@ def _source_kind(source: str) -> tuple[str, str]:
 @method("agent.create", name=NAME, template=Str(None), source=Str(None),
         config=Spec(dict, None), supervisor=Str(None, max_len=64),
         restart=Str("permanent"), start=Bool(False), timeout=TIMEOUT,
-        requires=Spec(list, None))
+        requires=Spec(list, None), **EXECUTION)
 async def agent_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Register an agent from a template or a handler file (optionally start it)."""
-    definition = agent_def(p)
+    """Register an agent from a template or a handler file or directory (its code is
+    copied into a snapshot; optionally start it)."""
+    definition = await build_definition(d, p)
     if definition.source_kind == "wasm":
         await _check_wasm_agent(d, definition)
     return await d.agents.create(definition, start=p["start"], wait_s=_timeout(p))

@@ -76,6 +76,23 @@ class Bridge:
             raise ActorGone(f"{type(msg).__name__}: no reply, the actor is gone")
         return self._checked(msg, reply, timeout, raw)
 
+    async def tell_to(self, target: Any, msg: Any) -> None:
+        """Send ``msg`` to the actor at ``target``; no answer is awaited."""
+        if self._closed:
+            raise ShuttingDown("the actor bridge is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._tell_blocking, target, msg)
+        except RuntimeError as exc:  # executor shut down under us
+            raise ShuttingDown("the actor bridge is closed") from exc
+
+    def _tell_blocking(self, target: Any, msg: Any) -> None:
+        try:
+            self._endpoint().tell(target, msg)
+        except ActorSystemException as exc:
+            self._local.endpoint = None
+            raise Unavailable(f"actor system failed: {exc}") from exc
+
     def close(self) -> None:
         """Refuse new asks; running ones finish on their threads (no blocking)."""
         self._closed = True

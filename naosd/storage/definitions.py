@@ -19,15 +19,16 @@ from naosd.errors import Conflict, InvalidRequest, NotFound
 from naosd.storage.store import Store, Tx
 
 _AGENT_COLS = ("name, source_kind, source, config, supervisor, restart, position, desired, "
-               "shutdown_timeout_s, created_at, requires")
+               "shutdown_timeout_s, created_at, requires, execution")
 _SUP_COLS = ("name, strategy, max_restarts, window_s, backoff_initial_s, backoff_max_s, "
              "parent, restart, position, desired, created_at")
 
 
 def _agent(row: tuple[Any, ...]) -> AgentDef:
-    (name, kind, source, config, sup, restart, pos, desired, stop_s, created, requires) = row
+    (name, kind, source, config, sup, restart, pos, desired, stop_s, created, requires,
+     execution) = row
     return AgentDef(name, kind, source, json.loads(config), sup, restart, pos, desired,
-                    stop_s, created, tuple(json.loads(requires)))
+                    stop_s, created, tuple(json.loads(requires)), json.loads(execution))
 
 
 def _sup(row: tuple[Any, ...]) -> SupervisorDef:
@@ -114,15 +115,40 @@ def create_agent(store: Store, agent: AgentDef) -> AgentDef:
             get_supervisor(store, agent.supervisor)
         created = store.now_iso()
         pos = _next_position(tx, agent.supervisor)
-        tx.execute(f"INSERT INTO agents({_AGENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        tx.execute(f"INSERT INTO agents({_AGENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                    (agent.name, agent.source_kind, agent.source, json.dumps(agent.config),
                     agent.supervisor, agent.restart, pos, agent.desired,
-                    agent.shutdown_timeout_s, created, json.dumps(list(agent.requires))))
-        detail = {"source_kind": agent.source_kind, "source": agent.source}
+                    agent.shutdown_timeout_s, created, json.dumps(list(agent.requires)),
+                    json.dumps(agent.execution)))
+        detail: dict[str, Any] = {"source_kind": agent.source_kind, "source": agent.source}
         if agent.requires:
             detail["requires"] = list(agent.requires)
+        detail.update(execution_summary(agent.execution))
         tx.audit("agent.created", agent=agent.name, detail=detail)
     return get_agent(store, agent.name)
+
+
+def update_code(store: Store, name: str, source: str, digest: str) -> tuple[str, str]:
+    """Point agent ``name`` at a new code snapshot; (old digest, new digest),
+    audited in the same transaction."""
+    with store.transaction() as tx:
+        agent = get_agent(store, name)
+        old = str(agent.execution.get("digest") or "")
+        execution = {**agent.execution, "digest": digest}
+        tx.execute("UPDATE agents SET source = ?, execution = ? WHERE name = ?",
+                   (source, json.dumps(execution), name))
+        tx.audit("agent.updated", agent=name,
+                 detail={"old_digest": old, "new_digest": digest, "source": source})
+    return old, digest
+
+
+def execution_summary(execution: dict[str, Any]) -> dict[str, Any]:
+    """What an audit row says of an agent's execution (never env values)."""
+    out: dict[str, Any] = {k: execution[k] for k in ("confinement", "grants", "digest",
+                                                     "max_concurrency") if k in execution}
+    if execution.get("env"):
+        out["env_names"] = sorted(execution["env"])
+    return out
 
 
 def _check_free(store: Store, name: str) -> None:

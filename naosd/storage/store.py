@@ -282,6 +282,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         created_at TEXT NOT NULL
     );
     """,
+    # 9: how an agent's handler runs (actors.domain.definitions.check_execution):
+    # concurrency, confinement, environment, grants, limits, its code's digest.
+    """
+    ALTER TABLE agents ADD COLUMN execution TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 
