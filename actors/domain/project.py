@@ -112,8 +112,8 @@ def _agent(name: str, t: dict[str, Any], base: Path, origin: str) -> AgentDef:
     requires = t.get("requires", [])
     if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
         raise ConfigError(f"{origin}: {key}.requires: expected a list of strings")
-    execution = {k: t[k] for k in ("max_concurrency", "confinement", "env", "cwd", "grants",
-                                   "limits") if k in t}
+    execution: dict[str, Any] = {k: t[k] for k in ("max_concurrency", "confinement", "env",
+                                                   "cwd", "grants", "limits") if k in t}
     return _checked(AgentDef(name, kind, source, config, shutdown_timeout_s=stop,
                              desired="running", requires=tuple(requires),
                              execution=execution), key, origin)
