@@ -113,12 +113,12 @@ class Host:
                           submitter(asyncio.get_running_loop()), self.peer.call)
         return agent.handle
 
-    def _pick(self, module: ModuleType, loop: asyncio.AbstractEventLoop | None = None
-              ) -> tuple[Callable[..., Any], bool]:
+    def _pick(self, module: ModuleType, loop: asyncio.AbstractEventLoop | None = None,
+              ctx: Context | None = None) -> tuple[Callable[..., Any], bool]:
         cls = getattr(module, "Agent", None)
         if isinstance(cls, type):
             scope = RunScope(None)
-            instance = cls(self._context(scope, is_async=False, loop=loop))
+            instance = cls(ctx or self._context(scope, is_async=False, loop=loop))
             fn = getattr(instance, "handle", None)
             if not callable(fn):
                 raise TypeError(f"{module.__name__}.Agent has no handle(message, ctx) method")
@@ -265,12 +265,22 @@ def probe(spec: dict[str, Any]) -> None:
             host.name = str(spec.get("agent") or "probe")
             host.config = dict(spec.get("config") or {})
             module = load(spec)
-            if not isinstance(getattr(module, "Agent", None), type):
-                host._pick(module)  # a class Agent is not instantiated by a probe
+            # Agent.__init__ runs too (its failure is a load failure); naos
+            # calls it makes fail: the probe has no channel.
+            host._pick(module, ctx=Context(host.name, host.config, host.state, RunScope(None),
+                                           host.peer.call, host.peer.stream,
+                                           run_sync=_no_calls_in_a_probe))
     except BaseException as exc:  # noqa: BLE001 - any failure to load is the answer
         report({"loaded": False, "error": _describe(exc)})
         raise SystemExit(EXIT_LOAD_FAILED) from None
     report({"loaded": True, "pid": os.getpid()})
+
+
+def _no_calls_in_a_probe(awaitable: Any) -> Any:
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    raise RuntimeError("naos calls are not available while naosd checks that the handler "
+                       "loads (at create): make them in handle(), not in Agent.__init__")
 
 
 async def serve(fd: int) -> None:

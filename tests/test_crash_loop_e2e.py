@@ -20,17 +20,19 @@ from naosd.runtime.procs import descendants
 
 pytestmark = pytest.mark.e2e
 
-# Loads unless a marker file next to it says it is broken (or hangs): the
+# Loads unless a marker file in its work dir (its working directory, the one
+# place a confined handler may write) says it is broken (or hangs): the
 # create-time probe passes, the later restarts fail.
 LOOPY = '''\
 import os, pathlib, time
-if pathlib.Path(__file__).with_suffix(".broken").exists():
+if pathlib.Path("loopy.broken").exists():
     raise RuntimeError("dependency missing")
-if pathlib.Path(__file__).with_suffix(".hang").exists():
+if pathlib.Path("loopy.hang").exists():
     while True: time.sleep(1)
 def handle(message, ctx):
     return {"pid": os.getpid()}
 '''
+HANGS = "import time\nwhile True:\n    time.sleep(1)\n"
 
 
 def ok(d: Naosd, *args: str) -> dict:
@@ -79,9 +81,13 @@ def no_stray_process(d: Naosd, running: int = 0) -> None:
     wait_until(lambda: len(agent_processes(d)) <= running + 1, what="no stray process")
 
 
-def break_and_kill(d: Naosd, source: Path, name: str, marker: str = ".broken") -> int:
+def marker(d: Naosd, name: str, suffix: str = ".broken") -> Path:
+    return d.state_dir / "agents" / name / "work" / f"loopy{suffix}"
+
+
+def break_and_kill(d: Naosd, source: Path, name: str, suffix: str = ".broken") -> int:
     """Make every later load of ``name`` fail (or hang), then kill it."""
-    source.with_suffix(marker).touch()
+    marker(d, name, suffix).touch()
     pid = status(d, name)["pid"]
     d.remember_tree()
     os.kill(pid, signal.SIGKILL)
@@ -135,9 +141,10 @@ def test_create_refuses_a_wasm_module_that_does_not_validate(daemon: Naosd, base
     assert daemon.ctl("status", "junk").returncode == 4 and types(daemon, "junk") == []
 
 
-def test_create_gives_up_on_a_handler_that_hangs_while_loading(daemon: Naosd, loopy: Path):
-    loopy.with_suffix(".hang").touch()
-    out = daemon.ctl("create", "slow", "--source", str(loopy), "--timeout", "2")
+def test_create_gives_up_on_a_handler_that_hangs_while_loading(daemon: Naosd, base: Path):
+    hangs = base / "hangs.py"
+    hangs.write_text(HANGS)
+    out = daemon.ctl("create", "slow", "--source", str(hangs), "--timeout", "2")
     assert out.returncode == 1 and "did not finish loading within 2s" in out.stderr, out.stderr
     assert daemon.ctl("status", "slow").returncode == 4 and types(daemon, "slow") == []
     no_stray_process(daemon)  # the probe was killed
@@ -183,6 +190,9 @@ def test_crash_loop_fails_alone_and_healthy_siblings_never_restart(daemon: Naosd
     for name in ("steady-a", "steady-b"):
         ok(daemon, "create", name, "--template", "echo")
     pids = {n: status(daemon, n)["pid"] for n in ("steady-a", "steady-b")}
+    # status names the agent's process (what supervision watches), a reply the
+    # handler's own (confined, a child of it): both must stay the same
+    handlers = {n: ok(daemon, "run", n, "--input", '"hi"')["pid"] for n in pids}
     ok(daemon, "create", "loopy", "--source", str(loopy))
     caller = Caller(daemon.socket, list(pids))
     caller.start()
@@ -195,7 +205,7 @@ def test_crash_loop_fails_alone_and_healthy_siblings_never_restart(daemon: Naosd
         caller.stop.set()
         caller.join(timeout=30)
     assert caller.errors == [] and caller.replies
-    assert {name: pid for name, pid, _ in caller.replies} == pids  # never restarted
+    assert {name: pid for name, pid, _ in caller.replies} == handlers  # never restarted
     assert {n: status(daemon, n)["pid"] for n in pids} == pids
     slowest = max(ms for _, _, ms in caller.replies)
     print(f"\n{len(caller.replies)} runs on the healthy agents during the loop,"  # noqa: T201
@@ -204,7 +214,9 @@ def test_crash_loop_fails_alone_and_healthy_siblings_never_restart(daemon: Naosd
     failed = status(daemon, "loopy")
     assert failed["pid"] is None and failed["restarts"] == 5
     assert "dependency missing" in failed["last_error"]
-    assert f"{loopy}, line 3: RuntimeError" in failed["last_error"]
+    # the snapshot naos runs (the code as it was at create), named by its file
+    assert "RuntimeError: dependency missing" in failed["last_error"]
+    assert "/loopy.py, line 3)" in failed["last_error"]
     assert ok(daemon, "inspect", "loopy")["state"] == "failed"
     assert "failed" in daemon.ctl("status").stdout
     seen = types(daemon, "loopy")
@@ -226,10 +238,12 @@ def test_crash_loop_fails_alone_and_healthy_siblings_never_restart(daemon: Naosd
     assert out.returncode == 1 and "failed" in out.stderr and "dependency missing" in out.stderr
     assert len(rows(daemon, "loopy")) == rows_then
     # an operator's start clears it (once the cause is fixed)
-    loopy.with_suffix(".broken").unlink()
+    marker(daemon, "loopy").unlink()
     started = ok(daemon, "start", "loopy")
     assert started["state"] == "running" and started["pid"]
-    assert ok(daemon, "run", "loopy", "--input", "1")["output"]["pid"] == started["pid"]
+    reply = ok(daemon, "run", "loopy", "--input", "1")
+    assert reply["output"]["pid"] == reply["pid"] and status(daemon, "loopy")["pid"] == \
+        started["pid"]
 
 
 def test_start_of_a_still_broken_agent_fails_without_waiting_out_its_timeout(
@@ -313,7 +327,7 @@ def test_restart_clears_a_failed_agent(daemon: Naosd, loopy: Path):
     break_and_kill(daemon, loopy, "loopy")
     wait_until(lambda: status(daemon, "loopy")["state"] == "failed", timeout=60,
                what="loopy failed")
-    loopy.with_suffix(".broken").unlink()  # the cause is fixed
+    marker(daemon, "loopy").unlink()  # the cause is fixed
     out = daemon.ctl("restart", "loopy")
     assert out.returncode == 0 and out.stdout.strip() == "agent loopy: running", out
     assert status(daemon, "loopy")["restarts"] == 0  # stopped, then a fresh start

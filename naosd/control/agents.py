@@ -19,7 +19,7 @@ from actors.domain.definitions import (
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
-from naosd.errors import ConfinementUnavailable, InvalidRequest
+from naosd.errors import ConfinementUnavailable, InvalidRequest, NaosError
 from naosd.storage import definitions as defs_store
 
 if TYPE_CHECKING:
@@ -134,9 +134,25 @@ async def agent_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Register an agent from a template or a handler file or directory (its code is
     copied into a snapshot; optionally start it)."""
     definition = await build_definition(d, p)
-    if definition.source_kind == "wasm":
-        await _check_wasm_agent(d, definition)
-    return await d.agents.create(definition, start=p["start"], wait_s=_timeout(p))
+    try:
+        if definition.source_kind == "wasm":
+            await _check_wasm_agent(d, definition)
+        return await d.agents.create(definition, start=p["start"], wait_s=_timeout(p))
+    except NaosError as exc:
+        raise _as_given(exc, d, definition, p["source"]) from None
+
+
+def _as_given(exc: NaosError, d: Services, definition: AgentDef, source: str | None
+              ) -> NaosError:
+    """A refusal names the files the user gave, not naos's snapshot of them
+    (``<state>/code/<digest>/handler.py`` -> ``/their/dir/handler.py``)."""
+    digest = definition.execution.get("digest")
+    if not source or not digest or not exc.args:
+        return exc
+    given = Path(source)
+    snap_root = str(d.config.state_dir / "code" / digest)
+    text = str(exc.args[0]).replace(snap_root, str(given if given.is_dir() else given.parent))
+    return type(exc)(text, *exc.args[1:])
 
 
 async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:

@@ -112,7 +112,8 @@ class HandlerProcess:
                 self._drain()
                 line = self._line()
                 return line if line is not None else {
-                    "loaded": False, "error": describe_exit(self._proc.returncode)}
+                    "loaded": False, "error": "its process died while loading the handler "
+                    f"({describe_exit(self._proc.returncode)})"}
             left = deadline - time.monotonic()
             if left <= 0:
                 return {"loaded": False, "error": f"did not load within {timeout_s:g}s"}
