@@ -146,8 +146,13 @@ def handler_spec(definition: Any) -> HandlerSpec:
     else:
         snapshot = str(Path(definition.source).parent)
     execution = definition.execution
-    fields = {k: execution[k] for k in ("env", "cwd", "grants", "limits", "confinement")
+    fields = {k: execution[k] for k in ("env", "cwd", "limits", "confinement")
               if k in execution}
+    # Only "net" is about confinement; a WASM agent's host functions are the
+    # engine's business (naos.wasm_agent), not the kernel's.
+    net = [g for g in execution.get("grants", ()) if g == "net"]
+    if net:
+        fields["grants"] = net
     return HandlerSpec(definition.name, snapshot, fields)
 
 

@@ -107,9 +107,9 @@ class Host:
         report({"loaded": True, "pid": os.getpid()})
 
     def _wasm(self, spec: dict[str, Any]) -> Callable[..., Any]:
-        from naos.wasm_agent import WasmAgent, submitter
+        from naos.wasm_agent import WasmAgent, submitter, wasm_grants
 
-        agent = WasmAgent(str(spec["source"]), self.config,
+        agent = WasmAgent(str(spec["source"]), self.config, wasm_grants(spec, self.config),
                           submitter(asyncio.get_running_loop()), self.peer.call)
         return agent.handle
 

@@ -31,6 +31,7 @@ import errno
 import hashlib
 import hmac
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -51,6 +52,21 @@ from typing import Any, Protocol
 import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
+from actors.domain.wasm_abi import (
+    CHANNEL_FUNCTIONS,
+    HOST_FUNCTIONS,
+    NAOS_FAULT,
+    NAOS_HOST_ERROR,
+    NAOS_INVALID,
+    NAOS_NO_FUEL,
+    NAOS_NOT_FOUND,
+    NAOS_OK,
+    NAOS_TOO_LARGE,
+    REPLY_FUNCTION,
+    WASM_GRANTS,
+    linked,
+    needs_grant,
+)
 from actors.wasm.limits import WASM_PAGE, Limits, price_micro_usd
 from actors.wasm.shape import check_shape
 from naosd.errors import InvalidRequest, Unavailable
@@ -91,29 +107,24 @@ WASI_FUNCTIONS = frozenset({
     "sock_recv", "sock_send", "sock_shutdown",
 })
 
-# naos host functions: name -> (params, results); all i32.
-HOST_FUNCTIONS: dict[str, tuple[int, int]] = {"log": (3, 1), "kv_get": (4, 1), "kv_set": (4, 1)}
-
-# Return codes of the naos host functions (>= 0 means success).
-NAOS_OK = 0
-NAOS_NOT_FOUND = -1
-NAOS_FAULT = -2
-NAOS_TOO_LARGE = -3
-NAOS_INVALID = -4
-NAOS_HOST_ERROR = -5
-NAOS_NO_FUEL = -6
-
 LOG_LEVELS = range(4)  # 0 debug, 1 info, 2 warning, 3 error
 DEFAULT_LIMITS = Limits()
 
 class HostServices(Protocol):
-    """What the naos host functions reach: one agent's KV store and log."""
+    """What the naos host functions reach: one agent's KV store, its log and
+    (``call``) its agent API over the channel."""
 
     def kv_get(self, key: bytes) -> bytes | None: ...
 
     def kv_set(self, key: bytes, value: bytes) -> None: ...
 
     def log(self, level: int, text: str) -> None: ...
+
+    def call(self, name: str, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One channel function (``llm_chat``, ``agent_ask``, ...): its reply
+        object, ``{"ok": value}`` or ``{"error": {"code", "message"}}``;
+        waits at most ``timeout_s``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +249,10 @@ def _import_problem(imp: ExternInfo, grants: frozenset[str]) -> str | None:
         return None if imp.name in WASI_FUNCTIONS else f"{imp}: not a WASI preview1 function"
     if imp.module != HOST_MODULE or imp.name not in HOST_FUNCTIONS:
         return f"{imp}: unknown import"
-    if imp.name not in grants:
+    if needs_grant(imp.name, grants):
+        if imp.name == REPLY_FUNCTION:
+            return (f"{imp}: comes with any granted channel function "
+                    f"({', '.join(CHANNEL_FUNCTIONS)})")
         return f"{imp}: host function not granted"
     if imp.signature != _host_signature(imp.name):
         return f"{imp}: signature {imp.signature}, expected {_host_signature(imp.name)}"
@@ -253,9 +267,9 @@ def denied_imports(imports: Iterable[ExternInfo], grants: frozenset[str]) -> tup
 def _check_grants(grants: Iterable[str]) -> frozenset[str]:
     """Raises InvalidRequest for a grant that names no naos host function."""
     granted = frozenset(grants)
-    unknown = sorted(granted - HOST_FUNCTIONS.keys())
+    unknown = sorted(granted - set(WASM_GRANTS))
     if unknown:
-        raise InvalidRequest(f"unknown grant(s) {unknown}; known: {sorted(HOST_FUNCTIONS)}")
+        raise InvalidRequest(f"unknown grant(s) {unknown}; known: {sorted(WASM_GRANTS)}")
     return granted
 
 
@@ -470,6 +484,7 @@ class _RunState:
     deadline: float = 0.0  # time.monotonic() at which the run times out
     clock_origin_ns: int = 0  # time.monotonic_ns() when the WASI context was made
     slept_past_deadline: bool = False  # poll_oneoff was cut short by the deadline
+    reply: bytes | None = None  # the last channel call's reply, until the next call
 
 
 _CURRENT = threading.local()  # .state: the _RunState of the run on this thread
@@ -559,6 +574,74 @@ def _host_kv_set(st: _RunState, caller: Any, kptr: int, klen: int, vptr: int, vl
     return NAOS_OK
 
 
+def _fits(caller: Any, ptr: int, length: int) -> bool:
+    mem = _guest_memory(caller)
+    return mem is not None and ptr + length <= mem.data_len(caller)
+
+
+def _request(st: _RunState, caller: Any, ptr: int, length: int) -> dict[str, Any] | int:
+    """The JSON object a channel call was given, or the code refusing it."""
+    if length > st.limits.call_bytes:
+        return NAOS_TOO_LARGE
+    if not _charge(caller, length):
+        return NAOS_NO_FUEL
+    raw = _read(caller, ptr, length)
+    if raw is None:
+        return NAOS_FAULT
+    try:
+        request = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+        return NAOS_INVALID
+    return request if isinstance(request, dict) else NAOS_INVALID
+
+
+def _channel_call(name: str) -> Callable[..., int]:
+    """``naos.<name>(in_ptr, in_len, out_ptr, out_cap)``: the request is
+    checked and the output buffer bounds-checked before anything is asked of
+    the host, so a refused call has no effect; the reply is held for
+    ``naos.reply`` whether or not it fits."""
+    def impl(st: _RunState, caller: Any, in_ptr: int, in_len: int, out_ptr: int,
+             out_cap: int) -> int:
+        request = _request(st, caller, in_ptr, in_len)
+        if isinstance(request, int):
+            return request
+        if not _fits(caller, out_ptr, out_cap):
+            return NAOS_FAULT
+        assert st.host is not None
+        left = st.deadline - time.monotonic()
+        reply = (st.host.call(name, request, left) if left > 0 else _error(
+            "timeout", f"naos.{name}: the run's {st.limits.timeout_ms} ms are over"))
+        st.reply = json.dumps(reply, separators=(",", ":")).encode()
+        if len(st.reply) > st.limits.reply_bytes:
+            st.reply = json.dumps(_error("wasm_reply_too_large", (
+                f"naos.{name}: the reply is {len(st.reply)} bytes; the limit is "
+                f"{st.limits.reply_bytes} (Limits.reply_bytes)"))).encode()
+        return _deliver(st, caller, out_ptr, out_cap)
+
+    return impl
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _deliver(st: _RunState, caller: Any, out_ptr: int, out_cap: int) -> int:
+    """Writes the held reply if it fits; returns its length either way."""
+    assert st.reply is not None
+    size = len(st.reply)
+    if size > out_cap:
+        return size  # nothing written: naos.reply(ptr, cap) copies it
+    if not _charge(caller, size):
+        return NAOS_NO_FUEL
+    return size if _write(caller, out_ptr, st.reply) else NAOS_FAULT
+
+
+def _host_reply(st: _RunState, caller: Any, out_ptr: int, out_cap: int) -> int:
+    if st.reply is None:
+        return NAOS_NOT_FOUND
+    return _deliver(st, caller, out_ptr, out_cap)
+
+
 # WASI preview1 poll_oneoff, replaced because wasmtime's sleeps in the host where the
 # epoch deadline cannot stop it: ours sleeps at most until the run's deadline.
 _SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")  # userdata, tag, clock id|fd, timeout, -, flags
@@ -616,6 +699,7 @@ def _wasi_poll_oneoff(st: _RunState, caller: Any, in_ptr: int, out_ptr: int, nsu
 
 _HOST_IMPLS: dict[str, Callable[..., int]] = {
     "log": _host_log, "kv_get": _host_kv_get, "kv_set": _host_kv_set,
+    REPLY_FUNCTION: _host_reply, **{name: _channel_call(name) for name in CHANNEL_FUNCTIONS},
 }
 
 
@@ -935,7 +1019,7 @@ class WasmEngine:
         linker.allow_shadowing = True
         linker.define_wasi()
         _define(linker, WASI_MODULE, "poll_oneoff", 4, _wasi_poll_oneoff, _ERRNO_INVAL)
-        for name in sorted(grants):
+        for name in linked(grants):
             _define(linker, HOST_MODULE, name, HOST_FUNCTIONS[name][0], _HOST_IMPLS[name],
                     NAOS_HOST_ERROR)
         return linker
