@@ -259,7 +259,8 @@ def probe(spec: dict[str, Any]) -> None:
             from actors.wasm import WasmEngine
             from actors.wasm.files import read_module
 
-            WasmEngine(None).compile(read_module(Path(str(spec["source"]))))
+            engine = WasmEngine(None, reserve_address_space=False)  # as the agent runs it
+            engine.compile(read_module(Path(str(spec["source"]))))
         else:
             host = Host(Peer(None, None, {}))  # type: ignore[arg-type]  # never used
             host.name = str(spec.get("agent") or "probe")

@@ -190,7 +190,7 @@ class WasmAgent:
         from actors.wasm.files import read_module
 
         self._module = read_module(Path(source))
-        self._engine = WasmEngine(None)
+        self._engine = WasmEngine(None, reserve_address_space=False)
         self._compiled = self._engine.compile(self._module)
         self._grants = grants
         self._limits = wasm_limits(config)

@@ -766,17 +766,29 @@ class WasmEngine:
     raised when it or its key is not owned by this user or is open to others.
     ``epoch_tick_ms`` is the timeout granularity: a run times out between
     ``timeout_ms`` and ``timeout_ms + epoch_tick_ms`` (plus scheduling jitter).
+    ``reserve_address_space=False`` is for a process under an address-space
+    limit (a confined agent): no GiB reservation per memory, bounds checked in
+    code instead of by guard pages (slower memory access, same semantics).
     """
 
     def __init__(self, cache_dir: Path | None = None, *, memory_cache_size: int = 64,
-                 epoch_tick_ms: float = 2.0, max_wasm_stack: int = 512 * 1024) -> None:
+                 epoch_tick_ms: float = 2.0, max_wasm_stack: int = 512 * 1024,
+                 reserve_address_space: bool = True) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
         config.wasm_threads = False
         config.max_wasm_stack = max_wasm_stack
+        if not reserve_address_space:
+            # wasmtime reserves GiBs of address space per linear memory (bounds
+            # checks by guard pages); under an RLIMIT_AS (a confined agent's
+            # memory_mb, 1 GiB by default) that mmap fails at instantiation.
+            # Without it memories grow by moving and bounds are checked in code.
+            config.memory_reservation = 0
+            config.memory_reservation_for_growth = 0
+            config.memory_guard_size = 0
         self._engine = wasmtime.Engine(config)
-        self._fingerprint = _fingerprint(max_wasm_stack)
+        self._fingerprint = _fingerprint(max_wasm_stack, reserve_address_space)
         self._disk = _DiskCache(Path(cache_dir), self._fingerprint) if cache_dir else None
         self._memory_cache_size = memory_cache_size
         self._modules: OrderedDict[str, CompiledModule] = OrderedDict()
@@ -1103,10 +1115,11 @@ def _describe(module: Any, digest: str, size: int, origin: str, engine_token: ob
     return CompiledModule(digest, size, imports, exports, origin, module, engine_token)
 
 
-def _fingerprint(max_wasm_stack: int) -> bytes:
+def _fingerprint(max_wasm_stack: int, reserve_address_space: bool) -> bytes:
     version = importlib.metadata.version("wasmtime")
+    reserve = "" if reserve_address_space else "; no reservation"
     return (f"wasmtime-py {version}; {platform.machine()}; fuel; epoch; no-threads; "
-            f"stack {max_wasm_stack}").encode()
+            f"stack {max_wasm_stack}{reserve}").encode()
 
 
 # --------------------------------------------------------------------- judgement
