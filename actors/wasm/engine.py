@@ -3,8 +3,12 @@
 Guests are WASI preview1 *command* modules: ``_start`` runs once with the input on
 stdin; stdout, stderr and the ``proc_exit`` code are the result. A guest gets no
 env, no args, no preopened directories and no sockets; the ``naos`` host module
-(``log``, ``kv_get``, ``kv_set``) is linked only for the functions a run grants.
+(``log``, ``kv_get``, ``kv_set`` and the agent-API channel functions, listed in
+``actors.domain.wasm_abi``) is linked only for the functions a run grants.
 The guest ABI is described in ``docs/wasm-abi.md``.
+
+Over 600 lines: the host functions read and write guest memory through the
+wasmtime caller and must stay beside the engine that links them.
 
 Every run gets a fresh Store (fuel, an epoch deadline, memory/table limits) that is
 closed in ``finally``. Compiled modules are cached by the sha256 of their bytes, in
