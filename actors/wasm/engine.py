@@ -529,16 +529,23 @@ def _write(caller: Any, ptr: int, data: bytes) -> bool:
     return True
 
 
-def _host_log(st: _RunState, caller: Any, level: int, ptr: int, length: int) -> int:
-    if level not in LOG_LEVELS:
-        return NAOS_INVALID
-    if length > st.limits.log_bytes:
+def _take(caller: Any, ptr: int, length: int, cap: int) -> bytes | int:
+    """``length`` bytes at ``ptr``, paid one fuel a byte; or the code refusing
+    them (over ``cap``, no fuel, outside the memory), checked in that order."""
+    if length > cap:
         return NAOS_TOO_LARGE
     if not _charge(caller, length):
         return NAOS_NO_FUEL
-    text = _read(caller, ptr, length)
-    if text is None:
-        return NAOS_FAULT
+    data = _read(caller, ptr, length)
+    return NAOS_FAULT if data is None else data
+
+
+def _host_log(st: _RunState, caller: Any, level: int, ptr: int, length: int) -> int:
+    if level not in LOG_LEVELS:
+        return NAOS_INVALID
+    text = _take(caller, ptr, length, st.limits.log_bytes)
+    if isinstance(text, int):
+        return text
     assert st.host is not None
     st.host.log(level, text.decode("utf-8", "replace"))
     return NAOS_OK
@@ -585,13 +592,9 @@ def _fits(caller: Any, ptr: int, length: int) -> bool:
 
 def _request(st: _RunState, caller: Any, ptr: int, length: int) -> dict[str, Any] | int:
     """The JSON object a channel call was given, or the code refusing it."""
-    if length > st.limits.call_bytes:
-        return NAOS_TOO_LARGE
-    if not _charge(caller, length):
-        return NAOS_NO_FUEL
-    raw = _read(caller, ptr, length)
-    if raw is None:
-        return NAOS_FAULT
+    raw = _take(caller, ptr, length, st.limits.call_bytes)
+    if isinstance(raw, int):
+        return raw
     try:
         request = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
