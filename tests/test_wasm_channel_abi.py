@@ -119,6 +119,26 @@ def test_naos_reply_before_any_call_is_not_found(engine):
     assert result.exit_code == 1  # -NAOS_NOT_FOUND
 
 
+def test_naos_reply_into_a_bad_buffer_faults_and_keeps_the_reply(engine):
+    module = bytes(wasmtime.wat2wasm("""(module
+      (import "naos" "llm_chat" (func $c (param i32 i32 i32 i32) (result i32)))
+      (import "naos" "reply" (func $r (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "{}")
+      (func (export "_start")
+        (drop (call $c (i32.const 0) (i32.const 2) (i32.const 64) (i32.const 0)))
+        (if (i32.ne (call $r (i32.const -16) (i32.const 1000)) (i32.const -2))
+          (then (call $exit (i32.const 1))))
+        (if (i32.ne (call $r (i32.const 65530) (i32.const 1000)) (i32.const -2))
+          (then (call $exit (i32.const 2))))
+        (call $exit (call $r (i32.const 64) (i32.const 1000)))))"""))
+    host = RecordingHost()
+    result = engine.run(module, b"", grants=CHAT, host=host)
+    assert result.exit_code == len(b'{"ok":{}}')  # still held after the faults
+    assert len(host.calls) == 1
+
+
 def test_a_reply_over_reply_bytes_becomes_an_error_reply(engine):
     host = RecordingHost(reply="y" * 10_000)
     out = run(engine, 0, {}, host, limits=Limits(reply_bytes=4096))
