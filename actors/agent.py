@@ -92,7 +92,9 @@ def wasm_handler(definition: Any, db_path: str) -> Handler:
     module = read_module(Path(definition.source))
     engine = WasmEngine(Path(db_path).parent / "wasm-cache")
     engine.compile(module)
-    grants = tuple(definition.config.get("grants", ()))
+    # as naos.wasm_agent.wasm_grants: the execution grants, and the older
+    # config.grants; a channel function answers "unavailable" here (StoreHost)
+    grants = tuple(sorted({*definition.config.get("grants", ()), *definition.wasm_grants}))
     limits = wasm_limits(definition.config)
     store = open_store(db_path) if grants else None
 
