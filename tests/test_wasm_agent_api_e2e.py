@@ -26,8 +26,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 HI = [{"role": "user", "content": "hi"}]
 ECHO = """
+import time
+
 def handle(message, ctx):
     ctx.log("got", message)
+    if message == "sleep":
+        time.sleep(30)
     return {"echo": message}
 """
 
@@ -130,6 +134,8 @@ def test_ask_tell_and_execute_act_as_the_calling_agent(daemon: Naosd, base: Path
     assert "caller -> caller" in cycle["error"]["message"]
     unknown = run(daemon, "caller", 0, {"agent": "nobody", "input": {}})
     assert unknown["error"]["code"] == "not_found" and "nobody" in unknown["error"]["message"]
+    late = run(daemon, "caller", 0, {"agent": "echo", "input": "sleep", "timeout": 1})
+    assert late["error"]["code"] == "timeout", late  # the caller's deadline, not the callee's
     extra = run(daemon, "caller", 0, {"agent": "echo", "input": 1, "as": "root"})
     assert extra["error"]["code"] == "invalid_request" and "as" in extra["error"]["message"]
 
