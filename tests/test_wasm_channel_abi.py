@@ -83,9 +83,10 @@ def test_bad_pointers_lengths_and_requests_never_reach_the_host(engine, mode, re
     assert host.calls == []  # a refused call has no effect
 
 
-def test_bytes_that_are_not_json_or_not_utf8_are_invalid(engine):
+def test_bytes_that_are_not_strict_json_or_not_utf8_are_invalid(engine):
     host = RecordingHost()
-    for raw in (b"[0, {nope}]", b"[0, \xff\xfe{}]", b"[0, " + b"[" * 100_000 + b"]"):
+    for raw in (b"[0, {nope}]", b"[0, \xff\xfe{}]", b"[0, " + b"[" * 100_000 + b"]",
+                b'[0, {"timeout": NaN}]', b'[0, {"t": -Infinity}]'):
         result = engine.run(GUEST, raw, grants=CHAT, host=host)
         assert json.loads(result.stdout) == {"rc": -4}, raw[:20]
     assert host.calls == []

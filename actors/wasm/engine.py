@@ -597,10 +597,16 @@ def _request(st: _RunState, caller: Any, ptr: int, length: int) -> dict[str, Any
     if isinstance(raw, int):
         return raw
     try:
-        request = json.loads(raw.decode("utf-8"))
+        request = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
     except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
         return NAOS_INVALID
     return request if isinstance(request, dict) else NAOS_INVALID
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity; JSON has no such values (a NaN
+    timeout compares false with everything)."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _channel_call(name: str) -> Callable[..., int]:
