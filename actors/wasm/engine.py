@@ -782,7 +782,8 @@ class WasmEngine:
     ``timeout_ms`` and ``timeout_ms + epoch_tick_ms`` (plus scheduling jitter).
     ``reserve_address_space=False`` is for a process under an address-space
     limit (a confined agent): no GiB reservation per memory, bounds checked in
-    code instead of by guard pages (slower memory access, same semantics).
+    code instead of by guard pages (same semantics; as fast, measured: see
+    docs/wasm-abi.md).
     """
 
     def __init__(self, cache_dir: Path | None = None, *, memory_cache_size: int = 64,
