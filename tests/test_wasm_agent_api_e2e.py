@@ -7,7 +7,6 @@ hostile variant of it) and it prints the reply."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 import wasmtime
 from fake_openai import FakeOpenAI, ok
 from harness import Naosd
-from test_broker_llm_e2e import fake, llm_daemon  # noqa: F401 - fixtures
+from test_broker_llm_e2e import ctl_json, fake, llm_daemon  # noqa: F401 - fixtures
 from wasm_modules import channel_guest_wat
 
 from naosctl.client import Client
@@ -58,12 +57,6 @@ def trusted(daemon: Naosd, *agents: str) -> None:
     for agent in agents:
         daemon.ctl("axis", "register", agent, "--t-score", "900", "--c-score", "950",
                    check=True)
-
-
-def ctl_json(daemon: Naosd, *args: str) -> Any:
-    out = daemon.ctl(*args, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_llm_chat_is_gated_charged_and_audited_as_the_agent(llm_daemon: Naosd,  # noqa: F811

@@ -108,24 +108,26 @@ def test_a_reply_larger_than_the_buffer_is_held_for_naos_reply(engine):
     assert len(host.calls) == 1
 
 
-def test_naos_reply_before_any_call_is_not_found(engine):
-    module = bytes(wasmtime.wat2wasm("""(module
+def reply_guest(body: str) -> bytes:
+    """A guest importing llm_chat as $c, reply as $r and proc_exit as $exit."""
+    return bytes(wasmtime.wat2wasm(f"""(module
       (import "naos" "llm_chat" (func $c (param i32 i32 i32 i32) (result i32)))
       (import "naos" "reply" (func $r (param i32 i32) (result i32)))
       (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
       (memory (export "memory") 1)
+      {body})"""))
+
+
+def test_naos_reply_before_any_call_is_not_found(engine):
+    module = reply_guest("""
       (func (export "_start") (call $exit (i32.sub (i32.const 0)
-                                              (call $r (i32.const 0) (i32.const 100))))))"""))
+                                              (call $r (i32.const 0) (i32.const 100)))))""")
     result = engine.run(module, b"", grants=CHAT, host=RecordingHost())
     assert result.exit_code == 1  # -NAOS_NOT_FOUND
 
 
 def test_naos_reply_into_a_bad_buffer_faults_and_keeps_the_reply(engine):
-    module = bytes(wasmtime.wat2wasm("""(module
-      (import "naos" "llm_chat" (func $c (param i32 i32 i32 i32) (result i32)))
-      (import "naos" "reply" (func $r (param i32 i32) (result i32)))
-      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-      (memory (export "memory") 1)
+    module = reply_guest("""
       (data (i32.const 0) "{}")
       (func (export "_start")
         (drop (call $c (i32.const 0) (i32.const 2) (i32.const 64) (i32.const 0)))
@@ -133,7 +135,7 @@ def test_naos_reply_into_a_bad_buffer_faults_and_keeps_the_reply(engine):
           (then (call $exit (i32.const 1))))
         (if (i32.ne (call $r (i32.const 65530) (i32.const 1000)) (i32.const -2))
           (then (call $exit (i32.const 2))))
-        (call $exit (call $r (i32.const 64) (i32.const 1000)))))"""))
+        (call $exit (call $r (i32.const 64) (i32.const 1000))))""")
     host = RecordingHost()
     result = engine.run(module, b"", grants=CHAT, host=host)
     assert result.exit_code == len(b'{"ok":{}}')  # still held after the faults
