@@ -92,7 +92,9 @@ def wasm_handler(definition: Any, db_path: str) -> Handler:
     module = read_module(Path(definition.source))
     engine = WasmEngine(Path(db_path).parent / "wasm-cache")
     engine.compile(module)
-    grants = tuple(definition.config.get("grants", ()))
+    # as naos.wasm_agent.wasm_grants: the execution grants, and the older
+    # config.grants; a channel function answers "unavailable" here (StoreHost)
+    grants = tuple(sorted({*definition.config.get("grants", ()), *definition.wasm_grants}))
     limits = wasm_limits(definition.config)
     store = open_store(db_path) if grants else None
 
@@ -146,8 +148,13 @@ def handler_spec(definition: Any) -> HandlerSpec:
     else:
         snapshot = str(Path(definition.source).parent)
     execution = definition.execution
-    fields = {k: execution[k] for k in ("env", "cwd", "grants", "limits", "confinement")
+    fields = {k: execution[k] for k in ("env", "cwd", "limits", "confinement")
               if k in execution}
+    # Only "net" is about confinement; a WASM agent's host functions are the
+    # engine's business (naos.wasm_agent), not the kernel's.
+    net = [g for g in execution.get("grants", ()) if g == "net"]
+    if net:
+        fields["grants"] = net
     return HandlerSpec(definition.name, snapshot, fields)
 
 

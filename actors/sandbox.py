@@ -64,6 +64,13 @@ class StoreHost:
         if len(self.lines) < 1000:
             self.lines.append((level, text))
 
+    def call(self, name: str, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """The channel functions need an agent's channel, which a sandbox job and
+        an agent run in its actor (a remote node's) do not have."""
+        return {"error": {"code": "unavailable", "message": (
+            f"naos.{name}: this run has no agent channel (only a WASM agent hosted "
+            "by its naosd can call the agent API)")}}
+
 
 LEVELS = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 

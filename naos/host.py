@@ -107,9 +107,9 @@ class Host:
         report({"loaded": True, "pid": os.getpid()})
 
     def _wasm(self, spec: dict[str, Any]) -> Callable[..., Any]:
-        from naos.wasm_agent import WasmAgent, submitter
+        from naos.wasm_agent import WasmAgent, submitter, wasm_grants
 
-        agent = WasmAgent(str(spec["source"]), self.config,
+        agent = WasmAgent(str(spec["source"]), self.config, wasm_grants(spec, self.config),
                           submitter(asyncio.get_running_loop()), self.peer.call)
         return agent.handle
 
@@ -259,7 +259,8 @@ def probe(spec: dict[str, Any]) -> None:
             from actors.wasm import WasmEngine
             from actors.wasm.files import read_module
 
-            WasmEngine(None).compile(read_module(Path(str(spec["source"]))))
+            engine = WasmEngine(None, reserve_address_space=False)  # as the agent runs it
+            engine.compile(read_module(Path(str(spec["source"]))))
         else:
             host = Host(Peer(None, None, {}))  # type: ignore[arg-type]  # never used
             host.name = str(spec.get("agent") or "probe")

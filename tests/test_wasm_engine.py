@@ -803,3 +803,18 @@ def test_run_errors_pickle_with_their_result() -> None:
     assert isinstance(back, NaosError)
     timeout = pickle.loads(pickle.dumps(WasmTimeout("slow", result)))
     assert timeout.result == result
+
+
+def test_an_engine_without_reservations_runs_under_an_address_space_limit() -> None:
+    """A confined agent runs under RLIMIT_AS (memory_mb, 1 GiB by default): with
+    wasmtime's default GiB reservations every instantiation failed there."""
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from actors.wasm import WasmEngine
+data = open({str(EXAMPLES / "echo.wasm")!r}, "rb").read()
+print(WasmEngine(None, reserve_address_space=False).run(data, b"fits").stdout.decode())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert (out.returncode, out.stdout.strip()) == (0, "fits"), out.stderr

@@ -29,3 +29,95 @@ def many_functions(n: int) -> bytes:
     exports = section(7, leb(1) + leb(6) + b"_start" + b"\x00" + leb(0))
     code = section(10, leb(n) + b"\x02\x00\x0b" * n)  # body size 2: no locals, end
     return MAGIC + types + funcs + exports + code
+
+
+# -- a guest of the naos channel functions (docs/wasm-abi.md) -------------------------
+
+GUEST_IN = 65536  # the request: stdin is read here whole
+GUEST_IN_CAP = 2 << 20
+GUEST_OUT = 3 << 20  # the reply buffer
+GUEST_OUT_CAP = 1 << 20
+GUEST_PAGES = 80  # 5 MiB
+
+# How the guest calls naos.<functions[0]> in modes 5..9 (each argument a WAT
+# expression; $req/$len are the request's address and length).
+HOSTILE = {
+    5: ("$req", "$len", f"(i32.const {GUEST_OUT})", f"(i32.const {GUEST_OUT_CAP})"),
+    6: ("(i32.const -16)", "$len", f"(i32.const {GUEST_OUT})", f"(i32.const {GUEST_OUT_CAP})"),
+    7: ("$req", "(i32.const 0x7fffffff)", f"(i32.const {GUEST_OUT})",
+        f"(i32.const {GUEST_OUT_CAP})"),
+    8: ("$req", "$len", f"(i32.const {GUEST_PAGES * 65536 - 8})", "(i32.const 4096)"),
+    9: ("$req", "$len", f"(i32.const {GUEST_OUT})", "(i32.const 4)"),
+}
+
+
+def channel_guest_wat(functions: list[str]) -> str:
+    """A WASI command that calls the ``naos`` channel functions it imports.
+
+    Its message (stdin) is ``[D, REQUEST]`` as ``json.dumps`` writes it
+    (``[0, {...}]``): the digit D picks what it does, REQUEST is handed to the
+    host function as is.  D in 0..4 calls ``functions[D]``; 5 calls
+    ``functions[0]`` and then traps (a guest that fails after a call); 6 passes
+    a request pointer outside its memory; 7 a request length of 2 GiB; 8 an
+    output buffer that runs past its memory's end; 9 a 4-byte output buffer,
+    then fetches the held reply with ``naos.reply``.  It prints the reply; a
+    negative result N is printed as ``{"rc":N}``; a reply longer than the
+    buffer is fetched with ``naos.reply``."""
+    imports = "\n".join(
+        f'(import "naos" "{name}" (func $f{i} (param i32 i32 i32 i32) (result i32)))'
+        for i, name in enumerate(functions))
+    calls = "\n".join(
+        f"(if (i32.eq (local.get $d) (i32.const {i})) (then (local.set $r (call $f{i} "
+        f"(local.get $req) (local.get $len) (i32.const {GUEST_OUT}) "
+        f"(i32.const {GUEST_OUT_CAP})))))"
+        for i in range(len(functions)))
+    hostile = "\n".join(
+        f"(if (i32.eq (local.get $d) (i32.const {mode})) (then (local.set $r (call $f0 "
+        + " ".join(a.replace("$req", "(local.get $req)").replace("$len", "(local.get $len)")
+                   for a in args) + "))))"
+        for mode, args in HOSTILE.items())
+    return f"""(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  {imports}
+  (import "naos" "reply" (func $reply (param i32 i32) (result i32)))
+  (memory (export "memory") {GUEST_PAGES})
+  (data (i32.const 32) "{{\\"rc\\":-0}}")
+  (func $read_all (result i32) (local $n i32) (local $got i32)
+    (loop $more
+      (i32.store (i32.const 0) (i32.add (i32.const {GUEST_IN}) (local.get $n)))
+      (i32.store (i32.const 4) (i32.sub (i32.const {GUEST_IN_CAP}) (local.get $n)))
+      (if (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8))
+        (then (unreachable)))
+      (local.set $got (i32.load (i32.const 8)))
+      (local.set $n (i32.add (local.get $n) (local.get $got)))
+      (br_if $more (local.get $got)))
+    (local.get $n))
+  (func $print (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 16) (local.get $ptr))
+    (i32.store (i32.const 20) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24))))
+  (func $answer (param $r i32) (param $cap i32)
+    (if (i32.lt_s (local.get $r) (i32.const 0))
+      (then
+        (i32.store8 (i32.const 39) (i32.sub (i32.const 48) (local.get $r)))
+        (call $print (i32.const 32) (i32.const 9))
+        (return)))
+    (if (i32.gt_u (local.get $r) (local.get $cap))
+      (then
+        (call $answer (call $reply (i32.const {GUEST_OUT}) (i32.const {GUEST_OUT_CAP}))
+                      (i32.const {GUEST_OUT_CAP}))
+        (return)))
+    (call $print (i32.const {GUEST_OUT}) (local.get $r)))
+  (func (export "_start") (local $n i32) (local $d i32) (local $req i32) (local $len i32)
+                          (local $r i32)
+    (local.set $n (call $read_all))
+    (local.set $d (i32.sub (i32.load8_u (i32.const {GUEST_IN + 1})) (i32.const 48)))
+    (local.set $req (i32.const {GUEST_IN + 4}))
+    (local.set $len (i32.sub (local.get $n) (i32.const 5)))
+    {calls}
+    {hostile}
+    (if (i32.eq (local.get $d) (i32.const 5)) (then (unreachable)))
+    (call $answer (local.get $r)
+      (select (i32.const 4) (i32.const {GUEST_OUT_CAP})
+              (i32.eq (local.get $d) (i32.const 9))))))"""

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from actors.domain.wasm_abi import WASM_GRANTS
 from naosd.errors import InvalidRequest
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")  # used with fullmatch
@@ -70,7 +71,17 @@ class AgentDef:
             raise InvalidRequest("shutdown timeout must be between 0 and 3600 seconds")
         check_tool_config(self.config)
         check_execution(self.execution)
+        wasm = sorted(set(self.execution.get("grants", ())) & set(WASM_GRANTS))
+        if wasm and self.source_kind != "wasm":
+            raise InvalidRequest(f"grants {', '.join(wasm)} are WASM host functions; agent "
+                                 f"{self.name!r} is a {self.source_kind} agent (its ctx "
+                                 "offers these calls without a grant)")
         return self
+
+    @property
+    def wasm_grants(self) -> list[str]:
+        """The ``naos`` host functions its execution settings grant (WASM agents)."""
+        return [g for g in self.execution.get("grants", ()) if g in WASM_GRANTS]
 
     @property
     def max_concurrency(self) -> int:
@@ -205,7 +216,7 @@ def _json_only(value: object, where: str, depth: int) -> None:
 EXECUTION_KEYS: Final = frozenset({"max_concurrency", "confinement", "env", "cwd", "grants",
                                    "limits", "digest"})
 CONFINEMENTS: Final = ("full", "none")
-GRANTS: Final = ("net",)
+GRANTS: Final = ("net", *WASM_GRANTS)  # net: confinement; the rest: WASM host functions
 LIMIT_KEYS: Final = ("memory_mb", "cpu_seconds", "open_files", "processes")
 MAX_CONCURRENCY: Final = 256
 
@@ -213,7 +224,8 @@ MAX_CONCURRENCY: Final = 256
 def check_execution(execution: dict[str, Any]) -> None:
     """How an agent's handler runs (docs/agents.md): ``max_concurrency`` (1 to
     256), ``confinement`` (full or none), ``env`` (names to text), ``cwd``,
-    ``grants`` (net), ``limits`` (memory_mb, cpu_seconds, open_files,
+    ``grants`` (net; for a WASM agent the ``naos`` host functions of
+    docs/wasm-abi.md), ``limits`` (memory_mb, cpu_seconds, open_files,
     processes: whole numbers >= 0), ``digest`` (its code snapshot's sha256).
     The confinement layer checks paths and limits in depth when it starts.
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from actors.domain.wasm_abi import (
+    HOST_FUNCTIONS,
+    NAOS_FAULT,
+    NAOS_HOST_ERROR,
+    NAOS_INVALID,
+    NAOS_NO_FUEL,
+    NAOS_NOT_FOUND,
+    NAOS_OK,
+    NAOS_TOO_LARGE,
+)
 from actors.wasm.limits import Limits, price_micro_usd
 
 if TYPE_CHECKING:
     from actors.wasm.engine import (
-        HOST_FUNCTIONS,
-        NAOS_FAULT,
-        NAOS_HOST_ERROR,
-        NAOS_INVALID,
-        NAOS_NO_FUEL,
-        NAOS_NOT_FOUND,
-        NAOS_OK,
-        NAOS_TOO_LARGE,
         CacheStats,
         CompiledModule,
         ExternInfo,
@@ -33,8 +35,7 @@ if TYPE_CHECKING:
     )
 
 _FROM_ENGINE = frozenset({
-    "HOST_FUNCTIONS", "NAOS_FAULT", "NAOS_HOST_ERROR", "NAOS_INVALID", "NAOS_NO_FUEL",
-    "NAOS_NOT_FOUND", "NAOS_OK", "NAOS_TOO_LARGE", "CacheStats", "CompiledModule",
+    "CacheStats", "CompiledModule",
     "ExternInfo", "HostServices", "RunResult", "ValidationReport", "WasmEngine",
     "denied_imports",
 })

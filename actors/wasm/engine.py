@@ -3,8 +3,12 @@
 Guests are WASI preview1 *command* modules: ``_start`` runs once with the input on
 stdin; stdout, stderr and the ``proc_exit`` code are the result. A guest gets no
 env, no args, no preopened directories and no sockets; the ``naos`` host module
-(``log``, ``kv_get``, ``kv_set``) is linked only for the functions a run grants.
+(``log``, ``kv_get``, ``kv_set`` and the agent-API channel functions, listed in
+``actors.domain.wasm_abi``) is linked only for the functions a run grants.
 The guest ABI is described in ``docs/wasm-abi.md``.
+
+Over 600 lines: the host functions read and write guest memory through the
+wasmtime caller and must stay beside the engine that links them.
 
 Every run gets a fresh Store (fuel, an epoch deadline, memory/table limits) that is
 closed in ``finally``. Compiled modules are cached by the sha256 of their bytes, in
@@ -31,6 +35,7 @@ import errno
 import hashlib
 import hmac
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -51,6 +56,21 @@ from typing import Any, Protocol
 import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
+from actors.domain.wasm_abi import (
+    CHANNEL_FUNCTIONS,
+    HOST_FUNCTIONS,
+    NAOS_FAULT,
+    NAOS_HOST_ERROR,
+    NAOS_INVALID,
+    NAOS_NO_FUEL,
+    NAOS_NOT_FOUND,
+    NAOS_OK,
+    NAOS_TOO_LARGE,
+    REPLY_FUNCTION,
+    WASM_GRANTS,
+    linked,
+    needs_grant,
+)
 from actors.wasm.limits import WASM_PAGE, Limits, price_micro_usd
 from actors.wasm.shape import check_shape
 from naosd.errors import InvalidRequest, Unavailable
@@ -91,29 +111,25 @@ WASI_FUNCTIONS = frozenset({
     "sock_recv", "sock_send", "sock_shutdown",
 })
 
-# naos host functions: name -> (params, results); all i32.
-HOST_FUNCTIONS: dict[str, tuple[int, int]] = {"log": (3, 1), "kv_get": (4, 1), "kv_set": (4, 1)}
-
-# Return codes of the naos host functions (>= 0 means success).
-NAOS_OK = 0
-NAOS_NOT_FOUND = -1
-NAOS_FAULT = -2
-NAOS_TOO_LARGE = -3
-NAOS_INVALID = -4
-NAOS_HOST_ERROR = -5
-NAOS_NO_FUEL = -6
-
+GROWTH_RESERVATION = 32 * 1024 * 1024  # reserve_address_space=False, see WasmEngine
 LOG_LEVELS = range(4)  # 0 debug, 1 info, 2 warning, 3 error
 DEFAULT_LIMITS = Limits()
 
 class HostServices(Protocol):
-    """What the naos host functions reach: one agent's KV store and log."""
+    """What the naos host functions reach: one agent's KV store, its log and
+    (``call``) its agent API over the channel."""
 
     def kv_get(self, key: bytes) -> bytes | None: ...
 
     def kv_set(self, key: bytes, value: bytes) -> None: ...
 
     def log(self, level: int, text: str) -> None: ...
+
+    def call(self, name: str, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One channel function (``llm_chat``, ``agent_ask``, ...): its reply
+        object, ``{"ok": value}`` or ``{"error": {"code", "message"}}``;
+        waits at most ``timeout_s``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +254,10 @@ def _import_problem(imp: ExternInfo, grants: frozenset[str]) -> str | None:
         return None if imp.name in WASI_FUNCTIONS else f"{imp}: not a WASI preview1 function"
     if imp.module != HOST_MODULE or imp.name not in HOST_FUNCTIONS:
         return f"{imp}: unknown import"
-    if imp.name not in grants:
+    if needs_grant(imp.name, grants):
+        if imp.name == REPLY_FUNCTION:
+            return (f"{imp}: comes with any granted channel function "
+                    f"({', '.join(CHANNEL_FUNCTIONS)})")
         return f"{imp}: host function not granted"
     if imp.signature != _host_signature(imp.name):
         return f"{imp}: signature {imp.signature}, expected {_host_signature(imp.name)}"
@@ -253,9 +272,9 @@ def denied_imports(imports: Iterable[ExternInfo], grants: frozenset[str]) -> tup
 def _check_grants(grants: Iterable[str]) -> frozenset[str]:
     """Raises InvalidRequest for a grant that names no naos host function."""
     granted = frozenset(grants)
-    unknown = sorted(granted - HOST_FUNCTIONS.keys())
+    unknown = sorted(granted - set(WASM_GRANTS))
     if unknown:
-        raise InvalidRequest(f"unknown grant(s) {unknown}; known: {sorted(HOST_FUNCTIONS)}")
+        raise InvalidRequest(f"unknown grant(s) {unknown}; known: {sorted(WASM_GRANTS)}")
     return granted
 
 
@@ -470,6 +489,7 @@ class _RunState:
     deadline: float = 0.0  # time.monotonic() at which the run times out
     clock_origin_ns: int = 0  # time.monotonic_ns() when the WASI context was made
     slept_past_deadline: bool = False  # poll_oneoff was cut short by the deadline
+    reply: bytes | None = None  # the last channel call's reply, until the next call
 
 
 _CURRENT = threading.local()  # .state: the _RunState of the run on this thread
@@ -510,16 +530,23 @@ def _write(caller: Any, ptr: int, data: bytes) -> bool:
     return True
 
 
-def _host_log(st: _RunState, caller: Any, level: int, ptr: int, length: int) -> int:
-    if level not in LOG_LEVELS:
-        return NAOS_INVALID
-    if length > st.limits.log_bytes:
+def _take(caller: Any, ptr: int, length: int, cap: int) -> bytes | int:
+    """``length`` bytes at ``ptr``, paid one fuel a byte; or the code refusing
+    them (over ``cap``, no fuel, outside the memory), checked in that order."""
+    if length > cap:
         return NAOS_TOO_LARGE
     if not _charge(caller, length):
         return NAOS_NO_FUEL
-    text = _read(caller, ptr, length)
-    if text is None:
-        return NAOS_FAULT
+    data = _read(caller, ptr, length)
+    return NAOS_FAULT if data is None else data
+
+
+def _host_log(st: _RunState, caller: Any, level: int, ptr: int, length: int) -> int:
+    if level not in LOG_LEVELS:
+        return NAOS_INVALID
+    text = _take(caller, ptr, length, st.limits.log_bytes)
+    if isinstance(text, int):
+        return text
     assert st.host is not None
     st.host.log(level, text.decode("utf-8", "replace"))
     return NAOS_OK
@@ -557,6 +584,76 @@ def _host_kv_set(st: _RunState, caller: Any, kptr: int, klen: int, vptr: int, vl
     assert st.host is not None
     st.host.kv_set(key, value)
     return NAOS_OK
+
+
+def _fits(caller: Any, ptr: int, length: int) -> bool:
+    mem = _guest_memory(caller)
+    return mem is not None and ptr + length <= mem.data_len(caller)
+
+
+def _request(st: _RunState, caller: Any, ptr: int, length: int) -> dict[str, Any] | int:
+    """The JSON object a channel call was given, or the code refusing it."""
+    raw = _take(caller, ptr, length, st.limits.call_bytes)
+    if isinstance(raw, int):
+        return raw
+    try:
+        request = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+        return NAOS_INVALID
+    return request if isinstance(request, dict) else NAOS_INVALID
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity; JSON has no such values (a NaN
+    timeout compares false with everything)."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _channel_call(name: str) -> Callable[..., int]:
+    """``naos.<name>(in_ptr, in_len, out_ptr, out_cap)``: the request is
+    checked and the output buffer bounds-checked before anything is asked of
+    the host, so a refused call has no effect; the reply is held for
+    ``naos.reply`` whether or not it fits."""
+    def impl(st: _RunState, caller: Any, in_ptr: int, in_len: int, out_ptr: int,
+             out_cap: int) -> int:
+        request = _request(st, caller, in_ptr, in_len)
+        if isinstance(request, int):
+            return request
+        if not _fits(caller, out_ptr, out_cap):
+            return NAOS_FAULT
+        assert st.host is not None
+        left = st.deadline - time.monotonic()
+        reply = (st.host.call(name, request, left) if left > 0 else _error(
+            "timeout", f"naos.{name}: the run's {st.limits.timeout_ms} ms are over"))
+        st.reply = json.dumps(reply, separators=(",", ":")).encode()
+        if len(st.reply) > st.limits.reply_bytes:
+            st.reply = json.dumps(_error("wasm_reply_too_large", (
+                f"naos.{name}: the reply is {len(st.reply)} bytes; the limit is "
+                f"{st.limits.reply_bytes} (Limits.reply_bytes)"))).encode()
+        return _deliver(st, caller, out_ptr, out_cap)
+
+    return impl
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _deliver(st: _RunState, caller: Any, out_ptr: int, out_cap: int) -> int:
+    """Writes the held reply if it fits; returns its length either way."""
+    assert st.reply is not None
+    size = len(st.reply)
+    if size > out_cap:
+        return size  # nothing written: naos.reply(ptr, cap) copies it
+    if not _charge(caller, size):
+        return NAOS_NO_FUEL
+    return size if _write(caller, out_ptr, st.reply) else NAOS_FAULT
+
+
+def _host_reply(st: _RunState, caller: Any, out_ptr: int, out_cap: int) -> int:
+    if st.reply is None:
+        return NAOS_NOT_FOUND
+    return _deliver(st, caller, out_ptr, out_cap)
 
 
 # WASI preview1 poll_oneoff, replaced because wasmtime's sleeps in the host where the
@@ -616,6 +713,7 @@ def _wasi_poll_oneoff(st: _RunState, caller: Any, in_ptr: int, out_ptr: int, nsu
 
 _HOST_IMPLS: dict[str, Callable[..., int]] = {
     "log": _host_log, "kv_get": _host_kv_get, "kv_set": _host_kv_set,
+    REPLY_FUNCTION: _host_reply, **{name: _channel_call(name) for name in CHANNEL_FUNCTIONS},
 }
 
 
@@ -682,17 +780,32 @@ class WasmEngine:
     raised when it or its key is not owned by this user or is open to others.
     ``epoch_tick_ms`` is the timeout granularity: a run times out between
     ``timeout_ms`` and ``timeout_ms + epoch_tick_ms`` (plus scheduling jitter).
+    ``reserve_address_space=False`` is for a process under an address-space
+    limit (a confined agent): no GiB reservation per memory, bounds checked in
+    code instead of by guard pages (same semantics; as fast, measured: see
+    docs/wasm-abi.md).
     """
 
     def __init__(self, cache_dir: Path | None = None, *, memory_cache_size: int = 64,
-                 epoch_tick_ms: float = 2.0, max_wasm_stack: int = 512 * 1024) -> None:
+                 epoch_tick_ms: float = 2.0, max_wasm_stack: int = 512 * 1024,
+                 reserve_address_space: bool = True) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
         config.wasm_threads = False
         config.max_wasm_stack = max_wasm_stack
+        if not reserve_address_space:
+            # wasmtime reserves GiBs of address space per linear memory (bounds
+            # checks by guard pages); under an RLIMIT_AS (a confined agent's
+            # memory_mb, 1 GiB by default) that mmap fails at instantiation.
+            # Without it bounds are checked in code, and a memory keeps 32 MiB of
+            # room to grow in place (with none, each memory.grow moved and copied
+            # it: a C guest parsing 20k records ran 10x slower, measured).
+            config.memory_reservation = 0
+            config.memory_reservation_for_growth = GROWTH_RESERVATION
+            config.memory_guard_size = 0
         self._engine = wasmtime.Engine(config)
-        self._fingerprint = _fingerprint(max_wasm_stack)
+        self._fingerprint = _fingerprint(max_wasm_stack, reserve_address_space)
         self._disk = _DiskCache(Path(cache_dir), self._fingerprint) if cache_dir else None
         self._memory_cache_size = memory_cache_size
         self._modules: OrderedDict[str, CompiledModule] = OrderedDict()
@@ -935,7 +1048,7 @@ class WasmEngine:
         linker.allow_shadowing = True
         linker.define_wasi()
         _define(linker, WASI_MODULE, "poll_oneoff", 4, _wasi_poll_oneoff, _ERRNO_INVAL)
-        for name in sorted(grants):
+        for name in linked(grants):
             _define(linker, HOST_MODULE, name, HOST_FUNCTIONS[name][0], _HOST_IMPLS[name],
                     NAOS_HOST_ERROR)
         return linker
@@ -1019,10 +1132,11 @@ def _describe(module: Any, digest: str, size: int, origin: str, engine_token: ob
     return CompiledModule(digest, size, imports, exports, origin, module, engine_token)
 
 
-def _fingerprint(max_wasm_stack: int) -> bytes:
+def _fingerprint(max_wasm_stack: int, reserve_address_space: bool) -> bytes:
     version = importlib.metadata.version("wasmtime")
+    reserve = "" if reserve_address_space else "; no reservation"
     return (f"wasmtime-py {version}; {platform.machine()}; fuel; epoch; no-threads; "
-            f"stack {max_wasm_stack}").encode()
+            f"stack {max_wasm_stack}{reserve}").encode()
 
 
 # --------------------------------------------------------------------- judgement

@@ -31,6 +31,9 @@ MAX_STDIN_BYTES = 8 * MIB
 MAX_OUTPUT_BYTES = 8 * MIB
 MAX_FUNCTIONS = 50_000
 MAX_COMPILE_TIMEOUT_MS = 120_000
+# A channel call's request and reply each travel in one channel frame
+# (naosd.protocol.DEFAULT_MAX_FRAME, 16 MiB) and sit whole in host memory.
+MAX_CALL_BYTES = 8 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class Limits:
     kv_key_bytes: int = 256
     kv_value_bytes: int = 64 * KIB
     log_bytes: int = 4 * KIB
+    call_bytes: int = MIB
+    reply_bytes: int = MIB
     host_call_fuel: int = 1_000
     price_micro_usd_per_mfuel: int = 1
 
@@ -77,7 +82,8 @@ _MINIMUM = {"price_micro_usd_per_mfuel": 0, "host_call_fuel": 0, "stdin_bytes": 
             "stdout_bytes": 0, "stderr_bytes": 0, "table_elements": 0, "tables": 0}
 _MAXIMUM = {"fuel": MAX_FUEL, "module_bytes": MAX_MODULE_BYTES, "functions": MAX_FUNCTIONS,
             "compile_timeout_ms": MAX_COMPILE_TIMEOUT_MS, "stdin_bytes": MAX_STDIN_BYTES,
-            "stdout_bytes": MAX_OUTPUT_BYTES, "stderr_bytes": MAX_OUTPUT_BYTES}
+            "stdout_bytes": MAX_OUTPUT_BYTES, "stderr_bytes": MAX_OUTPUT_BYTES,
+            "call_bytes": MAX_CALL_BYTES, "reply_bytes": MAX_CALL_BYTES}
 
 
 def _check_field(name: str, value: object) -> None:

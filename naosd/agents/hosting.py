@@ -51,7 +51,7 @@ class AgentStore:
     async def handler_spec(self, agent: str) -> dict[str, Any]:
         d = await self._db.call(functools.partial(defs_store.get_agent, name=agent))
         return {"kind": d.source_kind, "source": d.source, "config": d.config,
-                "max_concurrency": d.max_concurrency}
+                "max_concurrency": d.max_concurrency, "grants": d.wasm_grants}
 
     async def concurrency(self, agent: str) -> int | None:
         """None for an agent that is not defined (its channel is refused)."""

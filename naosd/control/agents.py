@@ -16,6 +16,7 @@ from actors.domain.definitions import (
     normalise_choice,
     validate_name,
 )
+from actors.domain.wasm_abi import CHANNEL_FUNCTIONS
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
@@ -156,11 +157,17 @@ def _as_given(exc: NaosError, d: Services, definition: AgentDef, source: str | N
 
 
 async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:
-    """Refuse a WASM agent whose module cannot run with its grants."""
-
-    grants = definition.config.get("grants", [])
-    if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
+    """Refuse a WASM agent whose module cannot run with its grants (its
+    execution grants, and the older ``config.grants`` for log and KV): the
+    error names each import refused."""
+    legacy = definition.config.get("grants", [])
+    if not isinstance(legacy, list) or not all(isinstance(g, str) for g in legacy):
         raise InvalidRequest("config.grants must be a list of host function names")
+    channel = sorted(set(legacy) & set(CHANNEL_FUNCTIONS))
+    if channel:
+        raise InvalidRequest(f"config.grants: {', '.join(channel)} act as the agent over its "
+                             "channel: grant them in the agent's execution grants")
+    grants = sorted({*legacy, *definition.wasm_grants})
     from actors.agent import wasm_limits
     from actors.wasm.files import read_module
 

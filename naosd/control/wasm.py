@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from actors.domain.wasm_abi import CHANNEL_FUNCTIONS
 from actors.wasm.limits import MAX_COMPILE_TIMEOUT_MS, MAX_MODULE_BYTES
 from naosd.control.params import Int, Spec, Str
 from naosd.control.roles import OPERATE
@@ -56,6 +57,10 @@ async def wasm_run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Run a WASI command module in a sandbox worker; input on stdin."""
     stdin = p["input"].encode() if isinstance(p["input"], str) else bytes(p["input"])
     grants = tuple(str(g) for g in (p["grants"] or ()))
+    channel = sorted(set(grants) & set(CHANNEL_FUNCTIONS))
+    if channel:
+        raise InvalidRequest(f"grants {', '.join(channel)} act as an agent over its channel: "
+                             "they are for WASM agents (agent.create), not wasm.run")
     result: dict[str, Any] = await d.sandbox.run(_module(p), stdin, limits_of(p), grants)
     await d.db.audit("wasm.run", exit_code=result["exit_code"], fuel=result["fuel_used"],
                      cost_micro_usd=result["cost_micro_usd"], wall_ms=result["wall_ms"])
