@@ -36,6 +36,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from actors.base import NaosActor, error_reply
+from actors.domain.definitions import is_path_grant
 from actors.handlers import AgentContext, Handler, call, load_module, make_handler
 from actors.messages import (
     ChildCrashed,
@@ -150,11 +151,11 @@ def handler_spec(definition: Any) -> HandlerSpec:
     execution = definition.execution
     fields = {k: execution[k] for k in ("env", "cwd", "limits", "confinement")
               if k in execution}
-    # Only "net" is about confinement; a WASM agent's host functions are the
-    # engine's business (naos.wasm_agent), not the kernel's.
-    net = [g for g in execution.get("grants", ()) if g == "net"]
-    if net:
-        fields["grants"] = net
+    # Only "net" and path grants are about confinement; a WASM agent's host
+    # functions are the engine's business (naos.wasm_agent), not the kernel's.
+    confined = [g for g in execution.get("grants", ()) if g == "net" or is_path_grant(g)]
+    if confined:
+        fields["grants"] = confined
     return HandlerSpec(definition.name, snapshot, fields)
 
 

@@ -49,17 +49,23 @@ def _show(result: Any, as_json: bool, text: str) -> None:
 @click.option("--require", "requires", multiple=True, metavar="CAP|node=NAME",
               help="run it only on a node with this capability (or this name); repeatable")
 @click.option("--grant", "grants", multiple=True, metavar="NAME",
-              help="grant net, or a WASM agent a naos host function (llm_chat, agent_ask, "
+              help="grant net, read:/PATH or write:/PATH (beside naos's own files), or a "
+                   "WASM agent a naos host function (llm_chat, agent_ask, "
                    "agent_tell, execute, state_get, state_set, log, kv_get, kv_set; "
                    "docs/wasm-abi.md); repeatable")
+@click.option("--confinement", type=click.Choice(["full", "none"]), default=None,
+              help="full (the default): the handler runs confined (docs/security.md); "
+                   "none: unconfined, audited")
+@click.option("--max-concurrency", type=click.IntRange(1, 256), default=None,
+              help="messages the handler serves at once (default 1)")
 @WAIT
 @json_option
 @pass_ctx
 @handle_errors()
 def create(c: Ctx, name: str, template: str | None, source: str | None,
            config_json: str | None, supervisor: str | None, restart: str, start: bool,
-           requires: tuple[str, ...], grants: tuple[str, ...], wait: float,
-           as_json: bool) -> None:
+           requires: tuple[str, ...], grants: tuple[str, ...], confinement: str | None,
+           max_concurrency: int | None, wait: float, as_json: bool) -> None:
     """Register agent NAME (and start it)."""
     if not template and not source:
         template = "echo"
@@ -69,7 +75,9 @@ def create(c: Ctx, name: str, template: str | None, source: str | None,
         source=str(Path(source).resolve()) if source else None, config=config,
         supervisor=supervisor, restart=restart, start=start, timeout=wait,
         **({"requires": list(requires)} if requires else {}),
-        **({"grants": list(grants)} if grants else {}))
+        **({"grants": list(grants)} if grants else {}),
+        **({"confinement": confinement} if confinement else {}),
+        **({"max_concurrency": max_concurrency} if max_concurrency else {}))
     where = f" on {result['node']}" if result.get("node") else ""
     _show(result, as_json, f"agent {name} created ({result['state']}{where})")
 

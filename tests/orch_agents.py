@@ -16,8 +16,11 @@ reach the agent) has nothing to undo and applies nothing.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 LEDGER_AGENT = '''
@@ -80,8 +83,9 @@ class Lab:
     def __init__(self, base: Path) -> None:
         self.handler = base / "ledger_agent.py"
         self.handler.write_text(LEDGER_AGENT)
-        self.db = base / "ledger.sqlite"
-        self.control = base / "control.json"
+        self.dir, self.grant = grantable_dir()
+        self.db = self.dir / "ledger.sqlite"
+        self.control = self.dir / "control.json"
         self.set()
 
     def set(self, **control: object) -> None:
@@ -135,6 +139,16 @@ class TrailLab(Lab):
     def calls(self, step: str) -> list[tuple[object, ...]]:
         return self.rows("SELECT attempt, key, input FROM wf_calls WHERE step = ? ORDER BY id",
                          (step,))
+
+
+def grantable_dir() -> tuple[Path, tuple[str, str]]:
+    """A directory the confined test agents may write (``--grant write:DIR``),
+    outside the test's base: naosd protects its runtime dir (the socket's, the
+    base here) and no grant may reach it.  Removed when the test session ends
+    (a daemon the test started may still use it after the test's objects go)."""
+    path = Path(tempfile.mkdtemp(prefix="naos-lab-"))
+    atexit.register(shutil.rmtree, str(path), True)
+    return path, ("--grant", f"write:{path}")
 
 
 def read_rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

@@ -52,8 +52,9 @@ source = "{base / 'boom.py'}"
 
 def define_runs(d: Naosd, lab: Lab) -> None:
     """A one-step saga and workflow over the ledger agent (tests/orch_agents.py)."""
-    ok(d, "create", "inventory", "--source", str(lab.handler), "--config", lab.config())
-    ok(d, "create", "inventory-release", "--source", str(lab.handler),
+    ok(d, "create", "inventory", "--source", str(lab.handler), *lab.grant,
+       "--config", lab.config())
+    ok(d, "create", "inventory-release", "--source", str(lab.handler), *lab.grant,
        "--config", lab.config(True))
     ok(d, "saga", "create", "order", "--step-timeout", "20")
     ok(d, "saga", "add-step", "order", "reserve", "--agent", "inventory",

@@ -24,6 +24,7 @@ SAMPLES = [
     pytest.param(m.WhereIs("r8", "heartbeat"), id="WhereIs"),
     pytest.param(m.InitChild("heartbeat"), id="InitChild"),
     pytest.param(m.ChildPid("heartbeat", 4242), id="ChildPid"),
+    pytest.param(m.HandlerGone(4242), id="HandlerGone"),
     pytest.param(m.Crash(), id="Crash"),
     pytest.param(m.InitRoot("r9", "/s/naos.db", "/s/audit.head"), id="InitRoot"),
     pytest.param(m.InitSupervisor("main", "/s/naos.db", "/s/audit.head", None),

@@ -110,7 +110,7 @@ def exercise(d: Naosd, base: Path) -> int:
     ok(d, "broker", "execute", "sha256 of: x")
     assert d.ctl("broker", "execute", "nothing routes this").returncode != 0
     lab = Lab(base)
-    ok(d, "create", "inv", "--source", str(lab.handler), "--config", lab.config())
+    ok(d, "create", "inv", "--source", str(lab.handler), *lab.grant, "--config", lab.config())
     ok(d, "saga", "create", "order")
     ok(d, "saga", "add-step", "order", "reserve", "--agent", "inv")
     assert ok(d, "saga", "run", "order", "--input", '{"a": 1}')["status"] == "completed"

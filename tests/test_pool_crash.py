@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness import Naosd, kill_all, reap, start_naosd
-from orch_agents import read_rows
+from orch_agents import grantable_dir, read_rows
 from test_saga_crash import kill9, stop_all
 from test_saga_e2e import ok
 
@@ -58,7 +58,8 @@ class Effects:
     def __init__(self, base: Path) -> None:
         self.handler = base / "effect_agent.py"
         self.handler.write_text(EFFECT_AGENT)
-        self.db = base / "effects.sqlite"
+        self.dir, self.grant = grantable_dir()  # where the confined agents may write
+        self.db = self.dir / "effects.sqlite"
 
     def config(self, **extra: object) -> str:
         return json.dumps({"db": str(self.db), **extra})
@@ -76,13 +77,13 @@ def restart(d: Naosd, daemons: list[Naosd]) -> Naosd:
 
 def test_kill9_while_tasks_are_queued_and_running(base: Path):
     fx = Effects(base)
-    gate = base / "gate"
+    gate = fx.dir / "gate"
     gate.write_text("5")
     daemons: list[Naosd] = []
     d = start_naosd(base)
     daemons.append(d)
     try:
-        ok(d, "create", "worker", "--source", str(fx.handler), "--config",
+        ok(d, "create", "worker", "--source", str(fx.handler), *fx.grant, "--config",
            fx.config(gate=str(gate)), "--no-start")
         ok(d, "pool", "create", "w", "--agent", "worker", "--size", "2")
         submitted: dict[str, int] = {}
@@ -146,7 +147,7 @@ def test_a_fan_out_cut_short_by_a_kill_ends_failed_with_the_reason(base: Path):
     caller = None
     try:
         for name in ("s1", "s2"):
-            ok(d, "create", name, "--source", str(fx.handler), "--config",
+            ok(d, "create", name, "--source", str(fx.handler), *fx.grant, "--config",
                fx.config(sleep=30), "--no-start")
         ok(d, "pool", "create", "slow", "--agents", "s1,s2", "--merge", "all")
         caller = subprocess.Popen(
@@ -187,13 +188,13 @@ def test_a_fan_out_cut_short_by_a_kill_ends_failed_with_the_reason(base: Path):
 
 def test_tasks_in_flight_at_a_clean_stop_carry_on_after_the_start(base: Path):
     fx = Effects(base)
-    gate = base / "gate"
+    gate = fx.dir / "gate"
     gate.write_text("0")
     daemons: list[Naosd] = []
     d = start_naosd(base)
     daemons.append(d)
     try:
-        ok(d, "create", "one", "--source", str(fx.handler), "--config",
+        ok(d, "create", "one", "--source", str(fx.handler), *fx.grant, "--config",
            fx.config(gate=str(gate)), "--no-start")
         ok(d, "pool", "create", "q", "--agents", "one")
         ids = [ok(d, "pool", "submit", "q", "--input", str(i))["task_id"] for i in range(3)]
@@ -225,14 +226,14 @@ def test_kill9_with_180_queued_tasks_every_task_completes(base: Path):
     from naosctl.client import Client
 
     fx = Effects(base)
-    gate = base / "gate"
+    gate = fx.dir / "gate"
     gate.write_text("20")
     total, members = 180, 4
     daemons: list[Naosd] = []
     d = start_naosd(base)
     daemons.append(d)
     try:
-        ok(d, "create", "worker", "--source", str(fx.handler), "--config",
+        ok(d, "create", "worker", "--source", str(fx.handler), *fx.grant, "--config",
            fx.config(gate=str(gate)), "--no-start")
         ok(d, "pool", "create", "w", "--agent", "worker", "--size", str(members))
         with Client(d.socket, timeout=30) as c:

@@ -201,9 +201,9 @@ def test_first_sends_nothing_more_and_records_the_losers(voters: Naosd):
 
 def test_a_queued_task_can_be_cancelled_and_is_counted(daemon: Naosd, base: Path):
     fx = Effects(base)
-    gate = base / "gate"
+    gate = fx.dir / "gate"
     gate.write_text("0")  # every task hangs after its effect until the gate opens
-    ok(daemon, "create", "one", "--source", str(fx.handler), "--config",
+    ok(daemon, "create", "one", "--source", str(fx.handler), *fx.grant, "--config",
        fx.config(gate=str(gate)), "--no-start")
     ok(daemon, "pool", "create", "q", "--agents", "one")
     ids = [ok(daemon, "pool", "submit", "q", "--input", str(i))["task_id"] for i in range(3)]

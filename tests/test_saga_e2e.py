@@ -32,9 +32,10 @@ def outcome(d: Naosd, *args: str) -> tuple[int, dict]:
 
 def make_agents(d: Naosd, lab: Lab) -> None:
     for _, agent, undo in STEPS:
-        ok(d, "create", agent, "--source", str(lab.handler), "--config", lab.config())
+        ok(d, "create", agent, "--source", str(lab.handler), *lab.grant, "--config", lab.config())
         if undo:
-            ok(d, "create", undo, "--source", str(lab.handler), "--config", lab.config(True))
+            ok(d, "create", undo, "--source", str(lab.handler), *lab.grant,
+               "--config", lab.config(True))
 
 
 def make_saga(d: Naosd, name: str = "order", *create: str, step_args: tuple[str, ...] = ()
@@ -201,9 +202,11 @@ def test_project_file_defines_sagas_workflows_and_pools(daemon: Naosd, base: Pat
 [agents.inventory]
 source = "{lab.handler.name}"
 config = {{ db = "{lab.db}", control = "{lab.control}" }}
+grants = ["write:{lab.dir}"]
 [agents.inventory-release]
 source = "{lab.handler.name}"
 config = {{ db = "{lab.db}", control = "{lab.control}", undo = true }}
+grants = ["write:{lab.dir}"]
 
 [sagas.order]
 step_timeout = 10

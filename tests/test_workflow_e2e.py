@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def lab(daemon: Naosd) -> TrailLab:
     lab = TrailLab(daemon.socket.parent)
-    ok(daemon, "create", "trail", "--source", str(lab.handler), "--config", lab.config())
+    ok(daemon, "create", "trail", "--source", str(lab.handler), *lab.grant,
+       "--config", lab.config())
     return lab
 
 
@@ -86,7 +87,7 @@ def test_kill9_mid_workflow_resumes_with_the_same_keys(base: Path):
     d = start_naosd(base)
     daemons = [d]
     try:
-        ok(d, "create", "trail", "--source", str(lab.handler), "--config", lab.config())
+        ok(d, "create", "trail", "--source", str(lab.handler), *lab.grant, "--config", lab.config())
         make(d, "etl")
         runs = [ok(d, "workflow", "run", "etl", "--no-wait", "--input",
                    json.dumps({"trail": [i]}))["run_id"] for i in range(5)]

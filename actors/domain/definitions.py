@@ -221,6 +221,17 @@ LIMIT_KEYS: Final = ("memory_mb", "cpu_seconds", "open_files", "processes")
 MAX_CONCURRENCY: Final = 256
 
 
+PATH_GRANTS: Final = ("read:", "write:")
+
+
+def is_path_grant(grant: object) -> bool:
+    """``read:/abs/path`` or ``write:/abs/path``: a confined handler may read
+    (or read and write) beneath that path; the confinement layer refuses one
+    that is not normalised or that reaches what naos protects."""
+    return isinstance(grant, str) and grant.startswith(PATH_GRANTS) and \
+        grant.partition(":")[2].startswith("/")
+
+
 def check_execution(execution: dict[str, Any]) -> None:
     """How an agent's handler runs (docs/agents.md): ``max_concurrency`` (1 to
     256), ``confinement`` (full or none), ``env`` (names to text), ``cwd``,
@@ -251,8 +262,10 @@ def check_execution(execution: dict[str, Any]) -> None:
     if not isinstance(execution.get("cwd", ""), str):
         raise InvalidRequest("cwd must be a path")
     grants = execution.get("grants", [])
-    if not isinstance(grants, list) or not set(grants) <= set(GRANTS):
-        raise InvalidRequest(f"grants must be a list of {', '.join(GRANTS)}, got {grants!r}")
+    if not isinstance(grants, list) or not all(
+            g in GRANTS or is_path_grant(g) for g in grants):
+        raise InvalidRequest(f"grants must be a list of {', '.join(GRANTS)}, "
+                             f"read:/ABS/PATH or write:/ABS/PATH, got {grants!r}")
     limits = execution.get("limits", {})
     if not isinstance(limits, dict) or not set(limits) <= set(LIMIT_KEYS) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0

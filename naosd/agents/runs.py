@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from naosd.agents.api import Caller
 from naosd.agents.channels import AgentChannels, Channel, RunOutcome
 from naosd.errors import AgentCrashed, NaosError, NotFound, RequestTimeout, TrustDenied
+from naosd.storage import origin
 from naosd.storage.agent_runs import RunRecord, check_change
 from naosd.storage.group_commit import GroupCommit
 from naosd.values import check_values
@@ -110,7 +111,7 @@ class AgentRuns:
                   "idempotency_key": run.key or None, "pid": channel.pid if channel else None}
         caller = run.caller.agent if run.caller.agent != OPERATOR else None
         await self._records.write(RunRecord(
-            run.name, detail, run.sets if error is None else {},
+            run.name, origin.stamp(detail), run.sets if error is None else {},
             run.deletes if error is None else [], outcome.logs if outcome else (),
             caller=caller))
 

@@ -251,10 +251,12 @@ class Agents:
         asyncio.get_running_loop().create_task(self._tell_gone(agent, actor_pid))
 
     async def _tell_gone(self, agent: str, actor_pid: int) -> None:
-        where = self._where.get(agent) or await self.resolve(agent)
-        if where is None or where.get("pid") != actor_pid:
-            return  # already replaced, or not registered: nothing to hurry
+        # a hurry only: naosd stopping (the bridge closed) or the agent gone
+        # is no error, and the task has nobody to report to
         with contextlib.suppress(NaosError):
+            where = self._where.get(agent) or await self.resolve(agent)
+            if where is None or where.get("pid") != actor_pid:
+                return  # already replaced, or not registered: nothing to hurry
             await self.d.bridge.tell_to(where["address"], HandlerGone(actor_pid))
 
     async def activate_for(self, name: str, deadline: float) -> None:

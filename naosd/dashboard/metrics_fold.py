@@ -256,11 +256,25 @@ def _crashed(row: Row, d: dict[str, Any]) -> list[Update]:
 
 
 def _restarted(row: Row, d: dict[str, Any]) -> list[Update]:
-    return [_up("naos_child_restarts_total", *_child(row, d))]
+    """One row per restart: the child's own exit (``cause`` is its name, not a
+    sibling's) counts as its crash too; a restarted crash writes no
+    ``.crashed`` row of its own."""
+    ups = [_up("naos_child_restarts_total", *_child(row, d))]
+    if d.get("name") is not None and d.get("cause") == d.get("name"):
+        ups.append(_up("naos_child_crashes_total", *_child(row, d)))
+    return ups
 
 
 def _gave_up(row: Row, d: dict[str, Any]) -> list[Update]:
     return [_up("naos_crash_loops_total", label(d.get("supervisor")), label(d.get("child")))]
+
+
+def _failed(row: Row, d: dict[str, Any]) -> list[Update]:
+    """A child its supervisor stopped restarting (a crash loop ended failed):
+    the last crash, and a crash loop of that child."""
+    return [_up("naos_child_crashes_total", *_child(row, d)),
+            _up("naos_crash_loops_total", label(d.get("supervisor"), "root"),
+                label(d.get("name")))]
 
 
 # -- the request path -----------------------------------------------------------------------
@@ -323,6 +337,7 @@ _HANDLERS: Final[dict[str, Callable[[Row, dict[str, Any]], list[Update]]]] = {
     "agent.crashed": _crashed, "supervisor.crashed": _crashed,
     "agent.restarted": _restarted, "supervisor.restarted": _restarted,
     "supervisor.gave_up": _gave_up,
+    "agent.failed": _failed, "supervisor.failed": _failed,
     **dict.fromkeys(SPEND_TYPES, _charged),
     "broker.denied": _denied,
     "trust.allow": _trust, "trust.deny": _trust,

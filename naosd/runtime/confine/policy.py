@@ -10,7 +10,9 @@ Definition fields read here (all optional)::
 
     env          table of strings: the child's whole environment
     cwd          path; relative to the work dir, or absolute under it or the snapshot
-    grants       list; "net" lets the handler open TCP/UDP sockets (IPv4/IPv6 only)
+    grants       list; "net" lets the handler open TCP/UDP sockets (IPv4/IPv6 only);
+                 "read:/PATH" and "write:/PATH" let it read (or read and write)
+                 beneath an absolute path that reaches nothing protected
     limits       memory_mb, cpu_seconds, open_files, processes
     confinement  "full" (default) or "none" (audited by the caller)
 """
@@ -26,6 +28,7 @@ from naosd.errors import InvalidRequest
 
 MODES: Final = ("full", "none")
 GRANTS: Final = ("net",)
+PATH_GRANTS: Final = ("read:", "write:")  # read:/abs/path, write:/abs/path
 MIB: Final = 1024 * 1024
 
 DEFAULT_MEMORY_BYTES: Final = 1024 * MIB
@@ -136,10 +139,22 @@ def confinement_for(fields: Mapping[str, Any], host: HostPaths) -> Confinement:
     if _beneath(host.snapshot, host.work):
         raise InvalidRequest(f"the source snapshot {host.snapshot} is inside the work dir "
                              f"{host.work}: the handler could rewrite its own code")
-    net = "net" in _grants(fields.get("grants", ()))
+    grants = _grants(fields.get("grants", ()))
+    net = "net" in grants
+    granted_read = sorted(g.partition(":")[2] for g in grants if g.startswith("read:"))
+    granted_write = sorted(g.partition(":")[2] for g in grants if g.startswith("write:"))
+    for path in (*granted_read, *granted_write):
+        check_path(path, "granted path")
+        if _beneath(host.snapshot, path) or _beneath(path, host.snapshot):
+            raise InvalidRequest(f"granting {path} would let the handler reach its own "
+                                 "code snapshot; grant a path beside it")
+        inside = [p for p in host.protected if p != "/" and _beneath(path, p)]
+        if inside:
+            raise InvalidRequest(f"granting {path} would expose {inside[0]}, "
+                                 "which confined code may never reach")
     read = _unique([*host.interpreter, host.snapshot, *SYSTEM_READ_PATHS, PROC_SELF,
-                    *(NET_READ_PATHS if net else ())])
-    write = (host.work, *DEVICE_WRITE_PATHS)
+                    *(NET_READ_PATHS if net else ()), *granted_read])
+    write = _unique([host.work, *DEVICE_WRITE_PATHS, *granted_write])
     limits = _limits(fields.get("limits", {}))
     conf = Confinement(
         read_paths=read, write_paths=write, env=_env(fields.get("env", {})),
@@ -230,7 +245,8 @@ def _check_int(value: object, name: str, lo: int, hi: int, *, zero: bool = True)
 def _grants(value: object) -> set[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(g, str) for g in value):
         raise InvalidRequest(f"grants must be a list of names, not {value!r}")
-    unknown = sorted(set(value) - set(GRANTS))
+    unknown = sorted(g for g in set(value) - set(GRANTS)
+                     if not g.startswith(PATH_GRANTS))
     if unknown:
         raise InvalidRequest(f"unknown grant(s) {unknown}; a Python agent can be granted: "
                              f"{', '.join(GRANTS)}")
