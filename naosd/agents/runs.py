@@ -27,7 +27,14 @@ from typing import Any, Protocol
 
 from naosd.agents.api import Caller
 from naosd.agents.channels import AgentChannels, Channel, RunOutcome
-from naosd.errors import AgentCrashed, NaosError, NotFound, RequestTimeout, TrustDenied
+from naosd.errors import (
+    AgentCrashed,
+    Conflict,
+    NaosError,
+    NotFound,
+    RequestTimeout,
+    TrustDenied,
+)
 from naosd.storage import origin
 from naosd.storage.agent_runs import RunRecord, check_change
 from naosd.storage.group_commit import GroupCommit
@@ -102,8 +109,11 @@ class AgentRuns:
         return channel
 
     async def _record(self, run: _Run) -> None:
-        if isinstance(run.error, NotFound) and run.channel is None:
-            return  # no such agent: nothing ran, nothing to record
+        if isinstance(run.error, NotFound | Conflict) and run.channel is None:
+            # no such agent, or one that cannot start now (failed, stopped):
+            # nothing ran, nothing to record (a caller hammering a failed
+            # agent must not flood the audit log)
+            return
         outcome, channel, error = run.outcome, run.channel, run.error
         detail = {"ok": error is None, "ms": outcome.ms if outcome else None,
                   "wall_ms": round((time.monotonic() - run.started) * 1e3, 3),
