@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from naos.peer import Incoming, Method
+from naosd import telemetry
 from naosd.agents.channels import AgentChannels, Channel, RunInfo
 from naosd.errors import InvalidRequest, NaosError, RequestTimeout
 from naosd.errors.agents import CallCycle, CallTooDeep, UnknownTool
@@ -115,7 +116,11 @@ class AgentApi:
         """The methods one channel serves, bound to its agent."""
         def bind(fn: Any, stream: bool = False) -> Method:
             async def unary(call: Incoming) -> Any:
-                return await fn(channel, call)
+                # A call made for a run continues that run's trace (a ctx.ask
+                # chain is one trace; the LLM and tool spans are its children).
+                info = channel.run_info(call.params.get("run"))
+                with telemetry.attached(info.trace if info is not None else {}):
+                    return await fn(channel, call)
 
             def many(call: Incoming) -> AsyncIterator[Any]:
                 return fn(channel, call)  # type: ignore[no-any-return]
