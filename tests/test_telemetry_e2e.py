@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.client
 import json
 import threading
 import time
@@ -267,3 +268,21 @@ def test_without_telemetry_nothing_is_exported_or_sent(base: Path, servers: Serv
     finally:
         assert not reap(daemon)
     assert servers.collector.spans == []
+
+
+def test_a_dashboard_request_continues_its_traceparent_header(traced: Naosd,
+                                                              servers: Servers) -> None:
+    info = json.loads(traced.ctl("dashboard", "--json", check=True).stdout)
+    host, port = info["url"].split("//", 1)[1].rstrip("/").split(":")
+    token = info["login_url"].split("token=", 1)[1]
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/api/v1/supervisors", headers={
+            "Authorization": f"Bearer {token}", "traceparent": TRACEPARENT})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    wait_spans(servers.collector, ["supervisor.list"])
+    span = servers.collector.named("supervisor.list")[-1]
+    assert (span.trace_id, span.parent_id, span.kind) == (TRACE_ID, PARENT_ID, 2)
+    assert span.attributes["naos.transport"] == "http"

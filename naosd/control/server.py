@@ -433,7 +433,8 @@ class Connection:
         span = telemetry.span(call.method, "server")
         if span.recording:
             span.update({"rpc.system": "naos", "rpc.method": call.method,
-                         "naos.peer.uid": self.peer.uid, "naos.peer.role": self.role})
+                         "naos.peer.uid": self.peer.uid, "naos.peer.role": self.role,
+                         "naos.transport": "socket"})
         return span
 
     async def _run_stream(self, req_id: int, fn: Streaming, call: Call) -> None:
