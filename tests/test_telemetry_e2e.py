@@ -286,3 +286,26 @@ def test_a_dashboard_request_continues_its_traceparent_header(traced: Naosd,
     span = servers.collector.named("supervisor.list")[-1]
     assert (span.trace_id, span.parent_id, span.kind) == (TRACE_ID, PARENT_ID, 2)
     assert span.attributes["naos.transport"] == "http"
+
+
+def test_a_sagas_steps_continue_the_trace_that_started_it(traced: Naosd, servers: Servers,
+                                                          base: Path) -> None:
+    path = base / "plain.py"
+    path.write_text("def handle(message, ctx):\n    return message\n")
+    ok(traced, "create", "plain", "--source", str(path))
+    ok(traced, "saga", "create", "pay")
+    for step in ("reserve", "charge"):
+        ok(traced, "saga", "add-step", "pay", step, "--agent", "plain")
+    run = ok(traced, "saga", "run", "pay", "--input", '{"order": 1}',
+             env={"TRACEPARENT": TRACEPARENT})
+    assert run["status"] == "completed"
+
+    wait_spans(servers.collector, ["saga.run", "saga.step plain", "saga.step plain",
+                                   "invoke_agent plain", "invoke_agent plain"])
+    spans = [s for s in servers.collector.spans if s.trace_id == TRACE_ID]
+    start = only(spans, "saga.run")
+    steps = [s for s in spans if s.name == "saga.step plain"]
+    assert [s.parent_id for s in steps] == [start.span_id] * 2
+    assert {s.attributes["naos.run_id"] for s in steps} == {run["run_id"]}
+    runs = [s for s in spans if s.name == "invoke_agent plain"]
+    assert sorted(s.parent_id for s in runs) == sorted(s.span_id for s in steps)
