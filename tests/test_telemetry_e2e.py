@@ -241,13 +241,23 @@ def only(spans: list[Span], name: str) -> Span:
     return found[0]
 
 
-def test_a_failed_call_is_an_error_span_and_a_bad_traceparent_is_refused(
+def test_errors_broker_tasks_and_a_bad_traceparent(
         traced: Naosd, servers: Servers) -> None:
     missing = _ctl_env(traced, {"TRACEPARENT": TRACEPARENT}, "run", "nobody", "--input", "1")
     assert missing.returncode == 4
     wait_spans(servers.collector, ["agent.run"])
     span = servers.collector.named("agent.run")[-1]
     assert span.status == 2 and span.attributes["error.type"] == "not_found"  # ERROR
+
+    task = ok(traced, "broker", "execute", "sha256 of: x")
+    name = f"broker.task skill:{task['handler']}"
+    wait_spans(servers.collector, ["broker.execute", name])
+    request, charged = servers.collector.named("broker.execute")[-1], servers.collector.named(
+        name)[-1]
+    assert charged.parent_id == request.span_id and charged.trace_id == request.trace_id
+    assert charged.attributes["naos.broker.route"] == "skill"
+    assert charged.attributes["naos.cost_micro_usd"] == task["cost_micro"]
+    assert charged.attributes["naos.task_id"] == task["task_id"]
 
     for bad in ("nonsense", f"00-{'0' * 32}-{PARENT_ID}-01", f"00-{TRACE_ID}-{PARENT_ID}"):
         out = _ctl_env(traced, {"TRACEPARENT": bad}, "ping")

@@ -1,7 +1,8 @@
 """The span of each charged call (:meth:`naosd.broker.spend.Spender.charge`),
 named and described after OpenTelemetry's GenAI semantic conventions where
 they apply: ``chat {model}`` for an agent's LLM call, ``execute_tool {tool}``
-for an MCP tool call, and naos's own ``broker.execute`` for a broker task.
+for an MCP tool call, and naos's own ``broker.task {route}:{handler}`` for
+a broker task.
 Every one carries the trust verdict, the reservation and the cost in µ$.
 """
 
@@ -32,7 +33,7 @@ def open_span(agent: str | None, charge: Charge) -> telemetry.OpenSpan:
                           "gen_ai.tool.name": charge.handler,
                           "naos.tool.server": charge.detail.get("server")}
         case _:
-            span = telemetry.span(charge.audit_type)
+            span = telemetry.span(f"broker.task {charge.kind}:{charge.handler}")
             attributes = {"naos.broker.route": charge.kind, "naos.broker.handler": charge.handler}
     if span.recording:
         span.update({**attributes, "naos.agent": agent, "naos.task_id": charge.task_id})
