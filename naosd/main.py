@@ -160,7 +160,8 @@ def run(config: Config, reload: Any) -> int:
                         audit_key=audit_key)
         return asyncio.run(daemon.run())
     finally:
-        telemetry.stop(timeout_s=min(5.0, config.shutdown_timeout / 2))
+        # Spans still queued get 2 s at most: a collector that is down cannot hold the stop.
+        telemetry.stop(timeout_s=min(2.0, config.shutdown_timeout / 2))
         if runtime is not None:
             runtime.shutdown(config.shutdown_timeout / 2)
         if socket_created:

@@ -10,6 +10,7 @@ OpenTelemetry API) do not export through it.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -83,7 +84,8 @@ class OtelTracer:
     def __init__(self, settings: Settings) -> None:
         resource = Resource.create({"service.name": settings.service_name,
                                     "service.version": __version__, **settings.resource})
-        self._provider = TracerProvider(resource=resource)
+        # shutdown_on_exit off: naosd stops it itself, within a bound (shutdown()).
+        self._provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         exporter = OTLPSpanExporter(endpoint=settings.endpoint or None)
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("naosd", __version__)
@@ -102,8 +104,16 @@ class OtelTracer:
         return out
 
     def shutdown(self, timeout_s: float) -> None:
-        self._provider.force_flush(int(timeout_s * 1000))
-        self._provider.shutdown()
+        """Export what is queued, for at most ``timeout_s``: the SDK's own
+        shutdown waits out an export's retries (up to its 10 s timeout) when
+        the collector is down, and naosd's stop must not."""
+        def flush() -> None:
+            self._provider.force_flush(int(timeout_s * 1000))
+            self._provider.shutdown()
+
+        worker = threading.Thread(target=flush, name="naosd-otel-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
 
 
 def error_type(exc: BaseException) -> str:
