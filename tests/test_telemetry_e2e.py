@@ -2,7 +2,7 @@
 here (decoded with opentelemetry-proto): an operator's ``naosctl run`` that
 continues the caller's W3C trace, an agent that asks the LLM (the fake
 OpenAI-compatible server of tests/fake_openai.py) and another agent, which
-asks the LLM too: one trace, parent and child as the calls were made, the
+streams from the LLM: one trace, parent and child as the calls were made, the
 GenAI attributes on the LLM spans, the trace context sent to the LLM server."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fake_openai import FakeOpenAI, answer, serve_fake_openai
+from fake_openai import FakeOpenAI, answer, serve_fake_openai, streamed
 from harness import Naosd, clean_env, reap, start_naosd
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -41,8 +41,10 @@ async def handle(message, ctx):
 '''
 HELPER = '''
 async def handle(message, ctx):
-    r = await ctx.llm.chat([{"role": "user", "content": "help"}], max_tokens=10)
-    return {"n": message["n"], "text": r.text}
+    text = ""
+    async for piece in ctx.llm.stream([{"role": "user", "content": "help"}], max_tokens=10):
+        text += piece
+    return {"n": message["n"], "text": text}
 '''
 
 
@@ -190,7 +192,8 @@ def wait_spans(collector: Collector, names: list[str], timeout: float = 90.0) ->
 def test_an_agent_chain_is_one_trace_with_genai_spans(traced: Naosd, servers: Servers,
                                                       base: Path) -> None:
     fake, collector = servers.llm, servers.collector
-    fake.answer = lambda body: answer("fine", usage=(11, 4))
+    fake.answer = lambda body: (streamed(["fi", "ne"], usage=(11, 4)) if body.get("stream")
+                                else answer("fine", usage=(11, 4)))
     create_agents(traced, base)
     result = ok(traced, "run", "caller", "--input", '{"n": 7}',
                 env={"TRACEPARENT": TRACEPARENT})

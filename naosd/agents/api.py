@@ -78,8 +78,8 @@ class ChatService(Protocol):
     async def chat(self, agent: str, request: dict[str, Any], *, deadline: float
                    ) -> dict[str, Any]: ...
 
-    def stream(self, agent: str, request: dict[str, Any], *, deadline: float
-               ) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, agent: str, request: dict[str, Any], *, deadline: float,
+               trace: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class TaskBroker(Protocol):
@@ -240,7 +240,7 @@ class AgentApi:
             raise _no("an LLM")
         caller = self.caller(channel, call)
         async for event in self._chat.stream(caller.agent, _llm_request(call.params),
-                                             deadline=caller.deadline):
+                                             deadline=caller.deadline, trace=caller.trace):
             yield event
 
     async def _execute(self, channel: Channel, call: Incoming) -> dict[str, Any]:
