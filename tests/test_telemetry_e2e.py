@@ -170,6 +170,12 @@ def _ctl_env(d: Naosd, env: dict[str, str], *args: str) -> Any:
     return naosctl("--socket", str(d.socket), *args, env={**d.env, **env})
 
 
+def answer_fine(fake: FakeOpenAI) -> None:
+    """Every request is answered "fine" (streamed when asked to), usage 11 in, 4 out."""
+    fake.answer = lambda body: (streamed(["fi", "ne"], usage=(11, 4)) if body.get("stream")
+                                else answer("fine", usage=(11, 4)))
+
+
 def create_agents(d: Naosd, base: Path) -> None:
     for name, code in (("caller", CALLER), ("helper", HELPER)):
         path = base / f"{name}.py"
@@ -192,8 +198,7 @@ def wait_spans(collector: Collector, names: list[str], timeout: float = 90.0) ->
 def test_an_agent_chain_is_one_trace_with_genai_spans(traced: Naosd, servers: Servers,
                                                       base: Path) -> None:
     fake, collector = servers.llm, servers.collector
-    fake.answer = lambda body: (streamed(["fi", "ne"], usage=(11, 4)) if body.get("stream")
-                                else answer("fine", usage=(11, 4)))
+    answer_fine(fake)
     create_agents(traced, base)
     result = ok(traced, "run", "caller", "--input", '{"n": 7}',
                 env={"TRACEPARENT": TRACEPARENT})
@@ -270,6 +275,7 @@ def test_errors_broker_tasks_and_a_bad_traceparent(
 
 def test_without_telemetry_nothing_is_exported_or_sent(base: Path, servers: Servers) -> None:
     daemon = start_naosd(base, env=daemon_env(base, servers.llm))
+    answer_fine(servers.llm)
     try:
         create_agents(daemon, base)
         result = ok(daemon, "run", "caller", "--input", '{"n": 1}',
