@@ -158,7 +158,7 @@ def traced(base: Path, servers: Servers) -> Iterator[Naosd]:
         assert not reap(daemon)
 
 
-def ok(d: Naosd, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def ok(d: Naosd, *args: str, env: dict[str, str] | None = None) -> Any:
     out = d.ctl(*args, "--json") if env is None else _ctl_env(d, env, *args, "--json")
     assert out.returncode == 0, f"{args}: {out.stderr}\n{d.log()[-3000:]}"
     return json.loads(out.stdout) if out.stdout.strip() else {}
@@ -328,3 +328,38 @@ def test_a_sagas_steps_continue_the_trace_that_started_it(traced: Naosd, servers
     assert {s.attributes["naos.run_id"] for s in steps} == {run["run_id"]}
     runs = [s for s in spans if s.name == "invoke_agent plain"]
     assert sorted(s.parent_id for s in runs) == sorted(s.span_id for s in steps)
+
+
+TOOLER = '''
+async def handle(message, ctx):
+    return await ctx.tools.call("calc.add", {"a": 2, "b": 3})
+'''
+
+
+def test_an_agents_tool_call_is_an_execute_tool_span(traced: Naosd, servers: Servers,
+                                                     base: Path) -> None:
+    from mcp_tool_servers import stdio_command, write_server
+
+    ok(traced, "mcp", "add", "calc", "--command", stdio_command(write_server(base)),
+       "--price-micro", "100")
+    deadline = time.monotonic() + 90
+    while not any(s["name"] == "calc" and s["state"] == "up"
+                  for s in ok(traced, "mcp", "list")):
+        assert time.monotonic() < deadline, traced.log()[-3000:]
+        time.sleep(0.2)
+    path = base / "tooler.py"
+    path.write_text(TOOLER)
+    ok(traced, "create", "tooler", "--source", str(path))
+    traced.ctl("axis", "register", "tooler", "--t-score", "900", "--c-score", "950", check=True)
+    result = ok(traced, "run", "tooler", "--input", "{}", env={"TRACEPARENT": TRACEPARENT})
+    assert result["output"]["text"] == "5"
+
+    wait_spans(servers.collector, ["invoke_agent tooler", "execute_tool calc.add"])
+    spans = [s for s in servers.collector.spans if s.trace_id == TRACE_ID]
+    run, tool = only(spans, "invoke_agent tooler"), only(spans, "execute_tool calc.add")
+    assert tool.parent_id == run.span_id
+    assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool.attributes["gen_ai.tool.name"] == "calc.add"
+    assert tool.attributes["naos.tool.server"] == "calc"
+    assert tool.attributes["naos.cost_micro_usd"] == 100
+    assert tool.attributes["naos.agent"] == "tooler"
