@@ -65,9 +65,10 @@ def connect_error(path: Path | str, exc: OSError) -> NaosError:
 class Conversation:
     """Sans-I/O client state: request ids, handshake, frame parsing."""
 
-    def __init__(self, timeout: float | None = None) -> None:
+    def __init__(self, timeout: float | None = None, traceparent: str | None = None) -> None:
         self._ids = itertools.count(1)
         self.timeout = timeout
+        self.traceparent = traceparent  # W3C trace context every request carries
         self.decoder = protocol.FrameDecoder(max_frame=CLIENT_MAX_FRAME,
                                              max_values=CLIENT_MAX_VALUES)
         self.server: dict[str, Any] = {}
@@ -83,7 +84,8 @@ class Conversation:
         req_id = next(self._ids)
         timeout = None if stream else _wire_timeout(self.timeout)
         return req_id, protocol.encode_frame(
-            protocol.request(req_id, method, params, timeout=timeout))
+            protocol.request(req_id, method, params, timeout=timeout,
+                             traceparent=self.traceparent))
 
     def cancel_frame(self, req_id: int) -> bytes:
         return protocol.encode_frame({"type": "cancel", "id": req_id})
@@ -134,10 +136,11 @@ def _wire_timeout(timeout: float | None) -> float | None:
 class Client:
     """Blocking client.  One request at a time per instance."""
 
-    def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT,
+                 traceparent: str | None = None) -> None:
         self.path = str(socket_path)
         self.timeout = timeout
-        self._conv = Conversation(timeout)
+        self._conv = Conversation(timeout, traceparent)
         self._sock: socket.socket | None = None
 
     def connect(self) -> Client:
@@ -228,10 +231,11 @@ class Client:
 class AsyncClient:
     """asyncio client; several calls may be in flight at once."""
 
-    def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT,
+                 traceparent: str | None = None) -> None:
         self.path = str(socket_path)
         self.timeout = timeout
-        self._conv = Conversation(timeout)
+        self._conv = Conversation(timeout, traceparent)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._waiters: dict[int, asyncio.Queue[dict[str, Any]]] = {}

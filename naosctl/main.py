@@ -30,16 +30,18 @@ class Ctx:
     """What every command gets: a lazily connected client."""
 
     def __init__(self, socket_path: Path, timeout: float,
-                 factory: Callable[..., Client]) -> None:
+                 factory: Callable[..., Client], traceparent: str | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self._factory = factory
+        self._trace = {"traceparent": traceparent} if traceparent else {}
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = self._factory(self.socket_path, timeout=self.timeout)
+            self._client = self._factory(self.socket_path, timeout=self.timeout,
+                                         **self._trace)
             self._client.connect()
         return self._client
 
@@ -99,8 +101,11 @@ def json_option(fn: F) -> F:
 @click.option("--system", is_flag=True, help="talk to the system-wide naosd")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="seconds to wait for an answer")
+@click.option("--traceparent", envvar="TRACEPARENT", metavar="W3C",
+              help="continue this W3C trace (default: $TRACEPARENT); naosd's spans join it")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None, system: bool, timeout: float) -> None:
+def cli(ctx: click.Context, socket_path: str | None, system: bool, timeout: float,
+        traceparent: str | None) -> None:
     """Control the naos daemon (naosd)."""
     factory = ctx.obj if callable(ctx.obj) else Client
     try:
@@ -108,7 +113,7 @@ def cli(ctx: click.Context, socket_path: str | None, system: bool, timeout: floa
     except ConfigError as exc:
         click.echo(f"naosctl: {exc.message}", err=True)
         sys.exit(ConfigError.exit_code)
-    ctx.obj = Ctx(path, timeout, factory)
+    ctx.obj = Ctx(path, timeout, factory, traceparent)
     ctx.call_on_close(ctx.obj.close)
 
 

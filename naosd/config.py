@@ -182,6 +182,16 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _otlp_url(value: Any) -> str:
+    """An OTLP/HTTP traces URL: a base URL gets the signal's path, /v1/traces."""
+    text = _str(value).strip().rstrip("/")
+    if not text:
+        return ""
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return text if text.endswith("/v1/traces") else text + "/v1/traces"
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     key: str  # "section.name" as written in the TOML file
@@ -316,6 +326,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mcp.run_wait", _number(1, 3600), 50.0,
             "seconds a saga or workflow tool waits for its run's outcome "
             "(keep it below daemon.request_timeout for naosctl mcp serve)"),
+    # Traces (naosd.telemetry, docs/interop.md): OpenTelemetry over OTLP/HTTP (extra otel).
+    Setting("telemetry.enabled", _bool, False,
+            "export traces over OTLP/HTTP (needs the otel extra: pip install 'naos[otel]')"),
+    Setting("telemetry.otlp_endpoint", _otlp_url, "",
+            "OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces; "
+            "empty: the OTEL_EXPORTER_OTLP_* variables, else http://localhost:4318)"),
+    Setting("telemetry.service_name", _str, "naosd", "service.name on naosd's spans"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -385,6 +402,9 @@ class Config:
     mcp_identity: str = "mcp-client"
     mcp_tools: tuple[str, ...] = ("*",)
     mcp_run_wait: float = 50.0
+    telemetry_enabled: bool = False
+    telemetry_otlp_endpoint: str = ""
+    telemetry_service_name: str = "naosd"
     audit_key_file: Path | None = None
     operator_group: str = ""
     reader_group: str = ""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from naosd import __version__
+from naosd import __version__, telemetry
 from naosd.config import Config, load, render_default_config
 from naosd.control.access import access_of
 from naosd.errors import AlreadyRunning, ConfigError, NaosError
@@ -151,6 +151,7 @@ def run(config: Config, reload: Any) -> int:
         audit_key = _load_audit_key(config)
         runtime = _start_actors(config)
         socket_created = True
+        _start_telemetry(config)  # its exporter thread: only once the actors are forked
         from naosd.daemon import Daemon
 
         notifier = SdNotifier(os.environ.get("NOTIFY_SOCKET"),
@@ -159,6 +160,8 @@ def run(config: Config, reload: Any) -> int:
                         audit_key=audit_key)
         return asyncio.run(daemon.run())
     finally:
+        # Spans still queued get 2 s at most: a collector that is down cannot hold the stop.
+        telemetry.stop(timeout_s=min(2.0, config.shutdown_timeout / 2))
         if runtime is not None:
             runtime.shutdown(config.shutdown_timeout / 2)
         if socket_created:
@@ -166,6 +169,17 @@ def run(config: Config, reload: Any) -> int:
                 config.socket.unlink()
         lock.release()
         log.info("stopped")
+
+
+def _start_telemetry(config: Config) -> None:
+    """Export traces if ``telemetry.enabled`` (naosd.telemetry; off: nothing is loaded)."""
+    if not config.telemetry_enabled:
+        return
+    resource = {"service.instance.id": config.cluster_node} if config.cluster_node else {}
+    telemetry.start(telemetry.Settings(config.telemetry_otlp_endpoint,
+                                       config.telemetry_service_name, resource))
+    log.info("exporting traces over OTLP/HTTP to %s",
+             config.telemetry_otlp_endpoint or "the OTEL_EXPORTER_OTLP_* endpoint")
 
 
 def _load_audit_key(config: Config) -> Any:

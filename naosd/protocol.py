@@ -6,7 +6,8 @@ Frame = 4-byte big-endian unsigned length N, then N bytes: one msgpack map.
 Every map has a ``"type"`` key:
 
     hello    client -> server first; server answers with its own hello
-    request  {"id": int, "method": str, "params": map, "timeout": seconds?}
+    request  {"id": int, "method": str, "params": map, "timeout": seconds?,
+              "traceparent": str?}   W3C trace context: the request's span joins it
     reply    {"id": int, "result": any}
     error    {"id": int | nil, "code": str, "message": str}
     event    {"id": int, "data": any}          one item of a stream
@@ -136,10 +137,13 @@ def hello(role: str, **extra: Any) -> dict[str, Any]:
 
 
 def request(req_id: int, method: str, params: dict[str, Any] | None = None,
-            *, timeout: float | None = None) -> dict[str, Any]:
+            *, timeout: float | None = None, traceparent: str | None = None
+            ) -> dict[str, Any]:
     frame = {"type": "request", "id": req_id, "method": method, "params": params or {}}
     if timeout is not None:
         frame["timeout"] = timeout
+    if traceparent:
+        frame["traceparent"] = traceparent
     return frame
 
 

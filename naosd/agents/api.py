@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from naos.peer import Incoming, Method
+from naosd import telemetry
 from naosd.agents.channels import AgentChannels, Channel, RunInfo
 from naosd.errors import InvalidRequest, NaosError, RequestTimeout
 from naosd.errors.agents import CallCycle, CallTooDeep, UnknownTool
@@ -77,8 +78,8 @@ class ChatService(Protocol):
     async def chat(self, agent: str, request: dict[str, Any], *, deadline: float
                    ) -> dict[str, Any]: ...
 
-    def stream(self, agent: str, request: dict[str, Any], *, deadline: float
-               ) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, agent: str, request: dict[str, Any], *, deadline: float,
+               trace: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class TaskBroker(Protocol):
@@ -115,7 +116,11 @@ class AgentApi:
         """The methods one channel serves, bound to its agent."""
         def bind(fn: Any, stream: bool = False) -> Method:
             async def unary(call: Incoming) -> Any:
-                return await fn(channel, call)
+                # A call made for a run continues that run's trace (a ctx.ask
+                # chain is one trace; the LLM and tool spans are its children).
+                info = channel.run_info(call.params.get("run"))
+                with telemetry.attached(info.trace if info is not None else {}):
+                    return await fn(channel, call)
 
             def many(call: Incoming) -> AsyncIterator[Any]:
                 return fn(channel, call)  # type: ignore[no-any-return]
@@ -235,7 +240,7 @@ class AgentApi:
             raise _no("an LLM")
         caller = self.caller(channel, call)
         async for event in self._chat.stream(caller.agent, _llm_request(call.params),
-                                             deadline=caller.deadline):
+                                             deadline=caller.deadline, trace=caller.trace):
             yield event
 
     async def _execute(self, channel: Channel, call: Incoming) -> dict[str, Any]:

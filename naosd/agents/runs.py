@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from naosd import telemetry
 from naosd.agents.api import Caller
 from naosd.agents.channels import AgentChannels, Channel, RunOutcome
 from naosd.errors import (
@@ -63,12 +64,25 @@ class AgentRuns:
                      ) -> dict[str, Any]:
         """Run ``payload`` on agent ``name`` for ``caller``; see the module docstring."""
         check_values({"input": payload})
+        with telemetry.span(f"invoke_agent {name}") as span:
+            if span.recording:
+                span.update({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
+                             "naos.caller": caller.agent, "naos.chain.depth": len(caller.chain)})
+            await self._check_caller(name, caller)
+            result = await self._run(name, payload, caller, key)
+            span.set("naos.agent.pid", result["pid"])
+            return result
+
+    async def _check_caller(self, name: str, caller: Caller) -> None:
+        """An agent that calls another must pass the trust gate."""
         asking_agent = caller.agent if caller.agent != OPERATOR else None
         if asking_agent is not None and self._gate is not None:
             verdict, _ = await self._gate.evaluate(asking_agent, 0)
             if not verdict.allow:
                 raise TrustDenied(f"agent {asking_agent!r} may not call {name!r}: "
                                   f"{verdict.reason}")
+
+    async def _run(self, name: str, payload: Any, caller: Caller, key: str) -> dict[str, Any]:
         started = time.monotonic()
         run = _Run(name, key, caller, started)
         try:
@@ -76,7 +90,7 @@ class AgentRuns:
             self.last_used[name] = time.monotonic()
             run.outcome = await run.channel.run(
                 payload, request_id=uuid.uuid4().hex, key=key, deadline=caller.deadline,
-                chain=caller.chain, trace=dict(caller.trace))
+                chain=caller.chain, trace=telemetry.carrier() or dict(caller.trace))
             if run.outcome.crashed:
                 run.error = AgentCrashed(f"agent {name!r} crashed: {run.outcome.crashed}")
             elif run.outcome.error is not None:

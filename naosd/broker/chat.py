@@ -22,10 +22,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from naosd import telemetry
 from naosd.broker.llm.chat_request import (
     ChatRequest,
     check_chat,
@@ -185,16 +186,20 @@ class ChatService:
             raise
         return _reply(spent, receipt)
 
-    async def stream(self, agent: str, request: dict[str, Any], *, deadline: float
-                     ) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, agent: str, request: dict[str, Any], *, deadline: float,
+                     trace: Mapping[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
         """``{"delta": text}`` as the answer arrives, then ``{"done": true, ...}``
         with what :meth:`chat` returns.  Settled once, at the end; a consumer
-        that goes away midway has what was streamed settled at its bounds."""
+        that goes away midway has what was streamed settled at its bounds.
+        ``trace`` is the caller's trace context (a generator cannot inherit it:
+        it runs in its consumer's)."""
         plan = self.plan(request)
         _check_time(deadline)
         run = _Stream()
         work = functools.partial(self._stream_work, plan, run, deadline)
-        producer = self._detach(self._spender.charge(agent, _charge(plan, stream=True), work))
+        with telemetry.attached(trace or {}):  # the producer task copies it; no yield inside
+            producer = self._detach(self._spender.charge(agent, _charge(plan, stream=True),
+                                                         work))
         try:
             while (text := await run.next(producer)) is not None:
                 yield {"delta": text}

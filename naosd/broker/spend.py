@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from actors.domain.trust import Decision
+from naosd.broker import spans
 from naosd.broker.cost import CostController, Event, Hold
 from naosd.broker.ledger_writer import LedgerWriter
 from naosd.errors import NaosError, TrustDenied
@@ -103,6 +104,13 @@ class Spender:
         Raises whatever denied it (``trust_denied``, ``budget_exceeded``,
         ``budget_throttled``) or whatever the work raised, after recording it.
         """
+        with spans.open_span(agent, charge) as span:
+            spent, receipt = await self._charge(agent, charge, work)
+            spans.settled(span, spent, receipt)
+            return spent, receipt
+
+    async def _charge(self, agent: str | None, charge: Charge, work: Work
+                      ) -> tuple[Spent, Receipt]:
         trust: Event | None = None
         try:
             verdict, detail = await self.gate.evaluate(agent, charge.want_micro)

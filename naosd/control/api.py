@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from naosd import deadline
+from naosd import deadline, telemetry
 from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.control.roles import READ
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
@@ -42,7 +42,10 @@ async def invoke(services: Services, name: str, given: Mapping[str, Any]) -> Any
     """Run unary method ``name`` in process, its parameters checked by its
     Spec as on the socket (the dashboard's resources and views use this)."""
     entry = services.methods[name]
-    return await entry.handler(services, check(name, entry.params, dict(given)))
+    with telemetry.span(name, "server") as span:
+        if span.recording:
+            span.update({"rpc.system": "naos", "rpc.method": name, "naos.transport": "http"})
+        return await entry.handler(services, check(name, entry.params, dict(given)))
 
 
 class Api(Dispatcher):

@@ -24,12 +24,13 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from naosd import protocol
+from naosd import protocol, telemetry
 from naosd.control.admission import Limits
 from naosd.control.peers import Peer, no_agent_handler, peer_credentials, process_refusal
 from naosd.control.roles import OPERATE, denial, may_call
@@ -52,6 +53,7 @@ LINGER_S = 2.0  # a refused client has this long to read why before the close
 LINGER_BYTES = 1 << 20  # ... and may send this much meanwhile (read and dropped)
 MAX_LINGERING = 64  # refused connections held at once; past this, closed at once
 MAX_PER_UID = 32  # daemon.max_connections_per_uid's default
+NO_TRACE: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,9 @@ class Call:
     # time.monotonic() after which the client no longer waits (from the
     # request's ``timeout``); None when the client did not say.
     deadline: float | None = None
+    # The caller's trace context ({"traceparent": ...} from the request's
+    # ``traceparent``): the request's span continues the caller's trace.
+    trace: Mapping[str, str] = field(default_factory=lambda: NO_TRACE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +361,7 @@ class Connection:
                 raise InvalidRequest(
                     f"request {req_id}: id {req_id} is already in flight on this "
                     "connection (the first request goes on)")
-            method, params, timeout = _check_request(req_id, message)
+            method, params, timeout, trace = _check_request(req_id, message)
             self._check_role(method)
             if len(self._in_flight) >= MAX_IN_FLIGHT:
                 raise InvalidRequest(f"request {req_id}: too many requests in flight "
@@ -365,7 +370,7 @@ class Connection:
             await self.send(protocol.error(req_id, exc.code, exc.message))
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._spawn(req_id, Call(method, params, self.peer, deadline))
+        self._spawn(req_id, Call(method, params, self.peer, deadline, trace))
 
     def _check_role(self, method: str) -> None:
         need = self.server.dispatcher.role_of(method)
@@ -395,7 +400,8 @@ class Connection:
         try:
             if fn is None:
                 raise MethodNotFound(f"unknown method {call.method!r}")
-            result = await fn(call)
+            with telemetry.attached(call.trace), self._span(call):
+                result = await fn(call)
         except asyncio.CancelledError:
             await self._send_quietly(protocol.error(
                 req_id, ShuttingDown.code,
@@ -422,10 +428,20 @@ class Connection:
         with contextlib.suppress(ConnectionError, RuntimeError):  # the client went away
             await self._write(frame)
 
+    def _span(self, call: Call) -> telemetry.OpenSpan:
+        """The request's span (OpenTelemetry's RPC conventions: a server span)."""
+        span = telemetry.span(call.method, "server")
+        if span.recording:
+            span.update({"rpc.system": "naos", "rpc.method": call.method,
+                         "naos.peer.uid": self.peer.uid, "naos.peer.role": self.role,
+                         "naos.transport": "socket"})
+        return span
+
     async def _run_stream(self, req_id: int, fn: Streaming, call: Call) -> None:
         try:
-            async for item in fn(call):
-                await self.send(protocol.event(req_id, item))
+            with telemetry.attached(call.trace), self._span(call):
+                async for item in fn(call):
+                    await self.send(protocol.event(req_id, item))
             await self.send(protocol.end(req_id))
         except asyncio.CancelledError:
             await self._send_quietly(protocol.end(req_id))
@@ -489,8 +505,8 @@ def _id_of(message: dict[str, Any]) -> int:
 
 def _check_request(
     req_id: int, message: dict[str, Any]
-) -> tuple[str, dict[str, Any], float | None]:
-    """Method, params and timeout of a request, every value checked."""
+) -> tuple[str, dict[str, Any], float | None, Mapping[str, str]]:
+    """Method, params, timeout and trace context of a request, every value checked."""
     try:
         check_values(message, binary_at="params")
     except InvalidRequest as exc:
@@ -510,7 +526,20 @@ def _check_request(
         raise InvalidRequest(
             f"request {req_id}: 'timeout' must be a number of seconds above 0 and at most "
             f"{protocol.MAX_REQUEST_TIMEOUT:g}, got {_shown(timeout)}")
-    return method, params, None if timeout is None else float(timeout)
+    return method, params, None if timeout is None else float(timeout), _trace_of(
+        req_id, message)
+
+
+def _trace_of(req_id: int, message: dict[str, Any]) -> Mapping[str, str]:
+    """The request's ``traceparent`` as a carrier (checked even when tracing
+    is off: a client learns of a malformed one at once)."""
+    raw = message.get("traceparent")
+    if raw is None:
+        return NO_TRACE
+    try:
+        return {"traceparent": telemetry.check_traceparent(raw, "'traceparent'")}
+    except ValueError as exc:
+        raise InvalidRequest(f"request {req_id}: {exc}") from None
 
 
 def _shown(value: Any) -> str:

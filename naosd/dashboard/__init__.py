@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from naosd import telemetry
 from naosd.dashboard.mcp import MCP_PATH, add_mcp, check_access
 
 COOKIE = "naos_session"
@@ -79,6 +80,16 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
+@web.middleware
+async def trace_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request's W3C ``traceparent`` header: the methods it runs join that
+    trace (a malformed one is ignored, as W3C Trace Context asks of HTTP)."""
+    given = request.headers.get("traceparent")
+    with telemetry.attached({"traceparent": given} if given else {}):
+        served: web.StreamResponse = await handler(request)
+        return served
+
+
 def _login(request: web.Request) -> web.StreamResponse:
     given = request.query.get("token", "")
     if not hmac.compare_digest(given.encode(), request.app[TOKEN].encode()):
@@ -110,7 +121,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(services: Services, token: str, hosts: set[str]) -> web.Application:
-    app = web.Application(middlewares=[guard])
+    app = web.Application(middlewares=[guard, trace_context])
     app[STATUS] = services.daemon
     app[TOKEN] = token
     app[HOSTS] = hosts

@@ -38,6 +38,7 @@ from actors.domain import workflow as wf_m
 from actors.domain.orch_defs import saga_spec, workflow_spec
 from actors.domain.run_events import Machine, Recover
 from actors.orch_messages import RunCommand, StartRun
+from naosd import telemetry
 from naosd.errors import (
     Conflict,
     InvalidRequest,
@@ -67,9 +68,11 @@ class Runs:
     """The operations the API offers on saga and workflow runs."""
 
     def __init__(self, db: AsyncStore, tree: OrchTree, lanes: RunLanes,
-                 watchers: Watchers, origins: dict[str, dict[str, str]] | None = None) -> None:
+                 watchers: Watchers, origins: dict[str, dict[str, str]] | None = None,
+                 traces: dict[str, dict[str, str]] | None = None) -> None:
         self._db = db
         self._origins = {} if origins is None else origins
+        self._traces = {} if traces is None else traces
         self._tree = tree
         self._lanes = lanes
         self._watchers = watchers
@@ -88,6 +91,8 @@ class Runs:
         who = origin.current()
         if who is not None:
             self._origins[run_id] = who
+        if trace := telemetry.carrier():
+            self._traces[run_id] = trace
         try:
             await self._tree.ask(StartRun(rid(), run_id, kind, record, epoch))
         except NaosError as exc:

@@ -24,6 +24,7 @@ from actors.orch_messages import (
     RunPoolTask,
     SaveRun,
 )
+from naosd import telemetry
 from naosd.errors import InvalidRequest
 from naosd.orchestration.calls import AgentCalls, StepCalls
 from naosd.orchestration.coordinators import MACHINES, Runs
@@ -32,6 +33,8 @@ from naosd.orchestration.pools import Pools
 from naosd.orchestration.tree import Asks, OrchTree
 from naosd.storage import origin
 from naosd.storage import runs as orch_store
+
+RUN_KINDS = {"s": "saga", "w": "workflow"}  # a run id's first letter (Runs.start)
 
 if TYPE_CHECKING:
     from naosd.runtime.port import ActorPort
@@ -42,8 +45,10 @@ class OrchestrationPort:
     """The handlers, one per request type of ``actors/orch_messages.py``."""
 
     def __init__(self, db: AsyncStore, lanes: RunLanes, calls: StepCalls, pools: Pools,
-                 origins: dict[str, dict[str, str]]) -> None:
+                 origins: dict[str, dict[str, str]],
+                 traces: dict[str, dict[str, str]] | None = None) -> None:
         self._origins = origins  # run id -> who started it (an MCP identity), in memory
+        self._traces = {} if traces is None else traces  # run id -> its start's trace context
         self._db = db
         self._lanes = lanes
         self._calls = calls
@@ -75,9 +80,16 @@ class OrchestrationPort:
         elif req.seq:
             await self._lanes.reached(req.run_id, req.epoch, req.seq)
         who = self._origins.get(req.run_id)
-        with origin.acting_for(who["via"], who["as"]) if who else contextlib.nullcontext():
-            return await self._calls.run(req.agent, req.message, key=req.key,
-                                         wait_s=req.wait_s)
+        with origin.acting_for(who["via"], who["as"]) if who else contextlib.nullcontext(), \
+                telemetry.attached(self._traces.get(req.run_id, {})), \
+                telemetry.span(f"{RUN_KINDS.get(req.run_id[:1], 'run')}.step {req.agent}") as span:
+            if span.recording:
+                span.update({"naos.run_id": req.run_id, "naos.step.agent": req.agent,
+                             "naos.step.seq": req.seq, "naos.idempotency_key": req.key})
+            result = await self._calls.run(req.agent, req.message, key=req.key,
+                                           wait_s=req.wait_s)
+            span.set("error.type", None if result.get("ok") else str(result.get("code")))
+            return result
 
     async def _commit(self, run_id: str, epoch: int, seq: int, change: RunChange) -> None:
         """The run's rows carry who started it (rows of a run resumed after a
@@ -89,6 +101,7 @@ class OrchestrationPort:
         record = change.record
         if record is not None and any(record.get("status") in m.final for m in MACHINES.values()):
             self._origins.pop(run_id, None)
+            self._traces.pop(run_id, None)
 
     async def recover(self, req: RecoverRuns) -> dict[str, Any]:
         """Once the agents supervisor is up: the unfinished runs, and the
@@ -122,8 +135,9 @@ async def build_orchestration(db: AsyncStore, agents: AgentCalls, bridge: Asks,
     calls = StepCalls(agents)
     tree = OrchTree(bridge)
     origins: dict[str, dict[str, str]] = {}
-    runs = Runs(db, tree, lanes, watchers, origins)
+    traces: dict[str, dict[str, str]] = {}  # a run's steps continue the trace that started it
+    runs = Runs(db, tree, lanes, watchers, origins, traces)
     pools = Pools(db, tree, lanes, watchers, calls)
     await pools.prepare()
-    OrchestrationPort(db, lanes, calls, pools, origins).register(port)
+    OrchestrationPort(db, lanes, calls, pools, origins, traces).register(port)
     return runs, pools

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
+from naosd import telemetry
 from naosd.broker.llm.chat_request import ChatRequest
 from naosd.broker.llm.wire import (
     DEFAULT_MAX_TOKENS,
@@ -296,9 +297,12 @@ class LlmClient:
                                  f"HTTP: {exc}") from None
 
     def _headers(self) -> dict[str, str]:
-        if not self.config.api_key:
-            return {}
-        return {"Authorization": f"Bearer {self.config.api_key}"}
+        """The key, and the trace context (``traceparent``: the server's spans
+        join the call's trace)."""
+        headers = telemetry.carrier()
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
