@@ -150,18 +150,20 @@ def test_summary_carries_the_resolution_note():
 
 def test_run_actions_offer_only_the_methods_this_build_has():
     offered = run_actions(METHODS)
-    assert set(offered["saga"]) >= {"retry_compensation", "resolve"}
+    assert set(offered["saga"]) == {"retry_compensation", "resolve", "cancel", "approve",
+                                     "reject"}
     assert offered["saga"]["resolve"]["method"] == "saga.resolve"
     assert offered["saga"]["resolve"]["params"]["note"]["required"] is True
-    assert "retry_compensation" not in offered["workflow"]
-    # a build with cancel and a bare approve method offers them, per kind
-    more = {**METHODS, "workflow.cancel": METHODS["saga.resolve"],
-            "approve": METHODS["saga.resolve"]}
-    assert run_action_method("workflow", "cancel", more) == "workflow.cancel"
-    assert run_action_method("saga", "cancel", more) is None
-    assert run_action_method("saga", "approve", more) == "approve"
-    assert run_action_method("saga", "explode", more) is None
-    assert set(run_actions(more)["workflow"]) == {"cancel", "approve"}
+    assert set(offered["workflow"]) == {"cancel", "approve", "reject"}
+    assert offered["workflow"]["cancel"]["method"] == "workflow.cancel"
+    assert offered["saga"]["approve"]["method"] == "approve"  # one method for both kinds
+    assert offered["saga"]["reject"]["params"]["note"]["required"] is False
+    # a build without them offers neither
+    fewer = {k: v for k, v in METHODS.items() if k not in ("saga.cancel", "approve")}
+    assert run_action_method("saga", "cancel", fewer) is None
+    assert run_action_method("saga", "approve", fewer) is None
+    assert run_action_method("saga", "explode", METHODS) is None
+    assert set(run_actions(fewer)["workflow"]) == {"cancel", "reject"}
 
 
 def test_an_action_route_names_its_method_or_is_not_found():

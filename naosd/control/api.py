@@ -8,6 +8,11 @@ Each method declares, where it is declared, the role it needs
 (``role="read"`` or ``"operate"``, naosd.control.roles): ``read`` only for
 what changes nothing, spends nothing, runs no code and reveals no secret.
 The default is ``operate``: a forgotten declaration fails closed.
+
+A method that records who made a decision (``caller=True``: cancel, approve,
+reject, schedules) gets it as ``p["by"]``, filled in here and never taken
+from the client: ``uid:N`` from the connection's peer credentials, or what
+an in-process caller says (the dashboard, an MCP identity).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from naosd.control.params import Bool, Int, Spec, Str, check, parse_since
 from naosd.control.roles import NEEDS, OPERATE, READ
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
 from naosd.errors import AuditError, InvalidRequest, RequestTimeout
+from naosd.storage import origin
 
 if TYPE_CHECKING:
     from naosd.services import Services
@@ -43,6 +49,7 @@ class Method:
     doc: str = ""
     role: str = OPERATE  # what a connection needs to call it: read or operate
     deadline: str | None = None  # the parameter holding the caller's own timeout (s)
+    caller: bool = False  # the handler gets who called as p["by"]
 
 
 METHODS: dict[str, Method] = {}
@@ -50,26 +57,37 @@ METHODS: dict[str, Method] = {}
 
 def method(
     method_name: str, /, *, stream: bool = False, role: str = OPERATE,
-    deadline: str | None = None, **params: Spec
+    deadline: str | None = None, caller: bool = False, **params: Spec
 ) -> Callable[[Handler], Handler]:
     """Register a handler.  ``deadline`` names a parameter in which the client
-    sends how long it waits (seconds): see :func:`request_timeout`."""
+    sends how long it waits (seconds): see :func:`request_timeout`.
+    ``caller``: the handler gets who called as ``p["by"]``."""
     if role not in NEEDS:
         raise ValueError(f"{method_name}: role must be one of {', '.join(NEEDS)}, got {role!r}")
 
     def register(fn: Handler) -> Handler:
         METHODS[method_name] = Method(method_name, fn, params, stream,
-                                      (fn.__doc__ or "").strip(), role, deadline)
+                                      (fn.__doc__ or "").strip(), role, deadline, caller)
         return fn
 
     return register
 
 
-async def invoke(services: Services, name: str, given: Mapping[str, Any]) -> Any:
+async def invoke(services: Services, name: str, given: Mapping[str, Any], *,
+                 by: str | None = None) -> Any:
     """Run unary method ``name`` in process, its parameters checked by its
-    Spec as on the socket (the dashboard's resources and views use this)."""
+    Spec as on the socket (the dashboard's resources and views use this).
+    ``by`` says who calls (default: the origin in force, e.g. ``mcp:NAME``)."""
     entry = METHODS[name]
-    return await entry.handler(services, check(name, entry.params, dict(given)))
+    params = check(name, entry.params, dict(given))
+    if entry.caller:
+        params["by"] = by or _origin_name()
+    return await entry.handler(services, params)
+
+
+def _origin_name() -> str:
+    who = origin.current()
+    return f"{who['via']}:{who['as']}" if who else "naosd"
 
 
 class Api(Dispatcher):
@@ -94,6 +112,8 @@ class Api(Dispatcher):
     def _unary(self, entry: Method) -> Unary:
         async def run(call: Call) -> Any:
             params = check(entry.name, entry.params, call.params)
+            if entry.caller:  # the kernel's word for who connected, never the client's
+                params["by"] = f"uid:{call.peer.uid}"
             timeout = request_timeout(entry, params, call, self._services.config.request_timeout)
             result: Awaitable[Any] = entry.handler(self._services, params)
             scope = asyncio.timeout(timeout)
