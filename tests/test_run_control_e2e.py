@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -152,7 +151,7 @@ def test_approval_waits_across_kill9_and_goes_on_when_approved(base: Path):
 def test_reject_compensates_and_a_timeout_rejects(daemon: Naosd, lab: Lab):
     approval_saga(daemon, "order")
     rc, run = outcome(daemon, "saga", "run", "order", "--input", "{}")
-    assert run["status"] == "awaiting_approval"
+    assert rc == 1 and run["status"] == "awaiting_approval"
     decided = ok(daemon, "reject", run["run_id"], "--note", "too dear", "--wait", "60")
     assert decided["status"] == "compensated"
     assert decided["error"] == f"step 'approve' rejected by {ME}: too dear"
@@ -161,7 +160,7 @@ def test_reject_compensates_and_a_timeout_rejects(daemon: Naosd, lab: Lab):
     assert row["by"] == ME and row["note"] == "too dear"
 
     approval_saga(daemon, "hasty", "--timeout", "1")
-    rc, run = outcome(daemon, "saga", "run", "hasty", "--input", "{}", "--wait", "60")
+    _, run = outcome(daemon, "saga", "run", "hasty", "--input", "{}", "--wait", "60")
     if run["status"] == "awaiting_approval":  # the wait ended there; the timeout ends it
         run = wait_for(lambda: (r := status(daemon, "saga", run["run_id"]))["status"] ==
                        "compensated" and r, timeout=60)
