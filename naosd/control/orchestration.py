@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from actors.domain import orch_defs as defs
 from actors.domain import pool as pool_m
 from actors.domain import saga as saga_m
+from actors.domain import schedule as sched_m
 from actors.domain import workflow as wf_m
 from actors.domain.run_events import ON_TIMEOUT, Cancel, Decide
 from naosd.control.api import method
 from naosd.control.params import Bool, Int, Spec, Str, parse_since
 from naosd.control.roles import READ
+from naosd.errors import InvalidRequest
 from naosd.orchestration.coordinators import run_view
 from naosd.storage import runs as orch_store
 
@@ -277,3 +279,32 @@ async def pool_drain(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop taking tasks and wait until the queued and running ones are done."""
     return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout"))
 
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@method("schedule.add", caller=True, name=NAME, cron=Str(None, max_len=256),
+        every=Int(None, lo=1, hi=sched_m.EVERY_MAX_S), saga=Str(None, max_len=64),
+        workflow=Str(None, max_len=64), agent=Str(None, max_len=64), input=Spec(object, None),
+        missed=Str("skip", choices=sched_m.MISSED), timeout=Spec(NUM, 60.0))
+async def schedule_add(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Run a saga, workflow or agent on a cron schedule (UTC); every: seconds, a testing aid."""
+    targets = [(k, p[k]) for k in sched_m.TARGETS if p[k] is not None]
+    if len(targets) != 1:
+        raise InvalidRequest("schedule.add: give exactly one of saga, workflow, agent")
+    (kind, target), = targets
+    spec = sched_m.ScheduleSpec(p["name"], kind, target, p["input"], p["cron"], p["every"],
+                                p["missed"], p["timeout"])
+    return await d.schedules.add(spec, p["by"])
+
+
+@method("schedule.list", role=READ)
+async def schedule_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every schedule: its target, when, the next slot due, the last fired and its run."""
+    return await d.schedules.list()
+
+
+@method("schedule.remove", caller=True, name=NAME)
+async def schedule_remove(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Remove a schedule (runs it started go on)."""
+    return await d.schedules.remove(p["name"], p["by"])
