@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-from harness import Naosd, start_naosd, wait_for
+from conftest import restart
+from harness import Naosd, wait_for
 from orch_agents import Lab, TrailLab
-from test_saga_crash import kill9, stop_all
-from test_saga_e2e import STEPS, make_agents, ok, outcome
+from test_saga_crash import kill9
+from test_saga_e2e import STEPS, make_agents, make_saga, ok, outcome
 
 pytestmark = pytest.mark.e2e
 ME = f"uid:{os.getuid()}"
@@ -26,6 +27,19 @@ def approval_saga(d: Naosd, name: str = "order", *approval: str) -> None:
         ok(d, "saga", "add-step", name, step, "--agent", agent, *extra)
         if step == "reserve":
             ok(d, "saga", "add-step", name, "approve", "--approval", *approval)
+
+
+def etl(d: Naosd, base: Path, *middle: str) -> TrailLab:
+    """Workflow etl: fetch, (``middle``: review's add-step options,) load."""
+    lab = TrailLab(base)
+    for agent in ("fetcher", "loader"):
+        ok(d, "create", agent, "--source", str(lab.handler), "--config", lab.config())
+    ok(d, "workflow", "create", "etl")
+    ok(d, "workflow", "add-step", "etl", "fetch", "--agent", "fetcher")
+    if middle:
+        ok(d, "workflow", "add-step", "etl", "review", *middle)
+    ok(d, "workflow", "add-step", "etl", "load", "--agent", "loader")
+    return lab
 
 
 def audit_of(d: Naosd, type_: str) -> list[dict]:
@@ -44,10 +58,7 @@ def lab(daemon: Naosd) -> Lab:
 
 
 def test_cancel_mid_saga_compensates_and_names_who(daemon: Naosd, lab: Lab):
-    ok(daemon, "saga", "create", "order", "--compensation-delay", "0.1")
-    for step, agent, undo in STEPS:
-        extra = ["--compensate", undo] if undo else []
-        ok(daemon, "saga", "add-step", "order", step, "--agent", agent, *extra)
+    make_saga(daemon, "order", "--compensation-delay", "0.1")
     lab.set(sleep_do={"charge": 4})  # charge is in flight when the cancel comes
     run_id = ok(daemon, "saga", "run", "order", "--no-wait", "--input", "{}")["run_id"]
     wait_for(lambda: lab.rows("SELECT 1 FROM calls WHERE key = ?", (f"{run_id}:charge:do",)))
@@ -73,12 +84,7 @@ def test_cancel_mid_saga_compensates_and_names_who(daemon: Naosd, lab: Lab):
 
 
 def test_workflow_cancel_and_runs_listed_with_filters(daemon: Naosd, base: Path):
-    lab = TrailLab(base)
-    for agent in ("fetcher", "loader"):
-        ok(daemon, "create", agent, "--source", str(lab.handler), "--config", lab.config())
-    ok(daemon, "workflow", "create", "etl")
-    ok(daemon, "workflow", "add-step", "etl", "fetch", "--agent", "fetcher")
-    ok(daemon, "workflow", "add-step", "etl", "load", "--agent", "loader")
+    lab = etl(daemon, base)
     rc, done = outcome(daemon, "workflow", "run", "etl", "--input", "{}")
     assert rc == 0 and done["status"] == "completed"
     lab.set(sleep={"fetch": 5})
@@ -105,47 +111,42 @@ def test_workflow_cancel_and_runs_listed_with_filters(daemon: Naosd, base: Path)
     assert daemon.ctl("workflow", "runs").stdout.count("\n") == 2
 
 
-def test_approval_waits_across_kill9_and_goes_on_when_approved(base: Path):
-    lab = Lab(base)
-    daemons = [start_naosd(base)]
-    d = daemons[0]
-    try:
-        make_agents(d, lab)
-        approval_saga(d, "order", "--timeout", "3600")
-        rc, run = outcome(d, "saga", "run", "order", "--input", '{"order": 7}')
-        run_id = run["run_id"]
-        assert rc == 1 and run["status"] == "awaiting_approval"  # not completed (yet)
-        assert run["awaiting"]["step"] == "approve" and not run["awaiting"]["escalated"]
-        text = d.ctl("saga", "status", run_id).stdout
-        assert "awaiting approval of approve" in text and f"naosctl approve|reject {run_id}" \
-            in text
-        waiting = ok(d, "saga", "runs", "--status", "awaiting_approval")
-        assert [r["run_id"] for r in waiting] == [run_id]
+def test_approval_waits_across_kill9_and_goes_on_when_approved(base: Path,
+                                                               daemons: list[Naosd]):
+    lab, d = Lab(base), daemons[0]
+    make_agents(d, lab)
+    approval_saga(d, "order", "--timeout", "3600")
+    rc, run = outcome(d, "saga", "run", "order", "--input", '{"order": 7}')
+    run_id = run["run_id"]
+    assert rc == 1 and run["status"] == "awaiting_approval"  # not completed (yet)
+    assert run["awaiting"]["step"] == "approve" and not run["awaiting"]["escalated"]
+    text = d.ctl("saga", "status", run_id).stdout
+    assert "awaiting approval of approve" in text and f"naosctl approve|reject {run_id}" \
+        in text
+    waiting = ok(d, "saga", "runs", "--status", "awaiting_approval")
+    assert [r["run_id"] for r in waiting] == [run_id]
 
-        kill9(d)
-        d = start_naosd(base, state_dir=d.state_dir)
-        daemons.append(d)
-        wait_for(lambda: [a for a in audit_of(d, "saga.recovered") if a["run_id"] == run_id],
-                 timeout=60)
-        again = status(d, "saga", run_id)
-        assert again["status"] == "awaiting_approval" and again["live"]
-        assert again["awaiting"]["due"] == run["awaiting"]["due"]  # the same wait goes on
-        wrong = d.ctl("approve", run_id, "--step", "charge")
-        assert wrong.returncode == 1 and "awaits approval of step 'approve', not 'charge'" \
-            in wrong.stderr
+    kill9(d)
+    d = restart(daemons)
+    wait_for(lambda: [a for a in audit_of(d, "saga.recovered") if a["run_id"] == run_id],
+             timeout=60)
+    again = status(d, "saga", run_id)
+    assert again["status"] == "awaiting_approval" and again["live"]
+    assert again["awaiting"]["due"] == run["awaiting"]["due"]  # the same wait goes on
+    wrong = d.ctl("approve", run_id, "--step", "charge")
+    assert wrong.returncode == 1 and "awaits approval of step 'approve', not 'charge'" \
+        in wrong.stderr
 
-        decided = ok(d, "approve", run_id, "--note", "checked by hand", "--wait", "60")
-        assert decided["status"] == "completed", decided
-        approve = next(s for s in decided["steps"] if s["name"] == "approve")
-        assert approve["decision"]["by"] == ME and approve["decision"]["note"] == \
-            "checked by hand"
-        assert lab.ledger(run_id) == [("reserve", 0), ("charge", 0), ("ship", 0)]
-        (row,) = [a for a in audit_of(d, "saga.approved") if a["run_id"] == run_id]
-        assert row["by"] == ME and row["note"] == "checked by hand"
-        late = d.ctl("reject", run_id)
-        assert late.returncode == 1 and "is completed: no step awaits approval" in late.stderr
-    finally:
-        stop_all(d, daemons)
+    decided = ok(d, "approve", run_id, "--note", "checked by hand", "--wait", "60")
+    assert decided["status"] == "completed", decided
+    approve = next(s for s in decided["steps"] if s["name"] == "approve")
+    assert approve["decision"]["by"] == ME and approve["decision"]["note"] == \
+        "checked by hand"
+    assert lab.ledger(run_id) == [("reserve", 0), ("charge", 0), ("ship", 0)]
+    (row,) = [a for a in audit_of(d, "saga.approved") if a["run_id"] == run_id]
+    assert row["by"] == ME and row["note"] == "checked by hand"
+    late = d.ctl("reject", run_id)
+    assert late.returncode == 1 and "is completed: no step awaits approval" in late.stderr
 
 
 def test_reject_compensates_and_a_timeout_rejects(daemon: Naosd, lab: Lab):
@@ -193,13 +194,7 @@ def test_escalate_then_reject_and_a_cancel_while_waiting(daemon: Naosd, lab: Lab
 
 
 def test_workflow_approval_passes_the_input_on(daemon: Naosd, base: Path):
-    lab = TrailLab(base)
-    for agent in ("fetcher", "loader"):
-        ok(daemon, "create", agent, "--source", str(lab.handler), "--config", lab.config())
-    ok(daemon, "workflow", "create", "etl")
-    ok(daemon, "workflow", "add-step", "etl", "fetch", "--agent", "fetcher")
-    ok(daemon, "workflow", "add-step", "etl", "review", "--approval")
-    ok(daemon, "workflow", "add-step", "etl", "load", "--agent", "loader")
+    etl(daemon, base, "--approval")
     bad = daemon.ctl("workflow", "add-step", "etl", "more", "--approval", "--agent", "fetcher")
     assert bad.returncode == 2 and "agent does not apply" in bad.stderr
     rc, run = outcome(daemon, "workflow", "run", "etl", "--input", "{}")

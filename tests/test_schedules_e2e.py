@@ -15,9 +15,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from harness import Naosd, start_naosd, wait_for
+from conftest import restart
+from harness import Naosd, wait_for
 from orch_agents import Lab, read_rows
-from test_saga_crash import kill9, stop_all
+from test_saga_crash import kill9
 from test_saga_e2e import make_agents, make_saga, ok
 
 pytestmark = pytest.mark.e2e
@@ -61,139 +62,118 @@ def fired_slots(d: Naosd, name: str) -> list[float]:
     return [datetime.fromisoformat(r["slot"].replace("Z", "+00:00")).timestamp() for r in rows]
 
 
-def restart(d: Naosd, daemons: list[Naosd], base: Path) -> Naosd:
-    new = start_naosd(base, state_dir=d.state_dir)
-    daemons.append(new)
-    return new
+def test_saga_firings_survive_sigterm_and_kill9_each_slot_once(base: Path,
+                                                              daemons: list[Naosd]):
+    lab, d = Lab(base), daemons[0]
+    make_agents(d, lab)
+    make_saga(d)
+    added = ok(d, "schedule", "add", "tick", "--every", "2", "--saga", "order", "--input",
+               '{"n": 1}', "--missed", "catch-up")
+    assert added["every_s"] == 2 and added["fired"] == 0 and added["target"] == "order"
+    wait_for(lambda: schedule(d, "tick")["fired"] >= 2, timeout=30)
+    assert d.stop() == 0  # SIGTERM: what is due meanwhile fires at the next start
+    time.sleep(5)  # two or three slots go by
+    d = restart(daemons)
+    before = len(fired_slots(d, "tick"))
+    wait_for(lambda: len(fired_slots(d, "tick")) >= before + 3, timeout=30)
+    kill9(d)  # right after a firing, or in the middle of one
+    time.sleep(3)
+    d = restart(daemons)
+    count = schedule(d, "tick")["fired"]
+    wait_for(lambda: schedule(d, "tick")["fired"] >= count + 2, timeout=30)
+    removed = ok(d, "schedule", "remove", "tick")
+    assert removed == {"removed": "tick"}
+
+    slots = sorted(fired_slots(d, "tick"))
+    assert len(slots) == len(set(slots)), "a slot fired twice"
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert gaps == [2.0] * len(gaps), f"a slot was lost: {gaps}"  # caught up, none lost
+    runs = ok(d, "saga", "runs", "--limit", "1000")
+    fired = [r["detail"]["run"] for r in ok(d, "audit", "tail", "-n", "100000")
+             if r["type"] == "schedule.fired"]
+    assert sorted(fired) == sorted(r["run_id"] for r in runs)  # one run per firing
+    assert all(r["input"] == {"n": 1} for r in runs)
+    wait_for(lambda: all(r["status"] == "completed"
+                         for r in ok(d, "saga", "runs", "--limit", "1000")), timeout=60)
+    audits = ok(d, "audit", "tail", "-n", "100000")
+    (add,) = [r["detail"] for r in audits if r["type"] == "schedule.added"]
+    (rm,) = [r["detail"] for r in audits if r["type"] == "schedule.removed"]
+    assert add["by"] == ME and rm["by"] == ME
+    assert ok(d, "schedule", "list") == []
 
 
-def test_saga_firings_survive_sigterm_and_kill9_each_slot_once(base: Path):
-    lab = Lab(base)
-    daemons = [start_naosd(base)]
+def test_skip_collapses_missed_slots_and_an_agent_gets_its_key(base: Path, daemons: list[Naosd]):
     d = daemons[0]
-    try:
-        make_agents(d, lab)
-        make_saga(d)
-        added = ok(d, "schedule", "add", "tick", "--every", "2", "--saga", "order", "--input",
-                   '{"n": 1}', "--missed", "catch-up")
-        assert added["every_s"] == 2 and added["fired"] == 0 and added["target"] == "order"
-        wait_for(lambda: schedule(d, "tick")["fired"] >= 2, timeout=30)
-        assert d.stop() == 0  # SIGTERM: what is due meanwhile fires at the next start
-        time.sleep(5)  # two or three slots go by
-        d = restart(d, daemons, base)
-        before = len(fired_slots(d, "tick"))
-        wait_for(lambda: len(fired_slots(d, "tick")) >= before + 3, timeout=30)
-        kill9(d)  # right after a firing, or in the middle of one
-        time.sleep(3)
-        d = restart(d, daemons, base)
-        count = schedule(d, "tick")["fired"]
-        wait_for(lambda: schedule(d, "tick")["fired"] >= count + 2, timeout=30)
-        removed = ok(d, "schedule", "remove", "tick")
-        assert removed == {"removed": "tick"}
-
-        slots = sorted(fired_slots(d, "tick"))
-        assert len(slots) == len(set(slots)), "a slot fired twice"
-        gaps = [b - a for a, b in itertools.pairwise(slots)]
-        assert gaps == [2.0] * len(gaps), f"a slot was lost: {gaps}"  # caught up, none lost
-        runs = ok(d, "saga", "runs", "--limit", "1000")
-        fired = [r["detail"]["run"] for r in ok(d, "audit", "tail", "-n", "100000")
-                 if r["type"] == "schedule.fired"]
-        assert sorted(fired) == sorted(r["run_id"] for r in runs)  # one run per firing
-        assert all(r["input"] == {"n": 1} for r in runs)
-        wait_for(lambda: all(r["status"] == "completed"
-                             for r in ok(d, "saga", "runs", "--limit", "1000")), timeout=60)
-        audits = ok(d, "audit", "tail", "-n", "100000")
-        (add,) = [r["detail"] for r in audits if r["type"] == "schedule.added"]
-        (rm,) = [r["detail"] for r in audits if r["type"] == "schedule.removed"]
-        assert add["by"] == ME and rm["by"] == ME
-        assert ok(d, "schedule", "list") == []
-    finally:
-        stop_all(d, daemons)
+    lab = keys_agent(d, base)
+    ok(d, "schedule", "add", "ping", "--every", "1", "--agent", "pinger", "--input",
+       '{"hello": 1}')
+    wait_for(lambda: schedule(d, "ping")["fired"] >= 1, timeout=30)
+    assert d.stop() == 0
+    time.sleep(4)
+    d = restart(daemons)
+    wait_for(lambda: [r for r in ok(d, "audit", "tail", "-n", "5000")
+                      if r["type"] == "schedule.skipped"], timeout=30)
+    ok(d, "schedule", "remove", "ping")
+    skipped = [r["detail"] for r in ok(d, "audit", "tail", "-n", "5000")
+               if r["type"] == "schedule.skipped"]
+    assert skipped[0]["count"] >= 2 and skipped[0]["missed"] == "skip"
+    slots = fired_slots(d, "ping")
+    assert len(slots) == len(set(slots))
+    wait_for(lambda: len(read_rows(lab.db, "SELECT key FROM done")) == len(slots))
+    keys = [k for (k,) in read_rows(lab.db, "SELECT key FROM calls")]
+    assert len(keys) == len(set(keys)) == len(slots)
+    assert all(k.startswith("schedule:ping:") for k in keys)
+    (got,) = {i for (i,) in read_rows(lab.db, "SELECT input FROM calls")}
+    assert json.loads(str(got)) == {"hello": 1}
+    view = ok(d, "schedule", "list")
+    assert view == []
 
 
-def test_skip_collapses_missed_slots_and_an_agent_gets_its_key(base: Path):
-    daemons = [start_naosd(base)]
+def test_an_agent_firing_cut_short_is_sent_again_under_its_key(base: Path, daemons: list[Naosd]):
     d = daemons[0]
-    try:
-        lab = keys_agent(d, base)
-        ok(d, "schedule", "add", "ping", "--every", "1", "--agent", "pinger", "--input",
-           '{"hello": 1}')
-        wait_for(lambda: schedule(d, "ping")["fired"] >= 1, timeout=30)
-        assert d.stop() == 0
-        time.sleep(4)
-        d = restart(d, daemons, base)
-        wait_for(lambda: [r for r in ok(d, "audit", "tail", "-n", "5000")
-                          if r["type"] == "schedule.skipped"], timeout=30)
-        ok(d, "schedule", "remove", "ping")
-        skipped = [r["detail"] for r in ok(d, "audit", "tail", "-n", "5000")
-                   if r["type"] == "schedule.skipped"]
-        assert skipped[0]["count"] >= 2 and skipped[0]["missed"] == "skip"
-        slots = fired_slots(d, "ping")
-        assert len(slots) == len(set(slots))
-        wait_for(lambda: len(read_rows(lab.db, "SELECT key FROM done")) == len(slots))
-        keys = [k for (k,) in read_rows(lab.db, "SELECT key FROM calls")]
-        assert len(keys) == len(set(keys)) == len(slots)
-        assert all(k.startswith("schedule:ping:") for k in keys)
-        (got,) = {i for (i,) in read_rows(lab.db, "SELECT input FROM calls")}
-        assert json.loads(str(got)) == {"hello": 1}
-        view = ok(d, "schedule", "list")
-        assert view == []
-    finally:
-        stop_all(d, daemons)
-
-
-def test_an_agent_firing_cut_short_is_sent_again_under_its_key(base: Path):
-    daemons = [start_naosd(base)]
-    d = daemons[0]
-    try:
-        lab = keys_agent(d, base)
-        lab.set(sleep=4)  # the agent is still at work when naosd is killed
-        ok(d, "schedule", "add", "slow", "--every", "20", "--agent", "pinger")
-        wait_for(lambda: read_rows(lab.db, "SELECT key FROM calls"), timeout=40)
-        (key,), = read_rows(lab.db, "SELECT key FROM calls")
-        assert schedule(d, "slow")["in_flight"] == 1
-        kill9(d)
-        lab.set()
-        d = restart(d, daemons, base)
-        wait_for(lambda: read_rows(lab.db, "SELECT key FROM done WHERE key = ?", (key,)),
-                 timeout=30)
-        calls = [k for (k,) in read_rows(lab.db, "SELECT key FROM calls")]
-        assert calls.count(key) == 2  # the same firing, the same key: the agent can dedupe
-        resent = [r["detail"] for r in ok(d, "audit", "tail", "-n", "5000")
-                  if r["type"] == "schedule.resent"]
-        assert resent[0]["key"] == key
-        wait_for(lambda: schedule(d, "slow")["in_flight"] == 0)
-        assert fired_slots(d, "slow").count(fired_slots(d, "slow")[0]) == 1
-    finally:
-        stop_all(d, daemons)
+    lab = keys_agent(d, base)
+    lab.set(sleep=4)  # the agent is still at work when naosd is killed
+    ok(d, "schedule", "add", "slow", "--every", "20", "--agent", "pinger")
+    wait_for(lambda: read_rows(lab.db, "SELECT key FROM calls"), timeout=40)
+    (key,), = read_rows(lab.db, "SELECT key FROM calls")
+    assert schedule(d, "slow")["in_flight"] == 1
+    kill9(d)
+    lab.set()
+    d = restart(daemons)
+    wait_for(lambda: read_rows(lab.db, "SELECT key FROM done WHERE key = ?", (key,)),
+             timeout=30)
+    calls = [k for (k,) in read_rows(lab.db, "SELECT key FROM calls")]
+    assert calls.count(key) == 2  # the same firing, the same key: the agent can dedupe
+    resent = [r["detail"] for r in ok(d, "audit", "tail", "-n", "5000")
+              if r["type"] == "schedule.resent"]
+    assert resent[0]["key"] == key
+    wait_for(lambda: schedule(d, "slow")["in_flight"] == 0)
+    assert fired_slots(d, "slow").count(fired_slots(d, "slow")[0]) == 1
 
 
 @pytest.mark.timeout(150)
-def test_a_cron_schedule_fires_within_its_minute_and_a_restart_does_not_refire(base: Path):
-    daemons = [start_naosd(base)]
+def test_a_cron_schedule_fires_within_its_minute_and_a_restart_does_not_refire(
+        base: Path, daemons: list[Naosd]):
     d = daemons[0]
-    try:
-        lab = keys_agent(d, base)
-        added = ok(d, "schedule", "add", "minutely", "--cron", "* * * * *", "--agent",
-                   "pinger")
-        assert added["cron"] == "* * * * *" and added["next_due"].endswith(":00.000000Z")
-        wait_for(lambda: schedule(d, "minutely")["fired"] == 1, timeout=65)
-        first = schedule(d, "minutely")
-        assert first["last_slot"] == added["next_due"]
-        slot = datetime.fromisoformat(first["last_slot"].replace("Z", "+00:00")).timestamp()
-        assert datetime.fromisoformat(first["next_due"].replace("Z", "+00:00")).timestamp() \
-            == slot + 60
-        d.stop(signal.SIGTERM)
-        d = restart(d, daemons, base)
-        if time.time() < slot + 55:  # well before the next minute: nothing fires again
-            time.sleep(2)
-            assert schedule(d, "minutely")["fired"] == 1
-            assert len(read_rows(lab.db, "SELECT key FROM calls")) == 1
-        text = d.ctl("schedule", "list")
-        assert text.returncode == 0 and "minutely  agent pinger  cron '* * * * *' (UTC)" \
-            in text.stdout
-    finally:
-        stop_all(d, daemons)
+    lab = keys_agent(d, base)
+    added = ok(d, "schedule", "add", "minutely", "--cron", "* * * * *", "--agent",
+               "pinger")
+    assert added["cron"] == "* * * * *" and added["next_due"].endswith(":00.000000Z")
+    wait_for(lambda: schedule(d, "minutely")["fired"] == 1, timeout=65)
+    first = schedule(d, "minutely")
+    assert first["last_slot"] == added["next_due"]
+    slot = datetime.fromisoformat(first["last_slot"].replace("Z", "+00:00")).timestamp()
+    assert datetime.fromisoformat(first["next_due"].replace("Z", "+00:00")).timestamp() \
+        == slot + 60
+    d.stop(signal.SIGTERM)
+    d = restart(daemons)
+    if time.time() < slot + 55:  # well before the next minute: nothing fires again
+        time.sleep(2)
+        assert schedule(d, "minutely")["fired"] == 1
+        assert len(read_rows(lab.db, "SELECT key FROM calls")) == 1
+    text = d.ctl("schedule", "list")
+    assert text.returncode == 0 and "minutely  agent pinger  cron '* * * * *' (UTC)" \
+        in text.stdout
 
 
 def test_bad_schedules_are_refused_with_their_reason(daemon: Naosd, base: Path):

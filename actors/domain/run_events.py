@@ -425,6 +425,21 @@ class RunTx(Generic[S]):
             return None
         return step
 
+    def approval_timed_out(self, step: Any, awaiting: Enum, now: float) -> Decide | None:
+        """The wait of undecided approval ``step`` ended.  ``on_timeout="escalate"``,
+        the first time: an alert, and it waits once more as long (None).
+        Else the rejection ``by: "timeout"`` the machine applies."""
+        st: Any = self.state
+        spec = st.spec.step(step.name)
+        if spec.on_timeout == "escalate" and step.attempt == 1:
+            self.ask_approval(step.name, awaiting, 2, spec.timeout_s, now, "approval_escalated",
+                              severity="alert")
+            return None
+        self.audit("approval_timed_out", step.name, attempt=step.attempt,
+                   timeout_s=spec.timeout_s)
+        waited = spec.timeout_s * step.attempt
+        return Decide(False, TIMED_OUT_BY, f"no decision within {waited:g}s", now)
+
     def message(self, step: str, attempt: int, key: str, **fields_: Any) -> dict[str, Any]:
         """The message a step's agent gets: the run's coordinates, then ``fields_``."""
         st: Any = self.state

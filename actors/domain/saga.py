@@ -83,7 +83,6 @@ from typing import Any, Final, TypeAlias
 
 from actors.domain.run_events import (
     APPROVAL_TIMEOUT,
-    TIMED_OUT_BY,
     TIMEOUT_CODE,
     ArmTimer,
     Audit,
@@ -547,16 +546,10 @@ def _rejected(tx: _Tx, name: str, ev: Decide) -> None:
 
 
 def _approval_timed_out(tx: _Tx, step: StepState, now: float) -> None:
-    spec = tx.state.spec.step(step.name)
-    if spec.on_timeout == "escalate" and step.attempt == 1:  # once: then it is rejected
-        tx.ask_approval(step.name, StepStatus.AWAITING, 2, spec.timeout_s, now,
-                        "approval_escalated", severity="alert")
-        return
-    tx.audit("approval_timed_out", step.name, attempt=step.attempt, timeout_s=spec.timeout_s)
-    _unpause(tx, now)
-    waited = spec.timeout_s * step.attempt
-    _rejected(tx, step.name, Decide(False, TIMED_OUT_BY, f"no decision within {waited:g}s",
-                                    now))
+    rejection = tx.approval_timed_out(step, StepStatus.AWAITING, now)
+    if rejection is not None:  # else escalated: it waits once more
+        _unpause(tx, now)
+        _rejected(tx, step.name, rejection)
 
 
 # -- backward: compensating -----------------------------------------------------------

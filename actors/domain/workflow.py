@@ -55,7 +55,6 @@ from typing import Any, Final, TypeAlias
 
 from actors.domain.run_events import (
     APPROVAL_TIMEOUT,
-    TIMED_OUT_BY,
     TIMEOUT_CODE,
     ArmTimer,
     Audit,
@@ -395,12 +394,12 @@ def _stop(tx: _Tx, name: str, error: str, **detail: Any) -> None:
 def _on_decide(tx: _Tx, ev: Decide) -> None:
     """AWAITING_APPROVAL -> RUNNING (approved) or FAILED (rejected)."""
     step = tx.awaiting(ev)
-    tx.update(step.name, decision=decision(ev))
     if not ev.approve:
         _rejected(tx, step.name, ev)
         return
     passed_on = tx.state.last_output()  # what the step got, the next one gets
-    tx.update(step.name, status=StepStatus.SUCCEEDED, output=passed_on, error="", due=None)
+    tx.update(step.name, status=StepStatus.SUCCEEDED, output=passed_on, error="", due=None,
+              decision=decision(ev))
     tx.set(status=RunStatus.RUNNING)
     tx.persist("approved")
     tx.audit("approved", step.name, by=ev.by, note=ev.note)
@@ -408,22 +407,16 @@ def _on_decide(tx: _Tx, ev: Decide) -> None:
 
 
 def _rejected(tx: _Tx, name: str, ev: Decide) -> None:
+    tx.update(name, decision=decision(ev))
     tx.audit("rejected", name, by=ev.by, note=ev.note)
     _stop(tx, name, f"rejected by {ev.by}" + (f": {ev.note}" if ev.note else ""),
           attempt=tx.state.step(name).attempt)
 
 
 def _approval_timed_out(tx: _Tx, step: WfStepState, now: float) -> None:
-    spec = tx.state.spec.step(step.name)
-    if spec.on_timeout == "escalate" and step.attempt == 1:  # once: then it is rejected
-        tx.ask_approval(step.name, StepStatus.AWAITING, 2, spec.timeout_s, now,
-                        "approval_escalated", severity="alert")
-        return
-    tx.audit("approval_timed_out", step.name, attempt=step.attempt, timeout_s=spec.timeout_s)
-    waited = spec.timeout_s * step.attempt
-    timed_out = Decide(False, TIMED_OUT_BY, f"no decision within {waited:g}s", now)
-    tx.update(step.name, decision=decision(timed_out))
-    _rejected(tx, step.name, timed_out)
+    rejection = tx.approval_timed_out(step, StepStatus.AWAITING, now)
+    if rejection is not None:  # else escalated: it waits once more
+        _rejected(tx, step.name, rejection)
 
 
 def _on_cancel(tx: _Tx, ev: Cancel) -> None:
