@@ -15,6 +15,9 @@ from orch_agents import Lab, TrailLab
 from test_saga_crash import kill9
 from test_saga_e2e import STEPS, make_agents, make_saga, ok, outcome
 
+from naosctl.client import Client
+from naosd.errors import InvalidRequest
+
 pytestmark = pytest.mark.e2e
 ME = f"uid:{os.getuid()}"
 
@@ -81,6 +84,9 @@ def test_cancel_mid_saga_compensates_and_names_who(daemon: Naosd, lab: Lab):
     assert missing.returncode == 4 and "no run 's-nope'" in missing.stderr
     wrong = daemon.ctl("workflow", "cancel", run_id)
     assert wrong.returncode == 2 and "is a saga run, not a workflow run" in wrong.stderr
+    with Client(daemon.socket) as client, pytest.raises(InvalidRequest,
+                                                        match=r"unknown parameter\(s\) by"):
+        client.call("approve", run=run_id, by="uid:0")  # who decided is never the client's say
 
 
 def test_workflow_cancel_and_runs_listed_with_filters(daemon: Naosd, base: Path):
