@@ -183,6 +183,28 @@ def test_a_run_that_recovers_after_an_approval_keeps_its_paused_time():
     assert ArmTimer("saga_timeout", None, 1, 90.0) in effects
 
 
+def test_a_long_wait_is_armed_in_turns_of_a_day():
+    """Thespian's wakeups end up as an epoll timeout, which Python refuses past
+    ~24.8 days: a 30-day wait is armed a day at a time."""
+    day = 86400.0
+    state, effects = feed(sg.handle, sg.initial("s-1", saga_spec(wait_s=30 * day), None),
+                          Start(0.0), StepSucceeded("a", 1, 1.0))
+    assert ArmTimer("approval_timeout", "approve", 1, day) in effects
+    same, effects = sg.handle(state, TimerFired("approval_timeout", "approve", 1, 1.0 + day))
+    assert same.status is sg.RunStatus.AWAITING_APPROVAL
+    assert effects == [ArmTimer("approval_timeout", "approve", 1, day)]  # nothing else
+    last, effects = sg.handle(state, TimerFired("approval_timeout", "approve", 1,
+                                                1.0 + 29.5 * day))
+    assert effects == [ArmTimer("approval_timeout", "approve", 1, day / 2)]
+    done, _ = sg.handle(state, TimerFired("approval_timeout", "approve", 1, 1.0 + 30 * day))
+    assert done.status is sg.RunStatus.COMPENSATING
+    _, effects = sg.handle(sg.from_record(sg.to_record(state)), Recover(2.0))
+    assert ArmTimer("approval_timeout", "approve", 1, day) in effects
+    wf_state = awaiting_wf()
+    _, effects = wf.handle(wf_state, TimerFired("approval_timeout", "review", 1, 50.0))
+    assert effects == [ArmTimer("approval_timeout", "review", 1, 51.0)]  # early: the rest
+
+
 def test_an_approval_step_names_no_agent_and_no_compensation():
     with pytest.raises(InvalidRequest, match="it names no agent"):
         sg.StepSpec("ok", "agent-x", kind="approval")

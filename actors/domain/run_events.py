@@ -43,6 +43,10 @@ ON_TIMEOUT: Final = ("reject", "escalate")
 AWAITING_APPROVAL: Final = "awaiting_approval"  # a run's (and its step's) status meanwhile
 APPROVAL_TIMEOUT: Final = "approval_timeout"  # the timer kind of an approval's wait
 TIMED_OUT_BY: Final = "timeout"  # who rejects an approval nobody decided in time
+# The longest timer armed at once: an actor's wakeupAfter ends up as the timeout of an
+# epoll wait, which Python refuses past ~24.8 days (INT_MAX ms).  A longer wait (an
+# approval may wait up to a year) is armed in turns: an early timer re-arms the rest.
+TIMER_MAX_S: Final = 86400.0
 
 
 # -- events -----------------------------------------------------------------------------
@@ -397,8 +401,14 @@ class RunTx(Generic[S]):
         armed, audited as ``what``."""
         self.update(name, status=awaiting, attempt=attempt, due=now + timeout_s)
         self.persist(what)
-        self.effects.append(ArmTimer(APPROVAL_TIMEOUT, name, attempt, timeout_s))
+        self.arm_approval(name, attempt, timeout_s)
         self.audit(what, name, attempt=attempt, timeout_s=timeout_s, **detail)
+
+    def arm_approval(self, name: str, attempt: int, left: float) -> None:
+        """The timer of an approval's wait, ``left`` seconds from now (in turns
+        of at most :data:`TIMER_MAX_S`)."""
+        delay = min(max(0.0, left), TIMER_MAX_S)
+        self.effects.append(ArmTimer(APPROVAL_TIMEOUT, name, attempt, delay))
 
     def awaiting(self, event: Decide) -> Any:
         """The step awaiting the decision ``event`` (Conflict if none does,
@@ -416,12 +426,16 @@ class RunTx(Generic[S]):
         return step
 
     def approval_timer(self, event: TimerFired) -> Any:
-        """The awaiting step whose wait ``event`` ends, or None (stale)."""
+        """The awaiting step whose wait ``event`` ends, or None: stale, or one
+        turn of a long wait (the rest is armed)."""
         st: Any = self.state
         if event.step is None or st.status.value != AWAITING_APPROVAL:
             return None
         step = st.step(event.step)
         if step.status.value != AWAITING_APPROVAL or step.attempt != event.attempt:
+            return None
+        if step.due is not None and event.now < step.due:
+            self.arm_approval(step.name, step.attempt, step.due - event.now)
             return None
         return step
 

@@ -722,8 +722,7 @@ def _on_recover(tx: _Tx, ev: Recover) -> None:
     tx.audit("recovered", status=status.value, in_doubt=doubt)
     if status is RunStatus.AWAITING_APPROVAL:  # keeps waiting, for what is left of it
         step = tx.first(StepStatus.AWAITING)
-        left = max(0.0, (step.due or ev.now) - ev.now)
-        tx.effects.append(ArmTimer(TimerKind.APPROVAL_TIMEOUT, step.name, step.attempt, left))
+        tx.arm_approval(step.name, step.attempt, (step.due or ev.now) - ev.now)
         return
     if status is RunStatus.RUNNING:
         left = _saga_timeout_left(tx.state, ev.now)

@@ -460,8 +460,7 @@ def _on_recover(tx: _Tx, ev: Recover) -> None:
     if tx.state.status is RunStatus.AWAITING_APPROVAL:  # keeps waiting, for what is left
         step = tx.first(StepStatus.AWAITING)
         tx.audit("recovered", in_doubt=[])
-        left = max(0.0, (step.due or ev.now) - ev.now)
-        tx.effects.append(ArmTimer(TimerKind.APPROVAL_TIMEOUT, step.name, step.attempt, left))
+        tx.arm_approval(step.name, step.attempt, (step.due or ev.now) - ev.now)
         return
     if tx.state.status is not RunStatus.RUNNING:
         return  # pending, completed, failed or cancelled: nothing in flight
