@@ -193,8 +193,8 @@ def test_a_long_wait_is_armed_in_turns_of_a_day():
     same, effects = sg.handle(state, TimerFired("approval_timeout", "approve", 1, 1.0 + day))
     assert same.status is sg.RunStatus.AWAITING_APPROVAL
     assert effects == [ArmTimer("approval_timeout", "approve", 1, day)]  # nothing else
-    last, effects = sg.handle(state, TimerFired("approval_timeout", "approve", 1,
-                                                1.0 + 29.5 * day))
+    _, effects = sg.handle(state, TimerFired("approval_timeout", "approve", 1,
+                                             1.0 + 29.5 * day))
     assert effects == [ArmTimer("approval_timeout", "approve", 1, day / 2)]
     done, _ = sg.handle(state, TimerFired("approval_timeout", "approve", 1, 1.0 + 30 * day))
     assert done.status is sg.RunStatus.COMPENSATING
