@@ -256,6 +256,7 @@ import naosctl.llm_commands  # noqa: E402
 import naosctl.mcp_commands  # noqa: E402
 import naosctl.orch_commands  # noqa: E402
 import naosctl.project_commands  # noqa: E402
+import naosctl.schedule_commands  # noqa: E402
 import naosctl.service_commands  # noqa: E402
 import naosctl.wasm_commands  # noqa: E402, F401
 

@@ -1,4 +1,12 @@
-"""naosctl saga / workflow: define, run and repair durable runs."""
+"""naosctl saga / workflow: define, run, list, cancel and repair durable runs;
+naosctl approve / reject: a person's decision on a step of kind approval.
+
+Exit codes: ``run``, ``resume`` 0 only when the run completed (1 otherwise,
+also when it awaits approval: the line says so); ``cancel`` 0 when the run
+ends cancelled (``--wait 0``: once the cancel is accepted); ``approve`` and
+``reject`` 0 once the decision is recorded; listing and showing 0; errors
+by their code (2 bad input, 4 not found, 1 a conflict such as cancelling a
+finished run, 7 naosd not running)."""
 
 from __future__ import annotations
 
@@ -14,7 +22,9 @@ from naosctl.main import Ctx, cli, handle_errors, json_option, pass_ctx
 from naosd.errors import RequestTimeout
 
 GOOD = ("completed",)
-FINAL = ("completed", "compensated", "compensation_failed", "failed")
+AWAITING = "awaiting_approval"
+FINAL = ("completed", "compensated", "compensation_failed", "failed", "cancelled")
+SETTLED = (*FINAL, AWAITING)  # nothing happens until a person decides: waits end
 TASK_FINAL = ("completed", "failed", "cancelled")
 
 
@@ -26,7 +36,16 @@ def run_line(r: dict[str, Any]) -> str:
     steps = " ".join(f"{s['name']}={s['status']}" for s in r["steps"])
     err = f"  ({r['error']})" if r.get("error") else ""
     note = f"  resolved: {r['resolution']}" if r.get("resolution") else ""
-    return f"{r['run_id']}  {r['name']}  {r['status']}  {steps}{err}{note}"
+    return f"{r['run_id']}  {r['name']}  {r['status']}  {steps}{err}{note}{_awaits(r)}"
+
+
+def _awaits(r: dict[str, Any]) -> str:
+    waiting = r.get("awaiting")
+    if not waiting:
+        return ""
+    escalated = ", escalated" if waiting["escalated"] else ""
+    return (f"  awaiting approval of {waiting['step']} until {waiting['due']} "
+            f"(then {waiting['on_timeout']}{escalated}): naosctl approve|reject {r['run_id']}")
 
 
 def _compact(value: Any) -> str:
@@ -62,7 +81,7 @@ def _waited(c: Ctx, call: Any, wait: float, final: tuple[str, ...],
 
 def _wait(c: Ctx, kind: str, run_id: str, wait: float) -> dict[str, Any]:
     return _waited(c, lambda s: c.client.call(f"{kind}.wait", run=run_id, timeout=s),
-                   wait, FINAL)
+                   wait, SETTLED)
 
 
 def _task(c: Ctx, name: str, task_id: str, wait: float) -> dict[str, Any]:
@@ -103,24 +122,63 @@ def _run_group(kind: str) -> Any:
         c.client.call(f"{kind}.resume", run=run)
         _finish(_wait(c, kind, run, wait), as_json)
 
-    return run_cmd, status_cmd, history_cmd, resume_cmd
+    return {"run": run_cmd, "status": status_cmd, "history": history_cmd,
+            "resume": resume_cmd, **_control_group(kind)}
+
+
+def _control_group(kind: str) -> dict[str, Any]:
+    def runs_cmd(c: Ctx, status: str | None, name: str | None, since: str | None, limit: int,
+                 as_json: bool) -> None:
+        rows = c.client.call(f"{kind}.runs", status=status, name=name, since=since,
+                             limit=limit)
+        _show(rows, as_json, "\n".join(run_line(r) for r in rows) or f"no {kind} runs")
+
+    def cancel_cmd(c: Ctx, run: str, wait: float, as_json: bool) -> None:
+        result = c.client.call(f"{kind}.cancel", run=run)
+        if wait <= 0:  # accepted: a saga may still be compensating
+            _show(result, as_json, run_line(result))
+            return
+        if result["status"] not in FINAL:  # a saga compensates first
+            result = _wait(c, kind, run, wait)
+        _show(result, as_json, run_line(result))
+        if result["status"] != "cancelled":
+            raise SystemExit(1)
+
+    return {"runs": runs_cmd, "cancel": cancel_cmd}
 
 
 def _register(group: Any, kind: str) -> None:
-    run_cmd, status_cmd, history_cmd, resume_cmd = _run_group(kind)
+    cmds = _run_group(kind)
     wait_opt = click.option("--wait", type=float, default=300.0, show_default=True,
                             help="seconds to wait for the outcome")
-    group.command("run", help=f"Run {kind} NAME: print the run id, then the outcome.")(
+    def cmd(what: str) -> Any:
+        return json_option(pass_ctx(handle_errors()(cmds[what])))
+
+    group.command("run", help=f"Run {kind} NAME: print the run id, then the outcome "
+                              "(or that it awaits approval).")(
         click.argument("name")(click.option("--input", "input_", metavar="JSON|FILE|-")(
             wait_opt(click.option("--no-wait", is_flag=True, help="print the run id only")(
-                json_option(pass_ctx(handle_errors()(run_cmd))))))))
+                cmd("run"))))))
     group.command("status", help=f"One {kind} run, or the list of runs.")(
         click.argument("run", required=False)(click.option("--name", help=f"only this {kind}")(
-            json_option(pass_ctx(handle_errors()(status_cmd))))))
+            cmd("status"))))
     group.command("history", help="A run's step timeline with times and outputs.")(
-        click.argument("run")(json_option(pass_ctx(handle_errors()(history_cmd)))))
+        click.argument("run")(cmd("history")))
     group.command("resume", help="Carry on a run (a failed workflow: from its failed step).")(
-        click.argument("run")(wait_opt(json_option(pass_ctx(handle_errors()(resume_cmd))))))
+        click.argument("run")(wait_opt(cmd("resume"))))
+    group.command("runs", help=f"{kind.capitalize()} runs, newest first, narrowed by status, "
+                               "name and since.")(
+        click.option("--status", help="e.g. running, awaiting_approval, cancelled")(
+            click.option("--name", help=f"only runs of this {kind}")(
+                click.option("--since", help="15m, 2h, 1d or an ISO-8601 time")(
+                    click.option("--limit", type=click.IntRange(1, 10_000), default=100,
+                                 show_default=True)(cmd("runs"))))))
+    undo = ": its completed steps are compensated first" if kind == "saga" else ""
+    group.command("cancel", help=f"Cancel a pending, running or awaiting RUN{undo}; "
+                                 "exit 0 once it is cancelled.")(
+        click.argument("run")(click.option(
+            "--wait", type=float, default=300.0, show_default=True,
+            help="seconds to wait for it to end (0: do not wait)")(cmd("cancel"))))
 
 
 # -- saga ---------------------------------------------------------------------------
@@ -160,10 +218,20 @@ def saga_create(c: Ctx, name: str, timeout: float, step_timeout: float, recovery
     _show(result, as_json, f"saga {name} created")
 
 
+def approval_options(fn: Any) -> Any:
+    """--approval and --on-timeout: a step a person decides (approve / reject)."""
+    fn = click.option("--on-timeout", type=click.Choice(["reject", "escalate"]),
+                      help="an approval nobody decided in time: reject it (default) or "
+                           "escalate (an alert, then as long again, then reject)")(fn)
+    return click.option("--approval", is_flag=True,
+                        help="a person decides this step: naosctl approve|reject RUN "
+                             "(no --agent; --timeout is the wait, default a day)")(fn)
+
+
 @saga.command("add-step")
 @click.argument("saga_name", metavar="SAGA")
 @click.argument("step")
-@click.option("--agent", required=True)
+@click.option("--agent", help="the agent that runs this step (not with --approval)")
 @click.option("--compensate", help="the agent that undoes this step")
 @click.option("--timeout", type=float, help="seconds (default: the saga's --step-timeout)")
 @click.option("--attempts", type=click.IntRange(1, 100), default=1, show_default=True)
@@ -172,17 +240,21 @@ def saga_create(c: Ctx, name: str, timeout: float, step_timeout: float, recovery
 @click.option("--max-delay", type=float, default=30.0, show_default=True)
 @click.option("--non-retryable", "non_retryable", multiple=True,
               help="an error code that fails the step at once (repeatable)")
+@approval_options
 @json_option
 @pass_ctx
 @handle_errors()
-def saga_add_step(c: Ctx, saga_name: str, step: str, agent: str, compensate: str | None,
-                  timeout: float | None, attempts: int, retry_delay: float, backoff: float,
-                  max_delay: float, non_retryable: tuple[str, ...], as_json: bool) -> None:
-    """Append STEP (run by --agent) to SAGA."""
+def saga_add_step(c: Ctx, saga_name: str, step: str, agent: str | None,
+                  compensate: str | None, timeout: float | None, attempts: int,
+                  retry_delay: float, backoff: float, max_delay: float,
+                  non_retryable: tuple[str, ...], approval: bool, on_timeout: str | None,
+                  as_json: bool) -> None:
+    """Append STEP (run by --agent, or decided by a person: --approval) to SAGA."""
     result = c.client.call("saga.add_step", saga=saga_name, step=step, agent=agent,
                            compensate=compensate, timeout=timeout, attempts=attempts,
                            retry_delay=retry_delay, backoff=backoff, max_delay=max_delay,
-                           non_retryable=list(non_retryable))
+                           non_retryable=list(non_retryable), approval=approval,
+                           on_timeout=on_timeout)
     _show(result, as_json, f"saga {saga_name}: step {step} added "
                            f"({len(result['steps'])} steps)")
 
@@ -257,25 +329,59 @@ def workflow_create(c: Ctx, name: str, on_error: str, retries: int, retry_delay:
 @workflow.command("add-step")
 @click.argument("workflow_name", metavar="WORKFLOW")
 @click.argument("step")
-@click.option("--agent", required=True)
+@click.option("--agent", help="the agent that runs this step (not with --approval)")
 @click.option("--timeout", type=float)
 @click.option("--on-error", type=click.Choice(["stop", "skip", "retry"]))
 @click.option("--retries", type=click.IntRange(0, 100))
 @click.option("--retry-delay", type=float)
+@approval_options
 @json_option
 @pass_ctx
 @handle_errors()
-def workflow_add_step(c: Ctx, workflow_name: str, step: str, agent: str,
+def workflow_add_step(c: Ctx, workflow_name: str, step: str, agent: str | None,
                       timeout: float | None, on_error: str | None, retries: int | None,
-                      retry_delay: float | None, as_json: bool) -> None:
-    """Append STEP (run by --agent) to WORKFLOW."""
+                      retry_delay: float | None, approval: bool, on_timeout: str | None,
+                      as_json: bool) -> None:
+    """Append STEP (run by --agent, or decided by a person: --approval) to WORKFLOW."""
     result = c.client.call("workflow.add_step", workflow=workflow_name, step=step, agent=agent,
                            timeout=timeout, on_error=on_error, retries=retries,
-                           retry_delay=retry_delay)
+                           retry_delay=retry_delay, approval=approval, on_timeout=on_timeout)
     _show(result, as_json, f"workflow {workflow_name}: step {step} added")
 
 
 _register(workflow, "workflow")
+
+
+# -- approve / reject -----------------------------------------------------------------
+
+
+def _decide(c: Ctx, verb: str, run: str, note: str, step: str | None, wait: float,
+            as_json: bool) -> None:
+    result = c.client.call(verb, run=run, note=note, step=step)
+    if wait > 0 and result["status"] not in SETTLED:
+        result = _wait(c, result["kind"], run, wait)
+    _show(result, as_json, run_line(result))
+
+
+def _decision_command(verb: str, help_: str) -> None:
+    @cli.command(verb, help=help_)
+    @click.argument("run")
+    @click.option("--note", default="", help="why (kept with the run and in the audit log)")
+    @click.option("--step", help="only if the run awaits this step")
+    @click.option("--wait", type=float, default=0.0,
+                  help="seconds to wait for the run to end or await the next approval")
+    @json_option
+    @pass_ctx
+    @handle_errors()
+    def decide(c: Ctx, run: str, note: str, step: str | None, wait: float,
+               as_json: bool) -> None:
+        _decide(c, verb, run, note, step, wait, as_json)
+
+
+_decision_command("approve", "Approve the step RUN (a saga or workflow run) awaits; "
+                             "exit 0 once recorded.")
+_decision_command("reject", "Reject the step RUN awaits: a saga compensates, a workflow "
+                            "stops; exit 0 once recorded.")
 
 
 # -- pool ---------------------------------------------------------------------------

@@ -74,6 +74,7 @@ class Daemon:
         self.agents: Any = None
         self.orch: Any = None  # naosd.orchestration.coordinators.Runs
         self.pools: Any = None  # naosd.orchestration.pools.Pools
+        self.schedules: Any = None  # naosd.orchestration.scheduler.Scheduler
         self.sandbox: Any = None  # naosd.runtime.sandbox.Sandbox
         self.broker: Any = None
         self.llm: Any = None  # naosd.broker.llm.service.LlmService
@@ -132,8 +133,8 @@ class Daemon:
         self.port = ActorPort(self.runtime.system, {PortEcho: _echo})
         await self.port.start()
         self.agents = Agents(self)
-        self.orch, self.pools = await build_orchestration(self.db, self.agents, self.bridge,
-                                                          self.port)
+        self.orch, self.pools, self.schedules = await build_orchestration(
+            self.db, self.agents, self.bridge, self.port)
         self._start_llm_and_trust()
         self.broker = build_broker(self.db, self.sandbox, self._thresholds,
                                    gate=self.trust_gate, llm=self.llm)
@@ -150,13 +151,14 @@ class Daemon:
             daemon=self, methods=method_table(), db=self.db, bridge=self.bridge,
             sandbox=self.sandbox,
             agents=self.agents, orch=self.orch, pools=self.pools, broker=self.broker,
-            llm=self.llm, trust_gate=self.trust_gate, metrics=self.metrics,
-            mcp_client=self.mcp_client)
+            llm=self.llm, trust_gate=self.trust_gate, schedules=self.schedules,
+            metrics=self.metrics, mcp_client=self.mcp_client)
         await self.db.audit("daemon.start", pid=os.getpid(), version=__version__,
                             socket=str(self.config.socket), mode=self.config.mode)
         self.server = self._make_server()
         await self.server.start()
         await self._start_dashboard()
+        self.schedules.start()  # due schedules fire from now on; stopped with the runs
         watchdog = asyncio.get_running_loop().create_task(self._watchdog())
         self._watchdog_task = watchdog
         self._reaper_task = asyncio.get_running_loop().create_task(self._reap_idle_agents())
@@ -291,6 +293,7 @@ class Daemon:
         if self.metrics is not None:
             await self.metrics.aclose()
         if self.orch is not None:
+            await self.schedules.close()  # what is due fires at the next start
             await self.orch.close()  # runs stay in SQLite and recover at the next start
         if self.pools is not None:
             await self.pools.close()

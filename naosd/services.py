@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from naosd.config import Config
     from naosd.orchestration.coordinators import Runs
     from naosd.orchestration.pools import Pools
+    from naosd.orchestration.scheduler import Scheduler
     from naosd.runtime.bridge import Bridge
     from naosd.runtime.sandbox import Sandbox
     from naosd.storage.db import AsyncStore
@@ -72,6 +73,7 @@ class Services:
     broker: Broker
     llm: LlmService
     trust_gate: TrustGate
+    schedules: Scheduler
     metrics: FoldedMetrics | None = None  # with the dashboard: /metrics' counters
     mcp_client: McpClient | None = None  # the tool servers agents call (naosctl mcp add)
 

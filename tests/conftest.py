@@ -29,3 +29,24 @@ def daemon(base: Path) -> Iterator[Naosd]:
     finally:
         survivors = reap(d)
         assert not survivors, f"processes outlived naosd: {survivors}\n{d.log()}"
+
+
+@pytest.fixture
+def daemons(base: Path) -> Iterator[list[Naosd]]:
+    """naosd on one state dir, started again by the test (``restart``) as often
+    as it likes after stopping or killing it; the last is stopped and every
+    one reaped afterwards, and the test fails if a process had to be killed."""
+    started = [start_naosd(base)]
+    try:
+        yield started
+    finally:
+        started[-1].stop()
+        survivors = [pid for d in started for pid in reap(d)]
+        assert not survivors, f"processes outlived naosd: {survivors}"
+
+
+def restart(daemons: list[Naosd]) -> Naosd:
+    """A new naosd on the last one's state (which was stopped or killed)."""
+    last = daemons[-1]
+    daemons.append(start_naosd(last.socket.parent, state_dir=last.state_dir))
+    return daemons[-1]

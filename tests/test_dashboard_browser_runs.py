@@ -1,8 +1,9 @@
 """The dashboard's sagas, workflows and pools in a real headless Chromium
 against the real daemon (issue 16): the timeline's colour legend, actions
 on a run (retry compensation, resolve with its note shown), the filters, a
-compensated run not in a completed run's green, and pools whose member
-chips, drained mark and done counts are true."""
+compensated run not in a completed run's green, pools whose member chips,
+drained mark and done counts are true, and runs awaiting approval: their
+badge, and approve, reject and cancel from the page."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_run_actions_resolve_note_legend_and_colours(daemon: Naosd, browser: Bro
 
         # only what this build has and the run's state allows is offered
         actions = detail.get_by_test_id("run-actions")
-        for verb in ("cancel", "approve", "reject"):  # no such methods here
+        for verb in ("cancel", "approve", "reject"):  # not for a run that has ended
             expect(actions.locator(f'button[data-run-action="{verb}"]')).to_have_count(0)
 
         # the compensating agent is fixed, then the compensation retried from the page
@@ -174,6 +175,72 @@ def test_runs_filter_by_status_name_kind_and_since(daemon: Naosd, browser: Brows
         status.select_option("completed")
         shows(page, [done["run_id"]])
         expect(page.locator("#ov-runs-sub")).to_have_text("2 recent, 1 need attention")
+
+
+def audited(daemon: Naosd, type_: str, run_id: str) -> dict:
+    rows = json.loads(daemon.ctl("audit", "tail", "-n", "2000", "--json", check=True).stdout)
+    (row,) = [r["detail"] for r in rows if r["type"] == type_ and r["detail"]["run_id"] == run_id]
+    return row
+
+
+@pytest.mark.timeout(240)
+def test_pending_approvals_show_a_badge_and_are_decided_from_the_page(
+        daemon: Naosd, browser: Browser, tmp_path: Path):
+    daemon.ctl("create", "inventory", "--template", "echo", check=True)
+    daemon.ctl("saga", "create", "order", check=True)
+    daemon.ctl("saga", "add-step", "order", "reserve", "--agent", "inventory", check=True)
+    daemon.ctl("saga", "add-step", "order", "approve", "--approval", "--timeout", "3600",
+               check=True)
+    daemon.ctl("saga", "add-step", "order", "ship", "--agent", "inventory", check=True)
+    yes, no, stop = (run_saga(daemon, "order") for _ in range(3))
+    assert {r["status"] for r in (yes, no, stop)} == {"awaiting_approval"}
+    _, login_url = dashboard(daemon)
+    with opened(browser, login_url) as (_, page, _):
+        expect(page.locator("#ov-runs-sub")).to_contain_text("3 awaiting approval")
+        for run in (yes, no, stop):
+            expect(run_row(page, run["run_id"]).get_by_test_id("approval-badge")) \
+                .to_have_text("awaiting approval: approve")
+        page.get_by_test_id("runs-status").select_option("awaiting_approval")
+        shows(page, [yes["run_id"], no["run_id"], stop["run_id"]])
+
+        # approve, with a note: the run goes on and completes
+        run_row(page, yes["run_id"]).click()
+        detail = page.get_by_test_id("run-detail")
+        expect(detail.get_by_test_id("run-awaiting")).to_contain_text("step approve, until")
+        actions = detail.get_by_test_id("run-actions")
+        for verb in ("retry_compensation", "resolve"):
+            expect(actions.locator(f'button[data-run-action="{verb}"]')).to_have_count(0)
+        expect(detail.locator('g[data-step="approve"][data-phase="approval"]')) \
+            .to_have_attribute("data-status", "awaiting_approval")
+        detail.get_by_test_id("run-note").fill("stock checked")
+        actions.locator('button[data-run-action="approve"]').click()
+        expect(detail.get_by_test_id("run-action-outcome")).to_have_attribute("data-ok", "true")
+        expect(detail.get_by_test_id("run-status")).to_have_text("completed")
+        expect(detail.locator('g[data-step="approve"][data-phase="approval"]')) \
+            .to_have_attribute("data-status", "approved")
+        expect(detail.get_by_test_id("run-awaiting")).to_have_count(0)
+        approved = audited(daemon, "saga.approved", yes["run_id"])
+        assert (approved["by"], approved["note"]) == ("dashboard", "stock checked")
+
+        # reject asks first, then the run is rolled back
+        run_row(page, no["run_id"]).click()
+        expect(detail.get_by_test_id("run-id")).to_have_text(no["run_id"])
+        page.once("dialog", lambda dialog: dialog.accept())
+        detail.locator('button[data-run-action="reject"]').click()
+        expect(detail.get_by_test_id("run-status")).to_have_text("compensated")
+        assert audited(daemon, "saga.rejected", no["run_id"])["by"] == "dashboard"
+
+        # cancel
+        run_row(page, stop["run_id"]).click()
+        expect(detail.get_by_test_id("run-id")).to_have_text(stop["run_id"])
+        page.once("dialog", lambda dialog: dialog.accept())
+        detail.locator('button[data-run-action="cancel"]').click()
+        expect(detail.get_by_test_id("run-status")).to_have_text("cancelled")
+        expect(detail.locator("button[data-run-action]")).to_have_count(0)
+        assert audited(daemon, "saga.cancelled", stop["run_id"])["by"] == "dashboard"
+        shows(page, [])  # nothing awaits approval any more
+        expect(page.locator("#ov-runs-sub")).not_to_contain_text("awaiting approval")
+        page.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
 
 
 @pytest.mark.timeout(240)

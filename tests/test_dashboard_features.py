@@ -10,6 +10,7 @@ from naosd.dashboard.features import pool_view
 from naosd.dashboard.runs import (
     RunFilter,
     action_call,
+    kinds_with_status,
     run_action_method,
     run_actions,
     run_detail,
@@ -151,18 +152,20 @@ def test_summary_carries_the_resolution_note():
 
 def test_run_actions_offer_only_the_methods_this_build_has():
     offered = run_actions(METHODS)
-    assert set(offered["saga"]) >= {"retry_compensation", "resolve"}
+    assert set(offered["saga"]) == {"retry_compensation", "resolve", "cancel", "approve",
+                                     "reject"}
     assert offered["saga"]["resolve"]["method"] == "saga.resolve"
     assert offered["saga"]["resolve"]["params"]["note"]["required"] is True
-    assert "retry_compensation" not in offered["workflow"]
-    # a build with cancel and a bare approve method offers them, per kind
-    more = {**METHODS, "workflow.cancel": METHODS["saga.resolve"],
-            "approve": METHODS["saga.resolve"]}
-    assert run_action_method("workflow", "cancel", more) == "workflow.cancel"
-    assert run_action_method("saga", "cancel", more) is None
-    assert run_action_method("saga", "approve", more) == "approve"
-    assert run_action_method("saga", "explode", more) is None
-    assert set(run_actions(more)["workflow"]) == {"cancel", "approve"}
+    assert set(offered["workflow"]) == {"cancel", "approve", "reject"}
+    assert offered["workflow"]["cancel"]["method"] == "workflow.cancel"
+    assert offered["saga"]["approve"]["method"] == "approve"  # one method for both kinds
+    assert offered["saga"]["reject"]["params"]["note"]["required"] is False
+    # a build without them offers neither
+    fewer = {k: v for k, v in METHODS.items() if k not in ("saga.cancel", "approve")}
+    assert run_action_method("saga", "cancel", fewer) is None
+    assert run_action_method("saga", "approve", fewer) is None
+    assert run_action_method("saga", "explode", METHODS) is None
+    assert set(run_actions(fewer)["workflow"]) == {"cancel", "reject"}
 
 
 def test_an_action_route_names_its_method_or_is_not_found():
@@ -172,3 +175,55 @@ def test_an_action_route_names_its_method_or_is_not_found():
                        ("pool", "resolve")):
         with pytest.raises(NotFound):
             action_call({"kind": kind, "run": "r", "verb": verb}, METHODS)
+
+
+def test_an_approval_is_a_segment_of_its_own_closed_by_the_decision():
+    timeline = [
+        row("saga.step_started", "reserve", "t1", attempt=1),
+        row("saga.step_succeeded", "reserve", "t2", attempt=1),
+        row("saga.approval_requested", "approve", "t2", attempt=1),
+        row("saga.approval_escalated", "approve", "t3", attempt=2),
+        row("saga.approved", "approve", "t4", by="uid:1000", note="fine"),
+        row("saga.step_started", "charge", "t4", attempt=1),
+    ]
+    segments = run_segments(timeline)
+    assert [(s["name"], s["phase"], s["status"]) for s in segments] == [
+        ("reserve", "forward", "completed"), ("approve", "approval", "approved"),
+        ("charge", "forward", "running")]
+    assert (segments[1]["by"], segments[1]["note"], segments[1]["ended_at"]) == \
+        ("uid:1000", "fine", "t4")
+    waiting = run_segments(timeline[:3])[-1]
+    assert (waiting["status"], waiting["ended_at"]) == ("awaiting_approval", None)
+    rejected = run_segments([*timeline[:3], row("saga.rejected", "approve", "t5", by="timeout")])
+    assert rejected[-1]["status"] == "rejected"
+
+
+@pytest.mark.parametrize(("kind", "ends"), [("cancel_requested", "cancelled"),
+                                            ("cancelled", "cancelled"), ("timed_out", "failed")])
+def test_a_cancel_or_the_saga_timeout_ends_the_steps_still_open(kind: str, ends: str):
+    timeline = [row("workflow.step_started", "fetch", "t1", attempt=1),
+                row("workflow.approval_requested", "review", "t1", attempt=1),
+                row(f"workflow.{kind}", None, "t2", by="uid:1")]
+    assert [(s["status"], s["ended_at"]) for s in run_segments(timeline)] == [(ends, "t2")] * 2
+
+
+def test_a_waiting_run_carries_what_it_waits_for():
+    awaiting = {"step": "approve", "due": "2026-01-02T00:00:00.000000Z", "escalated": False,
+                "on_timeout": "reject"}
+    view = {"kind": "saga", "run_id": "s-1", "name": "order", "status": "awaiting_approval",
+            "steps": [], "awaiting": awaiting}
+    assert run_summary(view)["awaiting"] == awaiting
+    assert run_summary(view)["ended_at"] is None  # waiting is not over
+    cancelled = {**view, "awaiting": None, "status": "cancelled", "updated_at": "t9"}
+    assert run_summary(cancelled)["ended_at"] == "t9"  # a cancelled run has ended
+
+
+def test_a_status_filter_asks_only_the_kinds_that_have_it():
+    assert kinds_with_status(RunFilter(status="compensated"), METHODS) == ("saga",)
+    assert kinds_with_status(RunFilter(status="awaiting_approval"), METHODS) == \
+        ("saga", "workflow")
+    assert kinds_with_status(RunFilter(), METHODS) == ("saga", "workflow")
+    with pytest.raises(InvalidRequest, match="no workflow run is ever 'compensated'"):
+        kinds_with_status(RunFilter(kinds=("workflow",), status="compensated"), METHODS)
+    with pytest.raises(InvalidRequest, match="status: no saga or workflow run is ever 'nope'"):
+        kinds_with_status(RunFilter(status="nope"), METHODS)

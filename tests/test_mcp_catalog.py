@@ -90,6 +90,18 @@ def test_run_results_by_status():
     later = catalog.run_result(run_view("running"), 50)
     assert not later["isError"] and later["structuredContent"]["still_running"] is True
     assert "still running after 50s" in later["content"][0]["text"]
+    waiting = catalog.run_result({**run_view("awaiting_approval"),
+                                  "awaiting": {"step": "approve"}}, 50)
+    assert not waiting["isError"] and waiting["structuredContent"]["awaiting_approval"] == \
+        "approve"
+    assert "awaits a person's approval of step approve" in waiting["content"][0]["text"]
+    assert "cancelled" in catalog.RUN_FAILED
+
+
+def test_an_approval_step_is_named_as_a_persons():
+    tool = catalog.run_tool("saga", {"name": "order", "steps": [
+        {"name": "reserve", "agent": "inv"}, {"name": "approve", "agent": ""}]})
+    assert "reserve (inv) -> approve (a person approves)" in tool["description"]
 
 
 def test_results_are_mcp_call_tool_results():

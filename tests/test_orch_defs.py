@@ -142,3 +142,69 @@ def test_compensate_in_doubt_defaults_on_and_is_checked():
     with pytest.raises(ConfigError, match="compensate_in_doubt"):
         parse(load('[agents.x]\ntemplate = "echo"\n[sagas.s]\ncompensate_in_doubt = 1\n'
                    'steps = [{ name = "a", agent = "x" }]\n'), Path("/"))
+
+
+APPROVALS = '''
+[agents.x]
+template = "echo"
+
+[sagas.order]
+steps = [{ name = "reserve", agent = "x", compensate = "x" },
+         { name = "approve", approval = true, timeout = 172800, on_timeout = "escalate" },
+         { name = "charge", agent = "x" }]
+
+[workflows.etl]
+steps = [{ name = "fetch", agent = "x" }, { name = "review", approval = true }]
+'''
+
+
+def test_approval_steps_from_a_project_file():
+    project = parse(load(APPROVALS), Path("/"), origin="naos.toml")
+    saga = defs.saga_spec(project.orchestration["sagas"][0])
+    approve = saga.step("approve")
+    assert (approve.kind, approve.agent, approve.timeout_s, approve.on_timeout) == \
+        ("approval", "", 172800.0, "escalate")  # two days: no daemon cap applies
+    review = defs.workflow_spec(project.orchestration["workflows"][0]).step("review")
+    assert (review.kind, review.timeout_s, review.on_timeout) == ("approval", 86400.0, "reject")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("approval = true, timeout", "approval = true, agent = \"x\", timeout"),
+     "sagas.order: steps[1].agent: unknown key"),
+    (("on_timeout = \"escalate\"", "on_timeout = \"ignore\""),
+     "on_timeout must be reject or escalate"),
+    (("timeout = 172800", "timeout = 40000000"), "at most 31622400 seconds"),
+    (("approval = true }", "approval = \"yes\" }"), "workflows.etl: steps[1].approval: expected"),
+    (("{ name = \"charge\", agent = \"x\" }", "{ name = \"charge\" }"),
+     "steps[2]: needs a name and an agent (or approval = true)"),
+    (("{ name = \"charge\", agent = \"x\" }", "{ name = \"charge\", agent = \"x\", "
+                                               "on_timeout = \"reject\" }"),
+     "steps[2].on_timeout: unknown key"),
+])
+def test_bad_approval_steps_name_the_key(edit: tuple[str, str], message: str):
+    text = APPROVALS.replace(*edit)
+    assert text != APPROVALS
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(load(text), Path("/"), origin="naos.toml")
+
+
+def test_approval_steps_through_the_builders():
+    draft = defs.saga_add_step(defs.saga_draft("s"), "ok", None, approval=True)
+    assert draft["steps"][0]["kind"] == "approval" and draft["steps"][0]["timeout_s"] == 86400
+    with pytest.raises(InvalidRequest, match="names no agent and no compensation"):
+        defs.saga_add_step(defs.saga_draft("s"), "ok", "x", approval=True)
+    with pytest.raises(InvalidRequest, match="names no agent and no compensation"):
+        defs.saga_add_step(defs.saga_draft("s"), "ok", None, compensate="x", approval=True)
+    with pytest.raises(Conflict, match="already has a step 'ok'"):
+        defs.saga_add_step(draft, "ok", None, approval=True)
+    with pytest.raises(InvalidRequest, match="needs an agent"):
+        defs.saga_add_step(draft, "b", None)
+    with pytest.raises(InvalidRequest, match="on_timeout is for approval steps"):
+        defs.saga_add_step(draft, "b", "x", on_timeout="reject")
+    wf = defs.workflow_add_step(defs.workflow_draft("w"), "r", None, approval=True,
+                                timeout=60, on_timeout="escalate")
+    assert defs.workflow_spec(wf).step("r").on_timeout == "escalate"
+    with pytest.raises(InvalidRequest, match="retries does not apply"):
+        defs.workflow_add_step(defs.workflow_draft("w"), "r", None, approval=True, retries=2)
+    with pytest.raises(InvalidRequest, match="needs an agent"):
+        defs.workflow_add_step(defs.workflow_draft("w"), "r", None)

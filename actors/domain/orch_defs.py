@@ -24,11 +24,18 @@ naos.toml::
     attempts = 3                  # retry policy: attempts, retry_delay, backoff, max_delay
     non_retryable = ["declined"]  # error codes that compensate at once
 
+    [[sagas.order.steps]]         # a person decides: naosctl approve / reject RUN
+    name = "approve"
+    approval = true
+    timeout = 86400               # seconds to wait (default a day, at most 366 days)
+    on_timeout = "escalate"       # or "reject" (default): see actors/domain/saga.py
+
     [workflows.etl]
     on_error = "stop"             # skip, retry
     retries = 3
     retry_delay = 5
-    steps = [{ name = "fetch", agent = "fetcher", on_error = "retry", retries = 5 }]
+    steps = [{ name = "fetch", agent = "fetcher", on_error = "retry", retries = 5 },
+             { name = "review", approval = true, timeout = 3600 }]
 
     [pools.summarize]
     agents = ["a", "b", "c"]      # or: agent = "a", size = 4
@@ -48,12 +55,15 @@ from actors.domain.definitions import validate_name
 from naosd.errors import ConfigError, Conflict, InvalidRequest
 
 MAX_SECONDS: Final = 86400.0  # a day: the longest any timeout or wait may be
+APPROVAL_DEFAULT_S: Final = 86400.0  # how long an approval waits unless told
+APPROVAL_MAX_S: Final = 366 * 86400.0  # a person's decision may take long: a bound, no cap
 SAGA_STEP_KEYS: Final = frozenset({"name", "agent", "compensate", "timeout", "attempts",
                                    "retry_delay", "backoff", "max_delay", "non_retryable"})
 SAGA_KEYS: Final = frozenset({"timeout", "step_timeout", "recovery", "compensation_attempts",
                               "compensation_delay", "compensate_in_doubt", "steps"})
 WF_STEP_KEYS: Final = frozenset({"name", "agent", "timeout", "on_error", "retries",
                                  "retry_delay"})
+APPROVAL_KEYS: Final = frozenset({"name", "approval", "timeout", "on_timeout"})
 WF_KEYS: Final = frozenset({"on_error", "retries", "retry_delay", "step_timeout", "steps"})
 POOL_KEYS: Final = frozenset({"agents", "agent", "size", "merge", "reducer", "pick",
                               "concurrency", "timeout"})
@@ -65,7 +75,7 @@ def seconds(value: Any, what: str, *, zero_ok: bool = False, hi: float = MAX_SEC
         raise InvalidRequest(f"{what} must be a number of seconds, got {value!r}")
     if value < 0 or (value == 0 and not zero_ok) or value > hi:
         low = ">= 0" if zero_ok else "> 0"
-        raise InvalidRequest(f"{what} must be {low} and at most {hi:g} seconds, got {value!r}")
+        raise InvalidRequest(f"{what} must be {low} and at most {hi:.15g} seconds, got {value!r}")
     return float(value)
 
 
@@ -90,13 +100,51 @@ def saga_draft(name: str, *, timeout: Any = 3600.0, step_timeout: Any = 60.0,
             "compensation_retry": retry.to_dict(), "compensate_in_doubt": compensate_in_doubt}
 
 
-def saga_add_step(draft: dict[str, Any], step: str, agent: str, *,
+def approval_timeout(timeout: Any) -> float:
+    """An approval's wait: a day unless told, at most :data:`APPROVAL_MAX_S`."""
+    if timeout is None:
+        return APPROVAL_DEFAULT_S
+    return seconds(timeout, "approval timeout", hi=APPROVAL_MAX_S)
+
+
+def _approval_step(draft: dict[str, Any], step: str, kind: str, timeout: Any,
+                   on_timeout: Any) -> dict[str, Any]:
+    """The spec fields of approval step ``step`` (a person decides it: no agent)."""
+    validate_name(step, "step")
+    if any(s["name"] == step for s in draft["steps"]):
+        raise Conflict(f"{kind} {draft['name']!r} already has a step {step!r}")
+    return {"name": step, "agent": "", "kind": "approval",
+            "timeout_s": approval_timeout(timeout), "on_timeout": on_timeout or "reject"}
+
+
+def _agent_step(step: str, agent: str | None, on_timeout: Any) -> str:
+    """The agent of step ``step`` (an agent's step: it needs one)."""
+    validate_name(step, "step")
+    if agent is None:
+        raise InvalidRequest(f"step {step!r} needs an agent (or is an approval step)")
+    if on_timeout is not None:
+        raise InvalidRequest(f"step {step!r}: on_timeout is for approval steps")
+    return validate_name(agent)
+
+
+def saga_add_step(draft: dict[str, Any], step: str, agent: str | None, *,
                   compensate: str | None = None, timeout: Any = None, attempts: Any = 1,
                   retry_delay: Any = 1.0, backoff: Any = 2.0, max_delay: Any = 30.0,
-                  non_retryable: Any = ()) -> dict[str, Any]:
-    """``draft`` with one more step (a new dict); raises InvalidRequest or Conflict."""
-    validate_name(step, "step")
-    validate_name(agent)
+                  non_retryable: Any = (), approval: bool = False, on_timeout: Any = None
+                  ) -> dict[str, Any]:
+    """``draft`` with one more step (a new dict); raises InvalidRequest or Conflict.
+    An ``approval`` step names no agent and no compensation; ``timeout`` is
+    its wait and ``on_timeout`` (reject, escalate) what ends it."""
+    if approval:
+        if agent or compensate:
+            raise InvalidRequest(f"approval step {step!r}: a person decides it, "
+                                 "it names no agent and no compensation")
+        spec_fields = _approval_step(draft, step, "saga", timeout, on_timeout)
+        spec = saga_m.StepSpec(**spec_fields)
+        new = {**draft, "steps": [*draft["steps"], spec.to_dict()]}
+        saga_spec(new)
+        return new
+    agent = _agent_step(step, agent, on_timeout)
     if compensate is not None:
         validate_name(compensate)
     codes = list(non_retryable or ())
@@ -141,12 +189,25 @@ def workflow_draft(name: str, *, on_error: Any = "stop", retries: Any = 0,
             "step_timeout_s": seconds(step_timeout, "step_timeout")}
 
 
-def workflow_add_step(draft: dict[str, Any], step: str, agent: str, *, timeout: Any = None,
-                      on_error: Any = None, retries: Any = None, retry_delay: Any = None
+def workflow_add_step(draft: dict[str, Any], step: str, agent: str | None, *,
+                      timeout: Any = None, on_error: Any = None, retries: Any = None,
+                      retry_delay: Any = None, approval: bool = False, on_timeout: Any = None
                       ) -> dict[str, Any]:
-    """``draft`` with one more step (a new dict); raises InvalidRequest or Conflict."""
-    validate_name(step, "step")
-    validate_name(agent)
+    """``draft`` with one more step (a new dict); raises InvalidRequest or Conflict.
+    An ``approval`` step names no agent; a rejection stops the run whatever
+    ``on_error`` says, so it takes no ``on_error`` and no retries."""
+    if approval:
+        given = [k for k, v in (("agent", agent), ("on_error", on_error), ("retries", retries),
+                                ("retry_delay", retry_delay)) if v is not None]
+        if given:
+            raise InvalidRequest(f"approval step {step!r}: a person decides it, "
+                                 f"{given[0]} does not apply")
+        spec_fields = _approval_step(draft, step, "workflow", timeout, on_timeout)
+        new = {**draft, "steps": [*draft["steps"], {
+            **spec_fields, "on_error": None, "retry": None}]}
+        workflow_spec(new)
+        return new
+    agent = _agent_step(step, agent, on_timeout)
     if any(s["name"] == step for s in draft["steps"]):
         raise Conflict(f"workflow {draft['name']!r} already has a step {step!r}")
     limit = draft["step_timeout_s"] if timeout is None else timeout
@@ -245,7 +306,7 @@ def parse_sections(doc: dict[str, Any], agents: set[str], origin: str
 def _named_agents(section: str, spec: dict[str, Any]) -> list[str]:
     if section == "pools":
         return pool_agents(spec)
-    names = [s["agent"] for s in spec["steps"]]
+    names = [s["agent"] for s in spec["steps"] if s["agent"]]  # approvals name none
     return names + [s["compensate_agent"] for s in spec["steps"] if s.get("compensate_agent")]
 
 
@@ -263,12 +324,16 @@ def _steps(t: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _step_args(i: int, step: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    approval = step.get("approval", False)
+    if not isinstance(approval, bool):
+        raise InvalidRequest(f"steps[{i}].approval: expected true or false")
     try:
-        _keys(step, allowed)
+        _keys(step, APPROVAL_KEYS if approval else allowed)
     except InvalidRequest as exc:
         raise InvalidRequest(f"steps[{i}].{exc}") from None
-    if not isinstance(step.get("name"), str) or not isinstance(step.get("agent"), str):
-        raise InvalidRequest(f"steps[{i}]: needs a name and an agent")
+    if not isinstance(step.get("name"), str) or not (
+            approval or isinstance(step.get("agent"), str)):
+        raise InvalidRequest(f"steps[{i}]: needs a name and an agent (or approval = true)")
     return {k: v for k, v in step.items() if k not in ("name", "agent")}
 
 
@@ -281,7 +346,7 @@ def _stepped(draft_fn: Any, add_fn: Any, keys: frozenset[str], step_keys: frozen
         draft = draft_fn(name, **{k: v for k, v in t.items() if k != "steps"})
         for i, step in enumerate(_steps(t)):
             args = _step_args(i, step, step_keys)
-            draft = add_fn(draft, step["name"], step["agent"], **args)
+            draft = add_fn(draft, step["name"], step.get("agent"), **args)
         return dict(draft)
 
     return build

@@ -7,8 +7,10 @@ and dispatches on types with ``match``:
 - events: :class:`Start`, :class:`StepSucceeded`, :class:`StepFailed`,
   :class:`StepTimedOut`, :class:`CompensationSucceeded`,
   :class:`CompensationFailed`, :class:`TimerFired`, :class:`Recover`
-  (machines add their own operator events: a saga's ``RetryCompensation``,
-  a workflow's ``Resume``);
+  and the operator's :class:`Cancel` and :class:`Decide` (a human's
+  approval or rejection of a step of kind ``approval``); machines add their
+  own operator events: a saga's ``RetryCompensation``, a workflow's
+  ``Resume``;
 - effects: :class:`Persist` (the run's whole record, on disk before the
   effects after it leave), :class:`Audit`, :class:`RunStep` and
   :class:`RunCompensation` (ask an agent), :class:`ArmTimer` (comes back as
@@ -31,11 +33,20 @@ from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Final, Generic, TypeVar
 
-from naosd.errors import InvalidRequest
+from naosd.errors import Conflict, InvalidRequest
 
 S = TypeVar("S")
 T = TypeVar("T")
 TIMEOUT_CODE: Final = "timeout"
+STEP_KINDS: Final = ("agent", "approval")
+ON_TIMEOUT: Final = ("reject", "escalate")
+AWAITING_APPROVAL: Final = "awaiting_approval"  # a run's (and its step's) status meanwhile
+APPROVAL_TIMEOUT: Final = "approval_timeout"  # the timer kind of an approval's wait
+TIMED_OUT_BY: Final = "timeout"  # who rejects an approval nobody decided in time
+# The longest timer armed at once: an actor's wakeupAfter ends up as the timeout of an
+# epoll wait, which Python refuses past ~24.8 days (INT_MAX ms).  A longer wait (an
+# approval may wait up to a year) is armed in turns: an early timer re-arms the rest.
+TIMER_MAX_S: Final = 86400.0
 
 
 # -- events -----------------------------------------------------------------------------
@@ -97,6 +108,28 @@ class Recover:
     persisted record."""
 
     now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """An operator cancels the run; ``by`` says who (``uid:1000``,
+    ``dashboard``): it goes into the record and the audit rows."""
+
+    by: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """A human's decision on the step awaiting approval: approved or
+    rejected, by whom, with a note.  ``step`` (optional) names the step the
+    decision is meant for: a run that awaits another one refuses it."""
+
+    approve: bool
+    by: str
+    note: str
+    now: float
+    step: str | None = None
 
 
 # -- effects ----------------------------------------------------------------------------
@@ -242,6 +275,38 @@ class RetryPolicy:
         return cls(**(data | {"non_retryable": frozenset(data.get("non_retryable", ()))}))
 
 
+# -- approval steps and operators' events ----------------------------------------------
+
+
+def check_step_kind(name: str, kind: object, agent: object, on_timeout: object) -> None:
+    """A step is run by an agent or decided by a person (``approval``,
+    which names no agent); ``on_timeout`` is what an undecided approval
+    does when its timeout fires: ``reject`` or ``escalate``."""
+    if kind not in STEP_KINDS:
+        raise InvalidRequest(f"step {name!r}: kind must be agent or approval, got {kind!r}")
+    if on_timeout not in ON_TIMEOUT:
+        raise InvalidRequest(
+            f"step {name!r}: on_timeout must be reject or escalate, got {on_timeout!r}")
+    if kind == "approval" and agent:
+        raise InvalidRequest(f"step {name!r} is an approval (a person decides it): "
+                             "it names no agent")
+    if kind == "agent" and (not isinstance(agent, str) or not agent):
+        raise InvalidRequest("step agent must be a non-empty string")
+
+
+def check_who(event: Cancel | Decide) -> None:
+    """An operator's event says who sent it (and a decision's note is text)."""
+    if not isinstance(event.by, str) or not event.by.strip():
+        raise InvalidRequest("an operator's decision must say who made it")
+    if isinstance(event, Decide) and not isinstance(event.note, str):
+        raise InvalidRequest("a decision's note must be text")
+
+
+def decision(event: Decide) -> dict[str, Any]:
+    """What a decided approval keeps: who, when, the note."""
+    return {"approved": event.approve, "by": event.by, "note": event.note, "at": event.now}
+
+
 # -- records ------------------------------------------------------------------------------
 
 
@@ -328,6 +393,66 @@ class RunTx(Generic[S]):
         self.effects.append(effect)
         self.effects.append(ArmTimer(timer, name, attempt, effect.timeout_s))
         self.audit(what, name, attempt=attempt)
+
+    def ask_approval(self, name: str, awaiting: Enum, attempt: int, timeout_s: float,
+                     now: float, what: str, **detail: Any) -> None:
+        """Step ``name`` (attempt ``attempt``: 2 once escalated) waits for a
+        person's decision until ``now + timeout_s``: persisted, its timer
+        armed, audited as ``what``."""
+        self.update(name, status=awaiting, attempt=attempt, due=now + timeout_s)
+        self.persist(what)
+        self.arm_approval(name, attempt, timeout_s)
+        self.audit(what, name, attempt=attempt, timeout_s=timeout_s, **detail)
+
+    def arm_approval(self, name: str, attempt: int, left: float) -> None:
+        """The timer of an approval's wait, ``left`` seconds from now (in turns
+        of at most :data:`TIMER_MAX_S`)."""
+        delay = min(max(0.0, left), TIMER_MAX_S)
+        self.effects.append(ArmTimer(APPROVAL_TIMEOUT, name, attempt, delay))
+
+    def awaiting(self, event: Decide) -> Any:
+        """The step awaiting the decision ``event`` (Conflict if none does,
+        or if ``event`` names another one)."""
+        check_who(event)
+        st: Any = self.state
+        verb = "approve" if event.approve else "reject"
+        step = next((s for s in st.steps if s.status.value == AWAITING_APPROVAL), None)
+        if st.status.value != AWAITING_APPROVAL or step is None:
+            raise Conflict(f"{self._kind} run {st.run_id!r} is {st.status.value}: "
+                           f"no step awaits approval, nothing to {verb}")
+        if event.step is not None and event.step != step.name:
+            raise Conflict(f"{self._kind} run {st.run_id!r} awaits approval of step "
+                           f"{step.name!r}, not {event.step!r}")
+        return step
+
+    def approval_timer(self, event: TimerFired) -> Any:
+        """The awaiting step whose wait ``event`` ends, or None: stale, or one
+        turn of a long wait (the rest is armed)."""
+        st: Any = self.state
+        if event.step is None or st.status.value != AWAITING_APPROVAL:
+            return None
+        step = st.step(event.step)
+        if step.status.value != AWAITING_APPROVAL or step.attempt != event.attempt:
+            return None
+        if step.due is not None and event.now < step.due:
+            self.arm_approval(step.name, step.attempt, step.due - event.now)
+            return None
+        return step
+
+    def approval_timed_out(self, step: Any, awaiting: Enum, now: float) -> Decide | None:
+        """The wait of undecided approval ``step`` ended.  ``on_timeout="escalate"``,
+        the first time: an alert, and it waits once more as long (None).
+        Else the rejection ``by: "timeout"`` the machine applies."""
+        st: Any = self.state
+        spec = st.spec.step(step.name)
+        if spec.on_timeout == "escalate" and step.attempt == 1:
+            self.ask_approval(step.name, awaiting, 2, spec.timeout_s, now, "approval_escalated",
+                              severity="alert")
+            return None
+        self.audit("approval_timed_out", step.name, attempt=step.attempt,
+                   timeout_s=spec.timeout_s)
+        waited = spec.timeout_s * step.attempt
+        return Decide(False, TIMED_OUT_BY, f"no decision within {waited:g}s", now)
 
     def message(self, step: str, attempt: int, key: str, **fields_: Any) -> dict[str, Any]:
         """The message a step's agent gets: the run's coordinates, then ``fields_``."""

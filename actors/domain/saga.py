@@ -46,6 +46,22 @@ Decisions:
   is an ordinary succeeded step.
 - A report for a step that is not waiting for it (late, duplicate, after a
   timeout) is ignored with a ``saga.stale_report`` audit.
+- A step of kind ``approval`` names no agent: the run waits
+  (``awaiting_approval``, durable: a recovered run keeps waiting) for a
+  person's :class:`Decide`.  Approved, the step succeeds with the decision
+  (``{"approved", "by", "note", "at"}``) as its output and the run goes on;
+  rejected, the step fails and the completed steps are compensated.  The
+  wait is bounded by the step's own timeout only: the saga timeout stops
+  while a run awaits approval (``paused_s``) and goes on from where it
+  stopped.  When the step's timeout fires, ``on_timeout="reject"`` rejects
+  it (``by: "timeout"``); ``"escalate"`` audits ``saga.approval_escalated``
+  (``severity: "alert"``) and waits once more as long, then rejects.
+- :class:`Cancel` (running, pending or awaiting approval): the step in
+  flight is failed and treated as in doubt, as a timed-out one is, and the
+  completed steps are compensated; the run ends ``cancelled`` (or
+  ``compensation_failed`` when a compensation fails: an operator's retry
+  then ends it ``cancelled``).  Cancelling a run that is compensating or
+  final is a Conflict.
 
 Audit types: ``saga.started``, ``saga.step_started``,
 ``saga.step_acknowledged``, ``saga.step_succeeded``, ``saga.step_failed``,
@@ -53,7 +69,9 @@ Audit types: ``saga.started``, ``saga.step_started``,
 ``saga.compensation_started``, ``saga.compensation_retrying``,
 ``saga.compensated_step``, ``saga.compensation_failed_step``,
 ``saga.completed``, ``saga.compensated``, ``saga.compensation_failed``,
-``saga.timed_out``, ``saga.recovered``, ``saga.resolved``, ``saga.stale_report``.
+``saga.timed_out``, ``saga.recovered``, ``saga.resolved``, ``saga.stale_report``,
+``saga.approval_requested``, ``saga.approval_escalated``, ``saga.approval_timed_out``,
+``saga.approved``, ``saga.rejected``, ``saga.cancel_requested``, ``saga.cancelled``.
 """
 
 from __future__ import annotations
@@ -64,11 +82,14 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from actors.domain.run_events import (
+    APPROVAL_TIMEOUT,
     TIMEOUT_CODE,
     ArmTimer,
     Audit,
+    Cancel,
     CompensationFailed,
     CompensationSucceeded,
+    Decide,
     Machine,
     Persist,
     Recover,
@@ -83,7 +104,10 @@ from actors.domain.run_events import (
     TimerFired,
     check_record,
     check_seconds,
+    check_step_kind,
+    check_who,
     corrupt,
+    decision,
     dispatch,
     plain,
     rebuild,
@@ -92,9 +116,9 @@ from actors.domain.run_events import (
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
 __all__ = [  # the shared vocabulary, importable from here as before
-    "ArmTimer", "Audit", "CompensationFailed", "CompensationSucceeded", "Persist", "Recover",
-    "RetryPolicy", "RunCompensation", "RunStep", "Start", "StepFailed", "StepSucceeded",
-    "StepTimedOut", "TimerFired",
+    "ArmTimer", "Audit", "Cancel", "CompensationFailed", "CompensationSucceeded", "Decide",
+    "Persist", "Recover", "RetryPolicy", "RunCompensation", "RunStep", "Start", "StepFailed",
+    "StepSucceeded", "StepTimedOut", "TimerFired",
 ]
 
 RECORD_VERSION: Final = 1
@@ -107,14 +131,17 @@ class RunStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     COMPENSATING = "compensating"
+    AWAITING_APPROVAL = "awaiting_approval"  # a step of kind approval waits for a person
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
+    CANCELLED = "cancelled"  # cancelled by an operator, its completed steps compensated
 
 
 class StepStatus(enum.StrEnum):
     PENDING = "pending"
     STARTED = "started"  # RunStep persisted (maybe sent); no result yet: in doubt on Recover
+    AWAITING = "awaiting_approval"  # an approval step waiting for a person's decision
     RETRY_WAIT = "retry_wait"  # failed, waiting for its retry timer
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # out of attempts (or non-retryable, or the saga timed out)
@@ -130,10 +157,12 @@ class TimerKind(enum.StrEnum):
     UNDO_TIMEOUT = "undo_timeout"
     UNDO_RETRY = "undo_retry"
     SAGA_TIMEOUT = "saga_timeout"
+    APPROVAL_TIMEOUT = APPROVAL_TIMEOUT
 
 
 FINAL: Final = frozenset(
-    {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED}
+    {RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED,
+     RunStatus.CANCELLED}
 )
 
 
@@ -142,15 +171,19 @@ class StepSpec:
     name: str
     agent: str
     compensate_agent: str | None = None
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # an approval: how long it waits for a decision
     retry: RetryPolicy = DEFAULT_RETRY
+    kind: str = "agent"  # or "approval": a person decides it (agent "")
+    on_timeout: str = "reject"  # an approval nobody decided in time: reject or escalate
 
     def __post_init__(self) -> None:
-        for what in ("name", "agent"):
-            if not isinstance(getattr(self, what), str) or not getattr(self, what):
-                raise InvalidRequest(f"step {what} must be a non-empty string")
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidRequest("step name must be a non-empty string")
+        check_step_kind(self.name, self.kind, self.agent, self.on_timeout)
         if self.compensate_agent is not None and not isinstance(self.compensate_agent, str):
             raise InvalidRequest("compensate_agent must be a string or None")
+        if self.kind == "approval" and self.compensate_agent:
+            raise InvalidRequest(f"approval step {self.name!r} has nothing to compensate")
         check_seconds(self.timeout_s, f"step {self.name!r} timeout_s", zero_ok=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +251,7 @@ class StepState:
     due: float | None = None  # when its retry timer (step or compensation) is due
     finished_seq: int = 0  # completion order (1-based) among succeeded steps
     in_doubt: bool = False  # timed out after being sent: may have taken effect
+    decision: dict[str, Any] | None = None  # an approval's: approved, by, note, at
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +265,10 @@ class SagaState:
     started_at: float | None = None
     error: str = ""
     resolution: str = ""  # operator's Resolve note; set means final
+    paused_s: float = 0.0  # time spent awaiting approvals: the saga timeout stops meanwhile
+    paused_since: float | None = None  # when the current approval wait began
+    saga_timer: int = 0  # the saga timeout's current timer (older ones are stale)
+    cancelled_by: str = ""  # who cancelled the run (it ends cancelled once compensated)
 
     def step(self, name: str) -> StepState:
         for step in self.steps:
@@ -277,6 +315,8 @@ Event: TypeAlias = (
     | Recover
     | RetryCompensation
     | Resolve
+    | Cancel
+    | Decide
 )
 Effect: TypeAlias = RunStep | RunCompensation | ArmTimer | Persist | Audit
 
@@ -300,8 +340,8 @@ def handle(state: SagaState, event: Event) -> tuple[SagaState, list[Effect]]:
     """Apply ``event``: the new state and the effects to perform, in order.
 
     Raises:
-        Conflict: an operator event (Start, RetryCompensation, Resolve) does not fit
-            the run's status; ``state`` is unchanged.
+        Conflict: an operator event (Start, RetryCompensation, Resolve, Cancel,
+            Decide) does not fit the run's status; ``state`` is unchanged.
         NotFound: the event names a step the saga does not have.
         InvalidRequest: ``event`` is not a saga event, or a timer kind is unknown.
     """
@@ -371,12 +411,19 @@ def _send_step(tx: _Tx, name: str, attempt: int) -> None:
     tx.send(name, StepStatus.STARTED, attempt, effect, TimerKind.STEP_TIMEOUT, "step_started")
 
 
-def _advance(tx: _Tx) -> None:
-    """RUNNING: start the next pending step, or complete the run."""
+def _advance(tx: _Tx, now: float) -> None:
+    """RUNNING: start the next pending step (or ask for its approval), or
+    complete the run."""
     nxt = tx.first(StepStatus.PENDING)
-    if nxt is not None:
+    if nxt is not None and tx.state.spec.step(nxt.name).kind == "approval":
+        _ask_approval(tx, nxt.name, now)
+    elif nxt is not None:
         _send_step(tx, nxt.name, 1)
-        return
+    else:
+        _complete(tx)
+
+
+def _complete(tx: _Tx) -> None:
     tx.set(status=RunStatus.COMPLETED)  # RUNNING -> COMPLETED
     tx.persist("completed")
     tx.audit("completed")
@@ -388,7 +435,7 @@ def _on_start(tx: _Tx, ev: Start) -> None:
     tx.persist("started")
     tx.effects.append(ArmTimer(TimerKind.SAGA_TIMEOUT, None, 0, tx.state.spec.timeout_s))
     tx.audit("started")
-    _advance(tx)
+    _advance(tx, ev.now)
 
 
 def _waiting(tx: _Tx, ev: Event, name: str, status: StepStatus) -> bool:
@@ -412,7 +459,7 @@ def _on_step_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
               finished_seq=tx.next_seq(), in_doubt=False)
     tx.persist("step_succeeded")
     tx.audit("step_succeeded", ev.step, attempt=tx.state.step(ev.step).attempt)
-    _advance(tx)
+    _advance(tx, ev.now)
 
 
 def _on_step_failed(tx: _Tx, ev: StepFailed) -> None:
@@ -450,6 +497,61 @@ def _undo_in_doubt(tx: _Tx, name: str) -> tuple[str, ...]:
     return ()
 
 
+# -- approvals --------------------------------------------------------------------------
+
+
+def _ask_approval(tx: _Tx, name: str, now: float) -> None:
+    """RUNNING -> AWAITING_APPROVAL: the saga timeout stops until the decision."""
+    spec = tx.state.spec.step(name)
+    tx.set(status=RunStatus.AWAITING_APPROVAL, paused_since=now)
+    tx.ask_approval(name, StepStatus.AWAITING, 1, spec.timeout_s, now, "approval_requested",
+                    on_timeout=spec.on_timeout)
+
+
+def _unpause(tx: _Tx, now: float) -> None:
+    """AWAITING_APPROVAL -> RUNNING: the wait no longer counts against the saga timeout."""
+    since = tx.state.paused_since
+    paused = tx.state.paused_s + (max(0.0, now - since) if since is not None else 0.0)
+    tx.set(status=RunStatus.RUNNING, paused_s=paused, paused_since=None)
+
+
+def _saga_timeout_left(state: SagaState, now: float) -> float:
+    assert state.started_at is not None  # set by Start
+    return state.started_at + state.spec.timeout_s + state.paused_s - now
+
+
+def _on_decide(tx: _Tx, ev: Decide) -> None:
+    step = tx.awaiting(ev)
+    _unpause(tx, ev.now)
+    if not ev.approve:
+        _rejected(tx, step.name, ev)
+        return
+    kept = decision(ev)
+    tx.update(step.name, status=StepStatus.SUCCEEDED, output=kept, decision=kept, due=None,
+              finished_seq=tx.next_seq())
+    tx.set(saga_timer=tx.state.saga_timer + 1)  # the saga timeout goes on from where it stopped
+    tx.persist("approved")
+    left = max(0.0, _saga_timeout_left(tx.state, ev.now))
+    tx.effects.append(ArmTimer(TimerKind.SAGA_TIMEOUT, None, tx.state.saga_timer, left))
+    tx.audit("approved", step.name, by=ev.by, note=ev.note)
+    _advance(tx, ev.now)
+
+
+def _rejected(tx: _Tx, name: str, ev: Decide) -> None:
+    """The approval step fails: the completed steps are compensated."""
+    error = f"rejected by {ev.by}" + (f": {ev.note}" if ev.note else "")
+    tx.update(name, status=StepStatus.FAILED, error=error, due=None, decision=decision(ev))
+    tx.audit("rejected", name, by=ev.by, note=ev.note)
+    _begin_compensation(tx, f"step {name!r} {error}", extra=())
+
+
+def _approval_timed_out(tx: _Tx, step: StepState, now: float) -> None:
+    rejection = tx.approval_timed_out(step, StepStatus.AWAITING, now)
+    if rejection is not None:  # else escalated: it waits once more
+        _unpause(tx, now)
+        _rejected(tx, step.name, rejection)
+
+
 # -- backward: compensating -----------------------------------------------------------
 
 
@@ -477,11 +579,13 @@ def _next_undo(tx: _Tx) -> None:
         tx.set(undo_queue=tx.state.undo_queue[1:])
         tx.audit("compensation_skipped", name)
     failed = [s.name for s in tx.state.steps if s.status is StepStatus.UNDO_FAILED]
-    status = RunStatus.COMPENSATION_FAILED if failed else RunStatus.COMPENSATED
-    tx.set(status=status)  # COMPENSATING -> COMPENSATED | COMPENSATION_FAILED
+    status = RunStatus.COMPENSATION_FAILED if failed else (
+        RunStatus.CANCELLED if tx.state.cancelled_by else RunStatus.COMPENSATED)
+    tx.set(status=status)  # COMPENSATING -> COMPENSATED | CANCELLED | COMPENSATION_FAILED
     tx.persist(status.value)
     alert = {"severity": "alert"} if failed else {}  # needs an operator: retry or resolve
-    tx.audit(status.value, failed=failed, reason=tx.state.error, **alert)
+    by = {"by": tx.state.cancelled_by} if tx.state.cancelled_by else {}
+    tx.audit(status.value, failed=failed, reason=tx.state.error, **alert, **by)
 
 
 def _send_undo(tx: _Tx, name: str, attempt: int) -> None:
@@ -536,7 +640,13 @@ def _undo_failure(tx: _Tx, name: str, code: str, message: str, now: float) -> No
 def _on_timer(tx: _Tx, ev: TimerFired) -> None:
     kind = timer_kind(TimerKind, ev.kind, "saga")
     if kind is TimerKind.SAGA_TIMEOUT:
-        _on_saga_timeout(tx, SagaTimedOut(ev.now))
+        if ev.attempt == tx.state.saga_timer:  # else re-armed after an approval: stale
+            _on_saga_timeout(tx, SagaTimedOut(ev.now))
+        return
+    if kind is TimerKind.APPROVAL_TIMEOUT:
+        waiting = tx.approval_timer(ev)
+        if waiting is not None:
+            _approval_timed_out(tx, waiting, ev.now)
         return
     if ev.step is None:
         raise InvalidRequest(f"a {kind.value} timer needs a step")
@@ -559,16 +669,45 @@ def _is(step: StepState, status: StepStatus, attempt: int, undo: bool = False) -
 
 def _on_saga_timeout(tx: _Tx, ev: SagaTimedOut) -> None:
     if tx.state.status is not RunStatus.RUNNING:
-        return  # compensations are not cut short; final runs stay final
-    doubt: tuple[str, ...] = ()
-    for step in tx.state.steps:
-        if step.status in (StepStatus.STARTED, StepStatus.RETRY_WAIT):
-            in_doubt = step.in_doubt or step.status is StepStatus.STARTED
-            tx.update(step.name, status=StepStatus.FAILED, error=SAGA_TIMEOUT_CODE, due=None,
-                      in_doubt=in_doubt)
-            doubt += _undo_in_doubt(tx, step.name)
+        return  # compensations are not cut short; approvals stop it; final runs stay final
+    doubt = _stop_in_flight(tx, SAGA_TIMEOUT_CODE)
     tx.audit("timed_out", timeout_s=tx.state.spec.timeout_s)
     _begin_compensation(tx, "saga timed out", extra=doubt)
+
+
+_IN_FLIGHT: Final = frozenset({StepStatus.STARTED, StepStatus.RETRY_WAIT, StepStatus.AWAITING})
+
+
+def _stop_in_flight(tx: _Tx, error: str) -> tuple[str, ...]:
+    """Fail the step in flight (started, waiting to retry, awaiting approval):
+    one that was sent is in doubt, and comes back to be compensated first."""
+    doubt: tuple[str, ...] = ()
+    for step in tx.state.steps:
+        if step.status in _IN_FLIGHT:
+            in_doubt = step.in_doubt or step.status is StepStatus.STARTED
+            tx.update(step.name, status=StepStatus.FAILED, error=error, due=None,
+                      in_doubt=in_doubt)
+            doubt += _undo_in_doubt(tx, step.name)
+    return doubt
+
+
+def _on_cancel(tx: _Tx, ev: Cancel) -> None:
+    """PENDING | RUNNING | AWAITING_APPROVAL -> COMPENSATING (-> CANCELLED)."""
+    check_who(ev)
+    tx.require("cancel", RunStatus.PENDING, RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL)
+    reason = f"cancelled by {ev.by}"
+    tx.set(cancelled_by=ev.by)
+    if tx.state.status is RunStatus.PENDING:  # never started: nothing to undo
+        tx.set(status=RunStatus.CANCELLED, error=reason)
+        tx.persist("cancelled")
+        tx.audit("cancelled", failed=[], reason=reason, by=ev.by)
+        return
+    if tx.state.status is RunStatus.AWAITING_APPROVAL:
+        _unpause(tx, ev.now)
+    in_doubt = [s.name for s in tx.state.steps if s.status is StepStatus.STARTED]
+    doubt = _stop_in_flight(tx, "cancelled")
+    tx.audit("cancel_requested", by=ev.by, in_doubt=in_doubt)
+    _begin_compensation(tx, reason, extra=doubt)
 
 
 # -- recovery and operator commands ---------------------------------------------------
@@ -581,16 +720,19 @@ def _on_recover(tx: _Tx, ev: Recover) -> None:
         return  # nothing in flight
     doubt = [s.name for s in tx.state.steps if s.status is StepStatus.STARTED]
     tx.audit("recovered", status=status.value, in_doubt=doubt)
+    if status is RunStatus.AWAITING_APPROVAL:  # keeps waiting, for what is left of it
+        step = tx.first(StepStatus.AWAITING)
+        tx.arm_approval(step.name, step.attempt, (step.due or ev.now) - ev.now)
+        return
     if status is RunStatus.RUNNING:
-        assert tx.state.started_at is not None  # set by Start
-        left = tx.state.started_at + tx.state.spec.timeout_s - ev.now
+        left = _saga_timeout_left(tx.state, ev.now)
         if left <= 0:
             _on_saga_timeout(tx, SagaTimedOut(ev.now))
             return
         if tx.state.spec.recovery == "compensate":
             _recover_compensating(tx, doubt)
             return
-        tx.effects.append(ArmTimer(TimerKind.SAGA_TIMEOUT, None, 0, left))
+        tx.effects.append(ArmTimer(TimerKind.SAGA_TIMEOUT, None, tx.state.saga_timer, left))
     _resume(tx, ev.now)
 
 
@@ -623,7 +765,7 @@ def _resume(tx: _Tx, now: float) -> None:
     if tx.state.status is RunStatus.COMPENSATING and not _in_flight(tx.state, _UNDO_BUSY):
         _next_undo(tx)  # crashed between two compensations
     elif tx.state.status is RunStatus.RUNNING and not _in_flight(tx.state, _DO_BUSY):
-        _advance(tx)  # crashed between a step's success and the next step's start
+        _advance(tx, now)  # crashed between a step's success and the next step's start
 
 
 _DO_BUSY: Final = frozenset({StepStatus.STARTED, StepStatus.RETRY_WAIT})
@@ -668,6 +810,8 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
     Recover: _on_recover,
     RetryCompensation: _on_retry_compensation,
     Resolve: _on_resolve,
+    Cancel: _on_cancel,
+    Decide: _on_decide,
 }
 
 MACHINE: Final = Machine("saga", handle, from_record, to_record,

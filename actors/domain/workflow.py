@@ -14,6 +14,20 @@ or a timeout) is its ``on_error`` (the step's own, else the workflow's):
 A non-zero ``retry.count`` also applies under ``stop`` and ``skip``: the step is
 retried first and stopped on (or skipped) only once its tries are used up.
 
+A step of kind ``approval`` names no agent: the run waits (``awaiting_approval``,
+durable: a recovered run keeps waiting) for a person's :class:`Decide`, bounded by
+the step's own timeout only.  Approved, the step succeeds and passes its input on
+unchanged (the decision is kept in the step's ``decision``); rejected, the step
+fails and the run stops (``failed``; ``Resume`` asks again), whatever the step's
+``on_error``.  When the timeout fires, ``on_timeout="reject"`` rejects it (``by:
+"timeout"``); ``"escalate"`` audits ``workflow.approval_escalated`` (``severity:
+"alert"``) and waits once more as long, then rejects.
+
+:class:`Cancel` (pending, running or awaiting approval) ends the run
+``cancelled``: the step in flight is marked ``cancelled`` (one that was sent is in
+doubt: it may have taken effect, and its late answer is only audited); nothing
+runs after it.  Cancelling a final run is a Conflict.
+
 A step's tries are a :class:`~actors.domain.run_events.RetryPolicy` (the
 run vocabulary's, made by :func:`retries`: ``count`` more tries, ``delay_s``
 apart).  The shell discipline is the saga's (see actors/domain/saga.py): each
@@ -27,7 +41,9 @@ Audit types: ``workflow.started``, ``workflow.step_started``,
 ``workflow.step_succeeded``, ``workflow.step_retrying``,
 ``workflow.step_skipped``, ``workflow.step_failed``, ``workflow.completed``,
 ``workflow.failed``, ``workflow.resumed``, ``workflow.recovered``,
-``workflow.stale_report``.
+``workflow.stale_report``, ``workflow.approval_requested``,
+``workflow.approval_escalated``, ``workflow.approval_timed_out``, ``workflow.approved``,
+``workflow.rejected``, ``workflow.cancelled``.
 """
 
 from __future__ import annotations
@@ -38,9 +54,12 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from actors.domain.run_events import (
+    APPROVAL_TIMEOUT,
     TIMEOUT_CODE,
     ArmTimer,
     Audit,
+    Cancel,
+    Decide,
     Machine,
     Persist,
     Recover,
@@ -54,7 +73,10 @@ from actors.domain.run_events import (
     TimerFired,
     check_record,
     check_seconds,
+    check_step_kind,
+    check_who,
     corrupt,
+    decision,
     dispatch,
     plain,
     rebuild,
@@ -63,8 +85,8 @@ from actors.domain.run_events import (
 from naosd.errors import Conflict, InvalidRequest, NotFound
 
 __all__ = [  # the shared vocabulary, importable from here as before
-    "ArmTimer", "Audit", "Persist", "Recover", "RetryPolicy", "RunStep", "Start",
-    "StepFailed", "StepSucceeded", "StepTimedOut", "TimerFired",
+    "ArmTimer", "Audit", "Cancel", "Decide", "Persist", "Recover", "RetryPolicy", "RunStep",
+    "Start", "StepFailed", "StepSucceeded", "StepTimedOut", "TimerFired",
 ]
 
 RECORD_VERSION: Final = 1
@@ -74,22 +96,27 @@ ON_ERROR: Final = ("stop", "skip", "retry")
 class RunStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"  # a step of kind approval waits for a person
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class StepStatus(enum.StrEnum):
     PENDING = "pending"
     STARTED = "started"  # RunStep persisted (maybe sent): in doubt on Recover
     RETRY_WAIT = "retry_wait"
+    AWAITING = "awaiting_approval"
     SUCCEEDED = "succeeded"
     SKIPPED = "skipped"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # in flight when the run was cancelled
 
 
 class TimerKind(enum.StrEnum):
     STEP_TIMEOUT = "step_timeout"
     RETRY = "retry"
+    APPROVAL_TIMEOUT = APPROVAL_TIMEOUT
 
 
 def retries(count: object = 0, delay_s: object = 0.0) -> RetryPolicy:
@@ -104,14 +131,16 @@ NO_RETRY: Final = retries()
 class WfStepSpec:
     name: str
     agent: str
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # an approval: how long it waits for a decision
     on_error: str | None = None  # None: the workflow's
     retry: RetryPolicy | None = None  # None: the workflow's
+    kind: str = "agent"  # or "approval": a person decides it (agent "")
+    on_timeout: str = "reject"  # an approval nobody decided in time: reject or escalate
 
     def __post_init__(self) -> None:
-        for what in ("name", "agent"):
-            if not isinstance(getattr(self, what), str) or not getattr(self, what):
-                raise InvalidRequest(f"step {what} must be a non-empty string")
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidRequest("step name must be a non-empty string")
+        check_step_kind(self.name, self.kind, self.agent, self.on_timeout)
         _check_on_error(self.on_error, allow_none=True)
         check_seconds(self.timeout_s, f"step {self.name!r} timeout_s", zero_ok=False)
 
@@ -170,7 +199,8 @@ class WfStepState:
     attempt: int = 0  # tries sent since the run (or the last Resume) reached this step
     output: Any = None
     error: str = ""
-    due: float | None = None  # when its retry timer is due
+    due: float | None = None  # when its retry timer (or its approval's timeout) is due
+    decision: dict[str, Any] | None = None  # an approval's: approved, by, note, at
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +233,8 @@ class Resume:
     now: float
 
 
-Event: TypeAlias = Start | StepSucceeded | StepFailed | StepTimedOut | TimerFired | Recover | Resume
+Event: TypeAlias = (Start | StepSucceeded | StepFailed | StepTimedOut | TimerFired | Recover
+                    | Resume | Cancel | Decide)
 Effect: TypeAlias = RunStep | ArmTimer | Persist | Audit
 
 
@@ -228,7 +259,8 @@ def handle(state: WorkflowState, event: Event) -> tuple[WorkflowState, list[Effe
     """Apply ``event``: the new state and the effects to perform, in order.
 
     Raises:
-        Conflict: Start or Resume does not fit the run's status (``state`` unchanged).
+        Conflict: Start, Resume, Cancel or Decide does not fit the run's status
+            (``state`` unchanged).
         NotFound: the event names a step the workflow does not have.
         InvalidRequest: not a workflow event, or an unknown timer kind.
     """
@@ -267,8 +299,8 @@ class _Tx(RunTx[WorkflowState]):
     def __init__(self, state: WorkflowState) -> None:
         super().__init__(state, "workflow", to_record)
 
-    def require(self, action: str, allowed: RunStatus) -> None:
-        if self.state.status is not allowed:
+    def require(self, action: str, *allowed: RunStatus) -> None:
+        if self.state.status not in allowed:
             raise Conflict(f"workflow run {self.state.run_id!r} is {self.state.status}: "
                            f"cannot {action}")
 
@@ -281,8 +313,14 @@ def _send(tx: _Tx, name: str, attempt: int) -> None:
     tx.send(name, StepStatus.STARTED, attempt, effect, TimerKind.STEP_TIMEOUT, "step_started")
 
 
-def _advance(tx: _Tx) -> None:
+def _advance(tx: _Tx, now: float) -> None:
     nxt = tx.first(StepStatus.PENDING)
+    if nxt is not None and tx.state.spec.step(nxt.name).kind == "approval":
+        spec = tx.state.spec.step(nxt.name)  # RUNNING -> AWAITING_APPROVAL
+        tx.set(status=RunStatus.AWAITING_APPROVAL)
+        tx.ask_approval(nxt.name, StepStatus.AWAITING, 1, spec.timeout_s, now,
+                        "approval_requested", on_timeout=spec.on_timeout)
+        return
     if nxt is not None:
         _send(tx, nxt.name, 1)
         return
@@ -296,7 +334,7 @@ def _on_start(tx: _Tx, ev: Start) -> None:
     tx.set(status=RunStatus.RUNNING)  # PENDING -> RUNNING
     tx.persist("started")
     tx.audit("started")
-    _advance(tx)
+    _advance(tx, ev.now)
 
 
 def _waiting(tx: _Tx, ev: Event, name: str) -> bool:
@@ -313,7 +351,7 @@ def _on_succeeded(tx: _Tx, ev: StepSucceeded) -> None:
     tx.update(ev.step, status=StepStatus.SUCCEEDED, output=ev.output, error="")
     tx.persist("step_succeeded")
     tx.audit("step_succeeded", ev.step, attempt=tx.state.step(ev.step).attempt)
-    _advance(tx)
+    _advance(tx, ev.now)
 
 
 def _on_failed(tx: _Tx, ev: StepFailed) -> None:
@@ -339,19 +377,74 @@ def _failure(tx: _Tx, name: str, code: str, error: str, now: float) -> None:
         tx.update(name, status=StepStatus.SKIPPED, error=error)
         tx.persist("step_skipped")
         tx.audit("step_skipped", name, attempt=attempt, error=error)
-        _advance(tx)
+        _advance(tx, now)
     else:  # stop, or retries exhausted: RUNNING -> FAILED
-        tx.update(name, status=StepStatus.FAILED, error=error)
-        tx.set(status=RunStatus.FAILED, error=f"step {name!r}: {error}")
-        tx.persist("failed")
-        tx.audit("step_failed", name, attempt=attempt, error=error)
-        tx.audit("failed", step=name, error=error)
+        _stop(tx, name, error, attempt=attempt)
+
+
+def _stop(tx: _Tx, name: str, error: str, **detail: Any) -> None:
+    """RUNNING | AWAITING_APPROVAL -> FAILED at step ``name``."""
+    tx.update(name, status=StepStatus.FAILED, error=error, due=None)
+    tx.set(status=RunStatus.FAILED, error=f"step {name!r}: {error}")
+    tx.persist("failed")
+    tx.audit("step_failed", name, error=error, **detail)
+    tx.audit("failed", step=name, error=error)
+
+
+def _on_decide(tx: _Tx, ev: Decide) -> None:
+    """AWAITING_APPROVAL -> RUNNING (approved) or FAILED (rejected)."""
+    step = tx.awaiting(ev)
+    if not ev.approve:
+        _rejected(tx, step.name, ev)
+        return
+    passed_on = tx.state.last_output()  # what the step got, the next one gets
+    tx.update(step.name, status=StepStatus.SUCCEEDED, output=passed_on, error="", due=None,
+              decision=decision(ev))
+    tx.set(status=RunStatus.RUNNING)
+    tx.persist("approved")
+    tx.audit("approved", step.name, by=ev.by, note=ev.note)
+    _advance(tx, ev.now)
+
+
+def _rejected(tx: _Tx, name: str, ev: Decide) -> None:
+    tx.update(name, decision=decision(ev))
+    tx.audit("rejected", name, by=ev.by, note=ev.note)
+    _stop(tx, name, f"rejected by {ev.by}" + (f": {ev.note}" if ev.note else ""),
+          attempt=tx.state.step(name).attempt)
+
+
+def _approval_timed_out(tx: _Tx, step: WfStepState, now: float) -> None:
+    rejection = tx.approval_timed_out(step, StepStatus.AWAITING, now)
+    if rejection is not None:  # else escalated: it waits once more
+        _rejected(tx, step.name, rejection)
+
+
+def _on_cancel(tx: _Tx, ev: Cancel) -> None:
+    """PENDING | RUNNING | AWAITING_APPROVAL -> CANCELLED."""
+    check_who(ev)
+    tx.require("cancel", RunStatus.PENDING, RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL)
+    in_doubt = []
+    for step in tx.state.steps:
+        if step.status is StepStatus.STARTED:  # sent: it may take effect all the same
+            in_doubt.append(step.name)
+            tx.update(step.name, status=StepStatus.CANCELLED, due=None,
+                      error="cancelled while running: in doubt, it may have taken effect")
+        elif step.status in (StepStatus.RETRY_WAIT, StepStatus.AWAITING):
+            tx.update(step.name, status=StepStatus.CANCELLED, due=None, error="cancelled")
+    tx.set(status=RunStatus.CANCELLED, error=f"cancelled by {ev.by}")
+    tx.persist("cancelled")
+    tx.audit("cancelled", by=ev.by, in_doubt=in_doubt)
 
 
 def _on_timer(tx: _Tx, ev: TimerFired) -> None:
     kind = timer_kind(TimerKind, ev.kind, "workflow")
     if ev.step is None:
         raise InvalidRequest(f"a {kind.value} timer needs a step")
+    if kind is TimerKind.APPROVAL_TIMEOUT:
+        waiting = tx.approval_timer(ev)
+        if waiting is not None:
+            _approval_timed_out(tx, waiting, ev.now)
+        return
     step = tx.state.step(ev.step)
     if tx.state.status is not RunStatus.RUNNING:
         return  # stale: the shell cannot cancel timers
@@ -364,8 +457,13 @@ def _on_timer(tx: _Tx, ev: TimerFired) -> None:
 
 
 def _on_recover(tx: _Tx, ev: Recover) -> None:
+    if tx.state.status is RunStatus.AWAITING_APPROVAL:  # keeps waiting, for what is left
+        step = tx.first(StepStatus.AWAITING)
+        tx.audit("recovered", in_doubt=[])
+        tx.arm_approval(step.name, step.attempt, (step.due or ev.now) - ev.now)
+        return
     if tx.state.status is not RunStatus.RUNNING:
-        return  # pending, completed or failed: nothing in flight
+        return  # pending, completed, failed or cancelled: nothing in flight
     busy = [s for s in tx.state.steps if s.status in (StepStatus.STARTED, StepStatus.RETRY_WAIT)]
     tx.audit("recovered", in_doubt=[s.name for s in busy if s.status is StepStatus.STARTED])
     for step in busy:
@@ -375,17 +473,17 @@ def _on_recover(tx: _Tx, ev: Recover) -> None:
             left = max(0.0, (step.due or ev.now) - ev.now)
             tx.effects.append(ArmTimer(TimerKind.RETRY, step.name, step.attempt + 1, left))
     if not busy:
-        _advance(tx)  # crashed between a step's end and the next step's start
+        _advance(tx, ev.now)  # crashed between a step's end and the next step's start
 
 
 def _on_resume(tx: _Tx, ev: Resume) -> None:
     tx.require("resume", RunStatus.FAILED)
     failed = tx.first(StepStatus.FAILED)
-    tx.update(failed.name, status=StepStatus.PENDING, attempt=0, error="")
+    tx.update(failed.name, status=StepStatus.PENDING, attempt=0, error="", decision=None)
     tx.set(status=RunStatus.RUNNING, resumes=tx.state.resumes + 1, error="")  # FAILED -> RUNNING
     tx.persist("resumed")
     tx.audit("resumed", step=failed.name, resumes=tx.state.resumes)
-    _advance(tx)
+    _advance(tx, ev.now)
 
 
 _HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
@@ -396,7 +494,10 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Tx, Any], None]]] = {
     TimerFired: _on_timer,
     Recover: _on_recover,
     Resume: _on_resume,
+    Cancel: _on_cancel,
+    Decide: _on_decide,
 }
 
 MACHINE: Final = Machine("workflow", handle, from_record, to_record,
-                         frozenset({RunStatus.COMPLETED.value, RunStatus.FAILED.value}))
+                         frozenset({RunStatus.COMPLETED.value, RunStatus.FAILED.value,
+                                    RunStatus.CANCELLED.value}))

@@ -8,6 +8,11 @@ Each method declares, where it is declared, the role it needs
 (``role="read"`` or ``"operate"``, naosd.control.roles): ``read`` only for
 what changes nothing, spends nothing, runs no code and reveals no secret.
 The default is ``operate``: a forgotten declaration fails closed.
+
+A method that records who made a decision (``caller=True``: cancel, approve,
+reject, schedules) gets it as ``p["by"]``, filled in here and never taken
+from the client: ``uid:N`` from the connection's peer credentials, or what
+an in-process caller says (the dashboard, an MCP identity).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from naosd.control.roles import READ
 from naosd.control.server import Call, Dispatcher, Streaming, Unary
 from naosd.control.table import Method, MethodTable
 from naosd.errors import AuditError, InvalidRequest, RequestTimeout
+from naosd.storage import origin
 
 if TYPE_CHECKING:
     from naosd.services import Services
@@ -38,14 +44,24 @@ METHODS = MethodTable("daemon")  # this module's methods: ping, status, audit.*,
 method = METHODS.method
 
 
-async def invoke(services: Services, name: str, given: Mapping[str, Any]) -> Any:
+async def invoke(services: Services, name: str, given: Mapping[str, Any], *,
+                 by: str | None = None) -> Any:
     """Run unary method ``name`` in process, its parameters checked by its
-    Spec as on the socket (the dashboard's resources and views use this)."""
+    Spec as on the socket (the dashboard's resources and views use this).
+    ``by`` says who calls (default: the origin in force, e.g. ``mcp:NAME``)."""
     entry = services.methods[name]
+    params = check(name, entry.params, dict(given))
+    if entry.caller:
+        params["by"] = by or _origin_name()
     with telemetry.span(name, "server") as span:
         if span.recording:
             span.update({"rpc.system": "naos", "rpc.method": name, "naos.transport": "http"})
-        return await entry.handler(services, check(name, entry.params, dict(given)))
+        return await entry.handler(services, params)
+
+
+def _origin_name() -> str:
+    who = origin.current()
+    return f"{who['via']}:{who['as']}" if who else "naosd"
 
 
 class Api(Dispatcher):
@@ -71,6 +87,8 @@ class Api(Dispatcher):
     def _unary(self, entry: Method) -> Unary:
         async def run(call: Call) -> Any:
             params = check(entry.name, entry.params, call.params)
+            if entry.caller:  # the kernel's word for who connected, never the client's
+                params["by"] = f"uid:{call.peer.uid}"
             timeout = request_timeout(entry, params, call, self._services.config.request_timeout)
             result: Awaitable[Any] = entry.handler(self._services, params)
             scope = asyncio.timeout(timeout)

@@ -2,20 +2,28 @@
 
 Definitions are edited as drafts (a saga is created empty, then given
 steps); each change is validated by building the pure spec, so a bad
-definition is refused when it is written, not when it runs."""
+definition is refused when it is written, not when it runs.
+
+Cancel, approve and reject are decisions: each is fed to the run's machine
+with who made it (``p["by"]``: the peer's uid, see naosd/control/api.py),
+which the record and the audit rows keep."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from actors.domain import orch_defs as defs
 from actors.domain import pool as pool_m
 from actors.domain import saga as saga_m
+from actors.domain import schedule as sched_m
 from actors.domain import workflow as wf_m
-from naosd.control.params import Bool, Int, Spec, Str
+from actors.domain.run_events import ON_TIMEOUT, Cancel, Decide
+from naosd.control.params import Bool, Int, Spec, Str, parse_since
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
+from naosd.errors import InvalidRequest
 from naosd.orchestration.coordinators import run_view
 from naosd.storage import runs as orch_store
 
@@ -29,6 +37,8 @@ NAME = Str(max_len=64)
 RUN = Str(max_len=64)
 NUM = (int, float)
 PICK = pool_m.PICK_STRATEGIES
+STATUSES = {"saga": tuple(saga_m.RunStatus), "workflow": tuple(wf_m.RunStatus)}
+NOTE = Str("", max_len=4096)
 
 
 async def _db(d: Services, fn: Any) -> Any:
@@ -54,17 +64,21 @@ async def saga_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await _db(d, lambda s: orch_store.create_def(s, "saga", p["name"], draft))
 
 
-@method("saga.add_step", saga=NAME, step=NAME, agent=NAME, compensate=Str(None, max_len=64),
-        timeout=Spec(NUM, None), attempts=Int(1, lo=1, hi=100), retry_delay=Spec(NUM, 1.0),
-        backoff=Spec(NUM, 2.0), max_delay=Spec(NUM, 30.0), non_retryable=Spec(list, None))
+@method("saga.add_step", saga=NAME, step=NAME, agent=Str(None, max_len=64),
+        compensate=Str(None, max_len=64), timeout=Spec(NUM, None),
+        attempts=Int(1, lo=1, hi=100), retry_delay=Spec(NUM, 1.0), backoff=Spec(NUM, 2.0),
+        max_delay=Spec(NUM, 30.0), non_retryable=Spec(list, None), approval=Bool(False),
+        on_timeout=Str(None, choices=ON_TIMEOUT))
 async def saga_add_step(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Append a step (agent, optional compensation agent, retry policy) to a saga."""
+    """Append a step (agent, optional compensation agent, retry policy) to a saga,
+    or an approval step (a person decides it: approve / reject)."""
     def change(store: Any) -> dict[str, Any]:
         draft = defs.saga_add_step(
             orch_store.get_def(store, "saga", p["saga"]), p["step"], p["agent"],
             compensate=p["compensate"], timeout=p["timeout"], attempts=p["attempts"],
             retry_delay=p["retry_delay"], backoff=p["backoff"], max_delay=p["max_delay"],
-            non_retryable=p["non_retryable"])
+            non_retryable=p["non_retryable"], approval=p["approval"],
+            on_timeout=p["on_timeout"])
         return orch_store.update_def(store, "saga", p["saga"], draft, "step_added")
 
     return await _db(d, change)
@@ -77,8 +91,9 @@ async def saga_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _runs(d: Services, kind: str, p: dict[str, Any]) -> list[dict[str, Any]]:
+    since = parse_since(p["since"], datetime.now(UTC)) if p["since"] else None
     rows = await d.db.call(lambda s: orch_store.list_runs(
-        s, kind, name=p["name"], status=p["status"], limit=p["limit"]))
+        s, kind, name=p["name"], status=p["status"], since=since, limit=p["limit"]))
     return [run_view(r) for r in rows]
 
 
@@ -90,7 +105,7 @@ async def _history(d: Services, kind: str, run_id: str) -> dict[str, Any]:
 
 def _register_runs(kind: str) -> None:
     """The run methods sagas and workflows share: run, wait, runs, status,
-    history, resume (``saga.run``, ``workflow.run``, ...)."""
+    history, resume, cancel (``saga.run``, ``workflow.run``, ...)."""
 
     async def run(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await d.orch.start(kind, p["name"], p["input"])
@@ -110,9 +125,13 @@ def _register_runs(kind: str) -> None:
     async def resume(d: Services, p: dict[str, Any]) -> dict[str, Any]:
         return await d.orch.resume(kind, p["run"])
 
+    async def cancel(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+        return await d.orch.command(p["run"], Cancel(p["by"], time.time()), kind)
+
     run.__doc__ = f"Start a run of a {kind}; returns its run id at once (see {kind}.wait)."
-    wait.__doc__ = "Wait (at most timeout seconds) for a run to end; its state."
-    runs.__doc__ = "Runs (newest first) with their status, optionally of one name or status."
+    wait.__doc__ = ("Wait (at most timeout seconds) for a run to end or to await approval; "
+                    "its state.")
+    runs.__doc__ = "Runs (newest first) with their status, narrowed by name, status, since."
     status.__doc__ = "One run: status, error, each step's state and output."
     history.__doc__ = "A run's step timeline: starts, ends, retries, compensations, times."
     resume.__doc__ = ("Carry on an unfinished run with no live coordinator"
@@ -120,11 +139,16 @@ def _register_runs(kind: str) -> None:
                          else "."))
     method(f"{kind}.run", name=NAME, input=Spec(object, None))(run)
     method(f"{kind}.wait", role=READ, run=RUN, timeout=Spec(NUM, 30.0))(wait)
-    method(f"{kind}.runs", role=READ, name=Str(None, max_len=64), status=Str(None, max_len=32),
+    cancel.__doc__ = ("Cancel a pending, running or awaiting run"
+                      + (": its completed steps are compensated; it ends cancelled."
+                         if kind == "saga" else "; it ends cancelled."))
+    method(f"{kind}.runs", role=READ, name=Str(None, max_len=64),
+           status=Str(None, choices=STATUSES[kind]), since=Str(None, max_len=64),
            limit=Int(100, lo=1, hi=10_000))(runs)
     method(f"{kind}.status", role=READ, run=RUN)(status)
     method(f"{kind}.history", role=READ, run=RUN)(history)
     method(f"{kind}.resume", run=RUN)(resume)
+    method(f"{kind}.cancel", caller=True, run=RUN)(cancel)
 
 
 @method("saga.retry_compensation", run=RUN)
@@ -139,6 +163,23 @@ async def saga_resolve(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.orch.command(p["run"], saga_m.Resolve(p["note"], time.time()), "saga")
 
 
+@method("approve", caller=True, run=RUN, note=NOTE, step=Str(None, max_len=64))
+async def approve(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Approve the step a saga or workflow run awaits (step: only if it is that one)."""
+    return await _decide(d, p, True)
+
+
+@method("reject", caller=True, run=RUN, note=NOTE, step=Str(None, max_len=64))
+async def reject(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Reject the step a run awaits: a saga compensates, a workflow stops (failed)."""
+    return await _decide(d, p, False)
+
+
+async def _decide(d: Services, p: dict[str, Any], approved: bool) -> dict[str, Any]:
+    event = Decide(approved, p["by"], p["note"], time.time(), p["step"])
+    return await d.orch.command(p["run"], event, None)
+
+
 # -- workflows -----------------------------------------------------------------------
 
 
@@ -151,16 +192,18 @@ async def workflow_create(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await _db(d, lambda s: orch_store.create_def(s, "workflow", p["name"], draft))
 
 
-@method("workflow.add_step", workflow=NAME, step=NAME, agent=NAME, timeout=Spec(NUM, None),
-        on_error=Str(None, choices=wf_m.ON_ERROR), retries=Int(None, lo=0, hi=100),
-        retry_delay=Spec(NUM, None))
+@method("workflow.add_step", workflow=NAME, step=NAME, agent=Str(None, max_len=64),
+        timeout=Spec(NUM, None), on_error=Str(None, choices=wf_m.ON_ERROR),
+        retries=Int(None, lo=0, hi=100), retry_delay=Spec(NUM, None), approval=Bool(False),
+        on_timeout=Str(None, choices=ON_TIMEOUT))
 async def workflow_add_step(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Append a step (agent, optional own on_error and retry) to a workflow."""
+    """Append a step (agent, optional own on_error and retry) to a workflow, or an
+    approval step (a person decides it: approve / reject)."""
     def change(store: Any) -> dict[str, Any]:
         draft = defs.workflow_add_step(
             orch_store.get_def(store, "workflow", p["workflow"]), p["step"], p["agent"],
             timeout=p["timeout"], on_error=p["on_error"], retries=p["retries"],
-            retry_delay=p["retry_delay"])
+            retry_delay=p["retry_delay"], approval=p["approval"], on_timeout=p["on_timeout"])
         return orch_store.update_def(store, "workflow", p["workflow"], draft, "step_added")
 
     return await _db(d, change)
@@ -238,3 +281,33 @@ async def pool_scale(d: Services, p: dict[str, Any]) -> dict[str, Any]:
 async def pool_drain(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop taking tasks and wait until the queued and running ones are done."""
     return await d.pools.drain(p["name"], defs.seconds(p["timeout"], "timeout"))
+
+
+# -- schedules -----------------------------------------------------------------------
+
+
+@method("schedule.add", caller=True, name=NAME, cron=Str(None, max_len=256),
+        every=Int(None, lo=1, hi=sched_m.EVERY_MAX_S), saga=Str(None, max_len=64),
+        workflow=Str(None, max_len=64), agent=Str(None, max_len=64), input=Spec(object, None),
+        missed=Str("skip", choices=sched_m.MISSED), timeout=Spec(NUM, 60.0))
+async def schedule_add(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Run a saga, workflow or agent on a cron schedule (UTC); every: seconds, a testing aid."""
+    targets = [(k, p[k]) for k in sched_m.TARGETS if p[k] is not None]
+    if len(targets) != 1:
+        raise InvalidRequest("schedule.add: give exactly one of saga, workflow, agent")
+    (kind, target), = targets
+    spec = sched_m.ScheduleSpec(p["name"], kind, target, p["input"], p["cron"], p["every"],
+                                p["missed"], p["timeout"])
+    return await d.schedules.add(spec, p["by"])
+
+
+@method("schedule.list", role=READ)
+async def schedule_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every schedule: its target, when, the next slot due, the last fired and its run."""
+    return await d.schedules.list()
+
+
+@method("schedule.remove", caller=True, name=NAME)
+async def schedule_remove(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Remove a schedule (runs it started go on)."""
+    return await d.schedules.remove(p["name"], p["by"])

@@ -28,6 +28,7 @@ class Method:
     doc: str = ""
     role: str = OPERATE  # what a connection needs to call it: read or operate
     deadline: str | None = None  # the parameter holding the caller's own timeout (s)
+    caller: bool = False  # the handler gets who called as p["by"]
 
 
 class MethodTable(Mapping[str, Method]):
@@ -38,9 +39,11 @@ class MethodTable(Mapping[str, Method]):
         self._methods: dict[str, Method] = {}
 
     def method(self, method_name: str, /, *, stream: bool = False, role: str = OPERATE,
-               deadline: str | None = None, **params: Spec) -> Callable[[Handler], Handler]:
+               deadline: str | None = None, caller: bool = False, **params: Spec
+               ) -> Callable[[Handler], Handler]:
         """Declare a handler.  ``deadline`` names a parameter in which the client
-        sends how long it waits (seconds): see :func:`naosd.control.api.request_timeout`."""
+        sends how long it waits (seconds): see :func:`naosd.control.api.request_timeout`.
+        ``caller``: the handler gets who called as ``p["by"]``."""
         if role not in NEEDS:
             raise ValueError(f"{method_name}: role must be one of {', '.join(NEEDS)}, "
                              f"got {role!r}")
@@ -49,7 +52,8 @@ class MethodTable(Mapping[str, Method]):
 
         def declare(fn: Handler) -> Handler:
             self._methods[method_name] = Method(method_name, fn, params, stream,
-                                                (fn.__doc__ or "").strip(), role, deadline)
+                                                (fn.__doc__ or "").strip(), role, deadline,
+                                                caller)
             return fn
 
         return declare

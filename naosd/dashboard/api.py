@@ -277,7 +277,8 @@ def _resource(route: Route) -> Any:
             given = {k: _query_value(v) for k, v in request.query.items()}
         try:
             method_name, from_path = route(request.match_info)
-            result = await invoke(request.app[SERVICES], method_name, {**given, **from_path})
+            result = await invoke(request.app[SERVICES], method_name, {**given, **from_path},
+                                  by="dashboard")  # who approved, rejected, cancelled
         except NaosError as exc:
             raise _error(exc) from None
         return web.json_response(result)

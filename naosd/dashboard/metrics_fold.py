@@ -95,7 +95,8 @@ FAMILIES: Final[dict[str, Family]] = {f.name: f for f in (
 
 SPEND_TYPES: Final = frozenset({"broker.execute", "llm.chat", "tool.call"})
 """The spender's call rows (naosd/broker/spend.py): each carries route and cost_micro."""
-RUN_FINAL: Final = frozenset({"completed", "failed", "compensated", "compensation_failed"})
+RUN_FINAL: Final = frozenset({"completed", "failed", "compensated", "compensation_failed",
+                             "cancelled"})
 STEP_ENDS: Final = {"step_succeeded": "succeeded", "step_retrying": "retrying",
                     "step_failed": "failed", "step_skipped": "skipped"}
 UNDO_ENDS: Final = {"compensated_step": "compensated", "compensation_retrying": "retrying",

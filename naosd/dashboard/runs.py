@@ -19,17 +19,21 @@ from naosd.control.params import parse_since
 from naosd.errors import InvalidRequest, NotFound
 
 FINAL_RUN_STATES = frozenset({"completed", "compensated", "compensation_failed", "failed",
-                              "resolved"})
+                              "resolved", "cancelled"})
 
 # timeline suffix -> (phase, what it does to that step's open segment)
-_OPENS = {"step_started": "forward", "compensation_started": "compensate"}
+_OPENS = {"step_started": "forward", "compensation_started": "compensate",
+          "approval_requested": "approval"}
 _CLOSES = {
     "step_succeeded": ("forward", "completed"), "step_failed": ("forward", "failed"),
     "step_retrying": ("forward", "failed"), "step_skipped": ("forward", "skipped"),
     "compensated_step": ("compensate", "compensated"),
     "compensation_failed_step": ("compensate", "failed"),
     "compensation_retrying": ("compensate", "failed"),
+    "approved": ("approval", "approved"), "rejected": ("approval", "rejected"),
 }
+# run rows that end every step still open (the machine stops them without a step row)
+_ENDS_ALL = {"cancel_requested": "cancelled", "cancelled": "cancelled", "timed_out": "failed"}
 
 
 def run_segments(timeline: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -42,13 +46,18 @@ def run_segments(timeline: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in timeline:
         kind = row["type"].split(".", 1)[-1]
         step, ts, detail = row.get("step"), row["ts"], row.get("detail") or {}
+        if kind in _ENDS_ALL:
+            for seg in open_.values():
+                seg.update(status=_ENDS_ALL[kind], ended_at=ts)
+            open_.clear()
         if step is None:
             continue
         if kind in _OPENS:
             key = (step, _OPENS[kind])
             if key in open_:
                 open_.pop(key).update(status="interrupted", ended_at=ts)
-            seg = {"name": step, "phase": key[1], "status": "running", "started_at": ts,
+            waits = "awaiting_approval" if key[1] == "approval" else "running"
+            seg = {"name": step, "phase": key[1], "status": waits, "started_at": ts,
                    "ended_at": None, "attempt": detail.get("attempt", 1), "error": ""}
             open_[key] = seg
             segments.append(seg)
@@ -60,6 +69,8 @@ def run_segments(timeline: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                           "attempt": detail.get("attempt", 1)}
                 segments.append(closed)
             closed.update(status=status, ended_at=ts, error=detail.get("error", ""))
+            if phase == "approval":
+                closed.update(by=detail.get("by"), note=detail.get("note", ""))
         elif kind == "compensation_skipped":
             segments.append({"name": step, "phase": "compensate", "status": "skipped",
                              "started_at": ts, "ended_at": ts, "attempt": 0, "error": ""})
@@ -74,7 +85,7 @@ def run_summary(view: dict[str, Any]) -> dict[str, Any]:
             "status": view["status"], "started_at": view.get("created_at"),
             "ended_at": view.get("updated_at") if final else None,
             "steps_done": done, "steps_total": len(steps), "error": view.get("error", ""),
-            "resolution": view.get("resolution", "")}
+            "resolution": view.get("resolution", ""), "awaiting": view.get("awaiting")}
 
 
 def run_detail(history: dict[str, Any]) -> dict[str, Any]:
@@ -166,12 +177,23 @@ def run_actions(methods: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any
 # -- views ---------------------------------------------------------------------------
 
 
+def kinds_with_status(f: RunFilter, methods: Mapping[str, Any]) -> tuple[str, ...]:
+    """The kinds of ``f`` whose runs can be in ``f.status`` (each ``<kind>.runs``
+    names its statuses); InvalidRequest if none can."""
+    if f.status is None:
+        return f.kinds
+    kinds = tuple(k for k in f.kinds if f.status in methods[f"{k}.runs"].params["status"].choices)
+    if not kinds:
+        raise InvalidRequest(f"status: no {' or '.join(f.kinds)} run is ever {f.status[:32]!r}")
+    return kinds
+
+
 async def runs_view(d: Any, request: web.Request) -> dict[str, Any]:
     f = run_filter(request.query, datetime.now(UTC))
     found = []
-    for kind in f.kinds:
-        found += await invoke(d, f"{kind}.runs",
-                              {"limit": f.limit, "name": f.name, "status": f.status})
+    for kind in kinds_with_status(f, d.methods):
+        found += await invoke(d, f"{kind}.runs", {"limit": f.limit, "name": f.name,
+                                                  "status": f.status, "since": f.since})
     names = sorted({spec["name"] for kind in RUN_KINDS if f"{kind}.list" in d.methods
                     for spec in await invoke(d, f"{kind}.list", {})})
     return {"runs": [run_summary(v) for v in select_runs(found, f)], "names": names,

@@ -29,7 +29,8 @@ KINDS: Final = ("agent", "saga", "workflow", "skill")
 NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,63}")  # actors.domain.definitions.NAME_RE
 RUN_KINDS: Final = ("saga", "workflow")
 RUN_OK: Final = "completed"
-RUN_FAILED: Final = ("compensated", "compensation_failed", "failed")
+RUN_FAILED: Final = ("compensated", "compensation_failed", "failed", "cancelled")
+AWAITING: Final = "awaiting_approval"  # a person decides (naosctl approve|reject RUN)
 
 ANY_OBJECT: Final[dict[str, Any]] = {"type": "object", "additionalProperties": True}
 SKILL_SCHEMA: Final[dict[str, Any]] = {
@@ -94,7 +95,8 @@ def agent_tool(view: dict[str, Any], fallback: str = "") -> dict[str, Any]:
 
 def run_tool(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """The tool of one saga or workflow definition (a ``saga.list`` entry)."""
-    steps = " -> ".join(f"{s['name']} ({s['agent']})" for s in spec.get("steps", []))
+    steps = " -> ".join(f"{s['name']} ({s['agent'] or 'a person approves'})"
+                        for s in spec.get("steps", []))
     ending = ("completed, or compensated with the failing step's error" if kind == "saga"
               else "completed, or failed with the failing step's error")
     return _tool(ToolRef(kind, spec["name"]),
@@ -158,6 +160,11 @@ def run_result(view: dict[str, Any], waited_s: float) -> dict[str, Any]:
                          f"{as_text(outputs)}")
     if status in RUN_FAILED:
         return failed(status, view.get("error") or f"the run ended {status}", run=view)
+    if status == AWAITING:
+        step = (view.get("awaiting") or {}).get("step", "?")
+        return succeeded({"run": view, "still_running": True, "awaiting_approval": step},
+                         f"{view['kind']} run {run_id} awaits a person's approval of step "
+                         f"{step} (naosctl approve|reject {run_id}).")
     return succeeded({"run": view, "still_running": True},
                      f"{view['kind']} run {run_id} is still {status} after {waited_s:g}s; "
                      f"naos carries it on (naosctl {view['kind']} status {run_id}).")

@@ -30,6 +30,7 @@ from naosd.orchestration.calls import AgentCalls, StepCalls
 from naosd.orchestration.coordinators import MACHINES, Runs
 from naosd.orchestration.lanes import RunLanes, RunWriter, Watchers
 from naosd.orchestration.pools import Pools
+from naosd.orchestration.scheduler import Scheduler
 from naosd.orchestration.tree import Asks, OrchTree
 from naosd.storage import origin
 from naosd.storage import runs as orch_store
@@ -127,9 +128,10 @@ class OrchestrationPort:
 
 
 async def build_orchestration(db: AsyncStore, agents: AgentCalls, bridge: Asks,
-                              port: ActorPort) -> tuple[Runs, Pools]:
+                              port: ActorPort) -> tuple[Runs, Pools, Scheduler]:
     """The orchestration parts, their port handlers registered; fan-outs a
-    crash cut short are recorded failed before anything new can start."""
+    crash cut short are recorded failed before anything new can start.  The
+    scheduler fires nothing until it is started."""
     watchers = Watchers()
     lanes = RunLanes(RunWriter(db), watchers)
     calls = StepCalls(agents)
@@ -140,4 +142,4 @@ async def build_orchestration(db: AsyncStore, agents: AgentCalls, bridge: Asks,
     pools = Pools(db, tree, lanes, watchers, calls)
     await pools.prepare()
     OrchestrationPort(db, lanes, calls, pools, origins, traces).register(port)
-    return runs, pools
+    return runs, pools, Scheduler(db, runs, calls)

@@ -11,6 +11,7 @@ in its own savepoint: one that cannot be stored fails alone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,10 @@ def def_exists(store: Store, kind: str, name: str) -> bool:
 Audits = list[tuple[str, dict[str, Any]]]
 
 
-def insert_run(store: Store, kind: str, name: str, record: dict[str, Any]) -> None:
+def insert_run(store: Store, kind: str, name: str, record: dict[str, Any],
+               also: Callable[[Tx, str], None] | None = None) -> None:
+    """A new run's first record; ``also(tx, run_id)`` writes more in the same
+    transaction (a schedule's firing)."""
     now = store.now_iso()
     with store.transaction() as tx:
         if tx.execute("SELECT 1 FROM orch_runs WHERE run_id = ?", (record["run_id"],)):
@@ -81,6 +85,8 @@ def insert_run(store: Store, kind: str, name: str, record: dict[str, Any]) -> No
                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (record["run_id"], kind, name, record["status"], _dump(record), now, now))
         tx.audit(f"{kind}.run_created", detail={"run_id": record["run_id"], kind: name})
+        if also is not None:
+            also(tx, record["run_id"])
 
 
 def save_run(store: Store, run_id: str, record: dict[str, Any] | None, audits: Audits) -> None:
@@ -160,14 +166,16 @@ def _run(run_id: str, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def list_runs(store: Store, kind: str, *, name: str | None = None,
-              status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+              status: str | None = None, since: str | None = None, limit: int = 100
+              ) -> list[dict[str, Any]]:
+    """Runs of ``kind``, newest first; ``since`` (a UTC ISO time, the store's
+    format) keeps the ones created from then on."""
     where, params = ["kind = ?"], [kind]
-    if name is not None:
-        where.append("name = ?")
-        params.append(name)
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
+    for column, op, value in (("name", "=", name), ("status", "=", status),
+                              ("created_at", ">=", since)):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            params.append(value)
     rows = store.query(
         "SELECT run_id, kind, name, status, record, created_at, updated_at FROM orch_runs "
         f"WHERE {' AND '.join(where)} ORDER BY created_at DESC, run_id LIMIT ?",

@@ -287,6 +287,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE agents ADD COLUMN execution TEXT NOT NULL DEFAULT '{}';
     """,
+    # 10: schedules (naosd.storage.schedules): the next slot due and the last one
+    # fired, written in the transaction that starts the run, so a restart neither
+    # fires a slot twice nor loses one; agent firings not answered yet (in_flight)
+    # are sent again under the same idempotency key.  Runs listed by creation time.
+    """
+    CREATE TABLE schedules(
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        next_due REAL NOT NULL,
+        last_slot REAL,
+        last_run TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT '',
+        fired INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        in_flight TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX orch_runs_created ON orch_runs(kind, created_at);
+    """,
 )
 """Migration scripts; script ``i`` takes the schema from version i to i+1."""
 
