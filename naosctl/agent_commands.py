@@ -48,13 +48,16 @@ def _show(result: Any, as_json: bool, text: str) -> None:
 @click.option("--start/--no-start", default=True, show_default=True)
 @click.option("--require", "requires", multiple=True, metavar="CAP|node=NAME",
               help="run it only on a node with this capability (or this name); repeatable")
+@click.option("--max-concurrency", type=click.IntRange(1, 256),
+              help="messages it serves at once (default 1)")
 @WAIT
 @json_option
 @pass_ctx
 @handle_errors()
 def create(c: Ctx, name: str, template: str | None, source: str | None,
            config_json: str | None, supervisor: str | None, restart: str, start: bool,
-           requires: tuple[str, ...], wait: float, as_json: bool) -> None:
+           requires: tuple[str, ...], max_concurrency: int | None, wait: float,
+           as_json: bool) -> None:
     """Register agent NAME (and start it)."""
     if not template and not source:
         template = "echo"
@@ -63,7 +66,8 @@ def create(c: Ctx, name: str, template: str | None, source: str | None,
         "agent.create", name=name, template=template,
         source=str(Path(source).resolve()) if source else None, config=config,
         supervisor=supervisor, restart=restart, start=start, timeout=wait,
-        **({"requires": list(requires)} if requires else {}))
+        **({"requires": list(requires)} if requires else {}),
+        **({"max_concurrency": max_concurrency} if max_concurrency else {}))
     where = f" on {result['node']}" if result.get("node") else ""
     _show(result, as_json, f"agent {name} created ({result['state']}{where})")
 
