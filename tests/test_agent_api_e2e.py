@@ -6,10 +6,13 @@ usage, one that streams, one that holds answers until many are in flight."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import signal
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from fake_openai import (
     streamed,
     tool_call,
 )
-from harness import Naosd, clean_env, reap, start_naosd
+from harness import Naosd, clean_env, reap, start_naosd, wait_for, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
@@ -123,6 +126,23 @@ def test_chat_with_tools_is_charged_its_usage_and_audited_as_the_agent(naosd: Na
     [row] = audit(naosd, "triage", "llm.chat")
     assert row["agent"] == "triage" and row["detail"]["cost_micro"] == cost(40, 12)
     assert "charged twice" not in json.dumps(row)  # never the messages
+    view = dashboard(naosd, "/api/v1/cost")
+    assert {"agent": "triage", "micro": cost(40, 12), "tasks": 1} in view["by_agent"]
+
+
+def dashboard(d: Naosd, path: str) -> Any:
+    """GET a dashboard API path with the operator's login token."""
+    info = ctl(d, "dashboard")
+    host, port = info["url"].split("//", 1)[1].rstrip("/").split(":")
+    token = info["login_url"].split("token=", 1)[1]
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        return json.loads(response.read())
+    finally:
+        conn.close()
 
 
 # -- a server that lies about usage ------------------------------------------------------
@@ -176,3 +196,218 @@ def test_stream_deltas_arrive_in_order_and_are_charged_once(naosd: Naosd, fake: 
     assert fake.requests[-1]["stream"] is True
     assert budget(naosd, "streamer")["spent_micro"] == cost(9, 4)
     assert len(audit(naosd, "streamer", "llm.chat")) == 1
+
+
+def test_an_exhausted_budget_is_a_clear_error_and_the_server_is_not_asked(naosd: Naosd,
+                                                                         fake: FakeOpenAI):
+    ctl(naosd, "cost", "set", "broke", "--budget", "$0.000001/day")  # 1 µ$: not one call
+    create(naosd, "broke", SPENDER)
+    out = run(naosd, "broke", {"calls": 2})
+    assert out["codes"] == ["budget_exceeded", "budget_exceeded"]
+    assert out["last"].startswith("agent 'broke': budget"), out["last"]
+    assert fake.requests == []
+    assert budget(naosd, "broke")["spent_micro"] == 0
+    assert [r["agent"] for r in audit(naosd, "broke", "llm.denied")] == ["broke", "broke"]
+
+
+# -- other agents: ask, cycles, nested chains ---------------------------------------------
+
+ASKER = """
+async def handle(message, ctx):
+    try:
+        return {"output": await ctx.ask(message["to"], message.get("payload"))}
+    except Exception as exc:
+        return {"code": getattr(exc, "code", ""), "message": str(exc)}
+"""
+
+ECHO = """
+def handle(message, ctx):
+    return {"echo": message, "me": ctx.name}
+"""
+
+
+def test_ask_runs_the_other_agent_and_returns_its_output(naosd: Naosd):
+    create(naosd, "asker", ASKER)
+    create(naosd, "echo", ECHO)
+    out = run(naosd, "asker", {"to": "echo", "payload": {"n": 1}})
+    assert out == {"output": {"echo": {"n": 1}, "me": "echo"}}
+    [row] = audit(naosd, "echo", "agent.run")
+    assert row["detail"]["ok"] is True
+    missing = run(naosd, "asker", {"to": "nobody", "payload": 1})
+    assert missing["code"] == "not_found" and "nobody" in missing["message"]
+
+
+PING = """
+async def handle(message, ctx):
+    if message.get("back"):
+        return "pong"
+    try:
+        return await ctx.ask(ctx.config["next"], {"back": ctx.config.get("back", False)})
+    except Exception as exc:
+        return {"code": getattr(exc, "code", ""), "message": str(exc)}
+"""
+
+
+def test_a_cycle_fails_at_once_with_call_cycle_naming_the_chain(naosd: Naosd):
+    create(naosd, "ping-a", PING, "--config", '{"next": "ping-b"}')
+    create(naosd, "ping-b", PING, "--config", '{"next": "ping-a"}')
+    out = run(naosd, "ping-a", {})
+    # ping-b's ask back to ping-a is refused; ping-b answers with the refusal
+    assert out["code"] == "call_cycle", out
+    assert "ping-a -> ping-b -> ping-a" in out["message"]
+
+
+FAN = """
+import asyncio
+
+async def handle(message, ctx):
+    replies = await asyncio.gather(*(ctx.ask(message["to"], {"i": i})
+                                     for i in range(message["n"])), return_exceptions=True)
+    bad = [repr(r) for r in replies if isinstance(r, BaseException)]
+    return {"bad": bad[:5], "n_bad": len(bad),
+            "ok": [r for r in replies if not isinstance(r, BaseException)]}
+"""
+
+LINK = """
+async def handle(message, ctx):
+    nxt = ctx.config.get("next")
+    if nxt is None:
+        return {"i": message["i"], "depth": 1}
+    reply = await ctx.ask(nxt, message)
+    return {"i": reply["i"], "depth": reply["depth"] + 1}
+"""
+
+
+@pytest.mark.timeout(600)
+def test_two_hundred_concurrent_ask_chains_of_depth_three_all_complete(naosd: Naosd):
+    create(naosd, "fan", FAN)
+    create(naosd, "link1", LINK, "--config", '{"next": "link2"}', "--max-concurrency", "8")
+    create(naosd, "link2", LINK, "--config", '{"next": "link3"}')
+    create(naosd, "link3", LINK)
+    out = run(naosd, "fan", {"to": "link1", "n": 200}, timeout=400)
+    assert out["n_bad"] == 0, out["bad"]
+    assert sorted(r["i"] for r in out["ok"]) == list(range(200))
+    assert {r["depth"] for r in out["ok"]} == {3}
+    runs = audit(naosd, "link3", "agent.run")
+    assert len(runs) == 200 and all(r["detail"]["ok"] for r in runs)
+
+
+# -- ctx.state survives kill -9 of the agent and of naosd ------------------------------------
+
+COUNTER = """
+def handle(message, ctx):
+    ctx.state["seen"] = ctx.state.get("seen", 0) + 1
+    return {"seen": ctx.state["seen"], "pid": __import__("os").getpid()}
+"""
+
+
+def test_state_survives_kill_of_the_agent_and_of_naosd(base: Path, fake: FakeOpenAI):
+    daemon = start_naosd(base, env=daemon_env(base, fake))
+    try:
+        create(daemon, "counter", COUNTER)
+        assert [run(daemon, "counter")["seen"] for _ in range(3)] == [1, 2, 3]
+        handler = run(daemon, "counter")["pid"]
+        killed = ctl(daemon, "kill", "counter")["pid"]
+        wait_for(lambda: _running_pid(daemon, "counter", not_pid=killed), 60)
+        daemon.remember_tree()
+        fifth = run(daemon, "counter")
+        assert fifth["seen"] == 5 and fifth["pid"] != handler
+        tree = daemon.remember_tree()
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=30)
+        assert wait_gone(tree, 30) == [], "agent processes outlived a SIGKILLed naosd"
+    finally:
+        assert not reap(daemon)
+    again = start_naosd(base, env=daemon.env, state_dir=daemon.state_dir)
+    try:
+        assert run(again, "counter")["seen"] == 6
+        again.remember_tree()
+    finally:
+        assert not reap(again)
+
+
+def _running_pid(d: Naosd, name: str, not_pid: int) -> int | None:
+    status = ctl(d, "status", name)
+    good = status["state"] == "running" and status["pid"] not in (None, not_pid)
+    return status["pid"] if good else None
+
+
+# -- max_concurrency ---------------------------------------------------------------------
+
+SLOW = """
+inflight = peak = 0
+
+async def handle(message, ctx):
+    global inflight, peak
+    inflight += 1
+    peak = max(peak, inflight)
+    try:
+        r = await ctx.llm.chat([{"role": "user", "content": str(message)}], max_tokens=10)
+    finally:
+        inflight -= 1
+    return {"i": message["i"], "peak": peak, "text": r.text}
+"""
+
+
+def test_an_async_agent_with_max_concurrency_8_serves_8_messages_at_once(naosd: Naosd,
+                                                                        fake: FakeOpenAI):
+    create(naosd, "fan", FAN)
+    create(naosd, "slow", SLOW, "--max-concurrency", "8")
+    # every answer waits until 8 requests are in flight: one at a time would time out
+    fake.answer = lambda body: replace(answer("done"), until_in_flight=8)
+    out = run(naosd, "fan", {"to": "slow", "n": 8}, timeout=120)
+    assert out["n_bad"] == 0, out["bad"]
+    assert max(r["peak"] for r in out["ok"]) == 8
+    assert fake.most_in_flight == 8 and len(fake.requests) == 8
+    assert ctl(naosd, "inspect", "slow")["execution"]["max_concurrency"] == 8
+
+
+# -- identity ----------------------------------------------------------------------------
+
+MALLORY = """
+async def handle(message, ctx):
+    out = {}
+    run = ctx._scope.run
+    hi = [{"role": "user", "content": "hi"}]
+
+    async def attempt(name, method, params):
+        try:
+            out[name] = await ctx._call(method, {**params, "run": run})
+        except Exception as exc:
+            out[name] = {"code": getattr(exc, "code", ""), "message": str(exc)}
+
+    await attempt("chat_as", "llm.chat", {"messages": hi, "agent": "victim"})
+    await attempt("budget_of", "budget.get", {"agent": "victim", "scope": "victim"})
+    await attempt("kv_as", "kv.set", {"agent": "victim", "key": "k", "value": "MQ=="})
+    await attempt("ask_as", "agent.ask", {"agent": "victim", "input": {},
+                                          "caller": "victim", "chain": []})
+    await attempt("forged_run", "llm.chat", {"messages": hi, "run": 10**9})
+    return out
+"""
+
+VICTIM = """
+def handle(message, ctx):
+    return dict(ctx.state)
+"""
+
+
+def test_an_agent_cannot_act_as_another_agent(naosd: Naosd, fake: FakeOpenAI):
+    ctl(naosd, "cost", "set", "mallory", "--budget", "$1/day")
+    ctl(naosd, "cost", "set", "victim", "--budget", "$2/day")
+    create(naosd, "mallory", MALLORY)
+    create(naosd, "victim", VICTIM)
+    out = run(naosd, "mallory")
+    assert out["chat_as"]["code"] == "invalid_request"
+    assert "unknown option(s) agent" in out["chat_as"]["message"]
+    assert out["budget_of"]["scope"] == "mallory"  # its own, whatever it names
+    assert out["budget_of"]["limit_micro"] == 1_000_000
+    assert out["ask_as"]["output"] == {}  # ran, but as mallory's call
+    assert out["forged_run"]["usage"]["prompt_tokens"] == 7  # an unknown run: its own call
+    [asked] = audit(naosd, "victim", "agent.run")
+    assert asked["detail"]["caller"] == "mallory"
+    assert run(naosd, "victim") == {}  # the kv write went to mallory's store
+    assert budget(naosd, "victim")["spent_micro"] == 0
+    assert audit(naosd, "victim", "llm.chat") == []
+    [charged] = audit(naosd, "mallory", "llm.chat")
+    assert charged["agent"] == "mallory"
+    assert budget(naosd, "mallory")["spent_micro"] == cost(7, 3)
