@@ -1,6 +1,7 @@
 """The agent API (``ctx``) against floors measured in the same run.
 
     python bench/bench_agent_api.py [--n 500] [--messages 160] [--llm-delay-ms 50]
+                                    [--synchronous full|normal]
 
 A real naosd whose LLM is the tests' OpenAI-compatible server
 (tests/fake_openai.py) on 127.0.0.1, in this process; agents are real
@@ -20,6 +21,9 @@ in the handler, so the figure is what agent code waits for).
 4. Throughput of LLM-bound messages (the server answers after
    ``--llm-delay-ms``): one async agent with ``max_concurrency = 8`` against
    eight agents of concurrency 1 and against one agent of concurrency 1.
+
+``--synchronous normal`` runs naosd with ``storage.synchronous = normal`` (no
+fsync per commit) to show how much of each figure is the disk.
 
 No assertions: this prints numbers.  Machines are shared and noisy.
 """
@@ -215,17 +219,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="calls per figure")
     ap.add_argument("--messages", type=int, default=160, help="messages per throughput run")
     ap.add_argument("--llm-delay-ms", type=float, default=50.0)
+    ap.add_argument("--synchronous", choices=("full", "normal"), default="full",
+                    help="naosd's storage.synchronous (full is the default)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="naos-bench-", dir="/tmp"))
     daemon: Daemon | None = None
-    print(f"naos agent API benchmarks (n={args.n}, {os.cpu_count()} cores, load average"
-          f" {os.getloadavg()[0]:.2f})")
+    print(f"naos agent API benchmarks (n={args.n}, storage.synchronous={args.synchronous},"
+          f" {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})")
     try:
         floor = raw_thespian(args.n)
         with fake_openai_in_thread() as fake:
             daemon = Daemon(base, {"NAOS_LLM_BASE_URL": fake.url, "NAOS_LLM_MODEL": "fake-1",
                                    "NAOS_LLM_PRICE_INPUT_PER_1K": "1000",
-                                   "NAOS_LLM_PRICE_OUTPUT_PER_1K": "20000"})
+                                   "NAOS_LLM_PRICE_OUTPUT_PER_1K": "20000",
+                                   "NAOS_STORAGE_SYNCHRONOUS": args.synchronous})
             with Client(daemon.sock, timeout=900) as c:
                 setup(c, base)
                 section("1. ctx.ask round trip")

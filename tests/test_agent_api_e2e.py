@@ -6,6 +6,7 @@ usage, one that streams, one that holds answers until many are in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -52,14 +53,21 @@ def fake() -> Iterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-def naosd(base: Path, fake: FakeOpenAI) -> Iterator[Naosd]:
+@contextlib.contextmanager
+def llm_naosd(base: Path, fake: FakeOpenAI) -> Iterator[Naosd]:
+    """naosd using ``fake`` as its LLM; the test fails if a process outlives it."""
     daemon = start_naosd(base, env=daemon_env(base, fake))
     try:
         yield daemon
     finally:
         survivors = reap(daemon)
         assert not survivors, f"processes outlived naosd: {survivors}\n{daemon.log()[-3000:]}"
+
+
+@pytest.fixture
+def naosd(base: Path, fake: FakeOpenAI) -> Iterator[Naosd]:
+    with llm_naosd(base, fake) as daemon:
+        yield daemon
 
 
 def ctl(d: Naosd, *args: str, timeout: float = 60) -> Any:
@@ -148,14 +156,16 @@ def dashboard(d: Naosd, path: str) -> Any:
 # -- a server that lies about usage ------------------------------------------------------
 
 SPENDER = """
+from naosd.errors import NaosError
+
 async def handle(message, ctx):
     codes = []
     for _ in range(message["calls"]):
         try:
             await ctx.llm.chat([{"role": "user", "content": "hi"}], max_tokens=256)
             codes.append("ok")
-        except Exception as exc:
-            codes.append(getattr(exc, "code", type(exc).__name__))
+        except NaosError as exc:  # as docs/agents.md shows
+            codes.append(exc.code)
             last = str(exc)
     return {"codes": codes, "last": last if codes[-1] != "ok" else ""}
 """

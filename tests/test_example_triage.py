@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from fake_openai import FakeOpenAI, Step, answer, fake_openai_in_thread, tool_call
-from harness import Naosd, reap, start_naosd
-from test_agent_api_e2e import audit, ctl, daemon_env
+from harness import Naosd
+from test_agent_api_e2e import audit, ctl, llm_naosd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED")]
@@ -49,11 +49,8 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture
 def naosd(base: Path, fake: FakeOpenAI) -> Iterator[Naosd]:
-    daemon = start_naosd(base, env=daemon_env(base, fake))
-    try:
+    with llm_naosd(base, fake) as daemon:
         yield daemon
-    finally:
-        assert not reap(daemon)
 
 
 def apply_example(d: Naosd) -> dict[str, Any]:
