@@ -69,6 +69,8 @@ async def handle(message, ctx):
             await ctx.ask("echo", {"i": i})
         elif op == "chat":
             await ctx.llm.chat(HI, max_tokens=16)
+        elif op == "budget":
+            await ctx.budget()
         elif op == "state_set":
             ctx.state["k"] = i
         elif op == "state_get":
@@ -138,18 +140,21 @@ def chat_phase(c: Client, fake: FakeOpenAI, n: int) -> None:
     in_agent(c, "chatter", "chat", 50)
     via_ctx: list[float] = []
     direct: list[float] = []
+    hops: list[float] = []
     rounds = 5
-    for _ in range(rounds):  # blocks interleaved: drifting load hits both alike
+    for _ in range(rounds):  # blocks interleaved: drifting load hits them alike
         via_ctx += in_agent(c, "chatter", "chat", n // rounds)
+        hops += in_agent(c, "chatter", "budget", n // rounds)
         for _ in range(n // rounds):
             t0 = time.perf_counter()
             call()
             direct.append((time.perf_counter() - t0) * 1e6)
     print(line("direct POST to the same server (floor)", direct))
     print(line("ctx.llm.chat (in the handler)", via_ctx, pct(direct, 0.5)))
+    print(line("ctx.budget() (one channel round trip, no I/O)", hops, pct(direct, 0.5)))
     added = (pct(via_ctx, 0.5) - pct(direct, 0.5)) / 1e3
-    print(f"  ctx.llm.chat adds {added:.2f} ms at p50 (trust gate, reservation, settle,"
-          " ledger row, audit row, two channel hops)")
+    print(f"  ctx.llm.chat adds {added:.2f} ms at p50 (a channel round trip, the trust gate's"
+          " read, reservation, settle, the fsynced ledger + audit commit)")
 
 
 def state_phase(c: Client, n: int) -> None:
