@@ -421,3 +421,37 @@ def test_an_agent_cannot_act_as_another_agent(naosd: Naosd, fake: FakeOpenAI):
     [charged] = audit(naosd, "mallory", "llm.chat")
     assert charged["agent"] == "mallory"
     assert budget(naosd, "mallory")["spent_micro"] == cost(7, 3)
+
+
+# -- ctx.tell: one agent's flood does not silence the others --------------------------------
+
+FLOODER = """
+async def handle(message, ctx):
+    sent, refused = 0, ""
+    for i in range(message["n"]):
+        try:
+            await ctx.tell(message["to"], {"i": i})
+            sent += 1
+        except Exception as exc:
+            refused = f"{getattr(exc, 'code', '')}: {exc}"
+            break
+    return {"sent": sent, "refused": refused}
+"""
+
+SINK = """
+import time
+
+def handle(message, ctx):
+    time.sleep(20)  # one at a time: tells pile up in flight
+    return None
+"""
+
+
+def test_one_agents_tells_in_flight_do_not_block_another_agents_tell(naosd: Naosd):
+    create(naosd, "sink", SINK)
+    create(naosd, "flooder", FLOODER)
+    create(naosd, "polite", FLOODER)
+    flood = run(naosd, "flooder", {"to": "sink", "n": 1001}, timeout=120)
+    assert flood["sent"] == 1000, flood  # its own limit
+    assert run(naosd, "polite", {"to": "sink", "n": 1}) == {"sent": 1, "refused": ""}
+    assert flood["refused"].startswith("invalid_request: agent 'flooder' has too many tells")
