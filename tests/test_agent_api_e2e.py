@@ -455,3 +455,48 @@ def test_one_agents_tells_in_flight_do_not_block_another_agents_tell(naosd: Naos
     assert flood["sent"] == 1000, flood  # its own limit
     assert run(naosd, "polite", {"to": "sink", "n": 1}) == {"sent": 1, "refused": ""}
     assert flood["refused"].startswith("invalid_request: agent 'flooder' has too many tells")
+
+
+# -- bad input: a clear error, nothing lost -------------------------------------------------
+
+CARELESS = """
+import os
+
+async def handle(message, ctx):
+    ctx.state["kept"] = ctx.state.get("kept", 0) + 1
+    tries = {
+        "set": lambda: ctx.ask("echo", {1, 2}),
+        "bytes": lambda: ctx.ask("echo", {"b": b"raw"}),
+        "nan": lambda: ctx.ask("echo", {"x": float("nan")}),
+        "huge": lambda: ctx.ask("echo", "x" * (64 << 20)),
+        "deep": lambda: ctx.ask("echo", eval("[" * 200 + "]" * 200)),
+        "no_messages": lambda: ctx.llm.chat([]),
+        "bad_timeout": lambda: ctx.ask("echo", 1, timeout=-1),
+        "no_agent": lambda: ctx.ask("", 1),
+    }
+    out = {}
+    for name, attempt in tries.items():
+        try:
+            await attempt()
+            out[name] = "accepted"
+        except Exception as exc:
+            out[name] = f"{getattr(exc, 'code', type(exc).__name__)}: {str(exc)[:200]}"
+    out["after"] = await ctx.ask("echo", {"still": "here"})
+    out["pid"] = os.getpid()
+    return out
+"""
+
+
+def test_bad_input_gets_a_clear_error_and_the_agent_carries_on(naosd: Naosd):
+    create(naosd, "careless", CARELESS)
+    create(naosd, "echo", ECHO)
+    first = run(naosd, "careless", timeout=120)
+    assert all(v != "accepted" for k, v in first.items() if k not in ("after", "pid")), first
+    assert first["after"] == {"echo": {"still": "here"}, "me": "echo"}
+    assert {k for k, v in first.items() if str(v).startswith("invalid_request: ")} == {
+        "set", "bytes", "nan", "huge", "deep", "no_messages", "bad_timeout", "no_agent"}, first
+    assert "serialize 'set'" in first["set"] and "params.input.b" in first["bytes"]
+    assert "frame limit" in first["huge"] and "params.input.x" in first["nan"]
+    second = run(naosd, "careless", timeout=120)
+    assert second["pid"] == first["pid"]  # nothing crashed it
+    assert [r["detail"]["ok"] for r in audit(naosd, "careless", "agent.run")] == [True, True]
