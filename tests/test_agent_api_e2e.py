@@ -500,3 +500,41 @@ def test_bad_input_gets_a_clear_error_and_the_agent_carries_on(naosd: Naosd):
     second = run(naosd, "careless", timeout=120)
     assert second["pid"] == first["pid"]  # nothing crashed it
     assert [r["detail"]["ok"] for r in audit(naosd, "careless", "agent.run")] == [True, True]
+
+
+# -- deadlines: what the caller gave up on is dropped, not run later -----------------------
+
+BUSY = """
+import time
+
+def handle(message, ctx):
+    time.sleep(1)  # at least a second each, one at a time
+    ctx.llm.chat([{"role": "user", "content": "work"}], max_tokens=8)
+    return message["i"]
+"""
+
+IMPATIENT = """
+import asyncio
+
+async def handle(message, ctx):
+    replies = await asyncio.gather(*(ctx.ask("busy", {"i": i}, timeout=6)
+                                     for i in range(10)), return_exceptions=True)
+    return [r if isinstance(r, int) else getattr(r, "code", repr(r)) for r in replies]
+"""
+
+
+def test_queued_messages_of_a_caller_that_gave_up_are_dropped_and_never_charged(
+        naosd: Naosd, fake: FakeOpenAI):
+    ctl(naosd, "cost", "set", "busy", "--budget", "$1/day")
+    create(naosd, "busy", BUSY)
+    create(naosd, "impatient", IMPATIENT)
+    out = run(naosd, "impatient", timeout=120)
+    answered = [r for r in out if isinstance(r, int)]
+    assert "timeout" in out and len(answered) <= 6, out  # 6 s of 1 s messages
+    records = wait_for(lambda: len(rows := audit(naosd, "busy", "agent.run")) == 10 and rows,
+                       60)
+    dropped = [r for r in records if r["detail"]["error"] == "timeout"]
+    assert len(dropped) >= 10 - 7, records
+    charged = audit(naosd, "busy", "llm.chat")
+    assert len(fake.requests) == len(charged) <= 7  # one per message that started, at most
+    assert budget(naosd, "busy")["spent_micro"] == cost(7, 3) * len(charged)
