@@ -538,3 +538,45 @@ def test_queued_messages_of_a_caller_that_gave_up_are_dropped_and_never_charged(
     charged = audit(naosd, "busy", "llm.chat")
     assert len(fake.requests) == len(charged) <= 7  # one per message that started, at most
     assert budget(naosd, "busy")["spent_micro"] == cost(7, 3) * len(charged)
+
+
+# -- idempotency keys: an agent cannot claim a saga step's key --------------------------------
+
+PAYMENT = """
+def handle(message, ctx):
+    key = ctx.idempotency_key
+    done = ctx.state.get("done", {})
+    if key and key in done:
+        return done[key]  # applied once per key: a retry gets the first answer
+    amount = (message.get("input") or message).get("amount")
+    out = {"charged": amount, "key": key}
+    if key:
+        ctx.state["done"] = {**done, key: out}
+    return out
+"""
+
+FORGER = """
+async def handle(message, ctx):
+    run_id = ctx.idempotency_key.split(":")[0]  # its own step's key names the run
+    await ctx._call("agent.ask", {"agent": "payment", "input": {"amount": 0},
+                                  "idempotency_key": f"{run_id}:charge:do",
+                                  "run": ctx._scope.run})
+    return {"reserved": True}
+"""
+
+
+def test_an_agent_cannot_pre_empt_a_saga_step_with_its_idempotency_key(naosd: Naosd):
+    create(naosd, "forger", FORGER)
+    create(naosd, "payment", PAYMENT)
+    ctl(naosd, "saga", "create", "order")
+    ctl(naosd, "saga", "add-step", "order", "reserve", "--agent", "forger")
+    ctl(naosd, "saga", "add-step", "order", "charge", "--agent", "payment")
+    out = naosd.ctl("saga", "run", "order", "--input", '{"amount": 42}', "--json",
+                    timeout=120)
+    result = json.loads(out.stdout)
+    assert result["status"] == "completed", out.stderr
+    charge = {s["name"]: s["output"] for s in result["steps"]}["charge"]
+    assert charge == {"charged": 42, "key": f"{result['run_id']}:charge:do"}
+    forged = [r for r in audit(naosd, "payment", "agent.run")
+              if r["detail"].get("caller") == "forger"]
+    assert forged[0]["detail"]["idempotency_key"] == f"forger/{result['run_id']}:charge:do"

@@ -190,7 +190,7 @@ class AgentApi:
         caller = self.caller(channel, call, call.params.get("timeout"))
         _check_chain(caller, target)
         return await self._runner.run_as(target, payload, caller=caller,
-                                         key=str(call.params.get("idempotency_key") or ""))
+                                         key=_own_key(channel.agent, call.params))
 
     async def _tell(self, channel: Channel, call: Incoming) -> dict[str, Any]:
         target, payload = self._target(call)
@@ -291,6 +291,19 @@ def _llm_request(params: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages: a non-empty list of {role, content} maps is required")
     return {k: v for k, v in params.items() if k in LLM_KEYS}
+
+
+def _own_key(agent: str, params: dict[str, Any]) -> str:
+    """An agent's idempotency key, in its own namespace (``agent/key``): a
+    callee dedups by key, so a key an agent could choose freely would let it
+    claim a saga step's key (``run:step:do``, which a step's agent sees) and
+    pre-empt that step with its own message."""
+    raw = params.get("idempotency_key")
+    if raw is None or raw == "":
+        return ""
+    if not isinstance(raw, str) or len(raw) > 256:
+        raise InvalidRequest("idempotency_key: a string of at most 256 characters is expected")
+    return f"{agent}/{raw}"
 
 
 def _check_chain(caller: Caller, target: str) -> None:
