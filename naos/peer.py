@@ -249,7 +249,13 @@ class Peer:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[req_id] = queue
         try:
-            await self._send(protocol.request(req_id, method, params or {}))
+            frame = protocol.encode_frame(protocol.request(req_id, method, params or {}),
+                                          max_frame=self._max_frame)
+        except ProtocolError as exc:  # the caller's values (a set, 64 MiB): its bad input
+            self._waiting.pop(req_id, None)
+            raise InvalidRequest(f"{method}: {exc.message}") from None
+        try:
+            await self._write(frame)
         except BaseException:
             self._waiting.pop(req_id, None)
             raise
@@ -267,7 +273,9 @@ class Peer:
 
     # -- writing ------------------------------------------------------------------
     async def _send(self, message: dict[str, Any]) -> None:
-        frame = protocol.encode_frame(message, max_frame=self._max_frame)
+        await self._write(protocol.encode_frame(message, max_frame=self._max_frame))
+
+    async def _write(self, frame: bytes) -> None:
         async with self._write_lock:
             if self._writer.is_closing():
                 raise ChannelClosed("the channel is closed")

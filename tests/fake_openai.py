@@ -4,15 +4,20 @@ a REMOTE service, scripted per request, on 127.0.0.1.
 Each request takes the next scripted :class:`Step`, else what ``answer``
 makes of the request (by default :func:`ok`).  Steps cover plain answers,
 tool calls, streams (text and tool-call fragments, a usage chunk or none),
-lying usage, slow answers and streams held midway until the test lets go."""
+lying usage, slow answers, answers held until a number of requests are in
+flight, and streams held midway until the test lets go.
+
+:func:`fake_openai_in_thread` runs the server on its own event loop in a
+thread, for a daemon under test (a subprocess) to call."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +38,7 @@ class Step:
     chunk_delay_s: float = 0.0  # between stream payloads
     hold: asyncio.Event | None = None  # a stream waits for it after hold_after payloads
     hold_after: int = 0
+    until_in_flight: int = 0  # answer once this many requests are in flight (60 s at most)
 
 
 def ok(text: str = "hello", prompt_tokens: int = 7, completion_tokens: int = 3) -> Step:
@@ -102,6 +108,7 @@ class FakeOpenAI:
         self.in_flight = 0
         self.most_in_flight = 0
         self.cut_off = 0  # streams whose client left before the end
+        self._arrivals = asyncio.Condition()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.times.append(time.monotonic())
@@ -111,12 +118,19 @@ class FakeOpenAI:
         step = self.script.pop(0) if self.script else self.answer(body)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        async with self._arrivals:
+            self._arrivals.notify_all()
         try:
             return await self._answer(request, step)
         finally:
             self.in_flight -= 1
 
     async def _answer(self, request: web.Request, step: Step) -> web.StreamResponse:
+        if step.until_in_flight:
+            async with self._arrivals:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrivals.wait_for(
+                        lambda: self.most_in_flight >= step.until_in_flight), 60)
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
         if step.stream is not None:
@@ -157,3 +171,29 @@ async def serve_fake_openai() -> AsyncIterator[FakeOpenAI]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def fake_openai_in_thread() -> Iterator[FakeOpenAI]:
+    """The fake server on its own event loop in a thread (its script and
+    ``answer`` may be set from the test's thread)."""
+    ready = threading.Event()
+    holder: list[FakeOpenAI] = []
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with serve_fake_openai() as server:
+            holder.append(server)
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the fake LLM server did not start"
+    try:
+        yield holder[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()

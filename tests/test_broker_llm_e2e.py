@@ -3,14 +3,12 @@ OpenAI-compatible API on 127.0.0.1 (tests/fake_openai.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_openai import FakeOpenAI, error, ok, serve_fake_openai
+from fake_openai import FakeOpenAI, error, fake_openai_in_thread, ok
 from harness import Naosd, clean_env, reap, start_naosd
 
 pytestmark = pytest.mark.e2e
@@ -21,26 +19,8 @@ POEM = "write me a poem about the sea"
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     """The fake server on its own event loop in a thread, for the daemon to call."""
-    ready = threading.Event()
-    holder: dict[str, object] = {}
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        async with serve_fake_openai() as server:
-            holder["fake"] = server
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield holder["fake"]  # type: ignore[misc]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+    with fake_openai_in_thread() as server:
+        yield server
 
 
 @pytest.fixture

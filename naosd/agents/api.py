@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -110,7 +111,7 @@ class AgentApi:
         self._broker = broker
         self._budgets = budgets
         self._tools = tools
-        self._tells: set[asyncio.Task[Any]] = set()
+        self._tells: dict[str, set[asyncio.Task[Any]]] = {}  # per telling agent
 
     def methods_for(self, channel: Channel) -> dict[str, Method]:
         """The methods one channel serves, bound to its agent."""
@@ -194,25 +195,31 @@ class AgentApi:
         caller = self.caller(channel, call, call.params.get("timeout"))
         _check_chain(caller, target)
         return await self._runner.run_as(target, payload, caller=caller,
-                                         key=str(call.params.get("idempotency_key") or ""))
+                                         key=_own_key(channel.agent, call.params))
 
     async def _tell(self, channel: Channel, call: Incoming) -> dict[str, Any]:
         target, payload = self._target(call)
         caller = self.caller(channel, call)
         _check_chain(caller, target)
-        if len(self._tells) >= MAX_TELL_QUEUE:
-            raise InvalidRequest(f"too many tells in flight ({MAX_TELL_QUEUE})")
+        # Counted per agent: one agent's flood must not refuse every other agent's tells.
+        mine = self._tells.setdefault(channel.agent, set())
+        if len(mine) >= MAX_TELL_QUEUE:
+            raise InvalidRequest(f"agent {channel.agent!r} has too many tells in flight "
+                                 f"({MAX_TELL_QUEUE})")
         # A tell outlives the caller's message: its own deadline, no chain to wait in.
         detached = Caller(caller.agent, time.monotonic() + DEFAULT_ASK_S, (caller.agent,),
                           caller.trace)
         task = asyncio.get_running_loop().create_task(
             self._runner.run_as(target, payload, caller=detached, key=""))
-        self._tells.add(task)
-        task.add_done_callback(self._told)
+        mine.add(task)
+        task.add_done_callback(functools.partial(self._told, channel.agent))
         return {"queued": True, "agent": target}
 
-    def _told(self, task: asyncio.Task[Any]) -> None:
-        self._tells.discard(task)
+    def _told(self, agent: str, task: asyncio.Task[Any]) -> None:
+        mine = self._tells.get(agent, set())
+        mine.discard(task)
+        if not mine:
+            self._tells.pop(agent, None)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.info("tell failed: %s", exc.message if isinstance(exc, NaosError) else exc)
@@ -289,6 +296,19 @@ def _llm_request(params: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages: a non-empty list of {role, content} maps is required")
     return {k: v for k, v in params.items() if k in LLM_KEYS}
+
+
+def _own_key(agent: str, params: dict[str, Any]) -> str:
+    """An agent's idempotency key, in its own namespace (``agent/key``): a
+    callee dedups by key, so a key an agent could choose freely would let it
+    claim a saga step's key (``run:step:do``, which a step's agent sees) and
+    pre-empt that step with its own message."""
+    raw = params.get("idempotency_key")
+    if raw is None or raw == "":
+        return ""
+    if not isinstance(raw, str) or len(raw) > 256:
+        raise InvalidRequest("idempotency_key: a string of at most 256 characters is expected")
+    return f"{agent}/{raw}"
 
 
 def _check_chain(caller: Caller, target: str) -> None:

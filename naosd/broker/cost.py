@@ -132,7 +132,8 @@ class CostController:
                     self._scopes[scope].state, events = exc.outcome
                     self._pending.dirty.add(scope)
                     self._apply_events(scope, events)
-                raise
+                # An agent with its own budget and the global one: say which refused.
+                raise BudgetExceeded(f"{_whose(scope)} {exc}", exc.outcome) from None
             staged.append((scope, state, events))
         buckets = self._take_tokens(staged)
         for scope, state, events in staged:
@@ -261,3 +262,7 @@ def _status(scope: str, entry: Scope, now: datetime) -> dict[str, Any]:
         "period_start": state.period_start.isoformat(),
         "period_end": state.period_end.isoformat(),
     }
+
+
+def _whose(scope: str) -> str:
+    return "global:" if scope == GLOBAL else f"agent {scope!r}:"

@@ -84,12 +84,16 @@ class TrustGate:
         if agent is None:
             why = "no agent: an operator's own task; the trust gate checks agents only"
             return _done(Decision(True, why, None, None, None, "no_agent"), cost_micro)
-        reg = await self.db.call(lambda s: ts.get_registration(s, agent))
+        # One trip to the store thread for all three reads: every agent call
+        # passes here, and each trip waits behind any commit being fsynced.
+        reg, base, override = await self.db.call(lambda s: (
+            ts.get_registration(s, agent), ts.get_policy(s, ts.GLOBAL),
+            ts.get_policy(s, agent)))
         if reg is None:
             why = (f"agent {agent!r} is not registered with the trust gate "
                    f"(naosctl axis register {agent})")
             return _done(Decision(False, why, None, None, None, "unregistered"), cost_micro)
-        policy = await self.policy_for(agent)
+        policy = merge(policy_from(base), policy_from(override) if override else None)
         try:
             found = await self.lookup(reg)
         except AxisUnknownAuid as exc:
