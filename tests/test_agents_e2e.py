@@ -39,7 +39,7 @@ def ok(d: Naosd, *args: str) -> dict:
 
 
 def agent(d: Naosd, name: str) -> dict:
-    return ok(d, "status", name)
+    return d.agent(name)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

@@ -13,12 +13,14 @@ import os
 import signal
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors.domain.definitions import (
     IMPLICIT_SUPERVISOR,
     AgentDef,
     SupervisorDef,
+    changed_fields,
 )
 from actors.domain.placement import choose, parse_requirements
 from actors.messages import (
@@ -39,6 +41,7 @@ from naosd.errors import (
     ActorGone,
     AgentCrashed,
     Conflict,
+    InvalidRequest,
     NaosError,
     NotFound,
     RequestTimeout,
@@ -48,6 +51,7 @@ from naosd.errors import (
 from naosd.runtime.procs import is_descendant, process_alive
 from naosd.storage import cluster as cluster_store
 from naosd.storage import definitions as defs_store
+from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
     from naosd.agents.channels import AgentChannels
@@ -160,6 +164,36 @@ class Agents:
             return await self.start(created.name, wait_s=wait_s)
         return await self.describe(created.name)
 
+    async def update(self, new: AgentDef, *, wait_s: float) -> dict[str, Any]:
+        """Roll out a new definition of an existing agent: checked like create
+        (a Python handler must load in a probe, else nothing changes), then
+        committed with its audit row (old and new code digests) and, when it
+        changed something, the agent restarted on it if it was up (an agent
+        run on demand is stopped: its next message starts the new code)."""
+        old = await self.db(lambda s: defs_store.get_agent(s, new.name))
+        new = replace(new, position=old.position, desired=old.desired,
+                      created_at=old.created_at).validated()
+        changed = changed_fields(old, new)
+        view: dict[str, Any] = {"old_digest": old.execution.get("digest") or "",
+                                "new_digest": new.execution.get("digest") or "",
+                                "changed": changed, "restarted": False}
+        if not changed:
+            return {**await self.describe(new.name), **view}
+        await self._check_placeable(new, start=False)
+        await self.check_loads(new, wait_s=wait_s)
+        await self.db(lambda s: defs_store.update_agent(s, new))
+        await self.d.db.notify()
+        node = find_node(await self.tree(), new.name)
+        up = node is not None and node.get("state") not in DOWN_STATES
+        if old.supervisor != new.supervisor:
+            await self._parent_sync(old.supervisor)
+        if up:
+            await self.stop(new.name, wait_s=wait_s)
+        if old.desired == "running":
+            await self.start(new.name, wait_s=wait_s)
+            view["restarted"] = up
+        return {**await self.describe(new.name), **view}
+
     async def check_loads(self, definition: AgentDef, *, wait_s: float) -> None:
         """A Python handler is compiled here (syntax errors; nothing runs),
         then loaded in a throwaway agent process (import-time errors, no
@@ -221,7 +255,20 @@ class Agents:
         await self.wait_for(name, running=False, wait_s=wait_s)
         return await self.describe(name)
 
-    async def delete(self, name: str, *, wait_s: float) -> dict[str, Any]:
+    async def delete(self, name: str, *, wait_s: float, force: bool = False) -> dict[str, Any]:
+        """Stop and forget ``name``.  Refused while a saga, workflow or pool
+        names it, and (without ``force``, as ``docker rm``) while it runs
+        under a supervisor of the operator's, which would otherwise restart
+        it."""
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        users = await self.db(lambda s: orch_store.users_of(s, name))
+        if users:
+            raise Conflict(f"agent {name!r} is used by {', '.join(users)}: delete or change "
+                           "them first")
+        node = find_node(await self.tree(), name)
+        if agent.supervisor and not force and node and node.get("state") not in DOWN_STATES:
+            raise Conflict(f"agent {name!r} is running under supervisor {agent.supervisor!r}:"
+                           " stop it first, or delete it with --force")
         await self.stop(name, wait_s=wait_s)
         await self.db(lambda s: defs_store.delete_agent(s, name))
         return {"deleted": name}
@@ -362,6 +409,7 @@ class Agents:
             await self.d.db.notify()
 
     async def kill(self, name: str) -> dict[str, Any]:
+        await self.db(lambda s: defs_store.get_agent(s, name))  # NotFound: "no agent named"
         where = await self.resolve(name)
         if where is None or not where.get("pid"):
             raise Conflict(f"agent {name!r} is not running")
@@ -408,6 +456,15 @@ class Agents:
         await self.wait_for(name, running=False, wait_s=wait_s)
         return {"name": name, "state": "stopped"}
 
+    async def delete_supervisor(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        """Stop and forget an empty supervisor (one with children is refused:
+        move or delete them first)."""
+        await self.db(lambda s: _check_empty(s, name))
+        await self.stop_supervisor(name, wait_s=wait_s)
+        await self.db(lambda s: defs_store.delete_supervisor(s, name))
+        await self.d.db.notify()
+        return {"deleted": name}
+
     async def supervisor_tree(self, name: str | None) -> dict[str, Any]:
         tree = await self.tree()
         if name is None:
@@ -427,6 +484,16 @@ def _check_new(store: Any, definition: AgentDef) -> None:
         raise Conflict(f"the name {definition.name!r} is already used by a {taken}")
     if definition.supervisor:
         defs_store.get_supervisor(store, definition.supervisor)
+
+
+def _check_empty(store: Any, name: str) -> None:
+    if name == IMPLICIT_SUPERVISOR:
+        raise InvalidRequest(f"the supervisor {name!r} is naosd's own: it cannot be deleted")
+    defs_store.get_supervisor(store, name)  # NotFound
+    kids = [c.name for c in defs_store.children_of(store, name)]
+    if kids:
+        raise Conflict(f"supervisor {name!r} still has children ({', '.join(kids)}): move or "
+                       "delete them first")
 
 
 def _parent_of(store: Any, child: str) -> str | None:

@@ -161,6 +161,35 @@ async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:
 
 
 
+@method("agent.update", name=NAME, source=Str(None), config=Spec(dict, None),
+        entry=Str(None, max_len=255), timeout=TIMEOUT)
+async def agent_update(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Replace an agent's code (a new snapshot) and/or config, checked like
+    create; the agent restarts on it if it was running (both digests audited)."""
+    from naosd.agents.snapshots import snapshot_definition
+
+    if p["source"] is None and p["config"] is None:
+        raise InvalidRequest("nothing to update: give source, config or both")
+    new = await d.db.call(lambda s: defs_store.get_agent(s, p["name"]))
+    if p["config"] is not None:
+        new = replace(new, config=p["config"])
+    if p["source"] is not None:
+        kind, where = _source_kind(p["source"])
+        new = await asyncio.to_thread(snapshot_definition,
+                                      replace(new, source_kind=kind, source=where),
+                                      d.config.state_dir / "code", entry=p["entry"])
+    new = new.validated()
+    await check_new_code(d, new)
+    return await d.agents.update(new, wait_s=_timeout(p))
+
+
+async def check_new_code(d: Services, definition: AgentDef) -> None:
+    """What create checks of an agent's code before the actors see it."""
+    check_confinement(definition)
+    if definition.source_kind == "wasm":
+        await _check_wasm_agent(d, definition)
+
+
 @method("agent.list")
 async def agent_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every registered agent with its runtime state."""
@@ -196,10 +225,12 @@ async def agent_restart(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.start(p["name"], wait_s=_timeout(p))
 
 
-@method("agent.delete", name=NAME, timeout=TIMEOUT)
+@method("agent.delete", name=NAME, timeout=TIMEOUT, force=Bool(False))
 async def agent_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Stop and forget an agent (its logs and audit rows stay)."""
-    return await d.agents.delete(p["name"], wait_s=_timeout(p))
+    """Stop and forget an agent (its logs and audit rows stay); refused while a
+    saga, workflow or pool names it, or (without force) while it runs under a
+    supervisor."""
+    return await d.agents.delete(p["name"], wait_s=_timeout(p), force=p["force"])
 
 
 @method("agent.run", name=NAME, input=Spec(object, None), timeout=TIMEOUT,
@@ -268,6 +299,12 @@ async def supervisor_start(d: Services, p: dict[str, Any]) -> dict[str, Any]:
 async def supervisor_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop a supervisor and everything under it."""
     return await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
+
+
+@method("supervisor.delete", name=NAME, timeout=TIMEOUT)
+async def supervisor_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop and forget a supervisor that has no children."""
+    return await d.agents.delete_supervisor(p["name"], wait_s=_timeout(p))
 
 
 @method("supervisor.status", role=READ, name=Str(None, max_len=64))

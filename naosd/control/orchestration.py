@@ -16,7 +16,7 @@ from actors.domain import workflow as wf_m
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
-from naosd.orchestration.coordinators import run_view
+from naosd.orchestration.coordinators import MACHINES, run_view
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
@@ -125,6 +125,15 @@ def _register_runs(kind: str) -> None:
     method(f"{kind}.status", role=READ, run=RUN)(status)
     method(f"{kind}.history", role=READ, run=RUN)(history)
     method(f"{kind}.resume", run=RUN)(resume)
+
+    async def delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+        final = tuple(sorted(MACHINES[kind].final))
+        await _db(d, lambda s: orch_store.delete_def(s, kind, p["name"], final))
+        return {"deleted": p["name"], "kind": kind}
+
+    delete.__doc__ = (f"Forget a {kind} definition (its finished runs stay); refused while "
+                      "one of its runs has not ended.")
+    method(f"{kind}.delete", name=NAME)(delete)
 
 
 @method("saga.retry_compensation", run=RUN)

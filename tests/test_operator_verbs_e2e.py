@@ -1,0 +1,176 @@
+"""Operator verbs through the real daemon and the real naosctl: update an
+agent's code, list and delete resources (with refusals while something
+depends on them), LSB exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Naosd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+V1 = '''
+def handle(message, ctx):
+    return {"version": 1, "greeting": ctx.config.get("greeting", "hi")}
+'''
+V2 = '''
+def handle(message, ctx):
+    return {"version": 2, "greeting": ctx.config.get("greeting", "hi")}
+'''
+BROKEN = '''
+import no_such_module_anywhere
+def handle(message, ctx):
+    return 0
+'''
+
+
+def ok(d: Naosd, *args: str) -> Any:
+    out = d.ctl(*args, "--json")
+    assert out.returncode == 0, f"{args}: {out.stderr}\n{d.log()[-3000:]}"
+    return json.loads(out.stdout) if out.stdout.strip() else {}
+
+
+def fails(d: Naosd, code: int, *args: str) -> str:
+    out = d.ctl(*args)
+    assert out.returncode == code, f"{args}: exit {out.returncode}\n{out.stdout}{out.stderr}"
+    return out.stderr
+
+
+def audit(d: Naosd, type_: str) -> list[dict[str, Any]]:
+    return [r for r in ok(d, "audit", "tail", "-n", "1000") if r["type"] == type_]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_update_rolls_out_new_code_and_config(daemon: Naosd, base: Path) -> None:
+    src = write(base / "greeter.py", V1)
+    created = ok(daemon, "create", "greeter", "--source", str(src))
+    old_digest = created["execution"]["digest"]
+    old_pid = created["pid"]
+    assert ok(daemon, "run", "greeter")["output"] == {"version": 1, "greeting": "hi"}
+
+    new_src = write(base / "greeter2.py", V2)
+    updated = ok(daemon, "update", "greeter", "--source", str(new_src),
+                 "--config", '{"greeting": "hello"}')
+    assert updated["old_digest"] == old_digest
+    assert updated["new_digest"] == updated["execution"]["digest"] != old_digest
+    assert updated["restarted"] and updated["state"] == "running"
+    assert updated["pid"] != old_pid
+    assert ok(daemon, "run", "greeter")["output"] == {"version": 2, "greeting": "hello"}
+    row = audit(daemon, "agent.updated")[-1]
+    assert row["agent"] == "greeter"
+    assert row["detail"]["old_digest"] == old_digest
+    assert row["detail"]["new_digest"] == updated["new_digest"]
+    assert set(row["detail"]["changed"]) == {"source", "config", "execution"}
+
+    # the same code again changes nothing and restarts nothing
+    again = ok(daemon, "update", "greeter", "--source", str(new_src),
+               "--config", '{"greeting": "hello"}')
+    assert again["changed"] == [] and not again["restarted"] and again["pid"] == updated["pid"]
+    assert len(audit(daemon, "agent.updated")) == 1
+    text = daemon.ctl("update", "greeter", "--config", '{"greeting": "yo"}')
+    assert text.returncode == 0 and "agent greeter updated: restarted" in text.stdout
+
+
+def test_update_refuses_code_that_does_not_load(daemon: Naosd, base: Path) -> None:
+    src = write(base / "greeter.py", V1)
+    before = ok(daemon, "create", "greeter", "--source", str(src))
+    broken = write(base / "broken.py", BROKEN)
+    err = fails(daemon, 2, "update", "greeter", "--source", str(broken))
+    assert "no_such_module_anywhere" in err
+    syntax = write(base / "syntax.py", "def handle(m, ctx) return 1\n")
+    assert "syntax" in fails(daemon, 2, "update", "greeter", "--source", str(syntax)).lower()
+    after = daemon.agent("greeter")
+    assert after["execution"]["digest"] == before["execution"]["digest"]
+    assert after["pid"] == before["pid"] and after["restarts"] == 0
+    assert ok(daemon, "run", "greeter")["output"]["version"] == 1
+    assert audit(daemon, "agent.updated") == []
+    # usage and unknown names
+    assert "give --source, --config" in fails(daemon, 2, "update", "greeter")
+    assert "no agent named 'ghost'" in fails(daemon, 4, "update", "ghost", "--config", "{}")
+    assert "not valid JSON" in fails(daemon, 2, "update", "greeter", "--config", "{nope")
+
+
+def test_update_of_a_stopped_agent_keeps_it_stopped(daemon: Naosd, base: Path) -> None:
+    src = write(base / "greeter.py", V1)
+    ok(daemon, "create", "greeter", "--source", str(src), "--no-start")
+    updated = ok(daemon, "update", "greeter", "--source", str(write(base / "v2.py", V2)))
+    assert updated["state"] == "stopped" and not updated["restarted"]
+    assert ok(daemon, "run", "greeter")["output"]["version"] == 2  # on demand, new code
+
+
+def test_ls_status_and_kill_exit_codes(daemon: Naosd) -> None:
+    assert daemon.ctl("ls").stdout.strip() == "no agents"
+    ok(daemon, "create", "alpha", "--template", "echo")
+    ok(daemon, "create", "beta", "--template", "echo", "--no-start")
+    rows = ok(daemon, "ls")
+    assert [(r["name"], r["state"]) for r in rows] == [("alpha", "running"), ("beta", "stopped")]
+    assert [r["name"] for r in ok(daemon, "list")] == ["alpha", "beta"]
+    text = daemon.ctl("ls").stdout.splitlines()
+    assert text[0].startswith("alpha") and "running" in text[0] and "stopped" in text[1]
+    assert daemon.ctl("status", "alpha").returncode == 0
+    assert daemon.ctl("status", "beta").returncode == 3  # LSB: not running
+    assert json.loads(daemon.ctl("status", "beta", "--json").stdout)["state"] == "stopped"
+    assert "no agent named 'ghost'" in fails(daemon, 4, "status", "ghost")
+    assert "no agent named 'ghost'" in fails(daemon, 4, "kill", "ghost")
+    assert "not running" in fails(daemon, 1, "kill", "beta")
+
+
+def test_delete_refuses_while_something_depends_on_the_agent(daemon: Naosd) -> None:
+    for name in ("a", "b", "c", "solo"):
+        ok(daemon, "create", name, "--template", "echo")
+    ok(daemon, "saga", "create", "trip")
+    ok(daemon, "saga", "add-step", "trip", "book", "--agent", "a", "--compensate", "b")
+    ok(daemon, "pool", "create", "p", "--agents", "c")
+    assert "saga trip" in fails(daemon, 1, "delete", "a")
+    assert "saga trip" in fails(daemon, 1, "remove", "b")  # a compensation counts
+    assert "pool p" in fails(daemon, 1, "delete", "c")
+    for name in ("a", "b", "c"):
+        assert daemon.agent(name)["state"] == "running"  # refused: nothing changed
+    assert "no agent named 'ghost'" in fails(daemon, 4, "delete", "ghost")
+
+    ok(daemon, "saga", "delete", "trip")
+    assert [s["name"] for s in ok(daemon, "saga", "list")] == []
+    assert "no saga named 'trip'" in fails(daemon, 4, "saga", "delete", "trip")
+    ok(daemon, "delete", "a")
+    ok(daemon, "remove", "b")
+    assert [r["name"] for r in ok(daemon, "ls")] == ["c", "solo"]
+    assert [p["name"] for p in ok(daemon, "pool", "list")] == ["p"]
+    assert {r["type"] for r in ok(daemon, "audit", "tail", "-n", "1000")} >= {
+        "saga.deleted", "agent.deleted"}
+
+
+def test_delete_running_supervised_agent_needs_force(daemon: Naosd) -> None:
+    ok(daemon, "supervisor", "create", "main")
+    ok(daemon, "supervisor", "start", "main")
+    ok(daemon, "create", "worker", "--template", "echo", "--supervisor", "main")
+    assert [s["name"] for s in ok(daemon, "supervisor", "list")] == ["main"]
+    err = fails(daemon, 1, "delete", "worker")
+    assert "--force" in err and "supervisor 'main'" in err
+    assert daemon.agent("worker")["state"] == "running"
+    assert "still has children (worker)" in fails(daemon, 1, "supervisor", "delete", "main")
+    ok(daemon, "delete", "worker", "--force")
+    assert ok(daemon, "ls") == []
+    ok(daemon, "supervisor", "delete", "main")
+    assert ok(daemon, "supervisor", "list") == []
+    assert "no supervisor named 'main'" in fails(daemon, 4, "supervisor", "delete", "main")
+    assert "naosd's own" in fails(daemon, 2, "supervisor", "delete", "agents")
+
+
+def test_workflow_list_and_delete(daemon: Naosd) -> None:
+    ok(daemon, "create", "a", "--template", "echo")
+    assert daemon.ctl("workflow", "list").stdout.strip() == "no workflows"
+    ok(daemon, "workflow", "create", "flow")
+    ok(daemon, "workflow", "add-step", "flow", "one", "--agent", "a")
+    assert [w["name"] for w in ok(daemon, "workflow", "list")] == ["flow"]
+    assert "workflow flow" in fails(daemon, 1, "delete", "a")
+    ok(daemon, "workflow", "delete", "flow")
+    assert ok(daemon, "workflow", "list") == []
+    ok(daemon, "delete", "a")
