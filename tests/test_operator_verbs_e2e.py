@@ -174,3 +174,106 @@ def test_workflow_list_and_delete(daemon: Naosd) -> None:
     ok(daemon, "workflow", "delete", "flow")
     assert ok(daemon, "workflow", "list") == []
     ok(daemon, "delete", "a")
+
+
+PROJECT = '''
+[agents.greeter]
+source = "greeter.py"
+config = {{ greeting = "{greeting}" }}
+
+[agents.counter]
+template = "wordcount"
+{extra}
+[supervisors.main]
+strategy = "{strategy}"
+children = ["greeter"]
+
+[sagas.trip]
+steps = [{{ name = "a", agent = "counter" }}]
+'''
+
+
+def project(base: Path, *, greeting: str = "hi", strategy: str = "one-for-one",
+            extra: str = "") -> str:
+    path = base / "naos.toml"
+    path.write_text(PROJECT.format(greeting=greeting, strategy=strategy, extra=extra))
+    return str(path)
+
+
+def plan_of(result: dict[str, Any]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {f"{s['kind']} {s['name']}": (s["action"], tuple(s["fields"]))
+            for s in result["plan"]}
+
+
+def test_apply_reconciles_dry_run_update_and_prune(daemon: Naosd, base: Path) -> None:
+    write(base / "greeter.py", V1)
+    path = project(base)
+    first = ok(daemon, "apply", path, "--dry-run")
+    assert first["dry_run"] and set(plan_of(first).values()) == {("create", ())}
+    assert ok(daemon, "ls") == [] and ok(daemon, "saga", "list") == []  # nothing changed
+    applied = ok(daemon, "apply", path)
+    assert set(applied["created"]) == {"main", "greeter", "counter", "saga trip"}
+    greeter = daemon.agent("greeter")
+    counter = daemon.agent("counter")
+    assert ok(daemon, "run", "greeter")["output"] == {"version": 1, "greeting": "hi"}
+
+    again = ok(daemon, "apply", path)  # nothing differs: nothing restarts
+    assert {a for a, _ in plan_of(again).values()} == {"unchanged"}
+    assert daemon.agent("greeter")["pid"] == greeter["pid"]
+
+    # the handler's code and the config change: only the greeter restarts
+    write(base / "greeter.py", V2)
+    path = project(base, greeting="hello")
+    dry = daemon.ctl("apply", path, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "~ update    agent greeter (source, config, execution)" in dry.stdout
+    assert "= unchanged agent counter" in dry.stdout and "dry run: nothing changed" in dry.stdout
+    assert ok(daemon, "run", "greeter")["output"]["version"] == 1  # the dry run changed nothing
+    updated = ok(daemon, "apply", path)
+    assert updated["updated"] == ["greeter"]
+    assert ok(daemon, "run", "greeter")["output"] == {"version": 2, "greeting": "hello"}
+    assert daemon.agent("greeter")["pid"] != greeter["pid"]
+    assert daemon.agent("counter")["pid"] == counter["pid"]
+    row = audit(daemon, "agent.updated")[-1]
+    assert row["detail"]["old_digest"] != row["detail"]["new_digest"]
+
+    # a supervisor's strategy changes: it is updated (and restarted with its subtree)
+    path = project(base, greeting="hello", strategy="one-for-all")
+    assert plan_of(ok(daemon, "apply", path))["supervisor main"] == ("update", ("strategy",))
+    assert ok(daemon, "supervisor", "list")[0]["strategy"] == "one_for_all"
+    assert daemon.agent("greeter")["state"] == "running"
+
+    # without --prune what the file drops stays; with it, it goes
+    (base / "naos.toml").write_text('[agents.greeter]\nsource = "greeter.py"\n'
+                                    'config = { greeting = "hello" }\n')
+    kept = ok(daemon, "apply", path)
+    assert kept["deleted"] == [] and {r["name"] for r in ok(daemon, "ls")} == {
+        "greeter", "counter"}
+    pruned_plan = ok(daemon, "apply", path, "--prune", "--dry-run")
+    assert pruned_plan["deleted"] == ["saga trip", "counter", "main"]
+    assert [s["name"] for s in ok(daemon, "saga", "list")] == ["trip"]
+    pruned = ok(daemon, "apply", path, "--prune")
+    assert pruned["deleted"] == ["saga trip", "counter", "main"]
+    assert [r["name"] for r in ok(daemon, "ls")] == ["greeter"]
+    assert ok(daemon, "saga", "list") == [] and ok(daemon, "supervisor", "list") == []
+    # a name the file never applied is never pruned
+    ok(daemon, "create", "other", "--template", "echo")
+    assert ok(daemon, "apply", path, "--prune")["deleted"] == []
+    assert {r["name"] for r in ok(daemon, "ls")} == {"greeter", "other"}
+
+
+def test_apply_refuses_an_update_whose_code_does_not_load(daemon: Naosd, base: Path) -> None:
+    write(base / "greeter.py", V1)
+    path = project(base)
+    ok(daemon, "apply", path)
+    before = daemon.agent("greeter")
+    write(base / "greeter.py", BROKEN)
+    out = daemon.ctl("apply", path)
+    assert out.returncode == 2 and "no_such_module_anywhere" in out.stderr
+    after = daemon.agent("greeter")
+    assert after["execution"]["digest"] == before["execution"]["digest"]
+    assert after["pid"] == before["pid"]
+    clash = base / "clash.toml"
+    clash.write_text('[supervisors.greeter]\n')
+    out = daemon.ctl("apply", str(clash))
+    assert out.returncode == 1 and "agent in naosd" in out.stderr

@@ -36,7 +36,6 @@ from actors.messages import (
 from naosd.agents.api import Caller
 from naosd.agents.checks import check_python_source
 from naosd.agents.runs import OPERATOR
-from naosd.agents.snapshots import snapshot_definition
 from naosd.errors import (
     ActorGone,
     AgentCrashed,
@@ -527,28 +526,3 @@ def agent_view(agent: AgentDef, node: dict[str, Any] | None) -> dict[str, Any]:
         node=node.get("node"),
     )
     return view
-
-
-
-async def apply_project(agents: Agents, project: Any, *, wait_s: float) -> dict[str, Any]:
-    """Create what a project file defines (existing names are left as they
-    are and reported), then start its trees and standalone agents."""
-    created, kept = [], []
-    for definition in [*project.supervisors, *project.agents]:
-        kind = await agents.db(lambda s, n=definition.name: defs_store.name_taken(s, n))
-        if kind is not None:
-            kept.append(definition.name)
-            continue
-        if isinstance(definition, SupervisorDef):
-            await agents.db(lambda s, d=definition: defs_store.create_supervisor(s, d))
-        else:
-            snapshot = await asyncio.to_thread(snapshot_definition, definition,
-                                               agents.d.config.state_dir / "code")
-            await agents.db(lambda s, d=snapshot: defs_store.create_agent(s, d))
-        created.append(definition.name)
-    await agents.sync(None)
-    await agents.sync(IMPLICIT_SUPERVISOR)
-    for sup in project.supervisors:
-        if sup.parent is None:
-            await agents.wait_for(sup.name, running=True, wait_s=wait_s)
-    return {"created": created, "existing": kept}

@@ -1,4 +1,4 @@
-"""Methods for agents, supervisors and project files (see docs/protocol.md)."""
+"""Methods for agents and supervisors (see docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -318,27 +318,3 @@ async def supervisor_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]
     """Every defined supervisor."""
     sups = await d.db.call(lambda s: defs_store.list_supervisors(s))
     return [s.to_dict() for s in sups]
-
-
-@method("project.apply", text=Str(max_len=1 << 20), base=Str(max_len=4096),
-        origin=Str("naos.toml", max_len=4096), timeout=TIMEOUT)
-async def project_apply(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Create the agents, supervisors, sagas, workflows and pools a naos.toml
-    defines, and start the agents."""
-    import tomllib
-
-    from actors.domain.project import parse
-    from naosd.agents.service import apply_project
-
-    try:
-        doc = tomllib.loads(p["text"])
-    except tomllib.TOMLDecodeError as exc:
-        from naosd.errors import ConfigError
-
-        raise ConfigError(f"{p['origin']}: not valid TOML: {exc}") from None
-    project = parse(doc, Path(p["base"]), origin=p["origin"])
-    result = await apply_project(d.agents, project, wait_s=_timeout(p))
-    from naosd.orchestration.coordinators import apply_definitions
-
-    more = await apply_definitions(d.db, d.pools, project.orchestration)
-    return {k: result[k] + more[k] for k in ("created", "existing")}

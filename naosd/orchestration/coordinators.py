@@ -53,7 +53,6 @@ from naosd.storage import origin
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
-    from naosd.orchestration.pools import Pools
     from naosd.storage.db import AsyncStore
 
 MACHINES: dict[str, Machine] = {"saga": saga_m.MACHINE, "workflow": wf_m.MACHINE}
@@ -188,24 +187,3 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
             "status": row["status"], "error": record.get("error", ""),
             "resolution": record.get("resolution", ""), "input": record.get("input"),
             "steps": steps, "created_at": row["created_at"], "updated_at": row["updated_at"]}
-
-
-async def apply_definitions(db: AsyncStore, pools: Pools,
-                            sections: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
-    """Create the sagas, workflows and pools of a project file; names that
-    exist are left as they are and reported (like agents)."""
-    created, kept = [], []
-    for section, kind in (("sagas", "saga"), ("workflows", "workflow"), ("pools", "pool")):
-        for spec in sections.get(section, []):
-            label = f"{kind} {spec['name']}"
-            if await db.call(lambda s, k=kind, n=spec["name"]: orch_store.def_exists(s, k, n)):
-                kept.append(label)
-            elif kind == "pool":
-                await pools.create(spec)
-                created.append(label)
-            else:
-                await db.call(lambda s, k=kind, sp=spec: orch_store.create_def(
-                    s, k, sp["name"], sp))
-                created.append(label)
-    await db.notify()
-    return {"created": created, "existing": kept}

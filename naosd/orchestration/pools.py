@@ -107,11 +107,14 @@ class Pools:
         return spec
 
     # -- definitions -------------------------------------------------------------
-    async def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+    async def _check_agents(self, spec: dict[str, Any]) -> None:
         for agent in spec.get("agents") or [spec["agent"]]:
             await self._db.call(lambda s, a=agent: defs_store.get_agent(s, a))
         if spec.get("reducer"):
             await self._db.call(lambda s: defs_store.get_agent(s, spec["reducer"]))
+
+    async def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        await self._check_agents(spec)
         if await self._db.call(lambda s: orch_store.def_exists(s, "pool", spec["name"])):
             raise Conflict(f"a pool named {spec['name']!r} already exists")
         if spec.get("agent"):
@@ -150,6 +153,19 @@ class Pools:
         await self._db.notify()
         await self._tree.ask_pool(name, PoolChanged(rid(), spec))  # removed clones finish
         return await self.status(name)
+
+    async def redefine(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Replace a pool's definition (members, merge, pick, concurrency,
+        timeout): queued tasks go to the new members, running ones finish."""
+        await self._spec(spec["name"])  # NotFound
+        await self._check_agents(spec)
+        if spec.get("agent"):
+            await self._ensure_clones(spec)
+        await self._db.call(lambda s: orch_store.update_def(s, "pool", spec["name"], spec,
+                                                            "redefined"))
+        await self._db.notify()
+        await self._tree.ask_pool(spec["name"], PoolChanged(rid(), spec))
+        return spec
 
     # -- fan-out -----------------------------------------------------------------
     async def run(self, name: str, task_input: Any, *, concurrency: int | None,

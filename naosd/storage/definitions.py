@@ -194,6 +194,39 @@ def create_supervisor(store: Store, sup: SupervisorDef) -> SupervisorDef:
     return get_supervisor(store, sup.name)
 
 
+def update_supervisor(store: Store, new: SupervisorDef) -> list[str]:
+    """Replace supervisor ``new.name``'s strategy, intensity, backoff and
+    place in a tree (one transaction, audited); the fields that changed."""
+    new = new.validated()
+    with store.transaction() as tx:
+        old = get_supervisor(store, new.name)
+        if new.parent and new.parent != old.parent:
+            get_supervisor(store, new.parent)
+        changed = changed_fields(old, new)
+        tx.execute("UPDATE supervisors SET strategy = ?, max_restarts = ?, window_s = ?, "
+                   "backoff_initial_s = ?, backoff_max_s = ?, parent = ?, restart = ? "
+                   "WHERE name = ?",
+                   (new.strategy, new.max_restarts, new.window_s, new.backoff_initial_s,
+                    new.backoff_max_s, new.parent, new.restart, new.name))
+        tx.audit("supervisor.updated", actor=new.name,
+                 detail={"changed": changed, **new.to_dict()})
+    return changed
+
+
+# -- what a project file applied (for apply --prune) -------------------------------
+
+
+def applied_names(store: Store, project: str) -> dict[str, list[str]]:
+    """The names (by kind) project file ``project`` defined at its last apply."""
+    text = store.get_meta_or_none(f"project:{project}")
+    names: dict[str, list[str]] = json.loads(text) if text else {}
+    return names
+
+
+def record_applied(store: Store, project: str, names: dict[str, list[str]]) -> None:
+    store.set_meta(f"project:{project}", json.dumps(names, sort_keys=True))
+
+
 def set_desired(store: Store, kind: str, name: str, desired: str) -> None:
     table = "agents" if kind == "agent" else "supervisors"
     with store.transaction() as tx:
