@@ -18,7 +18,8 @@
     backoff_max = 10
     children = ["researcher", { name = "sub", restart = "transient" }]
 
-Sagas, workflows and pools have their own sections (``[sagas.NAME]``,
+Every key is documented in docs/naos-toml.md (keep it in step with this
+module and actors/domain/orch_defs.py).  Sagas, workflows and pools have their own sections (``[sagas.NAME]``,
 ``[workflows.NAME]``, ``[pools.NAME]``; see actors/domain/orch_defs.py); the
 agents they name must be defined in the same file.
 
