@@ -277,3 +277,24 @@ def test_apply_refuses_an_update_whose_code_does_not_load(daemon: Naosd, base: P
     clash.write_text('[supervisors.greeter]\n')
     out = daemon.ctl("apply", str(clash))
     assert out.returncode == 1 and "agent in naosd" in out.stderr
+
+
+def test_a_deleted_agents_budget_goes_with_it(base: Path) -> None:
+    from harness import reap, start_naosd
+
+    d = start_naosd(base)
+    try:
+        ok(d, "create", "spender", "--template", "echo")
+        ok(d, "cost", "set", "spender", "--budget", "$1/day")
+        assert ok(d, "cost", "status", "spender")["budgets"][0]["scope"] == "spender"
+        assert ok(d, "delete", "spender")["budget_removed"] is True
+        assert "no budget for agent 'spender'" in fails(d, 4, "cost", "status", "spender")
+        assert audit(d, "cost.removed")[-1]["agent"] == "spender"
+        ok(d, "create", "spender", "--template", "echo")  # a new agent of the same name
+        assert d.stop() == 0
+        d = start_naosd(base, state_dir=d.state_dir)
+        assert "no budget for agent 'spender'" in fails(d, 4, "cost", "status", "spender")
+        assert ok(d, "delete", "spender")["budget_removed"] is False
+    finally:
+        d.stop()
+        assert not reap(d)

@@ -18,10 +18,10 @@
     backoff_max = 10
     children = ["researcher", { name = "sub", restart = "transient" }]
 
-Every key is documented in docs/naos-toml.md (keep it in step with this
-module and actors/domain/orch_defs.py).  Sagas, workflows and pools have their own sections (``[sagas.NAME]``,
+Sagas, workflows and pools have their own sections (``[sagas.NAME]``,
 ``[workflows.NAME]``, ``[pools.NAME]``; see actors/domain/orch_defs.py); the
-agents they name must be defined in the same file.
+agents they name must be defined in the same file.  Every key is documented
+in docs/naos-toml.md: keep it in step with this module and orch_defs.py.
 
 Relative sources are resolved against the project file's directory.  Every
 error names the key (``agents.researcher.source``) and the reason.

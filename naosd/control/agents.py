@@ -230,7 +230,15 @@ async def agent_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop and forget an agent (its logs and audit rows stay); refused while a
     saga, workflow or pool names it, or (without force) while it runs under a
     supervisor."""
-    return await d.agents.delete(p["name"], wait_s=_timeout(p), force=p["force"])
+    return await delete_agent(d, p["name"], wait_s=_timeout(p), force=p["force"])
+
+
+async def delete_agent(d: Services, name: str, *, wait_s: float, force: bool
+                       ) -> dict[str, Any]:
+    """Delete an agent, and its budget with it (a new agent of the same name
+    must not inherit it)."""
+    result = await d.agents.delete(name, wait_s=wait_s, force=force)
+    return {**result, "budget_removed": await d.broker.drop_budget(name)}
 
 
 @method("agent.run", name=NAME, input=Spec(object, None), timeout=TIMEOUT,

@@ -19,6 +19,7 @@ from actors.domain.definitions import IMPLICIT_SUPERVISOR, AgentDef
 from actors.domain.project import Project, parse
 from actors.domain.reconcile import ORCH, Change, State, applied_after, comparable, plan
 from naosd.agents.snapshots import snapshot_definition
+from naosd.control.agents import delete_agent
 from naosd.control.params import Bool, Spec, Str
 from naosd.control.table import MethodTable
 from naosd.errors import ConfigError, InvalidRequest
@@ -126,7 +127,7 @@ async def _agent(d: Services, written: AgentDef | None, c: Change, wait_s: float
         else:
             await d.agents.update(definition, wait_s=wait_s)
     elif c.action == "delete":
-        await d.agents.delete(c.name, wait_s=wait_s, force=True)
+        await delete_agent(d, c.name, wait_s=wait_s, force=True)
 
 
 async def _orch(d: Services, want: State, c: Change) -> None:
