@@ -253,12 +253,13 @@ def _sup_lifecycle(verb: str) -> None:
     @handle_errors()
     def command(c: Ctx, name: str, wait: float, as_json: bool) -> None:
         result = c.client.call(f"supervisor.{verb}", name=name, timeout=wait)
-        text = "\n".join(render.tree(result)) if verb == "start" else f"{name}: stopped"
+        text = "\n".join(render.tree(result)) if verb != "stop" else f"{name}: stopped"
         _show(result, as_json, text)
 
 
 _sup_lifecycle("start")
 _sup_lifecycle("stop")
+_sup_lifecycle("restart")
 
 
 @supervisor.command("list")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Naosd
+from harness import Naosd, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -152,6 +152,12 @@ def test_delete_running_supervised_agent_needs_force(daemon: Naosd) -> None:
     ok(daemon, "supervisor", "start", "main")
     ok(daemon, "create", "worker", "--template", "echo", "--supervisor", "main")
     assert [s["name"] for s in ok(daemon, "supervisor", "list")] == ["main"]
+    before = daemon.agent("worker")
+    tree = ok(daemon, "supervisor", "restart", "main")  # graceful stop, then start
+    assert tree["name"] == "main" and tree["state"] in ("starting", "running")
+    after = wait_for(lambda: (a := daemon.agent("worker"))["state"] == "running" and a)
+    assert after["pid"] != before["pid"]
+    assert "supervisor.stop_requested" in {r["type"] for r in ok(daemon, "audit", "tail")}
     err = fails(daemon, 1, "delete", "worker")
     assert "--force" in err and "supervisor 'main'" in err
     assert daemon.agent("worker")["state"] == "running"

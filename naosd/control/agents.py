@@ -309,6 +309,14 @@ async def supervisor_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
 
 
+@method("supervisor.restart", name=NAME, timeout=TIMEOUT)
+async def supervisor_restart(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop a supervisor and its subtree gracefully, then start them all again
+    (a supervisor that gave up, failed, gets a fresh start)."""
+    await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
+    return await d.agents.start_supervisor(p["name"], wait_s=_timeout(p))
+
+
 @method("supervisor.delete", name=NAME, timeout=TIMEOUT)
 async def supervisor_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Stop and forget a supervisor that has no children."""
