@@ -304,3 +304,24 @@ def test_a_deleted_agents_budget_goes_with_it(base: Path) -> None:
     finally:
         d.stop()
         assert not reap(d)
+
+
+def test_budgets_and_trust_registrations_list_and_remove(daemon: Naosd) -> None:
+    ok(daemon, "cost", "set", "--global", "--budget", "$5/day")
+    ok(daemon, "cost", "set", "alpha", "--budget", "$1/day")
+    assert [b["scope"] for b in ok(daemon, "cost", "status")["budgets"]] == ["*", "alpha"]
+    assert ok(daemon, "cost", "remove", "alpha") == {"removed": "alpha"}
+    assert "no budget for agent 'alpha'" in fails(daemon, 4, "cost", "remove", "alpha")
+    ok(daemon, "cost", "remove", "--global")
+    assert ok(daemon, "cost", "status")["budgets"] == []
+    assert fails(daemon, 2, "cost", "remove")  # an agent or --global
+
+    assert daemon.ctl("axis", "list").stdout.strip() == "no registrations"
+    ok(daemon, "axis", "register", "alpha", "--t-score", "700", "--c-score", "600")
+    rows = ok(daemon, "axis", "list")
+    assert [(r["agent"], r["t_score"], r["c_score"]) for r in rows] == [("alpha", 700, 600)]
+    assert ok(daemon, "axis", "unregister", "alpha")["was"]["t_score"] == 700
+    assert ok(daemon, "axis", "list") == []
+    assert "not registered" in fails(daemon, 4, "axis", "unregister", "alpha")
+    types = {r["type"] for r in ok(daemon, "audit", "tail", "-n", "1000")}
+    assert {"cost.removed", "axis.unregister"} <= types
