@@ -13,7 +13,6 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors.domain.definitions import (
@@ -23,6 +22,7 @@ from actors.domain.definitions import (
     changed_fields,
 )
 from actors.domain.placement import choose, parse_requirements
+from actors.domain.reconcile import comparable
 from actors.messages import (
     Activate,
     Deactivate,
@@ -168,10 +168,10 @@ class Agents:
         (a Python handler must load in a probe, else nothing changes), then
         committed with its audit row (old and new code digests) and, when it
         changed something, the agent restarted on it if it was up (an agent
-        run on demand is stopped: its next message starts the new code)."""
+        run on demand is stopped: its next message starts the new code; one
+        that is down, stopped or failed, stays so and starts on it later)."""
         old = await self.db(lambda s: defs_store.get_agent(s, new.name))
-        new = replace(new, position=old.position, desired=old.desired,
-                      created_at=old.created_at).validated()
+        new = comparable(new, old).validated()  # its state and place are not the update's
         changed = changed_fields(old, new)
         view: dict[str, Any] = {"old_digest": old.execution.get("digest") or "",
                                 "new_digest": new.execution.get("digest") or "",
@@ -188,9 +188,9 @@ class Agents:
             await self._parent_sync(old.supervisor)
         if up:
             await self.stop(new.name, wait_s=wait_s)
-        if old.desired == "running":
+        if up and old.desired == "running":
             await self.start(new.name, wait_s=wait_s)
-            view["restarted"] = up
+            view["restarted"] = True
         return {**await self.describe(new.name), **view}
 
     async def check_loads(self, definition: AgentDef, *, wait_s: float) -> None:
