@@ -419,6 +419,21 @@ def pool_list(c: Ctx, as_json: bool) -> None:
     _show(rows, as_json, "\n".join(pool_line(r) for r in rows) or "no pools")
 
 
+@pool.command("delete")
+@click.argument("name")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="seconds to wait for each clone to stop")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_delete(c: Ctx, name: str, timeout: float, as_json: bool) -> None:
+    """Forget pool NAME and the clones it made (refused while tasks are queued or running)."""
+    result = c.client.call("pool.delete", name=name, timeout=timeout)
+    clones = f" (and its clones {', '.join(result['clones_deleted'])})" \
+        if result["clones_deleted"] else ""
+    _show(result, as_json, f"pool {name}: deleted{clones}")
+
+
 @pool.command("scale")
 @click.argument("name")
 @click.argument("size", type=click.IntRange(1, 256))

@@ -81,7 +81,7 @@ def test_create_run_status_logs_and_delete(daemon: Naosd):
     inspect = ok(daemon, "inspect", "researcher")
     assert inspect["source_kind"] == "template" and inspect["logs"]
     pid = a["pid"]
-    assert ok(daemon, "delete", "researcher") == {"deleted": "researcher"}
+    assert ok(daemon, "delete", "researcher") == {"deleted": "researcher", "budget_removed": False}
     wait_until(lambda: not alive(pid), what="agent process gone")
     assert daemon.ctl("run", "researcher", "--input", "1").returncode == 4
 

@@ -196,6 +196,9 @@ children = ["greeter"]
 
 [sagas.trip]
 steps = [{{ name = "a", agent = "counter" }}]
+
+[pools.both]
+agents = ["counter"]
 '''
 
 
@@ -218,7 +221,7 @@ def test_apply_reconciles_dry_run_update_and_prune(daemon: Naosd, base: Path) ->
     assert first["dry_run"] and set(plan_of(first).values()) == {("create", ())}
     assert ok(daemon, "ls") == [] and ok(daemon, "saga", "list") == []  # nothing changed
     applied = ok(daemon, "apply", path)
-    assert set(applied["created"]) == {"main", "greeter", "counter", "saga trip"}
+    assert set(applied["created"]) == {"main", "greeter", "counter", "saga trip", "pool both"}
     greeter = daemon.agent("greeter")
     counter = daemon.agent("counter")
     assert ok(daemon, "run", "greeter")["output"] == {"version": 1, "greeting": "hi"}
@@ -256,10 +259,11 @@ def test_apply_reconciles_dry_run_update_and_prune(daemon: Naosd, base: Path) ->
     assert kept["deleted"] == [] and {r["name"] for r in ok(daemon, "ls")} == {
         "greeter", "counter"}
     pruned_plan = ok(daemon, "apply", path, "--prune", "--dry-run")
-    assert pruned_plan["deleted"] == ["saga trip", "counter", "main"]
+    assert pruned_plan["deleted"] == ["saga trip", "pool both", "counter", "main"]
     assert [s["name"] for s in ok(daemon, "saga", "list")] == ["trip"]
     pruned = ok(daemon, "apply", path, "--prune")
-    assert pruned["deleted"] == ["saga trip", "counter", "main"]
+    assert pruned["deleted"] == ["saga trip", "pool both", "counter", "main"]
+    assert ok(daemon, "pool", "list") == []
     assert [r["name"] for r in ok(daemon, "ls")] == ["greeter"]
     assert ok(daemon, "saga", "list") == [] and ok(daemon, "supervisor", "list") == []
     # a name the file never applied is never pruned
@@ -325,3 +329,21 @@ def test_budgets_and_trust_registrations_list_and_remove(daemon: Naosd) -> None:
     assert "not registered" in fails(daemon, 4, "axis", "unregister", "alpha")
     types = {r["type"] for r in ok(daemon, "audit", "tail", "-n", "1000")}
     assert {"cost.removed", "axis.unregister"} <= types
+
+
+def test_pool_delete_refuses_while_busy_and_takes_its_clones(daemon: Naosd, base: Path) -> None:
+    ok(daemon, "create", "w", "--template", "echo")
+    ok(daemon, "pool", "create", "clones", "--agent", "w", "--size", "2")
+    assert {r["name"] for r in ok(daemon, "ls")} == {"w", "w-c1", "w-c2"}
+    assert "pool clones" in fails(daemon, 1, "delete", "w-c1")
+    result = ok(daemon, "pool", "delete", "clones")
+    assert result["clones_deleted"] == ["w-c1", "w-c2"]
+    assert [r["name"] for r in ok(daemon, "ls")] == ["w"]
+    assert ok(daemon, "pool", "list") == []
+    assert "no pool named 'clones'" in fails(daemon, 4, "pool", "delete", "clones")
+    # created again under the same name, it serves its new members
+    ok(daemon, "create", "v", "--template", "echo")
+    ok(daemon, "pool", "create", "clones", "--agents", "v")
+    task = ok(daemon, "pool", "submit", "clones", "--input", '"hi"', "--wait", "30")
+    assert task["member"] == "v" and task["output"] == "hi"
+    assert "pool.deleted" in {r["type"] for r in ok(daemon, "audit", "tail", "-n", "1000")}

@@ -116,14 +116,12 @@ def _canon(value: Any) -> str:
 
 def _deletions(want: State, have: State, applied: dict[str, list[str]]) -> list[Change]:
     """What this file applied before, no longer names and naosd still holds:
-    sagas and workflows first (they name agents), then agents, then
-    supervisors (children before parents).  Pools are not deleted (naosd has
-    no pool delete yet): a pool the file drops stays, and so do the agents
-    it names (deleting them is refused)."""
+    sagas, workflows and pools first (they name agents), then agents, then
+    supervisors (children before parents)."""
     wanted, held = want.names(), have.names()
     gone = {k: [n for n in applied.get(k, []) if n not in wanted[k] and n in held[k]]
             for k in KINDS}
-    out = [Change(k, n, "delete") for k in ("saga", "workflow") for n in gone[k]]
+    out = [Change(k, n, "delete") for k in ORCH for n in gone[k]]
     out += [Change("agent", n, "delete") for n in gone["agent"]]
 
     def depth(name: str) -> int:

@@ -13,6 +13,7 @@ from actors.domain import orch_defs as defs
 from actors.domain import pool as pool_m
 from actors.domain import saga as saga_m
 from actors.domain import workflow as wf_m
+from naosd.control.agents import delete_agent
 from naosd.control.params import Bool, Int, Spec, Str
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
@@ -241,6 +242,21 @@ async def pool_status(d: Services, p: dict[str, Any]) -> Any:
 async def pool_scale(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Change the number of clones while tasks run."""
     return await d.pools.scale(p["name"], p["size"])
+
+
+@method("pool.delete", name=NAME, timeout=Spec(NUM, 30.0))
+async def pool_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Forget a pool (refused while it has queued or running tasks or a fan-out
+    that has not ended); the clones it made of its agent go with it."""
+    return await delete_pool(d, p["name"], wait_s=defs.seconds(p["timeout"], "timeout"))
+
+
+async def delete_pool(d: Services, name: str, *, wait_s: float) -> dict[str, Any]:
+    spec = await d.pools.delete(name)
+    clones = pool_m.members_of(spec) if spec.get("agent") else []
+    for clone in clones:
+        await delete_agent(d, clone, wait_s=wait_s, force=True)
+    return {"deleted": name, "kind": "pool", "clones_deleted": clones}
 
 
 @method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))

@@ -20,6 +20,7 @@ from actors.domain.project import Project, parse
 from actors.domain.reconcile import ORCH, Change, State, applied_after, comparable, plan
 from naosd.agents.snapshots import snapshot_definition
 from naosd.control.agents import delete_agent
+from naosd.control.orchestration import delete_pool
 from naosd.control.params import Bool, Spec, Str
 from naosd.control.table import MethodTable
 from naosd.errors import ConfigError, InvalidRequest
@@ -92,7 +93,7 @@ async def _carry_out(d: Services, project: Project, want: State, have: State,
         elif c.kind == "agent":
             await _agent(d, written.get(c.name), c, wait_s)
         elif c.action != "unchanged":
-            await _orch(d, want, c)
+            await _orch(d, want, c, wait_s)
     await d.agents.sync(None)
     await d.agents.sync(IMPLICIT_SUPERVISOR)
     for name in restart:
@@ -130,13 +131,15 @@ async def _agent(d: Services, written: AgentDef | None, c: Change, wait_s: float
         await delete_agent(d, c.name, wait_s=wait_s, force=True)
 
 
-async def _orch(d: Services, want: State, c: Change) -> None:
+async def _orch(d: Services, want: State, c: Change, wait_s: float) -> None:
     spec = want.orch.get(c.kind, {}).get(c.name)
     if c.kind == "pool":
         if c.action == "create":
             await d.pools.create(spec or {})
         elif c.action == "update":
             await d.pools.redefine(spec or {})
+        elif c.action == "delete":
+            await delete_pool(d, c.name, wait_s=wait_s)
         return
     if c.action == "create":
         await d.db.call(lambda s: orch_store.create_def(s, c.kind, c.name, spec or {}))

@@ -68,7 +68,7 @@ def def_exists(store: Store, kind: str, name: str) -> bool:
 
 
 def delete_def(store: Store, kind: str, name: str, final: tuple[str, ...]) -> None:
-    """Forget a saga or workflow definition (its finished runs stay, for
+    """Forget a saga, workflow or pool definition (its finished runs stay, for
     history); refused while one of its runs has not ended (status not in
     ``final``)."""
     marks = ", ".join("?" for _ in final)
