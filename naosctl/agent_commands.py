@@ -84,6 +84,35 @@ def create(c: Ctx, name: str, template: str | None, source: str | None,
 
 @cli.command()
 @click.argument("name")
+@click.option("--source", type=click.Path(exists=True),
+              help="the new handler .py file, .wasm module or directory")
+@click.option("--entry", help="the entry file of a directory source")
+@click.option("--config", "config_json", metavar="JSON|FILE|-",
+              help="the agent's new config, as JSON (replaces the old one)")
+@WAIT
+@json_option
+@pass_ctx
+@handle_errors()
+def update(c: Ctx, name: str, source: str | None, entry: str | None,
+           config_json: str | None, wait: float, as_json: bool) -> None:
+    """Roll out new code (a new snapshot) or config to agent NAME; it restarts on it."""
+    if source is None and config_json is None:
+        raise click.UsageError("give --source, --config or both")
+    result = c.client.call(
+        "agent.update", name=name, source=str(Path(source).resolve()) if source else None,
+        entry=entry, config=read_input(config_json) if config_json else None, timeout=wait)
+    if not result["changed"]:
+        text = f"agent {name}: unchanged"
+    else:
+        digests = (f" (code {result['old_digest'][:12] or '-'} -> {result['new_digest'][:12]})"
+                   if "execution" in result["changed"] else "")
+        how = "restarted" if result["restarted"] else result["state"]
+        text = f"agent {name} updated{digests}: {how}"
+    _show(result, as_json, text)
+
+
+@cli.command()
+@click.argument("name")
 @click.option("--input", "input_", metavar="JSON|FILE|-", help="the message (JSON)")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--idempotency-key", default="")
@@ -138,7 +167,36 @@ def _lifecycle(verb: str, method: str) -> None:
 _lifecycle("start", "agent.start")
 _lifecycle("stop", "agent.stop")
 _lifecycle("restart", "agent.restart")
-_lifecycle("delete", "agent.delete")
+
+
+def _delete(verb: str) -> None:
+    @cli.command(verb, help="Stop and forget agent NAME (refused while a saga, workflow or "
+                            "pool uses it, or while it runs supervised, without --force).")
+    @click.argument("name")
+    @click.option("--force", is_flag=True, help="delete it even while it runs supervised")
+    @WAIT
+    @json_option
+    @pass_ctx
+    @handle_errors()
+    def command(c: Ctx, name: str, force: bool, wait: float, as_json: bool) -> None:
+        result = c.client.call("agent.delete", name=name, timeout=wait, force=force)
+        _show(result, as_json, f"agent {name}: deleted")
+
+
+def _list(verb: str) -> None:
+    @cli.command(verb, help="Every agent with its state, pid, uptime, restarts and supervisor.")
+    @json_option
+    @pass_ctx
+    @handle_errors()
+    def command(c: Ctx, as_json: bool) -> None:
+        rows = c.client.call("agent.list")
+        _show(rows, as_json, "\n".join(render.agent_row(a) for a in rows) or "no agents")
+
+
+_delete("delete")
+_delete("remove")
+_list("ls")
+_list("list")
 
 
 @cli.command()
@@ -209,12 +267,37 @@ def _sup_lifecycle(verb: str) -> None:
     @handle_errors()
     def command(c: Ctx, name: str, wait: float, as_json: bool) -> None:
         result = c.client.call(f"supervisor.{verb}", name=name, timeout=wait)
-        text = "\n".join(render.tree(result)) if verb == "start" else f"{name}: stopped"
+        text = "\n".join(render.tree(result)) if verb != "stop" else f"{name}: stopped"
         _show(result, as_json, text)
 
 
 _sup_lifecycle("start")
 _sup_lifecycle("stop")
+_sup_lifecycle("restart")
+
+
+@supervisor.command("list")
+@json_option
+@pass_ctx
+@handle_errors()
+def supervisor_list(c: Ctx, as_json: bool) -> None:
+    """Every supervisor defined (naosd's own "agents" is not listed)."""
+    rows = c.client.call("supervisor.list")
+    _show(rows, as_json, "\n".join(
+        f"{r['name']:<20} {r['strategy']:<13} {r['max_restarts']} in {r['window_s']:g}s  "
+        f"parent {r['parent'] or '-'}  {r['desired']}" for r in rows) or "no supervisors")
+
+
+@supervisor.command("delete")
+@click.argument("name")
+@WAIT
+@json_option
+@pass_ctx
+@handle_errors()
+def supervisor_delete(c: Ctx, name: str, wait: float, as_json: bool) -> None:
+    """Stop and forget supervisor NAME (refused while it has children)."""
+    result = c.client.call("supervisor.delete", name=name, timeout=wait)
+    _show(result, as_json, f"supervisor {name}: deleted")
 
 
 @supervisor.command("status")

@@ -55,6 +55,30 @@ def axis_status(c: Ctx, agent: str, as_json: bool) -> None:
     _out(as_json, result, show.axis_status(result))
 
 
+@axis.command("list")
+@json_option
+@pass_ctx
+@handle_errors()
+def axis_list(c: Ctx, as_json: bool) -> None:
+    """Every registered agent: AUID and local scores."""
+    rows = c.client.call("axis.list")
+    _out(as_json, rows, "\n".join(
+        f"{r['agent']:<20} {r['auid']:<40} t {r['t_score'] if r['t_score'] is not None else '-'}"
+        f"  c {r['c_score'] if r['c_score'] is not None else '-'}" for r in rows)
+        or "no registrations")
+
+
+@axis.command("unregister")
+@click.argument("agent")
+@json_option
+@pass_ctx
+@handle_errors()
+def axis_unregister(c: Ctx, agent: str, as_json: bool) -> None:
+    """Delete AGENT's registration (it is gated as unregistered from now on)."""
+    result = c.client.call("axis.unregister", agent=agent)
+    _out(as_json, result, f"{agent}: unregistered")
+
+
 @axis.command("verify")
 @click.argument("auid")
 @json_option

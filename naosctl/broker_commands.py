@@ -291,6 +291,18 @@ def cost_reset(c: Ctx, agent: str | None, is_global: bool, as_json: bool) -> Non
     _echo(result, as_json, "" if as_json else br.budgets({"budgets": [result]}))
 
 
+@cost.command("remove")
+@click.argument("agent", required=False)
+@click.option("--global", "is_global", is_flag=True)
+@json_option
+@pass_ctx
+@handle_errors()
+def cost_remove(c: Ctx, agent: str | None, is_global: bool, as_json: bool) -> None:
+    """Delete AGENT's budget (or the global one)."""
+    result = c.client.call("cost.remove", scope=_scope(agent, is_global))
+    _echo(result, as_json, f"budget {result['removed']} removed")
+
+
 @cost.command("history")
 @click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True)
 @click.option("--agent", help="only this agent's costs")

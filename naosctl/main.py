@@ -24,6 +24,7 @@ from naosd import __version__
 from naosd.errors import ConfigError, DaemonNotRunning, NaosError
 
 F = TypeVar("F", bound=Callable[..., Any])
+NOT_RUNNING = 3  # LSB status: the program is not running
 
 
 class Ctx:
@@ -145,6 +146,8 @@ def status(c: Ctx, agent: str | None, as_json: bool) -> None:
     if agent:
         one = c.client.call("agent.inspect", name=agent, logs=0)
         click.echo(render.to_json(one) if as_json else render.agent_status(one))
+        if one.get("state") != "running":
+            sys.exit(NOT_RUNNING)  # systemctl/supervisorctl: 3 is "not running"
         return
     result = c.client.call("status")
     if not as_json:

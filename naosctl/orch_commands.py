@@ -270,6 +270,21 @@ def saga_list(c: Ctx, as_json: bool) -> None:
         f"{r['name']}  " + " -> ".join(s["name"] for s in r["steps"]) for r in rows))
 
 
+def _delete_command(group: click.Group, kind: str) -> None:
+    @group.command("delete", help=f"Forget {kind} NAME (refused while one of its runs is "
+                                  "unfinished; finished runs stay).")
+    @click.argument("name")
+    @json_option
+    @pass_ctx
+    @handle_errors()
+    def command(c: Ctx, name: str, as_json: bool) -> None:
+        result = c.client.call(f"{kind}.delete", name=name)
+        _show(result, as_json, f"{kind} {name}: deleted")
+
+
+_delete_command(saga, "saga")
+
+
 @saga.command("retry-compensation")
 @click.argument("run")
 @click.option("--wait", type=float, default=300.0, show_default=True)
@@ -387,6 +402,21 @@ _decision_command("reject", "Reject the step RUN awaits: a saga compensates, a w
 # -- pool ---------------------------------------------------------------------------
 
 
+@workflow.command("list")
+@json_option
+@pass_ctx
+@handle_errors()
+def workflow_list(c: Ctx, as_json: bool) -> None:
+    """Every workflow definition."""
+    rows = c.client.call("workflow.list")
+    _show(rows, as_json, "\n".join(
+        f"{r['name']}  " + " -> ".join(s["name"] for s in r["steps"]) for r in rows)
+        or "no workflows")
+
+
+_delete_command(workflow, "workflow")
+
+
 @cli.group()
 def pool() -> None:
     """Agent pools: fan-out with a merge, or a task queue over the members."""
@@ -483,6 +513,31 @@ def pool_status(c: Ctx, name: str | None, as_json: bool) -> None:
     result = c.client.call("pool.status", name=name)
     rows = result if isinstance(result, list) else [result]
     _show(result, as_json, "\n".join(pool_line(r) for r in rows) or "no pools")
+
+
+@pool.command("list")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_list(c: Ctx, as_json: bool) -> None:
+    """Every pool with its members, load and counts."""
+    rows = c.client.call("pool.status", name=None)
+    _show(rows, as_json, "\n".join(pool_line(r) for r in rows) or "no pools")
+
+
+@pool.command("delete")
+@click.argument("name")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="seconds to wait for each clone to stop")
+@json_option
+@pass_ctx
+@handle_errors()
+def pool_delete(c: Ctx, name: str, timeout: float, as_json: bool) -> None:
+    """Forget pool NAME and the clones it made (refused while tasks are queued or running)."""
+    result = c.client.call("pool.delete", name=name, timeout=timeout)
+    clones = f" (and its clones {', '.join(result['clones_deleted'])})" \
+        if result["clones_deleted"] else ""
+    _show(result, as_json, f"pool {name}: deleted{clones}")
 
 
 @pool.command("scale")

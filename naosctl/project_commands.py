@@ -99,20 +99,34 @@ def config_validate(path: str, as_json: bool) -> None:
                f"{len(project.supervisors)} supervisors{extra})")
 
 
+SIGNS = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
+
+
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False), default="naos.toml")
+@click.option("--dry-run", is_flag=True, help="print the plan; change nothing")
+@click.option("--prune", is_flag=True,
+              help="delete what this file named at its last apply and names no more")
 @click.option("--timeout", "wait", type=float, default=60.0, show_default=True)
 @json_option
 @pass_ctx
 @handle_errors()
-def apply(c: Ctx, path: str, wait: float, as_json: bool) -> None:
-    """Create the agents and supervisors of a project file and start them."""
+def apply(c: Ctx, path: str, dry_run: bool, prune: bool, wait: float, as_json: bool) -> None:
+    """Make naosd match a project file: create, update (only what changed
+    restarts) and, with --prune, delete."""
     file = Path(path)
     result = c.client.call("project.apply", text=load_project_text(file),
-                           base=str(file.resolve().parent), origin=str(file), timeout=wait)
+                           base=str(file.resolve().parent), origin=str(file), timeout=wait,
+                           dry_run=dry_run, prune=prune)
     if as_json:
         click.echo(render.to_json(result))
         return
-    click.echo(f"created: {', '.join(result['created']) or 'nothing'}")
-    if result["existing"]:
-        click.echo(f"already defined (left as they are): {', '.join(result['existing'])}")
+    for step in result["plan"]:
+        fields = f" ({', '.join(step['fields'])})" if step["fields"] else ""
+        click.echo(f"{SIGNS[step['action']]} {step['action']:<9} {step['kind']} "
+                   f"{step['name']}{fields}")
+    counts = {a: sum(1 for s in result["plan"] if s["action"] == a) for a in SIGNS}
+    verb = "would" if dry_run else "did"
+    click.echo(f"{path}: {verb} create {counts['create']}, update {counts['update']}, "
+               f"delete {counts['delete']}; {counts['unchanged']} unchanged"
+               + (" (dry run: nothing changed)" if dry_run else ""))

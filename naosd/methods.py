@@ -11,6 +11,7 @@ from naosd.control import (
     cluster,
     llm,
     orchestration,
+    project,
     tools,
     trust,
     wasm,
@@ -21,5 +22,5 @@ from naosd.mcp import methods as mcp
 
 def method_table() -> dict[str, Method]:
     return assemble(api.METHODS, agents.METHODS, broker.METHODS, cluster.METHODS,
-                    llm.METHODS, orchestration.METHODS, tools.METHODS, trust.METHODS,
-                    wasm.METHODS, mcp.METHODS)
+                    llm.METHODS, orchestration.METHODS, project.METHODS, tools.METHODS,
+                    trust.METHODS, wasm.METHODS, mcp.METHODS)

@@ -5,6 +5,7 @@ a process behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -84,6 +85,14 @@ class Naosd:
             check: bool = False) -> subprocess.CompletedProcess[str]:
         return naosctl("--socket", str(self.socket), *args, input=input,
                        timeout=timeout, env=self.env, check=check)
+
+    def agent(self, name: str) -> dict[str, Any]:
+        """``naosctl status NAME --json``: exit 0 when it runs, 3 when it does not."""
+        out = self.ctl("status", name, "--json")
+        assert out.returncode in (0, 3), f"status {name}: {out.stderr}\n{self.log()[-3000:]}"
+        assert (out.returncode == 0) == (json.loads(out.stdout)["state"] == "running")
+        view: dict[str, Any] = json.loads(out.stdout)
+        return view
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.remember_tree()

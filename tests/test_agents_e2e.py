@@ -39,7 +39,7 @@ def ok(d: Naosd, *args: str) -> dict:
 
 
 def agent(d: Naosd, name: str) -> dict:
-    return ok(d, "status", name)
+    return d.agent(name)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
@@ -81,7 +81,7 @@ def test_create_run_status_logs_and_delete(daemon: Naosd):
     inspect = ok(daemon, "inspect", "researcher")
     assert inspect["source_kind"] == "template" and inspect["logs"]
     pid = a["pid"]
-    assert ok(daemon, "delete", "researcher") == {"deleted": "researcher"}
+    assert ok(daemon, "delete", "researcher") == {"deleted": "researcher", "budget_removed": False}
     wait_until(lambda: not alive(pid), what="agent process gone")
     assert daemon.ctl("run", "researcher", "--input", "1").returncode == 4
 

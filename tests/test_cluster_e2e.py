@@ -214,7 +214,7 @@ def test_agent_placed_on_member_moves_to_leader_when_member_dies(cluster: Cluste
 
 
 def _unplaceable(d: Naosd, name: str) -> dict[str, Any] | None:
-    view = _json(d, "status", name)
+    view = d.agent(name)
     return view if "unplaceable" in (view.get("last_error") or "") else None
 
 

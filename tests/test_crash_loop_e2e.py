@@ -42,7 +42,7 @@ def ok(d: Naosd, *args: str) -> dict:
 
 
 def status(d: Naosd, name: str) -> dict:
-    return ok(d, "status", name)
+    return d.agent(name)
 
 
 def wait_until(pred, timeout: float = 30.0, what: str = "") -> None:

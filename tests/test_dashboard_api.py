@@ -233,11 +233,11 @@ def test_actions_need_same_origin_and_the_csrf_header(daemon: Naosd):
     assert post(stop, token, origin="http://evil.example", csrf=csrf)[0] == 403
     assert post(stop, token, origin=origin, csrf=None)[0] == 403
     assert post(stop, token, origin=origin, csrf="0" * 64)[0] == 403
-    state = json.loads(daemon.ctl("status", "steered", "--json", check=True).stdout)
+    state = daemon.agent("steered")
     assert state["state"] == "running"  # none of the refused requests did anything
     status, body = post(stop, token, origin=origin, csrf=csrf)
     assert status == 200, body
-    state = json.loads(daemon.ctl("status", "steered", "--json", check=True).stdout)
+    state = daemon.agent("steered")
     assert state["state"] == "stopped"
     # errors keep their meaning over HTTP
     assert post(url + "api/v1/agents/ghost/start", token, origin=origin, csrf=csrf)[0] == 404
@@ -247,8 +247,7 @@ def test_actions_need_same_origin_and_the_csrf_header(daemon: Naosd):
     status, _ = post(url + "api/v1/agents/steered/start", token, origin=origin, csrf=csrf,
                      body=json.dumps({"timeout": 20}).encode())
     assert status == 200
-    assert json.loads(daemon.ctl("status", "steered", "--json", check=True)
-                      .stdout)["state"] == "running"
+    assert daemon.agent("steered")["state"] == "running"
 
 
 def test_feature_views_over_http(daemon: Naosd):

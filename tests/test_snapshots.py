@@ -84,3 +84,16 @@ def test_a_tree_over_the_limit_is_refused(tmp_path: Path) -> None:
     (pkg / "agent.py").write_text("")
     with pytest.raises(InvalidRequest, match="over 2000 files or 300 bytes"):
         snapshots.take(pkg, tmp_path / "code", max_total=300)
+
+
+def test_a_dry_snapshot_says_what_it_would_be_and_writes_nothing(tmp_path: Path) -> None:
+    from actors.domain.definitions import AgentDef
+
+    src = tmp_path / "h.py"
+    src.write_text("A = 1\n")
+    code = tmp_path / "code"
+    agent = AgentDef("h", "python", str(src))
+    dry = snapshots.snapshot_definition(agent, code, write=False)
+    assert not code.exists()
+    real = snapshots.snapshot_definition(agent, code)
+    assert dry == real and Path(real.source).read_text() == "A = 1\n"

@@ -145,6 +145,19 @@ class SupervisorDef:
                 "created_at": self.created_at}
 
 
+# what an update may change: name, position, desired and created_at stay
+AGENT_FIELDS = ("source_kind", "source", "config", "supervisor", "restart",
+                "shutdown_timeout_s", "requires", "execution")
+SUPERVISOR_FIELDS = ("strategy", "max_restarts", "window_s", "backoff_initial_s",
+                     "backoff_max_s", "parent", "restart")
+
+
+def changed_fields(old: AgentDef | SupervisorDef, new: AgentDef | SupervisorDef) -> list[str]:
+    """The definition fields an update from ``old`` to ``new`` changes."""
+    fields = AGENT_FIELDS if isinstance(old, AgentDef) else SUPERVISOR_FIELDS
+    return [f for f in fields if getattr(old, f) != getattr(new, f)]
+
+
 def implicit_supervisor() -> SupervisorDef:
     """The supervisor of agents that belong to no user supervisor: each agent
     on its own (per-child intensity), so one agent's crash loop never touches

@@ -296,16 +296,20 @@ def parse_sections(doc: dict[str, Any], agents: set[str], origin: str
                 spec = build(name, table)
             except (InvalidRequest, Conflict) as exc:
                 raise ConfigError(f"{origin}: {key}: {exc}") from None
-            for agent in _named_agents(section, spec):
+            for agent in named_agents(section, spec, clones=False):
                 if agent not in agents:
                     raise ConfigError(f"{origin}: {key}: no agent named {agent!r} in this file")
             out[section].append(spec)
     return out
 
 
-def _named_agents(section: str, spec: dict[str, Any]) -> list[str]:
-    if section == "pools":
-        return pool_agents(spec)
+def named_agents(kind: str, spec: dict[str, Any], *, clones: bool = True) -> list[str]:
+    """Every agent a saga, workflow or pool definition (``kind``, or its
+    section name) names: steps, compensations, members, reducer and (with
+    ``clones``) the clones a pool made of its agent."""
+    if kind in ("pool", "pools"):
+        made = pool_m.members_of(spec) if clones and spec.get("agent") else []
+        return [*pool_agents(spec), *made]
     names = [s["agent"] for s in spec["steps"] if s["agent"]]  # approvals name none
     return names + [s["compensate_agent"] for s in spec["steps"] if s.get("compensate_agent")]
 

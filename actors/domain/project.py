@@ -20,7 +20,8 @@
 
 Sagas, workflows and pools have their own sections (``[sagas.NAME]``,
 ``[workflows.NAME]``, ``[pools.NAME]``; see actors/domain/orch_defs.py); the
-agents they name must be defined in the same file.
+agents they name must be defined in the same file.  Every key is documented
+in docs/naos-toml.md: keep it in step with this module and orch_defs.py.
 
 Relative sources are resolved against the project file's directory.  Every
 error names the key (``agents.researcher.source``) and the reason.

@@ -19,8 +19,10 @@ from actors.domain.definitions import (
     IMPLICIT_SUPERVISOR,
     AgentDef,
     SupervisorDef,
+    changed_fields,
 )
 from actors.domain.placement import choose, parse_requirements
+from actors.domain.reconcile import comparable
 from actors.messages import (
     Activate,
     Deactivate,
@@ -34,11 +36,11 @@ from actors.messages import (
 from naosd.agents.api import Caller
 from naosd.agents.checks import check_python_source
 from naosd.agents.runs import OPERATOR
-from naosd.agents.snapshots import snapshot_definition
 from naosd.errors import (
     ActorGone,
     AgentCrashed,
     Conflict,
+    InvalidRequest,
     NaosError,
     NotFound,
     RequestTimeout,
@@ -48,6 +50,7 @@ from naosd.errors import (
 from naosd.runtime.procs import is_descendant, process_alive
 from naosd.storage import cluster as cluster_store
 from naosd.storage import definitions as defs_store
+from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
     from naosd.agents.channels import AgentChannels
@@ -160,6 +163,36 @@ class Agents:
             return await self.start(created.name, wait_s=wait_s)
         return await self.describe(created.name)
 
+    async def update(self, new: AgentDef, *, wait_s: float) -> dict[str, Any]:
+        """Roll out a new definition of an existing agent: checked like create
+        (a Python handler must load in a probe, else nothing changes), then
+        committed with its audit row (old and new code digests) and, when it
+        changed something, the agent restarted on it if it was up (an agent
+        run on demand is stopped: its next message starts the new code; one
+        that is down, stopped or failed, stays so and starts on it later)."""
+        old = await self.db(lambda s: defs_store.get_agent(s, new.name))
+        new = comparable(new, old).validated()  # its state and place are not the update's
+        changed = changed_fields(old, new)
+        view: dict[str, Any] = {"old_digest": old.execution.get("digest") or "",
+                                "new_digest": new.execution.get("digest") or "",
+                                "changed": changed, "restarted": False}
+        if not changed:
+            return {**await self.describe(new.name), **view}
+        await self._check_placeable(new, start=False)
+        await self.check_loads(new, wait_s=wait_s)
+        await self.db(lambda s: defs_store.update_agent(s, new))
+        await self.d.db.notify()
+        node = find_node(await self.tree(), new.name)
+        up = node is not None and node.get("state") not in DOWN_STATES
+        if old.supervisor != new.supervisor:
+            await self._parent_sync(old.supervisor)
+        if up:
+            await self.stop(new.name, wait_s=wait_s)
+        if up and old.desired == "running":
+            await self.start(new.name, wait_s=wait_s)
+            view["restarted"] = True
+        return {**await self.describe(new.name), **view}
+
     async def check_loads(self, definition: AgentDef, *, wait_s: float) -> None:
         """A Python handler is compiled here (syntax errors; nothing runs),
         then loaded in a throwaway agent process (import-time errors, no
@@ -221,7 +254,20 @@ class Agents:
         await self.wait_for(name, running=False, wait_s=wait_s)
         return await self.describe(name)
 
-    async def delete(self, name: str, *, wait_s: float) -> dict[str, Any]:
+    async def delete(self, name: str, *, wait_s: float, force: bool = False) -> dict[str, Any]:
+        """Stop and forget ``name``.  Refused while a saga, workflow or pool
+        names it, and (without ``force``, as ``docker rm``) while it runs
+        under a supervisor of the operator's, which would otherwise restart
+        it."""
+        agent = await self.db(lambda s: defs_store.get_agent(s, name))
+        users = await self.db(lambda s: orch_store.users_of(s, name))
+        if users:
+            raise Conflict(f"agent {name!r} is used by {', '.join(users)}: delete or change "
+                           "them first")
+        node = find_node(await self.tree(), name)
+        if agent.supervisor and not force and node and node.get("state") not in DOWN_STATES:
+            raise Conflict(f"agent {name!r} is running under supervisor {agent.supervisor!r}:"
+                           " stop it first, or delete it with --force")
         await self.stop(name, wait_s=wait_s)
         await self.db(lambda s: defs_store.delete_agent(s, name))
         return {"deleted": name}
@@ -364,6 +410,7 @@ class Agents:
             await self.d.db.notify()
 
     async def kill(self, name: str) -> dict[str, Any]:
+        await self.db(lambda s: defs_store.get_agent(s, name))  # NotFound: "no agent named"
         where = await self.resolve(name)
         if where is None or not where.get("pid"):
             raise Conflict(f"agent {name!r} is not running")
@@ -410,6 +457,15 @@ class Agents:
         await self.wait_for(name, running=False, wait_s=wait_s)
         return {"name": name, "state": "stopped"}
 
+    async def delete_supervisor(self, name: str, *, wait_s: float) -> dict[str, Any]:
+        """Stop and forget an empty supervisor (one with children is refused:
+        move or delete them first)."""
+        await self.db(lambda s: _check_empty(s, name))
+        await self.stop_supervisor(name, wait_s=wait_s)
+        await self.db(lambda s: defs_store.delete_supervisor(s, name))
+        await self.d.db.notify()
+        return {"deleted": name}
+
     async def supervisor_tree(self, name: str | None) -> dict[str, Any]:
         tree = await self.tree()
         if name is None:
@@ -429,6 +485,16 @@ def _check_new(store: Any, definition: AgentDef) -> None:
         raise Conflict(f"the name {definition.name!r} is already used by a {taken}")
     if definition.supervisor:
         defs_store.get_supervisor(store, definition.supervisor)
+
+
+def _check_empty(store: Any, name: str) -> None:
+    if name == IMPLICIT_SUPERVISOR:
+        raise InvalidRequest(f"the supervisor {name!r} is naosd's own: it cannot be deleted")
+    defs_store.get_supervisor(store, name)  # NotFound
+    kids = [c.name for c in defs_store.children_of(store, name)]
+    if kids:
+        raise Conflict(f"supervisor {name!r} still has children ({', '.join(kids)}): move or "
+                       "delete them first")
 
 
 def _parent_of(store: Any, child: str) -> str | None:
@@ -462,28 +528,3 @@ def agent_view(agent: AgentDef, node: dict[str, Any] | None) -> dict[str, Any]:
         node=node.get("node"),
     )
     return view
-
-
-
-async def apply_project(agents: Agents, project: Any, *, wait_s: float) -> dict[str, Any]:
-    """Create what a project file defines (existing names are left as they
-    are and reported), then start its trees and standalone agents."""
-    created, kept = [], []
-    for definition in [*project.supervisors, *project.agents]:
-        kind = await agents.db(lambda s, n=definition.name: defs_store.name_taken(s, n))
-        if kind is not None:
-            kept.append(definition.name)
-            continue
-        if isinstance(definition, SupervisorDef):
-            await agents.db(lambda s, d=definition: defs_store.create_supervisor(s, d))
-        else:
-            snapshot = await asyncio.to_thread(snapshot_definition, definition,
-                                               agents.d.config.state_dir / "code")
-            await agents.db(lambda s, d=snapshot: defs_store.create_agent(s, d))
-        created.append(definition.name)
-    await agents.sync(None)
-    await agents.sync(IMPLICIT_SUPERVISOR)
-    for sup in project.supervisors:
-        if sup.parent is None:
-            await agents.wait_for(sup.name, running=True, wait_s=wait_s)
-    return {"created": created, "existing": kept}

@@ -51,14 +51,26 @@ class Snapshot:
 
 
 def take(source: Path, code_dir: Path, *, entry: str | None = None,
-         max_total: int = MAX_TOTAL_BYTES) -> Snapshot:
-    """Copy ``source`` (a ``.py``/``.wasm`` file or a directory) into ``code_dir``.
+         max_total: int = MAX_TOTAL_BYTES, write: bool = True) -> Snapshot:
+    """Copy ``source`` (a ``.py``/``.wasm`` file or a directory) into ``code_dir``
+    (with ``write=False``: only say what the snapshot would be).
 
     Raises:
         InvalidRequest: the source is missing, not absolute, not a regular
             file or directory, has a forbidden member, is too large, or has
             no entry file.
     """
+    files, chosen, kind = _gather(source, entry, max_total)
+    digest = digest_of(files)
+    root = code_dir / digest
+    if write and not root.is_dir():
+        _write(files, code_dir, root)
+    return Snapshot(digest, root, chosen, kind, len(files), sum(len(b) for b in files.values()))
+
+
+def _gather(source: Path, entry: str | None, max_total: int
+            ) -> tuple[dict[str, bytes], str, str]:
+    """The files of ``source``, its entry file and kind (see :func:`take`)."""
     if not source.is_absolute():
         raise InvalidRequest(f"source must be an absolute path, got {str(source)!r}")
     try:
@@ -75,12 +87,7 @@ def take(source: Path, code_dir: Path, *, entry: str | None = None,
         chosen = _entry(files, entry, source)
     else:
         raise InvalidRequest(f"source {source} is neither a file nor a directory")
-    kind = _kind(chosen, source)
-    digest = digest_of(files)
-    root = code_dir / digest
-    if not root.is_dir():
-        _write(files, code_dir, root)
-    return Snapshot(digest, root, chosen, kind, len(files), sum(len(b) for b in files.values()))
+    return files, chosen, _kind(chosen, source)
 
 
 def digest_of(files: dict[str, bytes]) -> str:
@@ -182,13 +189,15 @@ def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def snapshot_definition(definition: AgentDef, code_dir: Path, *, entry: str | None = None
-                        ) -> AgentDef:
+def snapshot_definition(definition: AgentDef, code_dir: Path, *, entry: str | None = None,
+                        write: bool = True) -> AgentDef:
     """``definition`` running a snapshot of its source (a template needs none):
-    the source becomes the snapshot's entry file and its digest is recorded."""
+    the source becomes the snapshot's entry file and its digest is recorded.
+    With ``write=False`` nothing is copied: the definition the snapshot would
+    give (to compare it with a stored one)."""
     if definition.source_kind == "template":
         return definition
-    snap = take(Path(definition.source), code_dir, entry=entry)
+    snap = take(Path(definition.source), code_dir, entry=entry, write=write)
     if snap.kind != definition.source_kind and definition.source_kind in ("python", "wasm"):
         raise InvalidRequest(f"source {definition.source}: its entry {snap.entry} is "
                              f"{snap.kind}, not {definition.source_kind}")

@@ -101,6 +101,15 @@ class CostController:
         self._pending.dirty.add(scope)
         self._apply_events(scope, events)
 
+    def remove(self, scope: str) -> bool:
+        """Forget a budget (its agent was deleted); whether there was one.
+        Holds on it settle and release as if it had never been."""
+        if self._scopes.pop(scope, None) is None:
+            return False
+        self._pending.dirty.discard(scope)
+        self._emit(scope, "cost.removed")
+        return True
+
     def has(self, scope: str) -> bool:
         return scope in self._scopes
 

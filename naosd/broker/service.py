@@ -277,6 +277,15 @@ class Broker:
         """Persist what the cost controller changed outside a task (set, reset)."""
         await self.spender.write(None, None)
 
+    async def drop_budget(self, scope: str) -> bool:
+        """Forget ``scope``'s budget, in memory and on disk (with its
+        ``cost.removed`` audit row); whether there was one."""
+        if not self.cost.remove(scope):
+            return False
+        await self.flush()  # every earlier write of the budget row lands first
+        await self._db.call(lambda s: bs.delete_budget(s, scope))
+        return True
+
 
 def build_broker(db: AsyncStore, sandbox: WasmRunner,
                  thresholds: Callable[[], routing.Thresholds], *, gate: TrustCheck,

@@ -1,4 +1,4 @@
-"""Methods for agents, supervisors and project files (see docs/protocol.md)."""
+"""Methods for agents and supervisors (see docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,35 @@ async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:
 
 
 
+@method("agent.update", name=NAME, source=Str(None), config=Spec(dict, None),
+        entry=Str(None, max_len=255), timeout=TIMEOUT)
+async def agent_update(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Replace an agent's code (a new snapshot) and/or config, checked like
+    create; the agent restarts on it if it was running (both digests audited)."""
+    from naosd.agents.snapshots import snapshot_definition
+
+    if p["source"] is None and p["config"] is None:
+        raise InvalidRequest("nothing to update: give source, config or both")
+    new = await d.db.call(lambda s: defs_store.get_agent(s, p["name"]))
+    if p["config"] is not None:
+        new = replace(new, config=p["config"])
+    if p["source"] is not None:
+        kind, where = _source_kind(p["source"])
+        new = await asyncio.to_thread(snapshot_definition,
+                                      replace(new, source_kind=kind, source=where),
+                                      d.config.state_dir / "code", entry=p["entry"])
+    new = new.validated()
+    await check_new_code(d, new)
+    return await d.agents.update(new, wait_s=_timeout(p))
+
+
+async def check_new_code(d: Services, definition: AgentDef) -> None:
+    """What create checks of an agent's code before the actors see it."""
+    check_confinement(definition)
+    if definition.source_kind == "wasm":
+        await _check_wasm_agent(d, definition)
+
+
 @method("agent.list")
 async def agent_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
     """Every registered agent with its runtime state."""
@@ -219,10 +248,20 @@ async def agent_restart(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.start(p["name"], wait_s=_timeout(p))
 
 
-@method("agent.delete", name=NAME, timeout=TIMEOUT)
+@method("agent.delete", name=NAME, timeout=TIMEOUT, force=Bool(False))
 async def agent_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Stop and forget an agent (its logs and audit rows stay)."""
-    return await d.agents.delete(p["name"], wait_s=_timeout(p))
+    """Stop and forget an agent (its logs and audit rows stay); refused while a
+    saga, workflow or pool names it, or (without force) while it runs under a
+    supervisor."""
+    return await delete_agent(d, p["name"], wait_s=_timeout(p), force=p["force"])
+
+
+async def delete_agent(d: Services, name: str, *, wait_s: float, force: bool
+                       ) -> dict[str, Any]:
+    """Delete an agent, and its budget with it (a new agent of the same name
+    must not inherit it)."""
+    result = await d.agents.delete(name, wait_s=wait_s, force=force)
+    return {**result, "budget_removed": await d.broker.drop_budget(name)}
 
 
 @method("agent.run", name=NAME, input=Spec(object, None), timeout=TIMEOUT,
@@ -293,6 +332,20 @@ async def supervisor_stop(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
 
 
+@method("supervisor.restart", name=NAME, timeout=TIMEOUT)
+async def supervisor_restart(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop a supervisor and its subtree gracefully, then start them all again
+    (a supervisor that gave up, failed, gets a fresh start)."""
+    await d.agents.stop_supervisor(p["name"], wait_s=_timeout(p))
+    return await d.agents.start_supervisor(p["name"], wait_s=_timeout(p))
+
+
+@method("supervisor.delete", name=NAME, timeout=TIMEOUT)
+async def supervisor_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Stop and forget a supervisor that has no children."""
+    return await d.agents.delete_supervisor(p["name"], wait_s=_timeout(p))
+
+
 @method("supervisor.status", role=READ, name=Str(None, max_len=64))
 async def supervisor_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """The supervision tree (of one supervisor when a name is given)."""
@@ -304,27 +357,3 @@ async def supervisor_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]
     """Every defined supervisor."""
     sups = await d.db.call(lambda s: defs_store.list_supervisors(s))
     return [s.to_dict() for s in sups]
-
-
-@method("project.apply", text=Str(max_len=1 << 20), base=Str(max_len=4096),
-        origin=Str("naos.toml", max_len=4096), timeout=TIMEOUT)
-async def project_apply(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Create the agents, supervisors, sagas, workflows and pools a naos.toml
-    defines, and start the agents."""
-    import tomllib
-
-    from actors.domain.project import parse
-    from naosd.agents.service import apply_project
-
-    try:
-        doc = tomllib.loads(p["text"])
-    except tomllib.TOMLDecodeError as exc:
-        from naosd.errors import ConfigError
-
-        raise ConfigError(f"{p['origin']}: not valid TOML: {exc}") from None
-    project = parse(doc, Path(p["base"]), origin=p["origin"])
-    result = await apply_project(d.agents, project, wait_s=_timeout(p))
-    from naosd.orchestration.coordinators import apply_definitions
-
-    more = await apply_definitions(d.db, d.pools, project.orchestration)
-    return {k: result[k] + more[k] for k in ("created", "existing")}

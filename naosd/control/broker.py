@@ -127,6 +127,15 @@ async def cost_set(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return _one_status(d, scope)
 
 
+@method("cost.remove", scope=Str(max_len=64))
+async def cost_remove(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Delete a budget (an agent's, or "*": the global one); audited."""
+    scope = _scope(p)
+    d.broker.cost.status_of(scope, datetime.now(UTC))  # NotFound names it
+    await d.broker.drop_budget(scope)
+    return {"removed": scope}
+
+
 @method("cost.status", role=READ, scope=Str(None, max_len=64))
 async def cost_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Every budget (or one): limit, spent, reserved, remaining, alerts, paused."""

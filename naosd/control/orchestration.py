@@ -20,11 +20,12 @@ from actors.domain import saga as saga_m
 from actors.domain import schedule as sched_m
 from actors.domain import workflow as wf_m
 from actors.domain.run_events import ON_TIMEOUT, Cancel, Decide
+from naosd.control.agents import delete_agent
 from naosd.control.params import Bool, Int, Spec, Str, parse_since
 from naosd.control.roles import READ
 from naosd.control.table import MethodTable
 from naosd.errors import InvalidRequest
-from naosd.orchestration.coordinators import run_view
+from naosd.orchestration.coordinators import MACHINES, run_view
 from naosd.storage import runs as orch_store
 
 if TYPE_CHECKING:
@@ -149,6 +150,15 @@ def _register_runs(kind: str) -> None:
     method(f"{kind}.history", role=READ, run=RUN)(history)
     method(f"{kind}.resume", run=RUN)(resume)
     method(f"{kind}.cancel", caller=True, run=RUN)(cancel)
+
+    async def delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+        final = tuple(sorted(MACHINES[kind].final))
+        await _db(d, lambda s: orch_store.delete_def(s, kind, p["name"], final))
+        return {"deleted": p["name"], "kind": kind}
+
+    delete.__doc__ = (f"Forget a {kind} definition (its finished runs stay); refused while "
+                      "one of its runs has not ended.")
+    method(f"{kind}.delete", name=NAME)(delete)
 
 
 @method("saga.retry_compensation", run=RUN)
@@ -275,6 +285,21 @@ async def pool_status(d: Services, p: dict[str, Any]) -> Any:
 async def pool_scale(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Change the number of clones while tasks run."""
     return await d.pools.scale(p["name"], p["size"])
+
+
+@method("pool.delete", name=NAME, timeout=Spec(NUM, 30.0))
+async def pool_delete(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Forget a pool (refused while it has queued or running tasks or a fan-out
+    that has not ended); the clones it made of its agent go with it."""
+    return await delete_pool(d, p["name"], wait_s=defs.seconds(p["timeout"], "timeout"))
+
+
+async def delete_pool(d: Services, name: str, *, wait_s: float) -> dict[str, Any]:
+    spec = await d.pools.delete(name)
+    clones = pool_m.members_of(spec) if spec.get("agent") else []
+    for clone in clones:
+        await delete_agent(d, clone, wait_s=wait_s, force=True)
+    return {"deleted": name, "kind": "pool", "clones_deleted": clones}
 
 
 @method("pool.drain", name=NAME, timeout=Spec(NUM, 30.0))

@@ -51,6 +51,22 @@ async def axis_register(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     return reg.to_dict()
 
 
+@method("axis.list", role=READ)
+async def axis_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every registration in the local registry (agent, AUID, local scores)."""
+    regs = await d.db.call(ts.list_registrations)
+    return [r.to_dict() for r in regs]
+
+
+@method("axis.unregister", agent=AGENT)
+async def axis_unregister(d: Services, p: dict[str, Any]) -> dict[str, Any]:
+    """Delete an agent's registration: its tasks are gated as an unregistered
+    agent's from now on."""
+    reg = await d.db.call(lambda s: ts.unregister(s, p["agent"]))
+    await d.db.notify()
+    return {"unregistered": p["agent"], "was": reg.to_dict()}
+
+
 @method("axis.status", role=READ, agent=AGENT)
 async def axis_status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """An agent's registration, scores in use, effective policy and a preview."""

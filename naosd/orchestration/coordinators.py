@@ -62,7 +62,6 @@ from naosd.storage import runs as orch_store
 from naosd.storage.audit import format_ts
 
 if TYPE_CHECKING:
-    from naosd.orchestration.pools import Pools
     from naosd.storage.db import AsyncStore
     from naosd.storage.store import Tx
 
@@ -238,24 +237,3 @@ def _awaiting(record: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any] |
 def iso(epoch: float) -> str:
     """Seconds since the epoch in the UTC ISO-8601 form of the store's times."""
     return format_ts(datetime.fromtimestamp(epoch, UTC))
-
-
-async def apply_definitions(db: AsyncStore, pools: Pools,
-                            sections: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
-    """Create the sagas, workflows and pools of a project file; names that
-    exist are left as they are and reported (like agents)."""
-    created, kept = [], []
-    for section, kind in (("sagas", "saga"), ("workflows", "workflow"), ("pools", "pool")):
-        for spec in sections.get(section, []):
-            label = f"{kind} {spec['name']}"
-            if await db.call(lambda s, k=kind, n=spec["name"]: orch_store.def_exists(s, k, n)):
-                kept.append(label)
-            elif kind == "pool":
-                await pools.create(spec)
-                created.append(label)
-            else:
-                await db.call(lambda s, k=kind, sp=spec: orch_store.create_def(
-                    s, k, sp["name"], sp))
-                created.append(label)
-    await db.notify()
-    return {"created": created, "existing": kept}

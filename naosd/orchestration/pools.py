@@ -98,6 +98,9 @@ class Pools:
         self._outbox: dict[str, list[tuple[str, Any]]] = {}  # pool -> tasks to announce
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._runs_failed = 0  # fan-outs failed at start, for the next pool.recovered row
+        # pools deleted since naosd started: their actor may still hold the old
+        # queue settings, so a pool created again under the name tells it its own
+        self._deleted: set[str] = set()
 
     def _book(self, name: str) -> Book:
         return self._books.setdefault(name, Book())
@@ -107,17 +110,42 @@ class Pools:
         return spec
 
     # -- definitions -------------------------------------------------------------
-    async def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+    async def _check_agents(self, spec: dict[str, Any]) -> None:
         for agent in spec.get("agents") or [spec["agent"]]:
             await self._db.call(lambda s, a=agent: defs_store.get_agent(s, a))
         if spec.get("reducer"):
             await self._db.call(lambda s: defs_store.get_agent(s, spec["reducer"]))
+
+    async def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        await self._check_agents(spec)
         if await self._db.call(lambda s: orch_store.def_exists(s, "pool", spec["name"])):
             raise Conflict(f"a pool named {spec['name']!r} already exists")
         if spec.get("agent"):
             await self._ensure_clones(spec)
         await self._db.call(lambda s: orch_store.create_def(s, "pool", spec["name"], spec))
         await self._db.notify()
+        if spec["name"] in self._deleted:
+            self._deleted.discard(spec["name"])
+            await self._tree.ask_pool(spec["name"], PoolChanged(rid(), spec))
+        return spec
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        """Forget a pool's definition (its finished tasks and fan-outs stay,
+        for history); refused while a task is queued or running, or a fan-out
+        has not ended.  Returns the definition it had."""
+        spec = await self._spec(name)
+
+        def drop(store: Any) -> None:
+            busy = pool_store.unfinished(store, name)
+            if busy:
+                raise Conflict(f"pool {name!r} has {len(busy)} queued or running task(s): "
+                               f"naosctl pool drain {name} first")
+            orch_store.delete_def(store, "pool", name, tuple(sorted(RUN_FINAL)))
+
+        await self._db.call(drop)
+        await self._db.notify()
+        self._deleted.add(name)
+        self._books.pop(name, None)
         return spec
 
     async def _ensure_clones(self, spec: dict[str, Any]) -> None:
@@ -150,6 +178,19 @@ class Pools:
         await self._db.notify()
         await self._tree.ask_pool(name, PoolChanged(rid(), spec))  # removed clones finish
         return await self.status(name)
+
+    async def redefine(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Replace a pool's definition (members, merge, pick, concurrency,
+        timeout): queued tasks go to the new members, running ones finish."""
+        await self._spec(spec["name"])  # NotFound
+        await self._check_agents(spec)
+        if spec.get("agent"):
+            await self._ensure_clones(spec)
+        await self._db.call(lambda s: orch_store.update_def(s, "pool", spec["name"], spec,
+                                                            "redefined"))
+        await self._db.notify()
+        await self._tree.ask_pool(spec["name"], PoolChanged(rid(), spec))
+        return spec
 
     # -- fan-out -----------------------------------------------------------------
     async def run(self, name: str, task_input: Any, *, concurrency: int | None,

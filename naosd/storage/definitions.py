@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from actors.domain.definitions import (
     IMPLICIT_SUPERVISOR,
     AgentDef,
     SupervisorDef,
+    changed_fields,
     implicit_supervisor,
 )
 from naosd.errors import Conflict, InvalidRequest, NotFound
@@ -131,15 +133,35 @@ def create_agent(store: Store, agent: AgentDef) -> AgentDef:
 def update_code(store: Store, name: str, source: str, digest: str) -> tuple[str, str]:
     """Point agent ``name`` at a new code snapshot; (old digest, new digest),
     audited in the same transaction."""
+    agent = get_agent(store, name)
+    changed = replace(agent, source=source, execution={**agent.execution, "digest": digest})
+    return update_agent(store, changed)
+
+
+def update_agent(store: Store, new: AgentDef) -> tuple[str, str]:
+    """Replace agent ``new.name``'s definition (its code, config, limits,
+    place in a tree) in one transaction with an ``agent.updated`` audit row
+    naming the changed fields and the old and new code digests.  Returns
+    (old digest, new digest)."""
+    new = new.validated()
     with store.transaction() as tx:
-        agent = get_agent(store, name)
-        old = str(agent.execution.get("digest") or "")
-        execution = {**agent.execution, "digest": digest}
-        tx.execute("UPDATE agents SET source = ?, execution = ? WHERE name = ?",
-                   (source, json.dumps(execution), name))
-        tx.audit("agent.updated", agent=name,
-                 detail={"old_digest": old, "new_digest": digest, "source": source})
-    return old, digest
+        old = get_agent(store, new.name)
+        if new.supervisor and new.supervisor != old.supervisor:
+            get_supervisor(store, new.supervisor)
+        changed = changed_fields(old, new)
+        old_digest = str(old.execution.get("digest") or "")
+        new_digest = str(new.execution.get("digest") or "")
+        tx.execute("UPDATE agents SET source_kind = ?, source = ?, config = ?, supervisor = ?,"
+                   " restart = ?, shutdown_timeout_s = ?, requires = ?, execution = ?"
+                   " WHERE name = ?",
+                   (new.source_kind, new.source, json.dumps(new.config), new.supervisor,
+                    new.restart, new.shutdown_timeout_s, json.dumps(list(new.requires)),
+                    json.dumps(new.execution), new.name))
+        tx.audit("agent.updated", agent=new.name,
+                 detail={"old_digest": old_digest, "new_digest": new_digest,
+                         "source": new.source, "changed": changed,
+                         **execution_summary(new.execution)})
+    return old_digest, new_digest
 
 
 def execution_summary(execution: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +192,39 @@ def create_supervisor(store: Store, sup: SupervisorDef) -> SupervisorDef:
                     sup.desired, store.now_iso()))
         tx.audit("supervisor.created", actor=sup.name, detail=sup.to_dict())
     return get_supervisor(store, sup.name)
+
+
+def update_supervisor(store: Store, new: SupervisorDef) -> list[str]:
+    """Replace supervisor ``new.name``'s strategy, intensity, backoff and
+    place in a tree (one transaction, audited); the fields that changed."""
+    new = new.validated()
+    with store.transaction() as tx:
+        old = get_supervisor(store, new.name)
+        if new.parent and new.parent != old.parent:
+            get_supervisor(store, new.parent)
+        changed = changed_fields(old, new)
+        tx.execute("UPDATE supervisors SET strategy = ?, max_restarts = ?, window_s = ?, "
+                   "backoff_initial_s = ?, backoff_max_s = ?, parent = ?, restart = ? "
+                   "WHERE name = ?",
+                   (new.strategy, new.max_restarts, new.window_s, new.backoff_initial_s,
+                    new.backoff_max_s, new.parent, new.restart, new.name))
+        tx.audit("supervisor.updated", actor=new.name,
+                 detail={"changed": changed, **new.to_dict()})
+    return changed
+
+
+# -- what a project file applied (for apply --prune) -------------------------------
+
+
+def applied_names(store: Store, project: str) -> dict[str, list[str]]:
+    """The names (by kind) project file ``project`` defined at its last apply."""
+    text = store.get_meta_or_none(f"project:{project}")
+    names: dict[str, list[str]] = json.loads(text) if text else {}
+    return names
+
+
+def record_applied(store: Store, project: str, names: dict[str, list[str]]) -> None:
+    store.set_meta(f"project:{project}", json.dumps(names, sort_keys=True))
 
 
 def set_desired(store: Store, kind: str, name: str, desired: str) -> None:

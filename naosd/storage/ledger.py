@@ -110,6 +110,12 @@ def list_budgets(store: Store) -> list[dict[str, Any]]:
     return out
 
 
+def delete_budget(store: Store, scope: str) -> None:
+    """Delete a budget's row (the cost controller forgot it first)."""
+    with store.transaction() as tx:
+        tx.execute("DELETE FROM budgets WHERE scope = ?", (scope,))
+
+
 def _latest_limit_rows(store: Store) -> dict[str, dict[str, tuple[str, dict[str, Any]]]]:
     """The latest ``cost.paused`` and ``cost.throttled`` audit row of each scope: they
     say since when and why (written in the same transaction as the budget row)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from actors.domain.orch_defs import named_agents
 from naosd.errors import Conflict, InvalidRequest, NaosError, NotFound
 from naosd.storage.store import Store, Tx
 
@@ -65,6 +66,32 @@ def list_defs(store: Store, kind: str) -> list[dict[str, Any]]:
 def def_exists(store: Store, kind: str, name: str) -> bool:
     return bool(store.query("SELECT 1 FROM orch_defs WHERE kind = ? AND name = ?",
                             (kind, name)))
+
+
+def delete_def(store: Store, kind: str, name: str, final: tuple[str, ...]) -> None:
+    """Forget a saga, workflow or pool definition (its finished runs stay, for
+    history); refused while one of its runs has not ended (status not in
+    ``final``)."""
+    marks = ", ".join("?" for _ in final)
+    with store.transaction() as tx:
+        if not tx.execute("SELECT 1 FROM orch_defs WHERE kind = ? AND name = ?", (kind, name)):
+            raise NotFound(f"no {kind} named {name!r} (naosctl {kind} list)")
+        live = tx.execute(f"SELECT run_id FROM orch_runs WHERE kind = ? AND name = ? AND "
+                          f"status NOT IN ({marks}) ORDER BY created_at LIMIT 3",
+                          (kind, name, *final))
+        if live:
+            runs = ", ".join(str(r[0]) for r in live)
+            raise Conflict(f"{kind} {name!r} has runs that have not ended ({runs}); "
+                           f"wait for them or cancel them first")
+        tx.execute("DELETE FROM orch_defs WHERE kind = ? AND name = ?", (kind, name))
+        tx.audit(f"{kind}.deleted", detail={"name": name})
+
+
+def users_of(store: Store, agent: str) -> list[str]:
+    """The saga, workflow and pool definitions that name ``agent`` (as a
+    step, a compensation, a member, a clone or a reducer), like "saga trip"."""
+    return [f"{kind} {spec['name']}" for kind in KINDS for spec in list_defs(store, kind)
+            if agent in named_agents(kind, spec)]
 
 
 # -- runs ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from actors.domain.definitions import validate_name
-from naosd.errors import InvalidRequest
+from naosd.errors import InvalidRequest, NotFound
 from naosd.storage.store import Store
 
 GLOBAL: Final = "*"
@@ -94,6 +94,25 @@ def registrations_for(store: Store, auid: str) -> list[Registration]:
     rows = store.query("SELECT agent, auid, t_score, c_score, updated_at FROM axis_agents "
                        "WHERE auid = ? ORDER BY agent", (auid,))
     return [Registration(*r) for r in rows]
+
+
+def list_registrations(store: Store) -> list[Registration]:
+    rows = store.query("SELECT agent, auid, t_score, c_score, updated_at FROM axis_agents "
+                       "ORDER BY agent")
+    return [Registration(*r) for r in rows]
+
+
+def unregister(store: Store, agent: str) -> Registration:
+    """Delete ``agent``'s registration (audited, with what it was); NotFound
+    when it has none."""
+    with store.transaction() as tx:
+        reg = get_registration(store, agent)
+        if reg is None:
+            raise NotFound(f"agent {agent!r} is not registered (naosctl axis list)")
+        tx.execute("DELETE FROM axis_agents WHERE agent = ?", (agent,))
+        tx.audit("axis.unregister", agent=agent,
+                 detail={"auid": reg.auid, "t_score": reg.t_score, "c_score": reg.c_score})
+    return reg
 
 
 # -- cache -------------------------------------------------------------------
