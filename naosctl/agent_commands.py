@@ -48,24 +48,57 @@ def _show(result: Any, as_json: bool, text: str) -> None:
 @click.option("--start/--no-start", default=True, show_default=True)
 @click.option("--require", "requires", multiple=True, metavar="CAP|node=NAME",
               help="run it only on a node with this capability (or this name); repeatable")
+@click.option("--grant", "grants", multiple=True, metavar="net",
+              help="give the handler a right it lacks when confined (net: TCP/UDP sockets)")
+@click.option("--limit", "limits", multiple=True, metavar="KEY=N",
+              help="memory_mb, cpu_seconds, open_files or processes; repeatable")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="a variable of the handler's environment (it gets nothing else)")
+@click.option("--confinement", type=click.Choice(["full", "none"]),
+              help="none runs the handler unconfined (audited; default full)")
 @WAIT
 @json_option
 @pass_ctx
 @handle_errors()
 def create(c: Ctx, name: str, template: str | None, source: str | None,
            config_json: str | None, supervisor: str | None, restart: str, start: bool,
-           requires: tuple[str, ...], wait: float, as_json: bool) -> None:
+           requires: tuple[str, ...], grants: tuple[str, ...], limits: tuple[str, ...],
+           env: tuple[str, ...], confinement: str | None, wait: float, as_json: bool) -> None:
     """Register agent NAME (and start it)."""
     if not template and not source:
         template = "echo"
     config = read_input(config_json) if config_json else None
+    execution = {"grants": list(grants) or None, "confinement": confinement,
+                 "env": _pairs(env, "--env") or None,
+                 "limits": {k: _whole(v, k) for k, v in _pairs(limits, "--limit").items()}
+                 or None}
     result = c.client.call(
         "agent.create", name=name, template=template,
         source=str(Path(source).resolve()) if source else None, config=config,
         supervisor=supervisor, restart=restart, start=start, timeout=wait,
-        **({"requires": list(requires)} if requires else {}))
+        **({"requires": list(requires)} if requires else {}),
+        **{k: v for k, v in execution.items() if v is not None})
     where = f" on {result['node']}" if result.get("node") else ""
     _show(result, as_json, f"agent {name} created ({result['state']}{where})")
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """NAME=VALUE options as a dict; a value without ``=`` is a usage error."""
+    pairs = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint=option)
+        pairs[key] = rest
+    return pairs
+
+
+def _whole(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{key}={value!r}: not a whole number",
+                                 param_hint="--limit") from None
 
 
 @cli.command()
