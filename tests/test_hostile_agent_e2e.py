@@ -1,0 +1,355 @@
+"""A hostile agent against the real naosd: every escape is refused (issue 15).
+
+One daemon for the module. ``tests/hostile_agent.py`` is registered with the
+real ``naosctl create --source`` (twice: ``hostile`` without grants,
+``hostile-net`` with ``--grant net``) next to a ``victim`` agent that keeps a
+secret in its work dir, its state and its budget. Each case sends the hostile
+agent one message (``naosctl run``) naming one escape; the agent tries it from
+inside its handler and replies with what happened; the case asserts the
+refusal and its error. The controls (the granted connection, the victim's
+own reads) show the attempts themselves work, so no case passes because an
+attempt was broken.
+
+Skipped as a whole, naming what is missing, where this kernel cannot confine
+(``probe().missing()``; docs/security.md, "Per platform")."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Naosd, reap, short_tempdir, start_naosd
+
+from naosd.runtime.confine.support import probe
+from naosd.runtime.procs import descendants, process_alive
+
+SUPPORT = probe()
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(bool(SUPPORT.missing()),
+                       reason=f"this kernel cannot confine agents (missing: "
+                              f"{', '.join(SUPPORT.missing())})"),
+]
+
+HOSTILE = Path(__file__).with_name("hostile_agent.py")
+SECRET = "victim-secret-4711"
+VICTIM = f'''
+import os
+def handle(msg, ctx):
+    ctx.state["secret"] = "{SECRET}"
+    with open("secret.txt", "w") as fh:
+        fh.write("{SECRET}")
+    return {{"pid": os.getpid(), "work": os.getcwd(),
+            "read_back": open("secret.txt").read()}}
+'''
+REFUSED = (errno.EPERM, errno.EACCES)
+
+
+class Greeter:
+    """A TCP server on 127.0.0.1 that greets whoever connects and counts them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                conn.sendall(b"welcome\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(timeout=10)
+
+
+@dataclass
+class World:
+    daemon: Naosd
+    base: Path
+    greeter: Greeter
+    victim: dict[str, Any] = field(default_factory=dict)
+    hostile: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> Path:
+        return self.daemon.state_dir
+
+    def attempt(self, what: str, agent: str = "hostile", **args: Any) -> dict[str, Any]:
+        done = self.daemon.ctl("run", agent, "--json", "--input",
+                               json.dumps({"try": what, "args": args}))
+        assert done.returncode == 0, done.stderr
+        reply: dict[str, Any] = json.loads(done.stdout)["output"]
+        return reply
+
+    def refused(self, what: str, agent: str = "hostile", errnos: tuple[int, ...] = REFUSED,
+                **args: Any) -> dict[str, Any]:
+        """Try ``what``; assert it failed with one of ``errnos``."""
+        reply = self.attempt(what, agent, **args)
+        assert not reply["ok"], f"{what}({args}) was NOT refused: {reply}"
+        assert reply["errno"] in errnos, reply
+        return reply
+
+    def agent(self, name: str) -> dict[str, Any]:
+        done = self.daemon.ctl("inspect", name, "--json")
+        assert done.returncode == 0, done.stderr
+        body: dict[str, Any] = json.loads(done.stdout)
+        return body
+
+
+def _create(d: Naosd, name: str, source: Path, *extra: str) -> None:
+    done = d.ctl("create", name, "--source", str(source), *extra)
+    assert done.returncode == 0, done.stdout + done.stderr + d.log()
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with short_tempdir() as base:
+        d = start_naosd(base)
+        greeter = Greeter()
+        try:
+            (base / "victim.py").write_text(VICTIM)
+            _create(d, "victim", base / "victim.py")
+            _create(d, "hostile", HOSTILE)
+            _create(d, "hostile-net", HOSTILE, "--grant", "net")
+            w = World(d, base, greeter)
+            cost = d.ctl("cost", "set", "victim", "--budget", "$7/day")
+            assert cost.returncode == 0, cost.stderr
+            done = d.ctl("run", "victim", "--json")
+            assert done.returncode == 0, done.stderr
+            w.victim = json.loads(done.stdout)["output"]
+            assert w.victim["read_back"] == SECRET  # the victim itself can
+            w.hostile = w.attempt("whoami")["value"]
+            d.remember_tree()
+            yield w
+        finally:
+            greeter.close()
+            survivors = reap(d)
+            assert not survivors, f"processes outlived naosd: {survivors}\n{d.log()}"
+
+
+# -- naosd's control plane and secrets ---------------------------------------------
+
+def test_control_socket_is_refused(world: World):
+    world.refused("unix", path=str(world.daemon.socket))
+    world.refused("unix", "hostile-net", path=str(world.daemon.socket))  # net is not AF_UNIX
+
+
+def test_agent_socket_is_refused(world: World):
+    """The socket channels are opened on: a second channel would be a new identity."""
+    world.refused("unix", path=str(world.base / "agents.sock"))
+
+
+@pytest.mark.parametrize("name", ["naos.db", "naos.db-wal", "naos.db-shm", "audit.head",
+                                  "dashboard.token", "actors.session", "wasm-cache/hmac.key"])
+def test_state_dir_files_are_unreadable(world: World, name: str):
+    assert (world.state / name).exists(), f"{name} should exist for this test to mean anything"
+    world.refused("read", path=str(world.state / name))
+
+
+def test_audit_key_is_unreadable(world: World):
+    key = world.base / "xdg-config" / "naos" / "audit.key"
+    assert key.exists()
+    world.refused("read", path=str(key))
+
+
+def test_state_dir_cannot_be_listed(world: World):
+    world.refused("listdir", path=str(world.state))
+    world.refused("listdir", path=str(world.base))
+
+
+def test_state_files_keep_their_mode(world: World):
+    db = world.state / "naos.db"
+    before = db.stat().st_mode
+    world.refused("chmod", path=str(db))
+    assert db.stat().st_mode == before
+
+
+def test_database_cannot_be_hard_linked_into_the_work_dir(world: World):
+    target = Path(world.hostile["cwd"]) / "db-link"
+    world.refused("link", errnos=(*REFUSED, errno.EXDEV), source=str(world.state / "naos.db"),
+                  target=str(target))
+    assert not target.exists()
+
+
+def test_daemon_memory_and_environment_are_unreadable(world: World):
+    for name in ("environ", "mem", "maps"):
+        world.refused("read", path=f"/proc/{world.daemon.pid}/{name}")
+
+
+# -- other agents --------------------------------------------------------------------
+
+def test_another_agents_files_are_out_of_reach(world: World):
+    secret = Path(world.victim["work"]) / "secret.txt"
+    world.refused("read", path=str(secret))
+    world.refused("listdir", path=world.victim["work"])
+    world.refused("write", path=str(Path(world.victim["work"]) / "planted.txt"))
+    world.refused("write", path=str(secret))
+    assert secret.read_text() == SECRET
+    assert not (Path(world.victim["work"]) / "planted.txt").exists()
+
+
+def test_another_agents_code_is_out_of_reach(world: World):
+    world.refused("read", path=world.agent("victim")["source"])
+
+
+def test_writes_outside_the_work_dir_are_refused(world: World):
+    own_code = world.agent("hostile")["source"]
+    for path in (own_code, str(world.base / "escape.txt"), "/tmp/naos-hostile-escape.txt",
+                 str(world.state / "agents" / "planted.txt")):
+        world.refused("write", path=path)
+        assert path == own_code or not Path(path).exists()
+    assert Path(own_code).read_text() == HOSTILE.read_text()
+
+
+def test_its_own_work_dir_is_writable(world: World):
+    """The control: writing is refused by place, not in general."""
+    path = Path(world.hostile["cwd"]) / "mine.txt"
+    assert world.attempt("write", path=str(path))["ok"]
+    assert path.exists()
+
+
+# -- processes -----------------------------------------------------------------------
+
+def _actor_pids(world: World) -> list[int]:
+    return [p for p in descendants(world.daemon.pid)
+            if p not in (world.victim["pid"], world.hostile["pid"])]
+
+
+def test_signals_to_naosd_actors_and_agents_are_refused(world: World):
+    # SIGWINCH is ignored by default: a delivered one would be harmless, a
+    # refusal is what is asserted.
+    world.refused("kill", pid=world.daemon.pid, sig=int(signal.SIGWINCH))
+    world.refused("kill", pid=world.victim["pid"], sig=int(signal.SIGKILL))
+    for pid in _actor_pids(world):
+        world.refused("kill", pid=pid, sig=int(signal.SIGKILL))
+    assert process_alive(world.victim["pid"]) and world.daemon.proc.poll() is None
+
+
+def test_ptrace_is_refused(world: World):
+    for pid in (world.daemon.pid, world.victim["pid"], *_actor_pids(world)[:3]):
+        world.refused("ptrace", pid=pid)
+
+
+def test_fork_is_refused_without_a_process_limit(world: World):
+    world.refused("fork")
+
+
+def test_memory_past_the_limit_is_refused(world: World):
+    reply = world.attempt("allocate", mib=2048)  # the default limit is 1024 MiB
+    assert not reply["ok"] and reply["error"].startswith("MemoryError"), reply
+    assert world.attempt("allocate", mib=16)["ok"]  # the control
+
+
+# -- network -------------------------------------------------------------------------
+
+def _listening_ports(pids: list[int]) -> dict[int, int]:
+    """TCP ports in LISTEN held by ``pids``: port -> pid."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes[link[8:-1]] = pid
+    ports: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:
+                    ports[int(cols[1].rsplit(":", 1)[1], 16)] = inodes[cols[9]]
+    return ports
+
+
+def test_actor_admin_and_dashboard_ports_are_refused(world: World):
+    ports = _listening_ports([world.daemon.pid, *descendants(world.daemon.pid)])
+    assert len(ports) >= 4, ports  # the admin, the root and other actors, the dashboard
+    for port in ports:
+        world.refused("tcp", port=port)
+
+
+def test_outbound_tcp_needs_the_net_grant(world: World):
+    before = world.greeter.connections
+    world.refused("tcp", port=world.greeter.port)
+    assert world.greeter.connections == before
+    granted = world.attempt("tcp", "hostile-net", port=world.greeter.port)
+    assert granted == {"ok": True, "value": "welcome\n"}
+    assert world.greeter.connections == before + 1
+
+
+# -- identity on the channel ---------------------------------------------------------
+
+def test_the_channel_is_the_agents_identity(world: World):
+    start = world.attempt("channel", method="agent.start", params={"agent": "victim"})
+    assert start["ok"], start
+    assert start["value"]["agent"] == "hostile"
+    assert SECRET not in json.dumps(start["value"])
+
+
+def test_another_agents_budget_cannot_be_read_through_the_channel(world: World):
+    own = world.attempt("channel", method="budget.get", params={"agent": "victim"})
+    assert not own["ok"] and own["code"] == "not_found", own  # hostile has no budget
+
+
+def test_a_forged_handler_pid_is_refused(world: World):
+    forged = world.attempt("channel", method="agent.loaded",
+                           params={"ok": True, "pid": world.daemon.pid})
+    assert not forged["ok"] and forged["code"] == "permission_denied", forged
+
+
+@pytest.mark.parametrize("method", ["agent.create", "cost.set", "agent.kill", "audit.tail",
+                                    "dashboard.url"])
+def test_control_methods_are_not_on_the_channel(world: World, method: str):
+    reply = world.attempt("channel", method=method, params={"name": "victim"})
+    assert not reply["ok"] and reply["code"] == "method_not_found", reply
+
+
+def test_state_written_by_the_hostile_agent_stays_its_own(world: World):
+    assert world.attempt("state", key="secret", value="overwritten")["ok"]
+    again = json.loads(world.daemon.ctl("run", "victim", "--json").stdout)["output"]
+    assert again["read_back"] == SECRET
+
+
+# -- what the handler holds ----------------------------------------------------------
+
+def test_environment_holds_nothing_of_naosd(world: World):
+    env = world.attempt("environ")["value"]
+    assert set(env) <= {"LC_CTYPE"}, env
+
+
+def test_no_descriptor_reaches_a_file_of_naosd(world: World):
+    fds = world.attempt("descriptors")["value"]
+    files = {fd: target for fd, target in fds.items()
+             if target.startswith("/") and target not in ("/dev/null",)
+             and not target.startswith("/proc/")}
+    assert not files, fds
+    sockets = [t for t in fds.values() if t.startswith("socket:")]
+    assert len(sockets) <= 3, fds  # the channel and asyncio's self-pipe pair
+
+
+def test_naosd_survived_and_the_audit_chain_holds(world: World):
+    assert world.daemon.proc.poll() is None
+    verify = world.daemon.ctl("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
