@@ -22,7 +22,7 @@ def read_input(value: str | None) -> Any:
         return None
     if value == "-":
         text = sys.stdin.read()
-    elif Path(value).is_file():
+    elif _is_file(value):
         text = Path(value).read_text(encoding="utf-8")
     else:
         text = value
@@ -30,6 +30,14 @@ def read_input(value: str | None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
+
+
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names a file (JSON text too long for a path is not one)."""
+    try:
+        return Path(value).is_file()
+    except OSError:  # ENAMETOOLONG: a long message given inline
+        return False
 
 
 def _show(result: Any, as_json: bool, text: str) -> None:

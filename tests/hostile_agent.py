@@ -108,11 +108,29 @@ async def _forge(ctx: Any, method: str, params: dict[str, Any]) -> Any:
     return await call(method, params)
 
 
+def _forge_reply(ctx: Any, reply: Any) -> str:
+    """Answer the NEXT run with ``reply`` as it is, bypassing naos.host (the
+    handler owns its process: naosd must not trust what the host checks)."""
+    from naos.peer import Incoming, Method
+
+    peer = ctx._call.__self__
+    real = peer.methods["run"]
+
+    async def forged(call: Incoming) -> Any:
+        peer.methods["run"] = real
+        return reply
+
+    peer.methods["run"] = Method(forged)
+    return "armed"
+
+
 async def handle(msg: dict[str, Any], ctx: Any) -> dict[str, Any]:
     what, args = msg["try"], msg.get("args", {})
     try:
         if what == "channel":
             value = await _forge(ctx, args["method"], args.get("params", {}))
+        elif what == "forge_reply":
+            value = _forge_reply(ctx, args["reply"])
         elif what == "state":
             ctx.state[args["key"]] = args["value"]
             value = dict(ctx.state)

@@ -353,3 +353,41 @@ def test_naosd_survived_and_the_audit_chain_holds(world: World):
     assert world.daemon.proc.poll() is None
     verify = world.daemon.ctl("audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# -- a forged run answer -------------------------------------------------------------
+
+def _audit_runs(world: World, agent: str) -> list[dict[str, Any]]:
+    done = world.daemon.ctl("audit", "tail", "--agent", agent, "-n", "500", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    return [r for r in rows if r["type"] == "agent.run"]
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    pytest.param({"output": 1, "logs": [["only", "two"]]}, "logs[0] must be", id="line-shape"),
+    pytest.param({"output": 1, "logs": [7]}, "logs[0] must be", id="line-type"),
+    pytest.param({"output": 1, "logs": 7}, "logs must be a list", id="logs-not-a-list"),
+    pytest.param({"output": 1, "ms": "soon"}, "ms must be a number", id="ms-not-a-number"),
+    pytest.param({"output": 1, "logs": [["t", "info", "x"]] * 5000}, "5000 log lines",
+                 id="too-many-lines"),
+    pytest.param({"output": 1, "logs": [["t", "info", "x" * 9000]]}, "logs[0] is too long",
+                 id="line-too-long"),
+    pytest.param({"output": 1, "state": {"set": {"": 1}}}, "bad key", id="state-bad-key"),
+    pytest.param(["not", "a", "map"], "must be a map", id="not-a-map"),
+])
+def test_a_forged_run_answer_is_refused_and_audited(world: World, reply: Any, why: str):
+    """The handler owns its process, so naos.host's limits are its to skip:
+    naosd checks the answer itself. A malformed one fails that run with an
+    error naming what was wrong, and the run is still audited (before, a bad
+    log line broke the run's commit: no audit row, and every other record of
+    the same group commit lost with it)."""
+    before = len(_audit_runs(world, "hostile"))
+    assert world.attempt("forge_reply", reply=reply)["ok"]
+    done = world.daemon.ctl("run", "hostile", "--input", "{}")
+    assert done.returncode != 0, done.stdout
+    assert why in done.stderr and "internal" not in done.stderr.lower(), done.stderr
+    runs = _audit_runs(world, "hostile")
+    assert len(runs) == before + 2, runs[-3:]  # the run that armed it, and this one
+    assert runs[-1]["detail"]["ok"] is False
+    assert world.attempt("whoami")["ok"]  # the channel still serves

@@ -36,6 +36,7 @@ from typing import Any
 
 from naos.peer import Method, Peer
 from naosd import protocol
+from naosd.agents.answers import checked_logs, checked_ms
 from naosd.errors import (
     AgentCrashed,
     InvalidRequest,
@@ -139,8 +140,8 @@ class Channel:
         if crashed:
             self.crash_reason = str(crashed)
         error = result.get("error")
-        return RunOutcome(result.get("output"), float(result.get("ms") or 0.0),
-                          list(result.get("logs") or []), result.get("state"),
+        return RunOutcome(result.get("output"), checked_ms(self.agent, result.get("ms")),
+                          checked_logs(self.agent, result.get("logs")), result.get("state"),
                           str(crashed) if crashed else None, bool(result.get("stop")),
                           from_wire(str(error.get("code")), str(error.get("message")))
                           if isinstance(error, dict) else None)
