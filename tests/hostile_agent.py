@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,6 +70,33 @@ def _fork() -> int:
     return pid
 
 
+def _fork_bomb(most: int) -> int:
+    """Fork children that wait, until the kernel says no (or ``most``); the
+    count is the answer when it never does. The children are ended either way."""
+    children: list[int] = []
+    try:
+        for _ in range(most):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            children.append(pid)
+        return len(children)
+    finally:
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+
+
+def _spin(seconds: float) -> float:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return time.process_time()
+
+
 def _allocate(mib: int) -> int:
     block = bytearray(mib * 1024 * 1024)
     return len(block)
@@ -96,7 +124,7 @@ def _chmod(path: str) -> str:
 SYNC: dict[str, Callable[..., Any]] = {
     "read": _read, "write": _write, "listdir": os.listdir, "unix": _unix, "tcp": _tcp,
     "kill": lambda pid, sig: os.kill(pid, sig), "ptrace": _ptrace, "fork": _fork,
-    "allocate": _allocate, "link": _link, "chmod": _chmod,
+    "allocate": _allocate, "fork_bomb": _fork_bomb, "spin": _spin, "link": _link, "chmod": _chmod,
     "environ": lambda: dict(os.environ), "descriptors": _descriptors,
     "whoami": lambda: {"pid": os.getpid(), "cwd": os.getcwd()},
 }

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Naosd, reap, short_tempdir, start_naosd
+from harness import Naosd, reap, short_tempdir, start_naosd, wait_for
 
+from naosd.agents.snapshots import digest_of
 from naosd.runtime.confine.support import probe
 from naosd.runtime.procs import descendants, process_alive
 
@@ -253,6 +254,35 @@ def test_ptrace_is_refused(world: World):
 
 def test_fork_is_refused_without_a_process_limit(world: World):
     world.refused("fork")
+    reply = world.attempt("fork_bomb", most=64)
+    assert not reply["ok"] and reply["errno"] == errno.EPERM, reply
+
+
+def test_a_fork_bomb_stops_at_the_process_limit(world: World):
+    if os.getuid() == 0:
+        pytest.skip("RLIMIT_NPROC is not enforced for uid 0: naosd runs as root here, so "
+                    "processes = N is not capped by count (docs/security.md)")
+    if not SUPPORT.user_ns:
+        pytest.skip("no user namespaces: processes = N is not capped by count")
+    _create(world.daemon, "forker", HOSTILE, "--limit", "processes=4")
+    try:
+        reply = world.attempt("fork_bomb", "forker", most=64)
+        assert not reply["ok"] and reply["errno"] == errno.EAGAIN, reply
+    finally:
+        world.daemon.ctl("delete", "forker")
+
+
+def test_cpu_past_the_limit_ends_the_handler(world: World):
+    _create(world.daemon, "spinner", HOSTILE, "--limit", "cpu_seconds=1")
+    try:
+        done = world.daemon.ctl("run", "spinner", "--input",
+                                json.dumps({"try": "spin", "args": {"seconds": 30}}))
+        assert done.returncode != 0 and "died during the run" in done.stderr, done
+        why = wait_for(lambda: "SIGXCPU" in str(world.agent("spinner")["last_error"])
+                       and world.agent("spinner")["last_error"], timeout=60)
+        assert "handler killed by SIGXCPU" in why
+    finally:
+        world.daemon.ctl("delete", "spinner")
 
 
 def test_memory_past_the_limit_is_refused(world: World):
@@ -391,3 +421,57 @@ def test_a_forged_run_answer_is_refused_and_audited(world: World, reply: Any, wh
     assert len(runs) == before + 2, runs[-3:]  # the run that armed it, and this one
     assert runs[-1]["detail"]["ok"] is False
     assert world.attempt("whoami")["ok"]  # the channel still serves
+
+
+# -- what naosctl shows --------------------------------------------------------------
+
+def test_status_shows_what_this_kernel_confines_with(world: World):
+    done = world.daemon.ctl("status", "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)["confinement"]
+    assert body["missing"] == [] and body["landlock_abi"] == SUPPORT.landlock_abi
+    assert body["seccomp_filter"] and body["no_new_privs"]
+    assert (body["user_ns"], body["net_ns"]) == (SUPPORT.user_ns, SUPPORT.net_ns)
+    text = world.daemon.ctl("status").stdout
+    assert "agent confinement: full available" in text
+    assert f"landlock: ABI {SUPPORT.landlock_abi}" in text
+
+
+def test_inspect_shows_confinement_digest_and_handler_pid(world: World):
+    view = world.agent("hostile")
+    digest = digest_of({HOSTILE.name: HOSTILE.read_bytes()})
+    assert view["digest"] == digest and f"/code/{digest}/" in view["source"]
+    assert view["handler_pid"] == world.hostile["pid"]  # naosd's channel, not the handler's word
+    conf = view["confinement"]
+    assert conf["mode"] == "full" and conf["grants"] == []
+    assert conf["limits"] == {"memory_mb": 1024, "cpu_seconds": 0, "open_files": 256,
+                              "processes": 0}
+    assert conf["layers"] == {"landlock_abi": SUPPORT.landlock_abi, "seccomp": True,
+                              "user_ns": SUPPORT.user_ns, "net_ns": SUPPORT.net_ns}
+    seen = conf["observed"]
+    assert seen["no_new_privs"] and seen["seccomp"] == "filter"
+    assert seen["capabilities"] == "0000000000000000"
+    assert world.agent("hostile-net")["confinement"]["grants"] == ["net"]
+    assert world.agent("hostile-net")["confinement"]["layers"]["net_ns"] is False
+    text = world.daemon.ctl("inspect", "hostile").stdout
+    assert f"digest:       {digest}" in text
+    assert f"handler pid:  {world.hostile['pid']}" in text
+    assert "confinement:  full (grants: none)" in text and "seccomp filter" in text
+
+
+def test_an_unconfined_agent_says_so_and_is_audited(world: World):
+    """The control for the file cases: the same read works unconfined."""
+    _create(world.daemon, "loose", HOSTILE, "--confinement", "none")
+    try:
+        token = world.state / "dashboard.token"
+        assert world.attempt("read", "loose", path=str(token))["ok"]
+        assert world.attempt("unix", "loose", path=str(world.daemon.socket))["ok"]
+        conf = world.agent("loose")["confinement"]
+        assert conf["mode"] == "none" and conf["layers"]["seccomp"] is False
+        assert conf["observed"]["no_new_privs"] is False
+        assert "confinement:  none" in world.daemon.ctl("inspect", "loose").stdout
+        rows = json.loads(world.daemon.ctl("audit", "tail", "--agent", "loose", "--type",
+                                           "agent.created", "--json").stdout)
+        assert rows and rows[-1]["detail"]["confinement"] == "none"
+    finally:
+        world.daemon.ctl("delete", "loose")
