@@ -56,6 +56,14 @@ def _tcp(port: int) -> str:
         return sock.recv(100).decode(errors="replace")
 
 
+def _control(path: str, method: str) -> Any:
+    """Speak naosd's control protocol (an unconfined handler can import naosctl)."""
+    from naosctl.client import Client
+
+    with Client(path, timeout=10) as client:
+        return client.call(method)
+
+
 def _ptrace(pid: int) -> str:
     _check(_libc.ptrace(ctypes.c_long(PTRACE_ATTACH), ctypes.c_long(pid), None, None))
     _libc.ptrace(ctypes.c_long(PTRACE_DETACH), ctypes.c_long(pid), None, None)
@@ -123,6 +131,7 @@ def _chmod(path: str) -> str:
 
 SYNC: dict[str, Callable[..., Any]] = {
     "read": _read, "write": _write, "listdir": os.listdir, "unix": _unix, "tcp": _tcp,
+    "control": _control,
     "kill": lambda pid, sig: os.kill(pid, sig), "ptrace": _ptrace, "fork": _fork,
     "allocate": _allocate, "fork_bomb": _fork_bomb, "spin": _spin, "link": _link, "chmod": _chmod,
     "environ": lambda: dict(os.environ), "descriptors": _descriptors,

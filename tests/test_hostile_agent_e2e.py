@@ -466,6 +466,10 @@ def test_an_unconfined_agent_says_so_and_is_audited(world: World):
         token = world.state / "dashboard.token"
         assert world.attempt("read", "loose", path=str(token))["ok"]
         assert world.attempt("unix", "loose", path=str(world.daemon.socket))["ok"]
+        # ... but naosd refuses its own descendants on the control socket
+        hello = world.attempt("control", "loose", path=str(world.daemon.socket),
+                              method="status")
+        assert not hello["ok"] and hello["code"] == "permission_denied", hello
         conf = world.agent("loose")["confinement"]
         assert conf["mode"] == "none" and conf["layers"]["seccomp"] is False
         assert conf["observed"]["no_new_privs"] is False
