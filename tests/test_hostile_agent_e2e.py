@@ -97,8 +97,11 @@ class World:
         return self.daemon.state_dir
 
     def attempt(self, what: str, agent: str = "hostile", **args: Any) -> dict[str, Any]:
-        done = self.daemon.ctl("run", agent, "--json", "--input",
-                               json.dumps({"try": what, "args": args}))
+        message = json.dumps({"try": what, "args": args})
+        if len(message) > 100_000:  # past what one argv string may hold: standard input
+            done = self.daemon.ctl("run", agent, "--json", "--input", "-", input=message)
+        else:
+            done = self.daemon.ctl("run", agent, "--json", "--input", message)
         assert done.returncode == 0, done.stderr
         reply: dict[str, Any] = json.loads(done.stdout)["output"]
         return reply
@@ -421,6 +424,13 @@ def test_a_forged_run_answer_is_refused_and_audited(world: World, reply: Any, wh
     assert len(runs) == before + 2, runs[-3:]  # the run that armed it, and this one
     assert runs[-1]["detail"]["ok"] is False
     assert world.attempt("whoami")["ok"]  # the channel still serves
+
+
+def test_a_forged_crash_reason_is_cut(world: World):
+    assert world.attempt("forge_reply", reply={"crashed": "x" * 200_000})["ok"]
+    done = world.daemon.ctl("run", "hostile", "--input", "{}")
+    assert done.returncode != 0 and "[cut]" in done.stderr, done.stderr[:300]
+    assert len(done.stderr) < 3000
 
 
 # -- what naosctl shows --------------------------------------------------------------

@@ -20,6 +20,7 @@ from naosd.errors import ProtocolError
 
 TS_LIMIT: Final = 64  # an ISO timestamp is 27 characters
 LEVEL_LIMIT: Final = 16
+REASON_LIMIT: Final = 2000  # a crash reason: naos.host sends the exception's last lines
 
 
 def checked_logs(agent: str, logs: Any) -> list[tuple[str, str, str]]:
@@ -51,6 +52,15 @@ def checked_ms(agent: str, ms: Any) -> float:
             or ms < 0:
         raise _bad(agent, f"ms must be a number of milliseconds, not {ms!r:.40}")
     return float(ms)
+
+
+def checked_reason(crashed: Any) -> str:
+    """A crash reason, as text of at most REASON_LIMIT characters ("" if none):
+    it is shown to callers and operators, so a handler cannot make it huge."""
+    if not crashed:
+        return ""
+    text = crashed if isinstance(crashed, str) else repr(crashed)
+    return text if len(text) <= REASON_LIMIT else text[:REASON_LIMIT] + " [cut]"
 
 
 def _bad(agent: str, what: str) -> ProtocolError:
