@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Naosd, reap, short_tempdir, start_naosd, wait_for
+from harness import Naosd, reap, short_tempdir, sockets_of, start_naosd, wait_for
 
 from naosd.agents.snapshots import digest_of
 from naosd.runtime.confine.support import probe
@@ -296,30 +296,11 @@ def test_memory_past_the_limit_is_refused(world: World):
 
 # -- network -------------------------------------------------------------------------
 
-def _listening_ports(pids: list[int]) -> dict[int, int]:
-    """TCP ports in LISTEN held by ``pids``: port -> pid."""
-    inodes: dict[str, int] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes[link[8:-1]] = pid
-    ports: dict[int, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as fh:
-            for line in fh.readlines()[1:]:
-                cols = line.split()
-                if cols[3] == "0A" and cols[9] in inodes:
-                    ports[int(cols[1].rsplit(":", 1)[1], 16)] = inodes[cols[9]]
-    return ports
-
-
 def test_actor_admin_and_dashboard_ports_are_refused(world: World):
-    ports = _listening_ports([world.daemon.pid, *descendants(world.daemon.pid)])
+    pids = [world.daemon.pid, *descendants(world.daemon.pid)]
+    ports = {port for _, port in sockets_of(pids, "tcp", True) + sockets_of(pids, "tcp6", True)}
     assert len(ports) >= 4, ports  # the admin, the root and other actors, the dashboard
-    for port in ports:
+    for port in sorted(ports):
         world.refused("tcp", port=port)
 
 
