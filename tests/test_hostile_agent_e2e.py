@@ -470,3 +470,19 @@ def test_an_unconfined_agent_says_so_and_is_audited(world: World):
         assert rows and rows[-1]["detail"]["confinement"] == "none"
     finally:
         world.daemon.ctl("delete", "loose")
+
+
+def test_a_deleted_agents_files_do_not_pass_to_its_namesake(world: World):
+    """naosctl delete forgets the agent's private files: a later agent of the
+    same name (other code, another author) does not find them."""
+    _create(world.daemon, "tenant", world.base / "victim.py")
+    first = json.loads(world.daemon.ctl("run", "tenant", "--json").stdout)["output"]
+    assert first["read_back"] == SECRET
+    assert world.daemon.ctl("delete", "tenant").returncode == 0
+    assert not Path(first["work"]).exists()
+    _create(world.daemon, "tenant", HOSTILE)
+    try:
+        reply = world.attempt("read", "tenant", path=str(Path(first["work"]) / "secret.txt"))
+        assert not reply["ok"] and reply["errno"] == errno.ENOENT, reply
+    finally:
+        world.daemon.ctl("delete", "tenant")
