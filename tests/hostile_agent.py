@@ -64,6 +64,15 @@ def _control(path: str, method: str) -> Any:
         return client.call(method)
 
 
+def _socket(family: int, kind: int) -> str:
+    socket.socket(family, kind).close()
+    return "opened"
+
+
+def _exec(path: str) -> str:
+    os.execv(path, [path, "-c", "exit 0"])  # replaces the handler when it works
+
+
 def _ptrace(pid: int) -> str:
     _check(_libc.ptrace(ctypes.c_long(PTRACE_ATTACH), ctypes.c_long(pid), None, None))
     _libc.ptrace(ctypes.c_long(PTRACE_DETACH), ctypes.c_long(pid), None, None)
@@ -131,7 +140,7 @@ def _chmod(path: str) -> str:
 
 SYNC: dict[str, Callable[..., Any]] = {
     "read": _read, "write": _write, "listdir": os.listdir, "unix": _unix, "tcp": _tcp,
-    "control": _control,
+    "control": _control, "socket": _socket, "exec": _exec,
     "kill": lambda pid, sig: os.kill(pid, sig), "ptrace": _ptrace, "fork": _fork,
     "allocate": _allocate, "fork_bomb": _fork_bomb, "spin": _spin, "link": _link, "chmod": _chmod,
     "environ": lambda: dict(os.environ), "descriptors": _descriptors,

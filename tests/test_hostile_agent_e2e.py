@@ -196,6 +196,31 @@ def test_database_cannot_be_hard_linked_into_the_work_dir(world: World):
     assert not target.exists()
 
 
+def test_system_secrets_and_home_are_out_of_reach(world: World):
+    """naosd runs as root here: only confinement keeps these from agent code."""
+    for path in ("/etc/shadow", "/etc/passwd", "/root/.bash_history"):
+        if Path(path).exists():
+            world.refused("read", path=path)
+    world.refused("listdir", path=str(Path.home()))
+    world.refused("listdir", path="/")
+
+
+def test_exec_of_another_program_is_refused(world: World):
+    world.refused("exec", path="/bin/sh")
+    assert world.attempt("whoami")["value"]["pid"] == world.hostile["pid"]
+
+
+@pytest.mark.parametrize("agent", ["hostile", "hostile-net"])
+@pytest.mark.parametrize(("family", "kind"), [
+    pytest.param(socket.AF_UNIX, socket.SOCK_DGRAM, id="unix"),
+    pytest.param(socket.AF_NETLINK, socket.SOCK_RAW, id="netlink"),
+    pytest.param(socket.AF_PACKET, socket.SOCK_RAW, id="packet"),
+])
+def test_other_socket_families_are_refused_even_with_net(world: World, agent: str,
+                                                        family: int, kind: int):
+    world.refused("socket", agent, family=int(family), kind=int(kind))
+
+
 def test_daemon_memory_and_environment_are_unreadable(world: World):
     for name in ("environ", "mem", "maps"):
         world.refused("read", path=f"/proc/{world.daemon.pid}/{name}")
