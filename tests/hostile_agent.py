@@ -107,6 +107,19 @@ def _fork_bomb(most: int) -> int:
                 os.waitpid(pid, 0)
 
 
+def _orphan(new_session: bool) -> int:
+    """Fork a child that outlives this handler if it can (it holds the
+    channel's descriptor, inherited): its pid."""
+    pid = os.fork()
+    if pid == 0:
+        if new_session:
+            with contextlib.suppress(OSError):
+                os.setsid()
+        time.sleep(120)
+        os._exit(0)
+    return pid
+
+
 def _spin(seconds: float) -> float:
     end = time.process_time() + seconds
     while time.process_time() < end:
@@ -142,7 +155,8 @@ SYNC: dict[str, Callable[..., Any]] = {
     "read": _read, "write": _write, "listdir": os.listdir, "unix": _unix, "tcp": _tcp,
     "control": _control, "socket": _socket, "exec": _exec,
     "kill": lambda pid, sig: os.kill(pid, sig), "ptrace": _ptrace, "fork": _fork,
-    "allocate": _allocate, "fork_bomb": _fork_bomb, "spin": _spin, "link": _link, "chmod": _chmod,
+    "allocate": _allocate, "fork_bomb": _fork_bomb, "orphan": _orphan, "spin": _spin,
+    "link": _link, "chmod": _chmod,
     "environ": lambda: dict(os.environ), "descriptors": _descriptors,
     "whoami": lambda: {"pid": os.getpid(), "cwd": os.getcwd()},
 }

@@ -511,3 +511,19 @@ def test_a_deleted_agents_files_do_not_pass_to_its_namesake(world: World):
         assert not reply["ok"] and reply["errno"] == errno.ENOENT, reply
     finally:
         world.daemon.ctl("delete", "tenant")
+
+
+@pytest.mark.parametrize("new_session", [False, True], ids=["same-group", "setsid"])
+def test_what_a_handler_forks_ends_with_its_agent(world: World, new_session: bool):
+    """With processes > 0 a handler may fork; a child must not outlive its
+    agent (it would hold the agent's channel). setsid/setpgid are refused,
+    and stopping the handler ends its whole process group."""
+    _create(world.daemon, "forker", HOSTILE, "--limit", "processes=4")
+    try:
+        reply = world.attempt("orphan", "forker", new_session=new_session)
+        assert reply["ok"], reply
+        child = reply["value"]
+        assert process_alive(child)
+    finally:
+        world.daemon.ctl("delete", "forker")
+    assert wait_for(lambda: not process_alive(child), timeout=30)
