@@ -1,6 +1,6 @@
 """Agent confinement: what it costs, as ratios against an unconfined floor.
 
-    python bench/bench_confine.py [--n 20] [--calls 200000]
+    python bench/bench_confine.py [--n 20] [--calls 200000] [--runs 300] [--restarts 10]
 
 1. Start: Popen to exit of a child running an empty script. The floor is
    the same interpreter started the same way (``-I -B``, empty environment,
@@ -14,6 +14,11 @@
    and confined, and with a seccomp filter that allows everything (the fixed
    cost of filtering at all); the fastest of several rounds and children, so
    that other load on the machine inflates the figures less.
+3. Through the real naosd (``--runs``, ``--restarts``): two agents with the
+   same handler, one confined ("full"), one ``confinement = "none"``;
+   ``agent.run`` round trips interleaved between them, and restarts (stop,
+   then start until the handler is loaded and answers), with the ratio
+   confined / none measured in the same run.
 
 No assertions: this prints numbers. Machines are shared and noisy.
 """
@@ -29,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchlib import pct, section
+from benchlib import Client, Daemon, interleaved, pct, section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -113,10 +118,54 @@ def _loop_child(conf: Confinement, loop: Path, args: list[str]) -> dict[str, flo
     return dict(json.loads(text.splitlines()[-1]))
 
 
+ECHO = "def handle(message, ctx):\n    return message\n"
+MODES = ("full", "none")
+
+
+def agent_round_trips(base: Path, runs: int, restarts: int) -> None:
+    """agent.run and restart through a real naosd: confined against "none"."""
+    (base / "echo.py").write_text(ECHO)
+    (base / "d").mkdir()
+    daemon = Daemon(base / "d")
+    try:
+        with Client(daemon.sock) as c:
+            for mode in MODES:
+                c.call("agent.create", name=f"echo-{mode}", template=None,
+                       source=str(base / "echo.py"), config=None, supervisor=None,
+                       restart="permanent", start=True, timeout=60, confinement=mode)
+            section(f"agent.run round trip through naosd, us (n={runs} each, interleaved)")
+            calls = {mode: (lambda m=mode: c.call("agent.run", name=f"echo-{m}",
+                                                  input={"x": 1}, timeout=60))
+                     for mode in MODES}
+            _ratio(interleaved(calls, runs), "us")
+            section(f"agent restart to first answer, ms (n={restarts} each, interleaved)")
+            _ratio({m: [t / 1000 for t in ts] for m, ts in interleaved(
+                {mode: (lambda m=mode: _restart(c, f"echo-{m}")) for mode in MODES},
+                restarts, warmup=1).items()}, "ms")
+    finally:
+        _, rc, left = daemon.stop()
+        print(f"naosd stopped (exit {rc}, {len(left)} leftover processes killed)")
+
+
+def _restart(c: Client, name: str) -> None:
+    c.call("agent.restart", name=name, timeout=60)
+    c.call("agent.run", name=name, input=None, timeout=60)
+
+
+def _ratio(samples: dict[str, list[float]], unit: str) -> None:
+    floor = pct(samples["none"], 0.5)
+    for mode, values in samples.items():
+        p50, p99 = pct(values, 0.5), pct(values, 0.99)
+        print(f"confinement {mode:<5} p50 {p50:9.1f} {unit}  p99 {p99:9.1f} {unit}  "
+              f"{p50 / floor:5.2f}x none")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20, help="starts per kind")
     parser.add_argument("--calls", type=int, default=200_000, help="getppid calls")
+    parser.add_argument("--runs", type=int, default=300, help="agent.run calls per agent")
+    parser.add_argument("--restarts", type=int, default=10, help="agent restarts per agent")
     opts = parser.parse_args()
     support = probe()
     print("\n".join(support.summary()))
@@ -145,6 +194,9 @@ def main() -> None:
             trivial, held = costs["allow-all filter"][call], costs["confined"][call]
             print(f"{call:<12} unconfined {free:6.0f}  allow-all filter {trivial:6.0f} "
                   f"({trivial / free:4.2f}x)  confined {held:6.0f} ({held / free:4.2f}x)")
+
+        if opts.runs or opts.restarts:
+            agent_round_trips(base, max(opts.runs, 1), max(opts.restarts, 1))
 
 
 if __name__ == "__main__":

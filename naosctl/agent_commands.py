@@ -22,7 +22,7 @@ def read_input(value: str | None) -> Any:
         return None
     if value == "-":
         text = sys.stdin.read()
-    elif Path(value).is_file():
+    elif _is_file(value):
         text = Path(value).read_text(encoding="utf-8")
     else:
         text = value
@@ -30,6 +30,14 @@ def read_input(value: str | None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
+
+
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names a file (JSON text too long for a path is not one)."""
+    try:
+        return Path(value).is_file()
+    except OSError:  # ENAMETOOLONG: a long message given inline
+        return False
 
 
 def _show(result: Any, as_json: bool, text: str) -> None:
@@ -53,6 +61,10 @@ def _show(result: Any, as_json: bool, text: str) -> None:
                    "WASM agent a naos host function (llm_chat, agent_ask, "
                    "agent_tell, execute, state_get, state_set, log, kv_get, kv_set; "
                    "docs/wasm-abi.md); repeatable")
+@click.option("--limit", "limits", multiple=True, metavar="KEY=N",
+              help="memory_mb, cpu_seconds, open_files or processes; repeatable")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="a variable of the handler's environment (it gets nothing else)")
 @click.option("--confinement", type=click.Choice(["full", "none"]), default=None,
               help="full (the default): the handler runs confined (docs/security.md); "
                    "none: unconfined, audited")
@@ -64,22 +76,45 @@ def _show(result: Any, as_json: bool, text: str) -> None:
 @handle_errors()
 def create(c: Ctx, name: str, template: str | None, source: str | None,
            config_json: str | None, supervisor: str | None, restart: str, start: bool,
-           requires: tuple[str, ...], grants: tuple[str, ...], confinement: str | None,
-           max_concurrency: int | None, wait: float, as_json: bool) -> None:
+           requires: tuple[str, ...], grants: tuple[str, ...], limits: tuple[str, ...],
+           env: tuple[str, ...], confinement: str | None, max_concurrency: int | None,
+           wait: float, as_json: bool) -> None:
     """Register agent NAME (and start it)."""
     if not template and not source:
         template = "echo"
     config = read_input(config_json) if config_json else None
+    execution = {"grants": list(grants) or None, "confinement": confinement,
+                 "max_concurrency": max_concurrency,
+                 "env": _pairs(env, "--env") or None,
+                 "limits": {k: _whole(v, k) for k, v in _pairs(limits, "--limit").items()}
+                 or None}
     result = c.client.call(
         "agent.create", name=name, template=template,
         source=str(Path(source).resolve()) if source else None, config=config,
         supervisor=supervisor, restart=restart, start=start, timeout=wait,
         **({"requires": list(requires)} if requires else {}),
-        **({"grants": list(grants)} if grants else {}),
-        **({"confinement": confinement} if confinement else {}),
-        **({"max_concurrency": max_concurrency} if max_concurrency else {}))
+        **{k: v for k, v in execution.items() if v is not None})
     where = f" on {result['node']}" if result.get("node") else ""
     _show(result, as_json, f"agent {name} created ({result['state']}{where})")
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """NAME=VALUE options as a dict; a value without ``=`` is a usage error."""
+    pairs = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint=option)
+        pairs[key] = rest
+    return pairs
+
+
+def _whole(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{key}={value!r}: not a whole number",
+                                 param_hint="--limit") from None
 
 
 @cli.command()

@@ -108,6 +108,8 @@ def status(s: dict[str, Any]) -> str:
     if agents:
         lines.append("agents:")
         lines += ["  " + agent_row(a) for a in agents]
+    confinement = s.get("confinement") or {}
+    lines += [printable(str(line)) for line in confinement.get("summary") or ()]
     return "\n".join(lines)
 
 
@@ -150,12 +152,44 @@ def agent_detail(a: dict[str, Any]) -> str:
     keys = ("state", "pid", "uptime_s", "restarts", "last_error", "supervisor", "restart",
             "desired", "source_kind", "source", "created_at")
     lines += [printable(f"  {key + ':':<14}{a.get(key)}") for key in keys]
+    lines.append(f"  {'digest:':<14}{a.get('digest') or '-'}")
+    lines.append(f"  {'handler pid:':<14}{a.get('handler_pid') or '-'}")
+    lines += [printable(line) for line in confinement(a.get("confinement") or {})]
     lines.append(f"  {'config:':<14}{to_json(a.get('config') or {})}")
     logs = a.get("logs") or []
     if logs:
         lines.append("  recent logs:")
         lines += ["    " + log_line(x) for x in logs]
     return "\n".join(lines)
+
+
+def confinement(c: dict[str, Any]) -> list[str]:
+    """An agent's confinement, as ``agent.inspect`` describes it."""
+    if not c:
+        return []
+    if c.get("note"):
+        return [f"  {'confinement:':<14}{c['mode']}: {c['note']}"]
+    grants = ", ".join(c.get("grants") or ()) or "none"
+    lines = [f"  {'confinement:':<14}{c.get('mode')} (grants: {grants})"]
+    layers = c.get("layers")
+    if isinstance(layers, dict) and c.get("mode") != "none":
+        on = [f"landlock ABI {layers['landlock_abi']}" if layers.get("landlock_abi") else "",
+              "seccomp" if layers.get("seccomp") else "",
+              "user+ipc namespaces" if layers.get("user_ns") else "",
+              "network namespace" if layers.get("net_ns") else ""]
+        lines.append(f"    layers:     {', '.join(x for x in on if x) or 'none'}")
+    elif layers:
+        lines.append(f"    layers:     {layers}")
+    limits = c.get("limits") or {}
+    unset = {"processes": "0 (no process)"}
+    shown = {k: v or unset.get(k, "none") for k, v in limits.items()}
+    lines.append("    limits:     " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    seen = c.get("observed")
+    if seen and seen.get("running"):
+        lines.append(f"    observed:   no_new_privs {seen.get('no_new_privs')}, seccomp "
+                     f"{seen.get('seccomp')}, capabilities {seen.get('capabilities')}, "
+                     f"own user namespace {seen.get('own_user_namespace')}")
+    return lines
 
 
 def log_line(line: dict[str, Any]) -> str:

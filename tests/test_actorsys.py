@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import sockets_of
 
 from actors.base import error_reply
 from actors.messages import (
@@ -121,39 +122,6 @@ def running_with_new_pid(rt: ActorRuntime, name: str, old: int) -> dict[str, Any
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def socket_inodes(pids: list[int]) -> set[int]:
-    inodes: set[int] = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes.add(int(link[8:-1]))
-    return inodes
-
-
-def decode_address(hex_addr: str) -> tuple[str, int]:
-    host, port = hex_addr.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
-
-
-def sockets_of(pids: list[int], table: str, listening_only: bool) -> list[tuple[str, int]]:
-    """(host, port) of the sockets in /proc/net/<table> owned by ``pids``."""
-    inodes = socket_inodes(pids)
-    found = []
-    for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-        parts = line.split()
-        is_listen = parts[3] == "0A"  # TCP_LISTEN (also "unconnected" for UDP)
-        if int(parts[9]) in inodes and (is_listen or not listening_only):
-            found.append(decode_address(parts[1]))
-    return found
 
 
 def raw_frame(payload: bytes) -> bytes:

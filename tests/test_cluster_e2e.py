@@ -147,6 +147,11 @@ def test_agent_placed_on_member_moves_to_leader_when_member_dies(cluster: Cluste
     _poll("h running on b", lambda: _agent(a, "h")["node"] == "b"
           and _agent(a, "h")["state"] == "running", a, member)
 
+    # placed on another node, g runs unconfined in its actor there, and inspect says so
+    assert _json(a, "inspect", "g")["confinement"]["mode"] == "remote-unconfined"
+    assert "NOT confined" in a.ctl("inspect", "g").stdout
+    assert _json(a, "inspect", "x")["confinement"]["mode"] == "full"
+
     # the agent really runs in the member's process tree, and answers
     ran = _json(a, "run", "g", "--input", '{"hello": 1}')
     member_tree = set(descendants(member.pid))
@@ -171,6 +176,7 @@ def test_agent_placed_on_member_moves_to_leader_when_member_dies(cluster: Cluste
           and _agent(a, "g")["state"] == "running", a)
     again = _json(a, "run", "g", "--input", '{"again": true}')
     assert again["output"] == {"again": True}
+    assert _json(a, "inspect", "g")["confinement"]["mode"] == "full"  # local now: confined
     assert again["pid"] in set(descendants(a.pid))
     # h can only run on b: reported, not silently dropped
     h = _poll("h unplaceable", lambda: _unplaceable(a, "h"), a)

@@ -36,6 +36,7 @@ from typing import Any
 
 from naos.peer import Method, Peer
 from naosd import protocol
+from naosd.agents.answers import checked_logs, checked_ms, checked_reason
 from naosd.errors import (
     AgentCrashed,
     InvalidRequest,
@@ -135,13 +136,13 @@ class Channel:
             self.runs.pop(run_id, None)
         if not isinstance(result, dict):
             raise ProtocolError(f"agent {self.agent!r}: a run's answer must be a map")
-        crashed = result.get("crashed")
+        crashed = checked_reason(result.get("crashed"))
         if crashed:
-            self.crash_reason = str(crashed)
+            self.crash_reason = crashed
         error = result.get("error")
-        return RunOutcome(result.get("output"), float(result.get("ms") or 0.0),
-                          list(result.get("logs") or []), result.get("state"),
-                          str(crashed) if crashed else None, bool(result.get("stop")),
+        return RunOutcome(result.get("output"), checked_ms(self.agent, result.get("ms")),
+                          checked_logs(self.agent, result.get("logs")), result.get("state"),
+                          crashed or None, bool(result.get("stop")),
                           from_wire(str(error.get("code")), str(error.get("message")))
                           if isinstance(error, dict) else None)
 

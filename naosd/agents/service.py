@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import shutil
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actors.domain.definitions import (
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
     from naosd.agents.channels import AgentChannels
     from naosd.agents.runs import AgentRuns
     from naosd.daemon import Daemon
+
+log = logging.getLogger("naosd.agents")
 
 POLL_S = 0.01
 DOWN_STATES = ("stopped", "failed", "paused")
@@ -255,10 +260,11 @@ class Agents:
         return await self.describe(name)
 
     async def delete(self, name: str, *, wait_s: float, force: bool = False) -> dict[str, Any]:
-        """Stop and forget ``name``.  Refused while a saga, workflow or pool
-        names it, and (without ``force``, as ``docker rm``) while it runs
-        under a supervisor of the operator's, which would otherwise restart
-        it."""
+        """Stop and forget ``name``: its definition and its private files (a
+        later agent of the same name must not find them); logs and audit stay.
+        Refused while a saga, workflow or pool names it, and (without
+        ``force``, as ``docker rm``) while it runs under a supervisor of the
+        operator's, which would otherwise restart it."""
         agent = await self.db(lambda s: defs_store.get_agent(s, name))
         users = await self.db(lambda s: orch_store.users_of(s, name))
         if users:
@@ -270,6 +276,7 @@ class Agents:
                            " stop it first, or delete it with --force")
         await self.stop(name, wait_s=wait_s)
         await self.db(lambda s: defs_store.delete_agent(s, name))
+        await asyncio.to_thread(_remove_files, self.d.config.state_dir / "agents" / name)
         return {"deleted": name}
 
     async def run(self, name: str, payload: Any, *, wait_s: float, key: str,
@@ -475,6 +482,17 @@ class Agents:
             sup = await self.db(lambda s: defs_store.get_supervisor(s, name))
             return {**sup.to_dict(), "kind": "supervisor", "state": "stopped", "children": []}
         return node
+
+
+def _remove_files(path: Path) -> None:
+    """Remove an agent's private dir; rmtree never follows a link the agent
+    planted there (it walks by descriptors on Linux)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
 
 
 def _check_new(store: Any, definition: AgentDef) -> None:

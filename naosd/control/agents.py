@@ -223,9 +223,29 @@ async def agent_list(d: Services, p: dict[str, Any]) -> list[dict[str, Any]]:
 async def agent_inspect(d: Services, p: dict[str, Any]) -> dict[str, Any]:
     """Definition, runtime state and the last log lines of one agent."""
     view = await d.agents.describe(p["name"])
+    view.update(await _confinement_of(d, view))
     view["logs"] = await d.db.call(
         lambda s: defs_store.read_logs(s, p["name"], n=p["logs"]))
     return view
+
+
+async def _confinement_of(d: Services, view: dict[str, Any]) -> dict[str, Any]:
+    """The agent's code digest, its handler's pid (from naosd's channel, never
+    the handler's word) and its confinement (docs/security.md)."""
+    from naosd.control.confinement_view import agent_confinement
+
+    channels = d.agents.channels
+    channel = channels.get(view["name"]) if channels is not None else None
+    handler_pid = channel.pid if channel is not None and channel.pid else None
+    execution = view.get("execution") or {}
+    local = d.config.cluster_node if d.config.cluster_enabled else None
+    remote = bool(view.get("node")) and view.get("node") != local
+    if d.config.cluster_enabled and view.get("requires") and not view.get("node"):
+        remote = handler_pid is None  # placed by requirements: on whichever node has them
+    confinement = await asyncio.to_thread(agent_confinement, execution, remote=remote,
+                                          handler_pid=handler_pid)
+    return {"digest": execution.get("digest"), "handler_pid": handler_pid,
+            "confinement": confinement}
 
 
 @method("agent.start", name=NAME, timeout=TIMEOUT)

@@ -155,8 +155,13 @@ async def actors_ping(d: Services, p: dict[str, Any]) -> dict[str, Any]:
 
 @method("status", role=READ)
 async def status(d: Services, p: dict[str, Any]) -> dict[str, Any]:
-    """Daemon version, uptime, pid, paths and the actor tree with states."""
-    return await d.daemon.status()
+    """Daemon version, uptime, pid, paths, the actor tree with states and which
+    confinement mechanisms this kernel offers agent code."""
+    from naosd.control.confinement_view import support_view
+
+    result = await d.daemon.status()
+    result["confinement"] = await asyncio.to_thread(support_view)
+    return result
 
 
 @method("shutdown")

@@ -127,6 +127,7 @@ class HandlerProcess:
         code = self._proc.poll()
         if code is None:
             return None
+        self._signal_group(signal.SIGKILL)  # what it forked dies with it
         self._drain()
         words = self._line()
         if words is not None and words.get("crashed"):
@@ -136,20 +137,32 @@ class HandlerProcess:
         return self._why
 
     def stop(self, grace_s: float) -> str:
-        """SIGTERM, SIGKILL after ``grace_s``; how it ended."""
+        """SIGTERM, SIGKILL after ``grace_s``; how it ended. Whatever the
+        handler started goes with it (its process group)."""
         if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 self.kill()
                 self._proc.wait(timeout=5)
+        self._signal_group(signal.SIGKILL)
         return describe_exit(self._proc.returncode)
 
     def kill(self) -> None:
+        """SIGKILL the handler and every process it started."""
+        self._signal_group(signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             self._proc.kill()
+
+    def _signal_group(self, sig: int) -> None:
+        """Signal the handler's process group: it leads its own session
+        (``start_new_session``) and, confined, may not leave it (seccomp
+        refuses ``setsid``/``setpgid``), so the group is the handler and
+        everything it forked. A child of a handler with ``processes > 0``
+        otherwise outlived its agent, holding the agent's channel."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

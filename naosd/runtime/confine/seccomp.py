@@ -71,6 +71,9 @@ DENIED: Final = (
     "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd",
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "lookup_dcookie",
     "uselib", "vhangup", "syslog", "iopl", "ioperm",
+    # The handler leads its own session and process group, which its actor
+    # kills as a whole: a child that left the group would outlive its agent.
+    "setsid", "setpgid",
     # File metadata: Landlock does not cover these, and the daemon's files
     # share the handler's uid, so a chmod would hand naosd's database or
     # token to every local user (fd variants too: the handler can open
