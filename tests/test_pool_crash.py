@@ -85,7 +85,7 @@ def test_kill9_while_tasks_are_queued_and_running(base: Path):
     try:
         ok(d, "create", "worker", "--source", str(fx.handler), *fx.grant, "--config",
            fx.config(gate=str(gate)), "--no-start")
-        ok(d, "pool", "create", "w", "--agent", "worker", "--size", "2")
+        ok(d, "pool", "create", "w", "--agent", "worker", "--size", "2", "--timeout", "300")
         submitted: dict[str, int] = {}
         in_doubt: set[int] = set()
         n = 0
@@ -235,7 +235,10 @@ def test_kill9_with_180_queued_tasks_every_task_completes(base: Path):
     try:
         ok(d, "create", "worker", "--source", str(fx.handler), *fx.grant, "--config",
            fx.config(gate=str(gate)), "--no-start")
-        ok(d, "pool", "create", "w", "--agent", "worker", "--size", str(members))
+        # a task hangs at the gate until naosd is killed: longer than the 30 s
+        # default task timeout on a loaded machine
+        ok(d, "pool", "create", "w", "--agent", "worker", "--size", str(members),
+           "--timeout", "300")
         with Client(d.socket, timeout=30) as c:
             ids = [c.call("pool.submit", name="w", input=i)["task_id"] for i in range(total)]
         in_doubt: set[int] = set()
