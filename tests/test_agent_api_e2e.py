@@ -337,7 +337,7 @@ def test_state_survives_kill_of_the_agent_and_of_naosd(base: Path, fake: FakeOpe
 
 
 def _running_pid(d: Naosd, name: str, not_pid: int) -> int | None:
-    status = ctl(d, "status", name)
+    status = d.agent(name)  # exit 3 while it is not running
     good = status["state"] == "running" and status["pid"] not in (None, not_pid)
     return status["pid"] if good else None
 

@@ -272,7 +272,7 @@ def test_stop_of_a_crash_looping_agent_says_stopped(daemon: Naosd, loopy: Path):
     time.sleep(1.0)  # a backoff timer may still fire: it must start nothing
     assert status(daemon, "loopy")["state"] == "stopped"
     assert types(daemon, "loopy").count("agent.restarted") == restarts
-    assert ok(daemon, "delete", "loopy") == {"deleted": "loopy"}
+    assert ok(daemon, "delete", "loopy")["deleted"] == "loopy"
     assert daemon.ctl("status", "loopy").returncode == 4
 
 
@@ -283,7 +283,7 @@ def test_stop_and_delete_of_a_failed_agent(daemon: Naosd, loopy: Path):
                what="loopy failed")
     out = daemon.ctl("stop", "loopy")
     assert out.returncode == 0 and out.stdout.strip() == "agent loopy: stopped", out
-    assert ok(daemon, "delete", "loopy") == {"deleted": "loopy"}
+    assert ok(daemon, "delete", "loopy")["deleted"] == "loopy"
     assert daemon.ctl("status", "loopy").returncode == 4
 
 
@@ -298,7 +298,7 @@ def test_stop_of_an_agent_whose_start_hangs_kills_it(daemon: Naosd, loopy: Path)
     assert out.returncode == 0 and out.stdout.strip() == "agent loopy: stopped", out
     wait_until(lambda: not alive(stuck), what="stuck process killed")
     assert "agent.killed" in types(daemon, "loopy")
-    assert ok(daemon, "delete", "loopy") == {"deleted": "loopy"}
+    assert ok(daemon, "delete", "loopy")["deleted"] == "loopy"
 
 
 def test_on_demand_agent_stops_and_deletes_at_once(daemon: Naosd):
@@ -311,7 +311,7 @@ def test_on_demand_agent_stops_and_deletes_at_once(daemon: Naosd):
     wait_until(lambda: not alive(pid), what="on-demand process gone")
     assert ok(daemon, "run", "lazy", "--input", '"again"')["output"] == "again"
     daemon.remember_tree()
-    assert ok(daemon, "delete", "lazy", "--timeout", "10") == {"deleted": "lazy"}
+    assert ok(daemon, "delete", "lazy", "--timeout", "10")["deleted"] == "lazy"
     assert daemon.ctl("status", "lazy").returncode == 4
 
 
@@ -319,7 +319,7 @@ def test_stop_and_delete_of_an_agent_never_started(daemon: Naosd):
     ok(daemon, "create", "idle", "--template", "echo", "--no-start")
     out = daemon.ctl("stop", "idle")
     assert out.returncode == 0 and out.stdout.strip() == "agent idle: stopped", out
-    assert ok(daemon, "delete", "idle") == {"deleted": "idle"}
+    assert ok(daemon, "delete", "idle")["deleted"] == "idle"
 
 
 def test_restart_clears_a_failed_agent(daemon: Naosd, loopy: Path):

@@ -36,7 +36,8 @@ def etl(d: Naosd, base: Path, *middle: str) -> TrailLab:
     """Workflow etl: fetch, (``middle``: review's add-step options,) load."""
     lab = TrailLab(base)
     for agent in ("fetcher", "loader"):
-        ok(d, "create", agent, "--source", str(lab.handler), "--config", lab.config())
+        ok(d, "create", agent, "--source", str(lab.handler), *lab.grant, "--config",
+           lab.config())
     ok(d, "workflow", "create", "etl")
     ok(d, "workflow", "add-step", "etl", "fetch", "--agent", "fetcher")
     if middle:

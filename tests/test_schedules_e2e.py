@@ -47,7 +47,7 @@ def keys_agent(d: Naosd, base: Path, name: str = "pinger") -> Lab:
     lab = Lab(base)
     source = base / "keys_agent.py"
     source.write_text(KEYS_AGENT)
-    ok(d, "create", name, "--source", str(source), "--config", lab.config())
+    ok(d, "create", name, "--source", str(source), *lab.grant, "--config", lab.config())
     return lab
 
 

@@ -99,7 +99,7 @@ def test_llm_chat_is_gated_charged_and_audited_as_the_agent(llm_daemon: Naosd,  
     assert broke["error"]["code"] == "budget_exceeded", broke
     [after] = ctl_json(llm_daemon, "cost", "status", "chat")["budgets"]
     assert after["spent_micro"] == before["spent_micro"] and len(fake.requests) == asked + 1
-    assert ctl_json(llm_daemon, "status", "chat")["state"] == "running"
+    assert llm_daemon.agent("chat")["state"] == "running"
 
 
 def test_ask_tell_and_execute_act_as_the_calling_agent(daemon: Naosd, base: Path):
@@ -153,11 +153,11 @@ def test_state_is_committed_with_the_reply_and_survives_a_kill(daemon: Naosd, ba
     no_value = run(daemon, "keeper", 0, {"key": "n"})
     assert no_value["error"]["code"] == "invalid_request"
 
-    pid = ctl_json(daemon, "status", "keeper")["pid"]
+    pid = daemon.agent("keeper")["pid"]
     assert daemon.ctl("kill", "keeper").returncode == 0
     deadline = time.monotonic() + 30
     while True:
-        now = ctl_json(daemon, "status", "keeper")
+        now = daemon.agent("keeper")
         if now["state"] == "running" and now["pid"] not in (pid, None):
             break
         assert time.monotonic() < deadline, now
