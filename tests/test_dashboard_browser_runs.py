@@ -90,8 +90,9 @@ def test_run_actions_resolve_note_legend_and_colours(daemon: Naosd, browser: Bro
             expect(actions.locator(f'button[data-run-action="{verb}"]')).to_have_count(0)
 
         # the compensating agent is fixed, then the compensation retried from the page
-        daemon.ctl("delete", "release", check=True)
-        daemon.ctl("create", "release", "--template", "echo", check=True)
+        fixed = tmp_path / "fixed.py"
+        fixed.write_text("def handle(message, ctx):\n    return message\n")
+        daemon.ctl("update", "release", "--source", str(fixed), check=True)  # new code
         actions.locator('button[data-run-action="retry_compensation"]').click()
         expect(detail.get_by_test_id("run-action-outcome")).to_have_attribute("data-ok", "true")
         expect(detail.get_by_test_id("run-status")).to_have_text("compensated")
