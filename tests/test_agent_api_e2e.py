@@ -580,3 +580,32 @@ def test_an_agent_cannot_pre_empt_a_saga_step_with_its_idempotency_key(naosd: Na
     forged = [r for r in audit(naosd, "payment", "agent.run")
               if r["detail"].get("caller") == "forger"]
     assert forged[0]["detail"]["idempotency_key"] == f"forger/{result['run_id']}:charge:do"
+
+
+# -- a pool's clones keep their agent's identity ------------------------------------------
+
+CLONED = """
+async def handle(message, ctx):
+    asked = await ctx.ask("clone-echo", {"from": ctx.name})
+    return {"me": ctx.name, "asked": asked, "budget": await ctx.budget()}
+"""
+
+
+def test_a_pools_clones_are_charged_and_gated_as_the_agent_they_clone(naosd: Naosd):
+    """`pool create --agent A --size N` makes A-c1..cN: they must not be new
+    identities with no trust registration and no budget (they were: every
+    ask was refused as unregistered), but act as A."""
+    create(naosd, "clone-echo", "def handle(message, ctx):\n    return message\n")
+    create(naosd, "cloned", CLONED, "--no-start")
+    ctl(naosd, "cost", "set", "cloned", "--budget", "$1/day")
+    ctl(naosd, "pool", "create", "many", "--agent", "cloned", "--size", "2")
+    out = ctl(naosd, "pool", "run", "many", "--input", "{}", timeout=120)
+    results = sorted(out["results"], key=lambda r: r["me"])
+    assert [r["me"] for r in results] == ["cloned-c1", "cloned-c2"], out
+    for r in results:
+        assert r["asked"] == {"from": r["me"]}  # gated as "cloned": registered, allowed
+        assert r["budget"]["scope"] == "cloned"  # its agent's budget, not none
+    callers = [row["detail"].get("caller") for row in audit(naosd, "clone-echo", "agent.run")]
+    assert callers == ["cloned", "cloned"], callers  # audited as the agent they clone
+    shown = ctl(naosd, "inspect", "cloned-c1")
+    assert shown["execution"]["acts_as"] == "cloned", shown

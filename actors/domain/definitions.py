@@ -226,8 +226,8 @@ def _json_only(value: object, where: str, depth: int) -> None:
         raise InvalidRequest(f"{where}: {type(value).__name__} is not a JSON value")
 
 
-EXECUTION_KEYS: Final = frozenset({"max_concurrency", "confinement", "env", "cwd", "grants",
-                                   "limits", "digest"})
+EXECUTION_KEYS: Final = frozenset({"acts_as", "max_concurrency", "confinement", "env", "cwd",
+                                   "grants", "limits", "digest"})
 CONFINEMENTS: Final = ("full", "none")
 GRANTS: Final = ("net", *WASM_GRANTS)  # net: confinement; the rest: WASM host functions
 LIMIT_KEYS: Final = ("memory_mb", "cpu_seconds", "open_files", "processes")
@@ -250,7 +250,9 @@ def check_execution(execution: dict[str, Any]) -> None:
     256), ``confinement`` (full or none), ``env`` (names to text), ``cwd``,
     ``grants`` (net; for a WASM agent the ``naos`` host functions of
     docs/wasm-abi.md), ``limits`` (memory_mb, cpu_seconds, open_files,
-    processes: whole numbers >= 0), ``digest`` (its code snapshot's sha256).
+    processes: whole numbers >= 0), ``digest`` (its code snapshot's sha256),
+    ``acts_as`` (a pool's clone: the agent it is charged and gated as; set by
+    naosd when it clones, never by a create parameter).
     The confinement layer checks paths and limits in depth when it starts.
 
     Raises:
@@ -284,6 +286,9 @@ def check_execution(execution: dict[str, Any]) -> None:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for v in limits.values()):
         raise InvalidRequest(f"limits must map {', '.join(LIMIT_KEYS)} to whole numbers >= 0")
+    acts_as = execution.get("acts_as", "")
+    if not isinstance(acts_as, str) or (acts_as and not NAME_RE.fullmatch(acts_as)):
+        raise InvalidRequest(f"acts_as must be an agent name, got {acts_as!r}")
     digest = execution.get("digest", "")
     if not isinstance(digest, str) or (digest and not re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise InvalidRequest("digest must be a sha256 in hex")

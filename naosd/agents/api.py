@@ -155,7 +155,9 @@ class AgentApi:
                 raise InvalidRequest("timeout must be a positive number of seconds")
             deadline = min(deadline, now + float(timeout))
         chain = (*info.chain, channel.agent) if info is not None else (channel.agent,)
-        return Caller(channel.agent, deadline, chain, dict(info.trace) if info else {})
+        # identity: the channel's; a pool's clone pays and is gated as its pool's
+        # agent (the chain keeps the real names, for cycles)
+        return Caller(channel.acts_as, deadline, chain, dict(info.trace) if info else {})
 
     # -- lifecycle --------------------------------------------------------------
     async def _start(self, channel: Channel, call: Incoming) -> dict[str, Any]:
@@ -207,7 +209,7 @@ class AgentApi:
             raise InvalidRequest(f"agent {channel.agent!r} has too many tells in flight "
                                  f"({MAX_TELL_QUEUE})")
         # A tell outlives the caller's message: its own deadline, no chain to wait in.
-        detached = Caller(caller.agent, time.monotonic() + DEFAULT_ASK_S, (caller.agent,),
+        detached = Caller(caller.agent, time.monotonic() + DEFAULT_ASK_S, (channel.agent,),
                           caller.trace)
         task = asyncio.get_running_loop().create_task(
             self._runner.run_as(target, payload, caller=detached, key=""))
@@ -266,7 +268,7 @@ class AgentApi:
     async def _budget(self, channel: Channel, call: Incoming) -> dict[str, Any]:
         if self._budgets is None:
             raise _no("budgets")
-        return self._budgets.remaining(channel.agent)
+        return self._budgets.remaining(channel.acts_as)
 
     async def _tool_call(self, channel: Channel, call: Incoming) -> Any:
         tool = call.params.get("tool")
@@ -281,7 +283,7 @@ class AgentApi:
         return await self._tools.call(caller.agent, tool, args, deadline=caller.deadline)
 
     async def _tool_list(self, channel: Channel, call: Incoming) -> list[dict[str, Any]]:
-        return [] if self._tools is None else await self._tools.list(channel.agent)
+        return [] if self._tools is None else await self._tools.list(channel.acts_as)
 
 
 LLM_KEYS = frozenset({"messages", "tools", "tool_choice", "response_format", "temperature",

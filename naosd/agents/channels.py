@@ -90,6 +90,7 @@ class Channel:
 
     def __init__(self, agent: str, actor_pid: int, max_concurrency: int) -> None:
         self.agent = agent
+        self.acts_as = agent  # who its calls are charged and gated as (a clone: its pool's agent)
         self.actor_pid = actor_pid
         self.pid = 0
         self.peer: Peer | None = None
@@ -163,16 +164,20 @@ class AgentChannels:
 
     def __init__(self, path: Path, key: bytes, methods_for: MethodsFor, *,
                  known: Callable[[str], Awaitable[int | None]],
+                 acts_as: Callable[[str], Awaitable[str]] | None = None,
                  on_ready: Callable[[Channel], None] | None = None,
                  on_gone: Callable[[Channel], None] | None = None) -> None:
         """``known(agent)`` is the agent's max_concurrency if it is defined
-        (None: no such agent, the handler is refused); ``methods_for`` builds
+        (None: no such agent, the handler is refused); ``acts_as(agent)`` the
+        identity its calls are charged and gated as (a pool's clone: the
+        pool's agent; default the agent itself); ``methods_for`` builds
         the agent API a channel serves; ``on_ready``/``on_gone`` tell the
         agents service a handler loaded its code / went away."""
         self.path = path
         self._key = key
         self._methods_for = methods_for
         self._known = known
+        self._acts_as = acts_as
         self._on_ready = on_ready
         self._on_gone = on_gone
         self._server: asyncio.AbstractServer | None = None
@@ -284,6 +289,8 @@ class AgentChannels:
         if old is not None and not old.gone.is_set():
             old.close()  # a new incarnation replaces a dying one
         channel = Channel(agent, pid, concurrency)
+        if self._acts_as is not None:
+            channel.acts_as = await self._acts_as(agent)
         channel.peer = Peer(reader, writer, self._methods_for(channel))
         self.live[agent] = channel
         writer.write(protocol.encode_frame(protocol.hello("server", agent=agent, pid=pid)))

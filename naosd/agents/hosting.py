@@ -53,6 +53,15 @@ class AgentStore:
         return {"kind": d.source_kind, "source": d.source, "config": d.config,
                 "max_concurrency": d.max_concurrency, "grants": d.wasm_grants}
 
+    async def acts_as(self, agent: str) -> str:
+        """Whom ``agent``'s calls are charged and gated as: itself, or for a
+        pool's clone the pool's agent."""
+        try:
+            d = await self._db.call(functools.partial(defs_store.get_agent, name=agent))
+        except NotFound:
+            return agent
+        return str(d.execution.get("acts_as") or agent)
+
     async def concurrency(self, agent: str) -> int | None:
         """None for an agent that is not defined (its channel is refused)."""
         try:
@@ -102,7 +111,7 @@ def build_agent_hosting(hosting: Hosting, db: AsyncStore, agents: Agents, *,
         return holder[0].methods_for(channel)
 
     channels = AgentChannels(hosting.agent_socket, hosting.key, methods_for,
-                             known=store.concurrency,
+                             known=store.concurrency, acts_as=store.acts_as,
                              on_gone=lambda ch: agents.handler_gone(ch.agent, ch.actor_pid))
     runs = AgentRuns(channels, agents.activate_for, GroupCommit(db, agent_runs.commit), gate)
     api = AgentApi(channels=channels, runner=runs, states=store, definitions=store, chat=chat,

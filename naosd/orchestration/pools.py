@@ -156,8 +156,11 @@ class Pools:
             for name in members_of(spec):
                 taken = defs_store.name_taken(store, name)
                 if taken is None:
+                    # a clone is charged and gated as the agent it clones
+                    # (its trust registration, its budget), not a new identity
                     defs_store.create_agent(store, dataclasses.replace(
-                        base, name=name, supervisor=None, desired="stopped"))
+                        base, name=name, supervisor=None, desired="stopped",
+                        execution={**base.execution, "acts_as": base.name}))
                     continue
                 other = defs_store.get_agent(store, name) if taken == "agent" else None
                 if other is None or (other.source_kind, other.source, other.config) != (
