@@ -69,10 +69,11 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0))
 s.listen()
+# one write per line (two processes share the pipe: print may split its line)
 if os.fork() == 0:
-    print("child", os.getpid(), flush=True)
+    os.write(1, f"child {os.getpid()}\n".encode())
 else:
-    print("admin", os.getpid(), os.getsid(0), s.getsockname()[1], flush=True)
+    os.write(1, f"admin {os.getpid()} {os.getsid(0)} {s.getsockname()[1]}\n".encode())
 time.sleep(120)
 """
 

@@ -84,6 +84,8 @@ def process_alive(pid: object) -> bool:
         return False
     try:
         stat = os.read(fd, 512)
+    except ProcessLookupError:  # it went between the open and the read (ESRCH)
+        return False
     finally:
         os.close(fd)
     return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
