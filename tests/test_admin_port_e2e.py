@@ -71,9 +71,9 @@ s.bind(("127.0.0.1", 0))
 s.listen()
 # one write per line (two processes share the pipe: print may split its line)
 if os.fork() == 0:
-    os.write(1, f"child {os.getpid()}\n".encode())
+    os.write(1, f"child {os.getpid()}\\n".encode())
 else:
-    os.write(1, f"admin {os.getpid()} {os.getsid(0)} {s.getsockname()[1]}\n".encode())
+    os.write(1, f"admin {os.getpid()} {os.getsid(0)} {s.getsockname()[1]}\\n".encode())
 time.sleep(120)
 """
 
