@@ -600,7 +600,8 @@ def test_a_pools_clones_are_charged_and_gated_as_the_agent_they_clone(naosd: Nao
     ctl(naosd, "cost", "set", "cloned", "--budget", "$1/day")
     ctl(naosd, "pool", "create", "many", "--agent", "cloned", "--size", "2")
     out = ctl(naosd, "pool", "run", "many", "--input", "{}", timeout=120)
-    results = sorted(out["results"], key=lambda r: r["me"])
+    assert out["status"] == "completed", out
+    results = sorted(out["value"], key=lambda r: r["me"])  # merge all: every member's output
     assert [r["me"] for r in results] == ["cloned-c1", "cloned-c2"], out
     for r in results:
         assert r["asked"] == {"from": r["me"]}  # gated as "cloned": registered, allowed
