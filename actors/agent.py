@@ -50,6 +50,7 @@ from actors.messages import (
     Reply,
     RunAgent,
 )
+from actors.wasm.limits import wasm_limits
 from naosd.errors import ActorGone, AgentCrashed, Conflict, NaosError, WasmExit
 from naosd.runtime.confine.process import protect_parent
 from naosd.runtime.handler import HandlerProcess, HandlerSpec
@@ -62,21 +63,6 @@ EXIT_NOTED_WAIT = timedelta(seconds=5)
 WATCH = timedelta(milliseconds=200)  # how often the actor looks at its handler process
 LOAD_TIMEOUT_S = 60.0  # a handler that has not loaded by then is a crash at start
 STOP_GRACE_S = 2.0
-
-
-def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
-    """Limits for a WASM agent from its config: ``fuel``, ``memory_mb``,
-    ``timeout_s``, and any other field of ``actors.wasm.Limits`` under
-    ``limits`` (e.g. ``{"limits": {"stdout_bytes": 65536}}``)."""
-    extra = config.get("limits", {})
-    limits: dict[str, int] = dict(extra) if isinstance(extra, dict) else {}
-    if "fuel" in config:
-        limits["fuel"] = int(config["fuel"])
-    if "memory_mb" in config:
-        limits["memory_bytes"] = int(float(config["memory_mb"]) * 1024 * 1024)
-    if "timeout_s" in config:
-        limits["timeout_ms"] = int(float(config["timeout_s"]) * 1000)
-    return limits
 
 
 def wasm_handler(definition: Any, db_path: str) -> Handler:

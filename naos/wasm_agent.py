@@ -23,26 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from actors.domain.wasm_abi import KV_FUNCTIONS
+from actors.wasm.limits import wasm_limits
 from naos.context import STATE_VALUE_LIMIT
 from naosd.errors import InvalidRequest, NaosError, NotFound, WasmExit
 
 LEVELS = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 HOST_CALL_S = 30.0  # one host call's wait for naosd
-
-
-def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
-    """Limits for a WASM agent from its config: ``fuel``, ``memory_mb``,
-    ``timeout_s``, and any other field of ``actors.wasm.Limits`` under
-    ``limits`` (e.g. ``{"limits": {"stdout_bytes": 65536}}``)."""
-    extra = config.get("limits", {})
-    limits: dict[str, int] = dict(extra) if isinstance(extra, dict) else {}
-    if "fuel" in config:
-        limits["fuel"] = int(config["fuel"])
-    if "memory_mb" in config:
-        limits["memory_bytes"] = int(float(config["memory_mb"]) * 1024 * 1024)
-    if "timeout_s" in config:
-        limits["timeout_ms"] = int(float(config["timeout_s"]) * 1000)
-    return limits
 
 
 class ChannelHost:

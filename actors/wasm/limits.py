@@ -127,3 +127,18 @@ def limits_from(spec: dict[str, Any]) -> Limits:
         raise InvalidRequest(f"unknown WASM limit: {exc}") from None
     except ConfigError as exc:
         raise InvalidRequest(f"bad WASM limit: {exc.message}") from None
+
+
+def wasm_limits(config: dict[str, Any]) -> dict[str, int]:
+    """Limits for a WASM agent from its config: ``fuel``, ``memory_mb``,
+    ``timeout_s``, and any other field of ``actors.wasm.Limits`` under
+    ``limits`` (e.g. ``{"limits": {"stdout_bytes": 65536}}``)."""
+    extra = config.get("limits", {})
+    limits: dict[str, int] = dict(extra) if isinstance(extra, dict) else {}
+    if "fuel" in config:
+        limits["fuel"] = int(config["fuel"])
+    if "memory_mb" in config:
+        limits["memory_bytes"] = int(float(config["memory_mb"]) * 1024 * 1024)
+    if "timeout_s" in config:
+        limits["timeout_ms"] = int(float(config["timeout_s"]) * 1000)
+    return limits

@@ -168,8 +168,8 @@ async def _check_wasm_agent(d: Services, definition: AgentDef) -> None:
         raise InvalidRequest(f"config.grants: {', '.join(channel)} act as the agent over its "
                              "channel: grant them in the agent's execution grants")
     grants = sorted({*legacy, *definition.wasm_grants})
-    from actors.agent import wasm_limits
     from actors.wasm.files import read_module
+    from actors.wasm.limits import wasm_limits
 
     module = await asyncio.to_thread(read_module, Path(definition.source))
 
